@@ -1,0 +1,54 @@
+"""Argument checks at the public boundary, with messages a user can act on.
+
+Every message names the parameter, echoes the value and says what is allowed
+(the scikit-learn convention).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+__all__ = ["check_positive_int", "check_positive_float", "check_probability", "check_choice"]
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer >= ``minimum``, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"The '{name}' parameter must be {what}. Got {value!r} instead.")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float if it is finite and > 0 (or >= 0), else raise ValueError."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, Real)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        what = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"The '{name}' parameter must be {what}. Got {value!r} instead.")
+    return float(value)
+
+
+def check_probability(name: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
+    """Return ``value`` as a float strictly (or not) between 0 and 1, else raise ValueError."""
+    ok = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+    if ok:
+        ok = (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
+    if not ok:
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise ValueError(f"The '{name}' parameter must be in {lo}0, 1{hi}. Got {value!r} instead.")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError listing them."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"The '{name}' parameter must be one of {allowed}. Got {value!r} instead.")
+    return value

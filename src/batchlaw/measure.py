@@ -1,0 +1,143 @@
+"""Train a workload with the GradientNoiseMonitor attached and collect its noise-scale trace.
+
+This is what ``batchlaw measure`` runs: a plain PyTorch loop with gradient accumulation
+(``accumulation`` micro-batches of ``micro_batch_size`` examples per optimizer step), the
+monitor called after the last backward of each step, and a held-out evaluation every
+``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ._validation import check_positive_float, check_positive_int
+from .errors import InsufficientDataError
+from .noise import GradientNoiseMonitor, NoiseScaleEstimate, windowed_estimates
+from .workloads import Workload
+
+__all__ = ["MeasureResult", "measure_noise"]
+
+
+@dataclass
+class MeasureResult:
+    """What a measurement run produced.
+
+    ``estimate`` is ``None`` when the data could not support one; ``note`` then says why and
+    ``provisional`` carries the provisional value.
+    """
+
+    workload: dict
+    config: dict
+    estimate: NoiseScaleEstimate | None
+    trace: list[dict]
+    eval_losses: list[tuple[int, float]]
+    train_losses: list[float]
+    skipped_steps: int
+    wall_time_s: float
+    note: str = ""
+    provisional: float | None = None
+    records: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The stable JSON schema of ``batchlaw measure --json`` (version 1)."""
+        return {
+            "schema": "batchlaw.measure/1",
+            "workload": self.workload,
+            "config": self.config,
+            "estimate": None if self.estimate is None else self.estimate.to_dict(),
+            "note": self.note,
+            "provisional_b_simple": self.provisional,
+            "trace": self.trace,
+            "eval_losses": [{"step": s, "loss": v} for s, v in self.eval_losses],
+            "final_train_loss": self.train_losses[-1] if self.train_losses else None,
+            "skipped_steps": self.skipped_steps,
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+def measure_noise(
+    workload: Workload,
+    *,
+    steps: int = 300,
+    micro_batch_size: int | None = None,
+    accumulation: int = 4,
+    lr: float | None = None,
+    seed: int = 0,
+    every: int = 1,
+    windows: int = 6,
+    eval_every: int = 50,
+    progress: bool = True,
+) -> MeasureResult:
+    """Train ``workload`` for ``steps`` optimizer steps and measure ``B_simple`` on the way.
+
+    Args:
+        workload: what to train.
+        steps: optimizer steps.
+        micro_batch_size: examples per micro-batch (default: the workload's).
+        accumulation: micro-batches per optimizer step (``K >= 2``).
+        lr: learning rate (default: the workload's).
+        seed: seeds the model and the data order.
+        every: measure every ``every``-th step.
+        windows: number of windows in the trace.
+        eval_every: held-out evaluation period in steps.
+        progress: show a progress bar.
+    """
+    steps = check_positive_int("steps", steps)
+    b = check_positive_int("micro_batch_size", micro_batch_size or workload.default_micro_batch)
+    k = check_positive_int("accumulation", accumulation, minimum=2)
+    lr = check_positive_float("lr", lr if lr is not None else workload.default_lr)
+    eval_every = check_positive_int("eval_every", eval_every)
+
+    torch.manual_seed(seed)
+    model = workload.make_model(seed)
+    optimizer = workload.make_optimizer(model, lr)
+    gen = torch.Generator().manual_seed(seed + 1)
+    monitor = GradientNoiseMonitor(
+        model, micro_batch_size=b, tokens_per_example=workload.tokens_per_example, every=every
+    )
+    train_losses, eval_losses = [], [(0, workload.eval_loss(model))]
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"measure {workload.name}", unit="step", disable=not progress, leave=False)
+    for step in bar:
+        total = 0.0
+        for _ in range(k):
+            loss = workload.loss(model, workload.sample_batch(b, gen)) / k
+            loss.backward()
+            total += loss.item()
+        monitor.step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_losses.append(total)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            eval_losses.append((step + 1, workload.eval_loss(model)))
+            rec = monitor.records[-1] if monitor.records else None
+            if rec is not None and math.isfinite(rec["b_simple_ema"]):
+                bar.set_postfix(loss=f"{eval_losses[-1][1]:.3f}", b_simple_ema=f"{rec['b_simple_ema']:.3g}")
+    wall = time.perf_counter() - t0
+    monitor.remove()
+
+    steps_idx = [r["step"] for r in monitor.records if not r["skipped"] and r["accumulation"] >= 2]
+    g, t = monitor.usable()
+    trace = windowed_estimates(steps_idx, g, t, n_windows=windows, unit=monitor.unit)
+    estimate, note, provisional = None, "", None
+    # The run-level estimate uses the second half of training: the noise scale grows as the
+    # loss falls (McCandlish et al. 2018, sec. 3), so the start would drag the average down.
+    try:
+        estimate = monitor.estimate(start=steps // 2)
+    except InsufficientDataError as err:
+        note = str(err)
+        if err.provisional is not None and math.isfinite(err.provisional.b_simple):
+            provisional = err.provisional.b_simple
+    config = {"steps": steps, "micro_batch_size": b, "accumulation": k, "batch_size": b * k, "lr": lr,
+              "seed": seed, "every": every, "estimate_window": [steps // 2, steps - 1],
+              "unit": monitor.unit}
+    return MeasureResult(
+        workload=workload.describe(), config=config, estimate=estimate, trace=trace,
+        eval_losses=eval_losses, train_losses=train_losses, skipped_steps=monitor.skipped_steps,
+        wall_time_s=wall, note=note, provisional=provisional, records=monitor.records,
+    )

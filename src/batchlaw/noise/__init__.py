@@ -1,0 +1,24 @@
+"""Measure: the gradient noise scale B_simple during training (McCandlish et al. 2018)."""
+
+from .estimators import (
+    BiasCorrectedEMA,
+    NoiseScaleEstimate,
+    estimate_b_simple,
+    unbiased_g_sq,
+    unbiased_trace_sigma,
+    windowed_estimates,
+)
+from .monitor import GradientNoiseMonitor, squared_norm
+from .split import split_backward
+
+__all__ = [
+    "BiasCorrectedEMA",
+    "GradientNoiseMonitor",
+    "NoiseScaleEstimate",
+    "estimate_b_simple",
+    "split_backward",
+    "squared_norm",
+    "unbiased_g_sq",
+    "unbiased_trace_sigma",
+    "windowed_estimates",
+]
