@@ -73,7 +73,7 @@ def _print_measure(result) -> None:
     print(f"workload {w['name']}: {cfg['steps']} steps, {cfg['accumulation']} x {cfg['micro_batch_size']} "
           f"examples per step, lr {cfg['lr']:g}, {result.wall_time_s:.1f} s")
     print(f"held-out loss {result.eval_losses[0][1]:.4f} -> {result.eval_losses[-1][1]:.4f}")
-    print(f"\nnoise-scale trace (B_simple in {unit}, 95% block-bootstrap interval per window)")
+    print(f"\nnoise-scale trace (B_simple in {unit}, 95% Fieller interval per window)")
     print(f"{'steps':>13}  {'B_simple':>10}  {'interval':>21}  note")
     for row in result.trace:
         lo, hi = row["ci"]

@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 from .._format import fmt_num
 from .._validation import check_positive_int, check_probability
@@ -38,12 +39,13 @@ __all__ = [
     "BiasCorrectedEMA",
     "NoiseScaleEstimate",
     "estimate_b_simple",
+    "fieller_interval",
     "MIN_STEPS",
     "windowed_estimates",
 ]
 
-#: Fewest usable steps behind an estimate with an interval. Below this the bootstrap has too
-#: little to resample and the interval would be a fiction.
+#: Fewest usable steps behind an estimate with an interval. Below this there are too few batch
+#: means for an interval that means anything.
 MIN_STEPS = 10
 
 
@@ -178,12 +180,35 @@ def _json_float(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
 
-def _block_indices(n: int, block_len: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Moving-block bootstrap: ``(n_boot, n)`` indices made of random contiguous blocks."""
-    n_blocks = -(-n // block_len)
-    starts = rng.integers(0, n - block_len + 1, size=(n_boot, n_blocks))
-    idx = starts[:, :, None] + np.arange(block_len)[None, None, :]
-    return idx.reshape(n_boot, -1)[:, :n]
+def fieller_interval(
+    num_means, den_means, confidence: float
+) -> tuple[float, float]:
+    """Fieller interval for ``mean(num) / mean(den)`` from ``m`` (nearly) independent batch means.
+
+    The set of ratios ``R`` that a t-test on ``mean(num) - R mean(den)`` cannot reject is
+    ``{R : a R^2 - 2 b R + c <= 0}`` with ``a = D^2 - q V_dd``, ``b = N D - q V_nd``,
+    ``c = N^2 - q V_nn``, ``q = t_{m-1}^2`` and ``V`` the covariance of the batch means divided
+    by ``m`` (Fieller 1954). When ``a <= 0`` the denominator is not significantly positive and
+    the interval has no upper end. Ratios are clipped at 0 (a noise scale is not negative).
+    """
+    num = np.asarray(num_means, dtype=np.float64)
+    den = np.asarray(den_means, dtype=np.float64)
+    m = num.size
+    n_bar, d_bar = num.mean(), den.mean()
+    cov = np.cov(np.vstack([den, num])) / m  # [[V_dd, V_dn], [V_nd, V_nn]]
+    q = float(stats.t.ppf(0.5 + confidence / 2.0, m - 1)) ** 2
+    a = d_bar * d_bar - q * cov[0, 0]
+    b = n_bar * d_bar - q * cov[0, 1]
+    c = n_bar * n_bar - q * cov[1, 1]
+    disc = max(b * b - a * c, 0.0)
+    if a > 0:
+        root = math.sqrt(disc)
+        return max((b - root) / a, 0.0), (b + root) / a
+    # Unbounded: the set is the outside of the roots; keep the part that holds the estimate.
+    point = n_bar / d_bar if d_bar > 0 else math.inf
+    roots = sorted((b + sgn * math.sqrt(disc)) / a for sgn in (-1, 1)) if a < 0 else []
+    below = [r for r in roots if r <= point]
+    return max(below[-1] if below else 0.0, 0.0), math.inf
 
 
 def estimate_b_simple(
@@ -192,29 +217,28 @@ def estimate_b_simple(
     *,
     unit: str = "examples",
     confidence: float = 0.95,
-    n_boot: int = 2000,
-    block_len: int | None = None,
+    n_batches: int = 10,
     min_steps: int = MIN_STEPS,
-    seed: int | None = 0,
 ) -> NoiseScaleEstimate:
-    """``B_simple`` over a window of steps, with a moving-block bootstrap interval.
+    """``B_simple`` over a window of steps, with a Fieller interval over batch means.
 
     The point estimate is ``mean(trace_sigma) / mean(g_sq)``: numerator and denominator are
-    averaged separately, then divided (McCandlish et al. 2018, App. A.1). The interval resamples
-    whole steps in contiguous blocks of ``block_len`` (default ``ceil(n^(1/3))``), which keeps
-    the correlation between neighbouring steps of a training run, recomputes the ratio of means
-    for each resample and takes percentiles. Resamples whose mean ``|G|^2`` is not positive
-    count as ``B_simple = inf``, so the upper end is ``inf`` when the gradient is not resolved.
+    averaged separately, then divided (McCandlish et al. 2018, App. A.1). For the interval the
+    steps are cut into ``n_batches`` contiguous batches; the batch means of a training run are
+    nearly independent even when neighbouring steps are correlated (the method of batch means),
+    and Fieller's theorem turns their covariance into an interval for the ratio with Student-t
+    quantiles (``n_batches - 1`` degrees of freedom). The interval is asymmetric, as a ratio's
+    should be, and has no upper end when the mean ``|G|^2`` is not significantly positive.
+    On synthetic AR(1) steps (correlation 0 to 0.9, 20 to 400 steps) the 95% interval covered
+    the true ratio in 88% to 97% of seeds (tests/test_estimators.py).
 
     Args:
         g_sq: per-step unbiased ``|G|^2`` estimates (see :func:`unbiased_g_sq`).
         trace_sigma: per-step unbiased ``tr(Sigma)`` estimates, same length.
         unit: unit of the batch sizes the estimates were made with.
         confidence: interval level in (0, 1).
-        n_boot: number of bootstrap resamples.
-        block_len: bootstrap block length in steps.
+        n_batches: number of batch means (fewer when there are fewer steps).
         min_steps: fewest steps accepted.
-        seed: seed of the bootstrap's random generator (results are reproducible).
 
     Returns:
         A :class:`NoiseScaleEstimate`.
@@ -232,6 +256,9 @@ def estimate_b_simple(
         >>> est = estimate_b_simple(g, tr)
         >>> 45 < est.b_simple < 55 and est.ci[0] < est.b_simple < est.ci[1]
         True
+
+    References:
+        Fieller 1954, "Some problems in interval estimation", JRSS B 16(2).
     """
     g = np.asarray(g_sq, dtype=np.float64).ravel()
     t = np.asarray(trace_sigma, dtype=np.float64).ravel()
@@ -242,10 +269,9 @@ def estimate_b_simple(
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(t))):
         raise ValueError("'g_sq' and 'trace_sigma' must be finite (drop skipped steps first).")
     confidence = check_probability("confidence", confidence)
-    n_boot = check_positive_int("n_boot", n_boot, minimum=100)
-    min_steps = check_positive_int("min_steps", min_steps, minimum=2)
+    n_batches = check_positive_int("n_batches", n_batches, minimum=3)
+    min_steps = check_positive_int("min_steps", min_steps, minimum=3)
     n = g.size
-    method = "moving-block bootstrap"
     if n == 0:
         raise InsufficientDataError("No usable steps: B_simple needs at least one measured step.")
     g_mean, t_mean = float(g.mean()), float(t.mean())
@@ -266,19 +292,11 @@ def estimate_b_simple(
             "use larger micro-batches, or more of them per step.",
             provisional,
         )
-    if block_len is None:
-        block_len = max(1, math.ceil(n ** (1.0 / 3.0)))
-    block_len = min(check_positive_int("block_len", block_len), n)
-    rng = np.random.default_rng(seed)
-    idx = _block_indices(n, block_len, n_boot, rng)
-    g_b = g[idx].mean(axis=1)
-    t_b = t[idx].mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(g_b > 0, t_b / g_b, np.inf)
-    alpha = 1.0 - confidence
-    lo = float(np.quantile(ratio, alpha / 2, method="lower"))
-    hi = float(np.quantile(ratio, 1 - alpha / 2, method="higher"))
-    method = f"{method}, {n_boot} resamples, blocks of {block_len} steps"
+    chunks = np.array_split(np.arange(n), min(n_batches, n))
+    g_b = np.array([g[c].mean() for c in chunks])
+    t_b = np.array([t[c].mean() for c in chunks])
+    lo, hi = fieller_interval(t_b, g_b, confidence)
+    method = f"Fieller interval over {len(chunks)} batch means"
     return NoiseScaleEstimate(point, (lo, hi), g_mean, t_mean, n, unit, confidence, method)
 
 

@@ -331,9 +331,9 @@ class GradientNoiseMonitor:
         stop: int | None = None,
         confidence: float = 0.95,
         min_steps: int = MIN_STEPS,
-        seed: int | None = 0,
     ) -> NoiseScaleEstimate:
-        """``B_simple`` over the measured steps in ``[start, stop)`` with a block-bootstrap interval.
+        """``B_simple`` over the measured steps in ``[start, stop)`` with a Fieller interval over
+        batch means (:func:`batchlaw.noise.estimate_b_simple`).
 
         Raises:
             InsufficientDataError: too few usable steps, every step had a single micro-batch,
@@ -346,7 +346,7 @@ class GradientNoiseMonitor:
                 "Accumulate K >= 2 micro-batches per step, or backpropagate the batch in chunks "
                 "with batchlaw.noise.split_backward."
             )
-        return estimate_b_simple(g, t, unit=self.unit, confidence=confidence, min_steps=min_steps, seed=seed)
+        return estimate_b_simple(g, t, unit=self.unit, confidence=confidence, min_steps=min_steps)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
