@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/batchlaw demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 tests src/batchlaw --doctest-modules
 
 bench: $(STAMP)
 	$(PY) bench/monitor_overhead.py

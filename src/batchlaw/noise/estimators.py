@@ -254,7 +254,7 @@ def estimate_b_simple(
         >>> g = 1.0 + 0.1 * rng.standard_normal(200)
         >>> tr = 50.0 + 5.0 * rng.standard_normal(200)
         >>> est = estimate_b_simple(g, tr)
-        >>> 45 < est.b_simple < 55 and est.ci[0] < est.b_simple < est.ci[1]
+        >>> bool(45 < est.b_simple < 55 and est.ci[0] < est.b_simple < est.ci[1])
         True
 
     References:
