@@ -100,8 +100,8 @@ def _cmd_measure(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    ns = argparse.Namespace(steps=300, micro_batch_size=None, accumulation=4, lr=None, seed=0, every=1,
-                            windows=6, no_progress=args.no_progress)
+    ns = argparse.Namespace(steps=1000, micro_batch_size=None, accumulation=4, lr=None, seed=0, every=1,
+                            windows=8, no_progress=args.no_progress)
     _, main_result = _run_measure(ns, "bytemlp")
     # Known-answer check: linreg has an analytic B_simple; a learning rate of 1e-12 keeps the
     # weights where they started (to float precision), so the analytic value is fixed.
@@ -121,6 +121,15 @@ def _cmd_demo(args) -> int:
     inside = est is not None and est.ci[0] <= analytic <= est.ci[1]
     print(f"analytic value inside the interval: {'yes' if inside else 'NO'}; "
           f"error {100 * (est.b_simple / analytic - 1):+.1f}%")
+    m = main_result.estimate
+    if m is not None:
+        batch = main_result.config["batch_size"]
+        print(f"\nWhat it means: the run used {batch} examples per step, and late in training "
+              f"B_simple is about {fmt_num(m.b_simple)} examples ({fmt_num(m.ci[0])} to {fmt_num(m.ci[1])}). "
+              "Below B_simple a larger batch cuts the number of steps nearly in proportion; well above "
+              "it, extra examples per step buy little. B_simple grows as the loss falls, and it is an "
+              "order-of-magnitude guide to the critical batch size, not the critical batch size itself "
+              "(McCandlish et al. 2018).")
     return 0
 
 

@@ -121,8 +121,7 @@ def measure_noise(
     wall = time.perf_counter() - t0
     monitor.remove()
 
-    steps_idx = [r["step"] for r in monitor.records if not r["skipped"] and r["accumulation"] >= 2]
-    g, t = monitor.usable()
+    steps_idx, g, t = monitor.usable()
     trace = windowed_estimates(steps_idx, g, t, n_windows=windows, unit=monitor.unit)
     estimate, note, provisional = None, "", None
     # The run-level estimate uses the second half of training: the noise scale grows as the

@@ -10,11 +10,13 @@ from .estimators import (
 )
 from .monitor import GradientNoiseMonitor, squared_norm
 from .split import split_backward
+from .tracker import NoiseScaleTracker
 
 __all__ = [
     "BiasCorrectedEMA",
     "GradientNoiseMonitor",
     "NoiseScaleEstimate",
+    "NoiseScaleTracker",
     "estimate_b_simple",
     "split_backward",
     "squared_norm",

@@ -37,28 +37,16 @@ materialised when read (``records``, ``estimate()``, ``state_dict()``) or every
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._validation import check_positive_int, check_probability
-from ..errors import InsufficientDataError
-from .estimators import (
-    MIN_STEPS,
-    BiasCorrectedEMA,
-    NoiseScaleEstimate,
-    estimate_b_simple,
-    unbiased_g_sq,
-    unbiased_trace_sigma,
-)
+from .estimators import MIN_STEPS, NoiseScaleEstimate
+from .tracker import NoiseScaleTracker
 
 __all__ = ["GradientNoiseMonitor", "squared_norm"]
-
-_STATE_VERSION = 1
-
 
 def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Sum of squared L2 norms of ``tensors`` in float32, with one fused kernel per (device, dtype).
@@ -165,10 +153,7 @@ class GradientNoiseMonitor:
         self._small_parts: list[torch.Tensor] = []  # device scalars: sum of |h|^2 per bucket
         self._flush_queued = False
         self._pending: list[tuple[int, int, float, torch.Tensor]] = []  # (step, K, b, [small, big])
-        self._records: list[dict] = []
-        self._skipped = 0
-        self._ema_g = BiasCorrectedEMA(self.ema_beta)
-        self._ema_t = BiasCorrectedEMA(self.ema_beta)
+        self.tracker = NoiseScaleTracker(self.unit, self.ema_beta)
         self._handles = [p.register_hook(self._make_hook(i)) for i, p in enumerate(self._params)]
 
     # ------------------------------------------------------------------ hooks
@@ -270,23 +255,8 @@ class GradientNoiseMonitor:
         values = torch.stack([p for *_, p in pending]).detach().cpu().double().numpy()  # (n, 2)
         tpe = self.tokens_per_example or 1
         for (step, k, b, _), (small_sq, big_sq) in zip(pending, values):
-            rec = {"step": step, "accumulation": k, "micro_batch_size": b, "b_small": b * tpe,
-                   "b_big": b * k * tpe, "small_sq": float(small_sq), "big_sq": float(big_sq)}
-            finite = math.isfinite(small_sq) and math.isfinite(big_sq)
-            rec["skipped"] = not finite
-            if not finite:
-                self._skipped += 1
-            if finite and k >= 2:
-                g = float(unbiased_g_sq(small_sq, big_sq, rec["b_small"], rec["b_big"]))
-                t = float(unbiased_trace_sigma(small_sq, big_sq, rec["b_small"], rec["b_big"]))
-                rec.update(g_sq=g, trace_sigma=t, g_sq_ema=self._ema_g.update(g),
-                           trace_sigma_ema=self._ema_t.update(t))
-                ge = rec["g_sq_ema"]
-                rec["b_simple_ema"] = rec["trace_sigma_ema"] / ge if ge > 0 else math.inf
-            else:
-                rec.update(g_sq=math.nan, trace_sigma=math.nan, g_sq_ema=self._ema_g.value,
-                           trace_sigma_ema=self._ema_t.value, b_simple_ema=math.nan)
-            self._records.append(rec)
+            self.tracker.update(step, small_sq=small_sq, big_sq=big_sq, b_small=b * tpe, b_big=b * k * tpe,
+                                accumulation=k, micro_batch_size=b)
 
     # ------------------------------------------------------------------ results
     @property
@@ -299,39 +269,26 @@ class GradientNoiseMonitor:
         bias-corrected EMAs, and ``b_simple_ema``. Reading this synchronises with the device.
         """
         self._materialize()
-        return self._records
+        return self.tracker.records
 
     @property
     def skipped_steps(self) -> int:
         """Measured steps dropped because a gradient norm was inf or NaN (AMP overflow)."""
         self._materialize()
-        return self._skipped
+        return self.tracker.skipped_steps
 
     @property
     def steps(self) -> int:
         """Optimizer steps seen (measured or not)."""
         return self._step
 
-    def usable(self, *, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per-step ``(g_sq, trace_sigma)`` arrays of finite steps with ``K >= 2`` and
-        ``start <= step < stop``."""
-        rows = [
-            (r["g_sq"], r["trace_sigma"])
-            for r in self.records
-            if not r["skipped"] and r["accumulation"] >= 2
-            and (start is None or r["step"] >= start) and (stop is None or r["step"] < stop)
-        ]
-        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
+    def usable(self, *, start: int | None = None, stop: int | None = None):
+        """``(steps, g_sq, trace_sigma)`` of the usable measured steps in ``[start, stop)``."""
+        self._materialize()
+        return self.tracker.usable(start=start, stop=stop)
 
-    def estimate(
-        self,
-        *,
-        start: int | None = None,
-        stop: int | None = None,
-        confidence: float = 0.95,
-        min_steps: int = MIN_STEPS,
-    ) -> NoiseScaleEstimate:
+    def estimate(self, *, start: int | None = None, stop: int | None = None, confidence: float = 0.95,
+                 min_steps: int = MIN_STEPS) -> NoiseScaleEstimate:
         """``B_simple`` over the measured steps in ``[start, stop)`` with a Fieller interval over
         batch means (:func:`batchlaw.noise.estimate_b_simple`).
 
@@ -339,43 +296,19 @@ class GradientNoiseMonitor:
             InsufficientDataError: too few usable steps, every step had a single micro-batch,
                 or a mean ``|G|^2 <= 0``; the error carries the provisional estimate.
         """
-        g, t = self.usable(start=start, stop=stop)
-        if g.size == 0 and any(r["accumulation"] == 1 for r in self.records):
-            raise InsufficientDataError(
-                "Every measured step had a single micro-batch, which gives one batch size only. "
-                "Accumulate K >= 2 micro-batches per step, or backpropagate the batch in chunks "
-                "with batchlaw.noise.split_backward."
-            )
-        return estimate_b_simple(g, t, unit=self.unit, confidence=confidence, min_steps=min_steps)
+        self._materialize()
+        return self.tracker.estimate(start=start, stop=stop, confidence=confidence, min_steps=min_steps)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Everything needed to continue the measurement after a checkpoint/resume."""
         self._materialize()
-        return {
-            "version": _STATE_VERSION,
-            "step": self._step,
-            "unit": self.unit,
-            "skipped": self._skipped,
-            "records": [dict(r) for r in self._records],
-            "ema_g": self._ema_g.state_dict(),
-            "ema_t": self._ema_t.state_dict(),
-        }
+        return {"step": self._step, "tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"Unsupported GradientNoiseMonitor state version {state.get('version')!r}.")
-        if state["unit"] != self.unit:
-            raise ValueError(
-                f"The state was measured in {state['unit']}, this monitor measures in {self.unit}: "
-                "construct it with the same tokens_per_example."
-            )
         self._pending = []
+        self.tracker.load_state_dict(state["tracker"])
         self._step = int(state["step"])
-        self._skipped = int(state["skipped"])
-        self._records = [dict(r) for r in state["records"]]
-        self._ema_g.load_state_dict(state["ema_g"])
-        self._ema_t.load_state_dict(state["ema_t"])
 
     def remove(self) -> None:
         """Detach the hooks; the model trains as if the monitor had never been there."""
