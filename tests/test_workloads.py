@@ -64,3 +64,15 @@ def test_get_workload_lists_names():
         get_workload("mnist")
     with pytest.raises(ValueError, match="'dim'"):
         LinearRegression(dim=0)
+
+
+def test_ill_conditioned_linreg_formula_against_monte_carlo():
+    wl = LinearRegression(dim=6, noise_std=0.5, init_distance=1.0, condition=50.0)
+    model = wl.make_model(1)
+    x, y = wl.sample_batch(400_000, torch.Generator().manual_seed(0))
+    r = (model(x).squeeze(-1) - y).detach().double()
+    g = r[:, None] * x.double()
+    G = g.mean(0)
+    trace = float((g - G).square().sum(1).mean())
+    assert trace / float(G.square().sum()) == pytest.approx(wl.b_simple(model), rel=0.03)
+    assert float(0.5 * r.square().mean()) == pytest.approx(wl.eval_loss(model), rel=0.01)

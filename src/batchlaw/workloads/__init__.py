@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .base import Workload
+from .bytegpt import ByteGPT
 from .bytemlp import ByteMLP
 from .linreg import LinearRegression, linreg_b_simple
 
-__all__ = ["Workload", "ByteMLP", "LinearRegression", "linreg_b_simple", "WORKLOADS", "get_workload"]
+__all__ = ["Workload", "ByteGPT", "ByteMLP", "LinearRegression", "linreg_b_simple", "WORKLOADS", "get_workload"]
 
 #: Built-in workloads by command-line name.
-WORKLOADS: dict[str, type[Workload]] = {"linreg": LinearRegression, "bytemlp": ByteMLP}
+WORKLOADS: dict[str, type[Workload]] = {"linreg": LinearRegression, "bytemlp": ByteMLP, "bytegpt": ByteGPT}
 
 
 def get_workload(name: str, **kwargs) -> Workload:

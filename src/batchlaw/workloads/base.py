@@ -24,12 +24,15 @@ class Workload(abc.ABC):
             noise scales can be given in tokens), else ``None``.
         default_lr: a learning rate that trains stably with :meth:`make_optimizer`.
         default_micro_batch: a micro-batch size (examples) that suits the workload on a CPU.
+        lr_scaling: exponent of the rule that moves the learning rate with the batch size when a
+            sweep starts its search (1: linear, for SGD; 0.5: square root, for Adam).
     """
 
     name: str = "workload"
     tokens_per_example: int | None = None
     default_lr: float = 0.1
     default_micro_batch: int = 32
+    lr_scaling: float = 1.0
 
     @abc.abstractmethod
     def make_model(self, seed: int) -> torch.nn.Module:

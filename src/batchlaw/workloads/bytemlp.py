@@ -44,6 +44,7 @@ class ByteMLP(Workload):
     name = "bytemlp"
     default_lr = 3e-3
     default_micro_batch = 32
+    lr_scaling = 0.5  # Adam: square-root rule (Malladi et al. 2022)
 
     def __init__(self, context: int = 8, embed: int = 16, hidden: int = 128, eval_examples: int = 4096):
         self.context = check_positive_int("context", context)

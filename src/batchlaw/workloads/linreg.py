@@ -36,7 +36,7 @@ __all__ = ["LinearRegression", "linreg_b_simple"]
 
 
 def linreg_b_simple(delta_sq: float, dim: int, noise_std: float) -> float:
-    """Analytic ``B_simple = (d + 1) + d sigma^2 / |delta|^2`` (examples); see the module docstring."""
+    """Analytic ``B_simple = (d + 1) + d sigma^2 / |delta|^2`` (examples, ``C = I``); see the module docstring."""
     if delta_sq <= 0:
         return math.inf
     return (dim + 1) + dim * noise_std**2 / delta_sq
@@ -50,14 +50,20 @@ class LinearRegression(Workload):
         noise_std: label noise ``sigma``.
         init_distance: ``|w0 - w*|`` at initialisation.
         data_seed: seed of the true weights ``w*``.
+        condition: ratio of the largest to the smallest input variance (1: isotropic inputs).
     """
 
     name = "linreg"
     default_lr = 0.05
     default_micro_batch = 16
 
-    def __init__(self, dim: int = 16, noise_std: float = 1.0, init_distance: float = 2.0, data_seed: int = 0):
+    def __init__(self, dim: int = 16, noise_std: float = 1.0, init_distance: float = 2.0, data_seed: int = 0,
+                 condition: float = 1.0):
         self.dim = check_positive_int("dim", dim)
+        self.condition = check_positive_float("condition", condition)
+        if self.condition < 1:
+            raise ValueError(f"The 'condition' parameter must be >= 1. Got {condition!r} instead.")
+        self.variances = torch.logspace(0, -math.log10(self.condition), self.dim)  # (d,) diag of C
         self.noise_std = check_positive_float("noise_std", noise_std, allow_zero=True)
         self.init_distance = check_positive_float("init_distance", init_distance)
         gen = torch.Generator().manual_seed(data_seed)
@@ -72,7 +78,7 @@ class LinearRegression(Workload):
         return model
 
     def sample_batch(self, batch_size: int, generator: torch.Generator):
-        x = torch.randn(batch_size, self.dim, generator=generator)  # (B, d)
+        x = torch.randn(batch_size, self.dim, generator=generator) * self.variances.sqrt()  # (B, d)
         eps = self.noise_std * torch.randn(batch_size, generator=generator)  # (B,)
         return x, x @ self.w_star + eps
 
@@ -80,20 +86,28 @@ class LinearRegression(Workload):
         x, y = batch
         return 0.5 * (model(x).squeeze(-1) - y).square().mean()
 
+    def _delta(self, model: torch.nn.Module) -> torch.Tensor:
+        return model.weight.detach()[0].double() - self.w_star.double()  # (d,)
+
     def delta_sq(self, model: torch.nn.Module) -> float:
         """``|w - w*|^2`` of the model's current weights."""
-        return float((model.weight.detach()[0] - self.w_star).square().sum())
+        return float(self._delta(model).square().sum())
 
     def b_simple(self, model: torch.nn.Module) -> float:
         """Analytic ``B_simple`` (examples) at the model's current weights."""
-        return linreg_b_simple(self.delta_sq(model), self.dim, self.noise_std)
+        delta, c = self._delta(model), self.variances.double()
+        g_sq = float((c * delta).square().sum())
+        if g_sq <= 0:
+            return math.inf
+        return float((delta @ (c * delta) + self.noise_std**2) * c.sum()) / g_sq + 1.0
 
     @torch.no_grad()
     def eval_loss(self, model: torch.nn.Module) -> float:
-        """Exact expected loss ``(|delta|^2 + sigma^2) / 2``."""
-        return 0.5 * (self.delta_sq(model) + self.noise_std**2)
+        """Exact expected loss ``(delta^T C delta + sigma^2) / 2``."""
+        delta = self._delta(model)
+        return 0.5 * float(delta @ (self.variances.double() * delta) + self.noise_std**2)
 
     def describe(self) -> dict:
         return {"name": self.name, "tokens_per_example": None, "dim": self.dim,
-                "noise_std": self.noise_std, "init_distance": self.init_distance,
-                "b_simple_formula": "(d + 1) + d * sigma^2 / |w - w*|^2"}
+                "noise_std": self.noise_std, "init_distance": self.init_distance, "condition": self.condition,
+                "b_simple_formula": "(delta^T C delta + sigma^2) tr(C) / |C delta|^2 + 1, delta = w - w*"}

@@ -1,0 +1,45 @@
+"""Reading the columns a command needs from a user's CSV, with errors that name what exists."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+__all__ = ["read_columns"]
+
+
+def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) -> dict[str, list]:
+    """Read ``columns`` from a CSV with a header row.
+
+    Raises:
+        ValueError: a missing file, a column that does not exist (the message lists those that
+            do), or a non-numeric / non-finite value in a ``numeric`` column (row and value named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"The CSV file {str(path)!r} does not exist.")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(
+                f"Column(s) {', '.join(map(repr, missing))} not found in {str(path)!r}. "
+                f"Columns that exist: {', '.join(map(repr, header)) or 'none (empty file)'}."
+            )
+        out: dict[str, list] = {c: [] for c in columns}
+        for line, row in enumerate(reader, start=2):
+            for c in columns:
+                v = row[c]
+                if c in numeric:
+                    try:
+                        v = float(v)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"Column {c!r}, line {line} of {str(path)!r}: {row[c]!r} is not a number.") from None
+                    if not math.isfinite(v):
+                        raise ValueError(f"Column {c!r}, line {line} of {str(path)!r}: {row[c]!r} is not finite.")
+                out[c].append(v)
+    if not out[columns[0]]:
+        raise ValueError(f"The CSV file {str(path)!r} has no data rows.")
+    return out
