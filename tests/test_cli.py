@@ -61,3 +61,65 @@ def test_demo_runs_and_checks_known_answer():
     check = out["check"]
     assert check["estimate"]["ci"][0] <= check["analytic_b_simple"] <= check["estimate"]["ci"][1]
     assert out["measure"]["estimate"]["b_simple"] > 0
+
+
+def _write_csv(path, rows, header="batch,steps,model"):
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+
+
+def test_fit_cbs_json_schema_and_groups(tmp_path, capsys):
+    import numpy as np
+
+    from batchlaw.fit import steps_law
+
+    rows = []
+    for model, b_crit in (("small", 100.0), ("big", 400.0)):
+        for b in (16, 32, 64, 128, 256, 512, 1024):
+            rows.append((b, float(steps_law(b, 2000.0, b_crit)) * np.exp(0.02 * np.sin(b)), model))
+    csv = tmp_path / "runs.csv"
+    _write_csv(csv, rows)
+    assert main(["fit", "cbs", str(csv), "--batch-col", "batch", "--steps-col", "steps", "--group-col", "model",
+                 "--reference-batch", "16", "--json", "--bootstrap", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    groups = {g["group"]: g for g in out["groups"]}
+    assert set(groups) == {"small", "big"}
+    for name, b_crit in (("small", 100.0), ("big", 400.0)):
+        g = groups[name]
+        assert {"group", "n_points", "s_min", "e_min", "b_crit", "b_crit_ci", "cbs", "reference_batch"} <= set(g)
+        assert g["b_crit"] == pytest.approx(b_crit, rel=0.1) and g["b_crit_ci"][0] <= g["b_crit"] <= g["b_crit_ci"][1]
+        assert g["cbs"] == pytest.approx(1.2 * 16 + g["b_crit"] / 5) and g["n_points"] == 7
+    assert main(["fit", "cbs", str(csv), "--batch-col", "batch", "--steps-col", "steps"]) == 0
+    assert "B_crit =" in capsys.readouterr().out
+
+
+def test_fit_cbs_bad_columns_and_values(tmp_path, capsys):
+    csv = tmp_path / "runs.csv"
+    _write_csv(csv, [(16, 100, "a"), (32, 60, "a"), (64, 40, "a")])
+    assert main(["fit", "cbs", str(csv), "--batch-col", "bsz", "--steps-col", "steps"]) == 2
+    err = capsys.readouterr().err
+    assert "'bsz' not found" in err and "'batch', 'steps', 'model'" in err
+    _write_csv(csv, [(16, 100, "a"), (32, "n/a", "a")])
+    assert main(["fit", "cbs", str(csv), "--batch-col", "batch", "--steps-col", "steps"]) == 2
+    assert "line 3" in capsys.readouterr().err
+    _write_csv(csv, [(16, 100, "a"), (32, 60, "a")])
+    assert main(["fit", "cbs", str(csv), "--batch-col", "batch", "--steps-col", "steps", "--json"]) == 1
+    assert "at least 3 distinct batch sizes" in capsys.readouterr().out
+    assert main(["fit", "cbs", str(tmp_path / "nope.csv"), "--batch-col", "b", "--steps-col", "s"]) == 2
+
+
+def test_sweep_then_report(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    args = ["sweep", "--workload", "linreg", "--workload-arg", "condition=100", "--workload-arg", "init_distance=4",
+            "--batch-sizes", "2,8,32,128", "--target-loss", "0.6", "--lr-base", "0.1", "--lr-scaling", "0.7",
+            "--eval-every", "1", "--store", str(db), "--jobs", "1", "--no-progress", "--csv", str(tmp_path / "t.csv")]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == "batchlaw.sweep/1" and len(out["points"]) == 4
+    assert (tmp_path / "t.csv").read_text().startswith("sweep,key")
+    assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    assert "report:" in text and "steps to target" in text
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "critical batch size" in html
+    assert (tmp_path / "rep" / "trials.csv").exists()
+    assert main(["report", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")]) == 2
