@@ -53,14 +53,18 @@ def test_help_on_every_command():
         assert proc.returncode == 0 and "usage: batchlaw" in proc.stdout
 
 
-def test_demo_runs_and_checks_known_answer():
-    proc = subprocess.run([sys.executable, "-m", "batchlaw", "demo", "--no-progress", "--json"],
-                          capture_output=True, text=True, timeout=300)
+@pytest.mark.slow
+def test_demo_runs_the_whole_story(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "batchlaw", "demo", "--no-progress", "--json", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     check = out["check"]
     assert check["estimate"]["ci"][0] <= check["analytic_b_simple"] <= check["estimate"]["ci"][1]
     assert out["measure"]["estimate"]["b_simple"] > 0
+    fit = out["sweep"]["fit"]
+    assert fit["b_crit_ci"][0] <= fit["b_crit"] <= fit["b_crit_ci"][1] and fit["unit"] == "examples"
+    assert (tmp_path / "report.html").exists() and (tmp_path / "demo.db").exists()
 
 
 def _write_csv(path, rows, header="batch,steps,model"):
