@@ -59,7 +59,7 @@ def zhang_cbs(b_crit, reference_batch):
     """Zhang et al. 2024's critical batch size ``1.2 B0 + B_crit / 5`` (see the module docstring).
 
     Examples:
-        >>> zhang_cbs(1000.0, 256.0)
+        >>> float(zhang_cbs(1000.0, 256.0))
         507.2
     """
     return 1.2 * reference_batch + np.asarray(b_crit) / 5.0

@@ -39,7 +39,7 @@ class ByteGPT(Workload):
     """
 
     name = "bytegpt"
-    default_lr = 3e-3
+    default_lr = 1e-3
     default_micro_batch = 16
     lr_scaling = 0.5  # Adam: square-root rule (Malladi et al. 2022)
 
