@@ -1,5 +1,20 @@
 """Fit: laws with uncertainty. Pure NumPy/SciPy; importing this package never imports torch."""
 
+from .chinchilla import (
+    EPOCH_2024,
+    HOFFMANN_2022,
+    chinchilla_loss,
+    compute_optimal,
+    fit_chinchilla,
+    fit_isoflop,
+    inference_optimal,
+)
+from .engine import Law, LawFit, fit_law
+from .laws import fit_power_law, fit_saturating
 from .steps import HUBER_DELTA, StepsFit, fit_steps_law, steps_law, zhang_cbs
 
-__all__ = ["HUBER_DELTA", "StepsFit", "fit_steps_law", "steps_law", "zhang_cbs"]
+__all__ = [
+    "EPOCH_2024", "HOFFMANN_2022", "HUBER_DELTA", "Law", "LawFit", "StepsFit", "chinchilla_loss", "compute_optimal",
+    "fit_chinchilla", "fit_isoflop", "fit_law", "fit_power_law", "fit_saturating", "fit_steps_law",
+    "inference_optimal", "steps_law", "zhang_cbs",
+]

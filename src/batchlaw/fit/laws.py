@@ -1,0 +1,92 @@
+"""The laws of ``science.md`` section 4 on the shared engine (:mod:`batchlaw.fit.engine`).
+
+- :func:`fit_power_law`: ``y = c * x_1^a_1 * ... * x_k^a_k`` (hyperparameter laws, CBS vs D or N).
+- :func:`fit_saturating`: ``y = y_inf + a * x^(-alpha)`` (loss vs compute, Kaplan et al. 2020;
+  learning curves).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import softmax
+
+from .engine import Law, LawFit, fit_law, validate_xy
+
+__all__ = ["power_law", "fit_power_law", "saturating_law", "fit_saturating"]
+
+
+def power_law(k: int) -> Law:
+    """``log y = log c + sum_j a_j log x_j`` with ``k`` inputs."""
+
+    def predict(theta, X):
+        return theta[:, :1] + theta[:, 1:] @ X.T  # (m, n)
+
+    def jac(theta, X):
+        J = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)  # (n, 1 + k)
+        return np.broadcast_to(J, (theta.shape[0], *J.shape))
+
+    def report(theta):
+        out = {"coef": np.exp(theta[:, 0])}
+        for j in range(k):
+            out[f"exp_{j}"] = theta[:, 1 + j]
+        return out
+
+    return Law("power", ("log_coef", *[f"exp_{j}" for j in range(k)]), predict, jac, report, ((None, None),) * (1 + k))
+
+
+def fit_power_law(y, *, inputs: dict, y_name: str = "y", delta: float = 0.1, n_boot: int = 1000,
+                  confidence: float = 0.95, seed: int | None = 0) -> LawFit:
+    """Fit ``y = coef * prod_j x_j^exp_j``; ``inputs`` maps names to arrays (exponents are reported
+    as ``exp_<name>``). Huber ``delta`` 0.1 on log residuals (optima from grids are noisy).
+
+    Examples:
+        >>> x = np.array([1e6, 1e7, 1e8, 1e9])
+        >>> fit = fit_power_law(2.0 * x**0.5, inputs={"x": x}, n_boot=0)
+        >>> round(fit.values["coef"], 6), round(fit.values["exp_x"], 6)
+        (2.0, 0.5)
+    """
+    X, logy = validate_xy(inputs, y, y_name=y_name, min_points=len(inputs) + 2)
+    law = power_law(len(inputs))
+    A = np.column_stack([np.ones(len(logy)), X])
+    start = np.linalg.lstsq(A, logy, rcond=None)[0]  # ordinary least squares in log space
+    fit = fit_law(law, X, logy, starts=start[None, :], delta=delta, n_boot=n_boot, confidence=confidence,
+                  seed=seed, keep_starts=1)
+    names = list(inputs)
+
+    def rename(d):
+        return {("coef" if k == "coef" else f"exp_{names[int(k[4:])]}"): v for k, v in d.items()}
+
+    return LawFit(fit.law, rename(fit.values), rename(fit.ci), fit.theta, fit.n_points, fit.rmse_log, fit.r2_log,
+                  fit.confidence, fit.n_boot, fit.extrapolation, rename(fit.boot))
+
+
+def saturating_law() -> Law:
+    """``log y = LSE(e, a - alpha log x)``, i.e. ``y = exp(e) + exp(a) x^(-alpha)``."""
+
+    def terms(theta, X):
+        return np.stack([np.broadcast_to(theta[:, :1], (theta.shape[0], X.shape[0])),
+                         theta[:, 1:2] - theta[:, 2:3] * X[:, 0][None, :]], axis=-1)  # (m, n, 2)
+
+    def predict(theta, X):
+        return np.logaddexp.reduce(terms(theta, X), axis=-1)
+
+    def jac(theta, X):
+        s = softmax(terms(theta, X), axis=-1)
+        return np.stack([s[..., 0], s[..., 1], -s[..., 1] * X[:, 0][None, :]], axis=-1)
+
+    def report(theta):
+        return {"y_inf": np.exp(theta[:, 0]), "a": np.exp(theta[:, 1]), "alpha": theta[:, 2]}
+
+    return Law("saturating", ("e", "a", "alpha"), predict, jac, report, ((None, None), (None, None), (0.0, 5.0)))
+
+
+def fit_saturating(x, y, *, x_name: str = "x", y_name: str = "y", delta: float = 1e-3, n_boot: int = 1000,
+                   confidence: float = 0.95, seed: int | None = 0, extrapolation: bool = True) -> LawFit:
+    """Fit ``y = y_inf + a x^(-alpha)`` with a grid of starts and bootstrap intervals."""
+    X, logy = validate_xy({x_name: x}, y, y_name=y_name, min_points=5)
+    ymin = float(np.exp(logy.min()))
+    lx = X[:, 0]
+    starts = [(np.log(ymin * f), np.log(ymin) + al * lx.mean() + da, al)
+              for f in (0.2, 0.5, 0.8, 0.95) for al in (0.05, 0.2, 0.5, 1.0, 2.0) for da in (-2.0, 0.0, 2.0)]
+    return fit_law(saturating_law(), X, logy, starts=np.array(starts), delta=delta, n_boot=n_boot,
+                   confidence=confidence, seed=seed, extrapolation_col=0 if extrapolation else None)
