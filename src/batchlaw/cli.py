@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     _add_fit_parser(sub)
     _add_report_parser(sub)
+    _add_plan_parser(sub)
     return parser
 
 
@@ -137,6 +138,88 @@ def _add_fit_parser(sub) -> None:
     c.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_cmd_fit_cbs)
+
+    ch = fsub.add_parser("chinchilla", help="L(N, D) = E + A/N^alpha + B/D^beta (Approach 3), allocation",
+                         description="Fit L(N, D) = E + A/N^alpha + B/D^beta as the Epoch AI replication did (Huber "
+                         "1e-3 on log loss, L-BFGS from a grid of starts), with bootstrap intervals over runs.")
+    ch.add_argument("csv")
+    ch.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
+    tok = ch.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokens-col", help="column with the training tokens D")
+    tok.add_argument("--compute-col", help="column with the compute C in FLOPs (D = C / (6 N))")
+    ch.add_argument("--loss-col", required=True, help="column with the final loss")
+    ch.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    ch.add_argument("--compute", type=float, default=None, help="FLOP budget for the compute-optimal allocation")
+    ch.add_argument("--inference-tokens", type=float, default=None, help="expected inference tokens (Sardana et al.)")
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=_cmd_fit_chinchilla)
+
+    iso = fsub.add_parser("isoflop", help="Approach 2: parabolas per compute budget, N_opt(C) and D_opt(C)",
+                          description="For each compute budget fit a parabola of loss in log N; fit power laws to "
+                          "the optima N_opt(C) and D_opt(C) = C / (6 N_opt).")
+    iso.add_argument("csv")
+    iso.add_argument("--params-col", required=True)
+    iso.add_argument("--tokens-col", required=True)
+    iso.add_argument("--budget-col", required=True, help="column with the compute budget of the run's isoFLOP group")
+    iso.add_argument("--loss-col", required=True)
+    iso.add_argument("--bootstrap", type=int, default=1000)
+    iso.add_argument("--json", action="store_true")
+    iso.set_defaults(func=_cmd_fit_isoflop)
+
+    hp = fsub.add_parser("hparams", help="optimal LR and batch per (N, D), and their power laws",
+                         description="From LR x batch grids over several (N, D): the optimum per group (raw argmin "
+                         "and a smoothed quadratic vertex), then lr_opt = c N^a D^b and B_opt = c D^b (and vs C = 6 N D).")
+    hp.add_argument("csv")
+    for col in ("lr", "batch", "loss", "params", "tokens"):
+        hp.add_argument(f"--{col}-col", required=True)
+    hp.add_argument("--seq-len", type=int, default=None, help="tokens per sequence: batch column in sequences, laws in tokens")
+    hp.add_argument("--bootstrap", type=int, default=1000)
+    hp.add_argument("--json", action="store_true")
+    hp.set_defaults(func=_cmd_fit_hparams)
+
+    cu = fsub.add_parser("curve", help="learning-curve extrapolation L(t) = L_inf + a t^-b",
+                         description="Fit L(t) = L_inf + a t^-b (constant-LR or WSD runs), predict the loss at a "
+                         "later step with a predictive interval, and backtest on the first half of the curve.")
+    cu.add_argument("csv")
+    cu.add_argument("--step-col", required=True)
+    cu.add_argument("--loss-col", required=True)
+    cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
+    cu.add_argument("--bootstrap", type=int, default=1000)
+    cu.add_argument("--json", action="store_true")
+    cu.set_defaults(func=_cmd_fit_curve)
+
+
+def _add_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="what a run takes on more GPUs, and at what cost",
+        description="For each GPU count: global batch, steps to the target through S(B) = S_min (1 + B_crit/B), "
+        "wall-clock, GPU-hours, cost and efficiency against perfect scaling; a flag where the batch passes B_crit; "
+        "a recommendation. Batch sizes in sequences.",
+    )
+    p.add_argument("--gpus", type=_int_list, required=True, help="GPU counts to compare, e.g. 8,16,32,64")
+    p.add_argument("--micro-batch", type=int, required=True, help="sequences per GPU per micro-batch")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default: %(default)s)")
+    crit = p.add_mutually_exclusive_group(required=True)
+    crit.add_argument("--b-crit", type=float, help="critical batch size (or B_noise) in sequences")
+    crit.add_argument("--b-crit-tokens", type=float, help="critical batch size in tokens")
+    crit.add_argument("--b-crit-store", help="a sweep store: use its fitted B_crit (examples = sequences)")
+    crit.add_argument("--b-crit-law", help="COEF:EXP: B_crit = COEF * D^EXP tokens (D = --tokens)")
+    p.add_argument("--tokens", type=float, default=None, help="training tokens needed at the reference batch")
+    p.add_argument("--params", type=float, default=None, help="model parameters (for FLOP-based throughput and all-reduce bytes)")
+    p.add_argument("--compute", type=float, default=None, help="FLOP budget: tokens and params from the Chinchilla allocation")
+    p.add_argument("--inference-tokens", type=float, default=None, help="with --compute: inference-aware allocation")
+    p.add_argument("--reference-batch", type=float, default=None, help="global batch at which --tokens holds (default: the smallest)")
+    p.add_argument("--tokens-per-sec", type=float, default=None, help="training throughput per GPU, tokens/s")
+    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s per GPU (with --mfu and --params)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation (default: %(default)s)")
+    p.add_argument("--comm-overhead", type=float, default=0.0, help="communication as a fraction of compute time")
+    p.add_argument("--bandwidth", type=float, default=None, help="all-reduce bus bandwidth per GPU, bytes/s (with --params)")
+    p.add_argument("--grad-bytes-per-param", type=float, default=4.0, help="bytes per gradient element (default: %(default)s)")
+    p.add_argument("--price", type=float, default=None, help="price per GPU-hour")
+    p.add_argument("--min-efficiency", type=float, default=0.7, help="recommendation threshold (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plan)
 
 
 def _add_report_parser(sub) -> None:
@@ -346,6 +429,235 @@ def _cmd_fit_cbs(args) -> int:
             head = f"[{o['group']}] " if args.group_col else ""
             print(f"{head}{o['n_points']} points: " + (str(o["_fit"]) if "_fit" in o else f"no fit: {o['error']}"))
     return 1 if failed == len(out) else 0
+
+
+def _ci_text(fit, key) -> str:
+    lo, hi = fit.ci.get(key, (None, None))
+    return f"{fmt_num(fit.values[key])} ({fmt_num(lo)} to {fmt_num(hi)})"
+
+
+def _cmd_fit_chinchilla(args) -> int:
+    from ._csv import read_columns
+    from .fit import compute_optimal, fit_chinchilla, inference_optimal
+
+    tok_col = args.tokens_col or args.compute_col
+    t = read_columns(args.csv, [args.params_col, tok_col, args.loss_col], numeric=[args.params_col, tok_col, args.loss_col])
+    n = t[args.params_col]
+    d = t[tok_col] if args.tokens_col else [c / (6 * x) for c, x in zip(t[tok_col], n)]
+    fit = fit_chinchilla(n, d, t[args.loss_col], n_boot=args.bootstrap)
+    out = {k: fit.values[k] for k in ("E", "A", "B", "alpha", "beta")}
+    out.update(n_points=fit.n_points, ci={k: list(v) for k, v in fit.ci.items()},
+               goodness={"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, extrapolation=fit.extrapolation)
+    if args.compute:
+        alloc = compute_optimal(args.compute, fit.values)
+        out["allocation"] = {k: alloc[k] for k in ("compute", "params", "tokens", "tokens_per_param")}
+        out["allocation"]["loss"] = alloc["loss"]
+        if fit.boot:
+            import numpy as np
+
+            boot = [compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()})
+                    for i in range(len(fit.boot["E"]))]
+            a = (1 - fit.confidence) / 2
+            out["allocation"]["ci"] = {k: [float(np.quantile([b[k] for b in boot], a)),
+                                           float(np.quantile([b[k] for b in boot], 1 - a))]
+                                       for k in ("params", "tokens", "tokens_per_param")}
+        if args.inference_tokens is not None:
+            out["inference_aware"] = inference_optimal(args.compute, args.inference_tokens, fit.values)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"L(N, D) = E + A/N^alpha + B/D^beta from {fit.n_points} runs (95% bootstrap intervals, {fit.n_boot} resamples):")
+    for k in ("E", "A", "B", "alpha", "beta"):
+        print(f"  {k:>5} = {_ci_text(fit, k)}")
+    print(f"  fit: RMSE {fit.rmse_log:.4f} in log loss, R^2 {fit.r2_log:.4f}")
+    if fit.extrapolation:
+        e = fit.extrapolation
+        print(f"  extrapolation check: refit without the {e['held_out_points']} largest-compute runs predicts them "
+              f"with median error {e['median_abs_rel_error']:.2%} (max {e['max_abs_rel_error']:.2%})")
+    if "allocation" in out:
+        a = out["allocation"]
+        ci = a.get("ci", {})
+        print(f"compute-optimal at C = {a['compute']:.3g} FLOPs: N = {fmt_num(a['params'])} parameters, "
+              f"D = {fmt_num(a['tokens'])} tokens, {a['tokens_per_param']:.1f} tokens per parameter"
+              + (f" (95% CI {ci['tokens_per_param'][0]:.1f} to {ci['tokens_per_param'][1]:.1f})" if ci else ""))
+    if "inference_aware" in out:
+        i = out["inference_aware"]
+        print(f"inference-aware ({i['inference_tokens']:.3g} inference tokens): N = {fmt_num(i['params'])}, "
+              f"D = {fmt_num(i['tokens'])} ({i['tokens_per_param']:.0f} tokens/param); total compute "
+              f"{i['total_compute']:.3g} vs {i['chinchilla_total_compute']:.3g} FLOPs for the compute-optimal model")
+    return 0
+
+
+def _cmd_fit_isoflop(args) -> int:
+    from ._csv import read_columns
+    from .fit import fit_isoflop
+
+    cols = [args.params_col, args.tokens_col, args.budget_col, args.loss_col]
+    t = read_columns(args.csv, cols, numeric=cols)
+    out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col], n_boot=args.bootstrap)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs")
+    for o in out["optima"]:
+        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} {o['n_runs']}")
+    for key in ("params", "tokens"):
+        law = out[f"{key}_law"]
+        ci = law["ci"].get("exp_compute")
+        print(f"{key}_opt = {law['coef']:.3g} * C^{law['exponent']:.3f}" + (f" (exponent 95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""))
+    return 0
+
+
+def _cmd_fit_hparams(args) -> int:
+    from ._csv import read_columns
+    from .fit.hparams import find_optima, fit_hparam_laws
+
+    cols = [args.lr_col, args.batch_col, args.loss_col, args.params_col, args.tokens_col]
+    t = read_columns(args.csv, cols, numeric=cols)
+    batch = t[args.batch_col]
+    if args.seq_len:
+        batch = [b * args.seq_len for b in batch]
+    optima = find_optima(t[args.params_col], t[args.tokens_col], t[args.lr_col], batch, t[args.loss_col])
+    laws = fit_hparam_laws(optima, n_boot=args.bootstrap)
+    unit = "tokens" if args.seq_len else "as in the batch column"
+    out = {"lr_law": laws["lr_law"], "batch_law": laws["batch_law"], "lr_vs_compute": laws["lr_vs_compute"],
+           "batch_vs_compute": laws["batch_vs_compute"], "batch_unit": unit,
+           "optima": [{k: o[k] for k in ("params", "tokens", "lr", "batch", "loss", "method", "raw")} for o in optima]}
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"{'params':>10} {'tokens':>10} {'lr_opt':>10} {'B_opt':>10} {'loss':>8}  method")
+    for o in optima:
+        print(f"{fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['lr']:>10.3g} {fmt_num(o['batch']):>10} "
+              f"{o['loss']:>8.4f}  {o['method']}")
+    lr, b = laws["lr_law"], laws["batch_law"]
+    print(f"lr_opt = {lr['coef']:.3g} * N^{lr['exp_params']:.3f} * D^{lr['exp_tokens']:.3f}  "
+          f"(95% CI: N exp {lr['ci']['exp_params'][0]:.3f} to {lr['ci']['exp_params'][1]:.3f}, "
+          f"D exp {lr['ci']['exp_tokens'][0]:.3f} to {lr['ci']['exp_tokens'][1]:.3f})")
+    print(f"B_opt = {b['coef']:.3g} * D^{b['exp_tokens']:.3f} ({unit}; 95% CI on the exponent "
+          f"{b['ci']['exp_tokens'][0]:.3f} to {b['ci']['exp_tokens'][1]:.3f})")
+    return 0
+
+
+def _cmd_fit_curve(args) -> int:
+    from ._csv import read_columns
+    from .fit.curves import backtest_curve, fit_curve, predict_curve
+
+    t = read_columns(args.csv, [args.step_col, args.loss_col], numeric=[args.step_col, args.loss_col])
+    steps, loss = t[args.step_col], t[args.loss_col]
+    fit = fit_curve(steps, loss, n_boot=args.bootstrap)
+    out = {"L_inf": fit.values["y_inf"], "a": fit.values["a"], "b": fit.values["alpha"], "n_points": fit.n_points,
+           "ci": {{"y_inf": "L_inf", "alpha": "b"}.get(k, k): list(v) for k, v in fit.ci.items()},
+           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}}
+    if args.predict_at:
+        out["prediction"] = predict_curve(fit, args.predict_at, steps=steps, loss=loss)
+    try:
+        out["backtest"] = backtest_curve(steps, loss, n_boot=min(args.bootstrap, 500))
+    except ValueError as err:
+        out["backtest"] = {"error": str(err)}
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
+          f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    if "prediction" in out:
+        pr = out["prediction"]
+        print(f"predicted loss at step {pr['step']:g}: {pr['loss']:.4f} (95% predictive interval "
+              f"{pr['interval'][0]:.4f} to {pr['interval'][1]:.4f})")
+    bt = out["backtest"]
+    if "error" not in bt:
+        print(f"backtest: fitted on the first {bt['fraction']:.0%} ({bt['fit_points']} points), predicted the final "
+              f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}; "
+              f"{'inside' if bt['inside'] else 'outside'} the interval)")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from .fit import EPOCH_2024, compute_optimal, inference_optimal
+    from .plan import plan_run
+
+    alloc = infer = None
+    tokens, params = args.tokens, args.params
+    if args.compute:
+        alloc = compute_optimal(args.compute, EPOCH_2024)
+        if args.inference_tokens is not None:
+            infer = inference_optimal(args.compute, args.inference_tokens, EPOCH_2024)
+        chosen = infer or alloc
+        tokens = tokens or chosen["tokens"]
+        params = params or chosen["params"]
+    if tokens is None:
+        raise ValueError("Give --tokens (training tokens at the reference batch) or --compute.")
+    if args.b_crit is not None:
+        b_crit = args.b_crit
+    elif args.b_crit_tokens is not None:
+        b_crit = args.b_crit_tokens / args.seq_len
+    elif args.b_crit_law is not None:
+        try:
+            coef, exp = (float(v) for v in args.b_crit_law.split(":"))
+        except ValueError:
+            raise ValueError(f"--b-crit-law must be COEF:EXP, e.g. 0.58:0.571. Got {args.b_crit_law!r}.") from None
+        b_crit = coef * tokens**exp / args.seq_len
+    else:
+        from .sweep.analysis import analyze_sweep
+        from .sweep.store import TrialStore
+
+        if not Path(args.b_crit_store).is_file():
+            raise ValueError(f"The store {args.b_crit_store!r} does not exist.")
+        with TrialStore(args.b_crit_store) as store:
+            fits = [analyze_sweep(n, c, store.trials(n)).fit for n, c in store.sweeps().items()]
+        fits = [f for f in fits if f is not None]
+        if not fits:
+            raise ValueError(f"No sweep in {args.b_crit_store!r} supports a B_crit fit.")
+        b_crit = fits[-1].b_crit
+    tps = args.tokens_per_sec
+    if tps is None and args.peak_flops is not None:
+        if params is None:
+            raise ValueError("--peak-flops needs --params (throughput = peak * mfu / (6 N) tokens/s).")
+        tps = args.peak_flops * args.mfu / (6.0 * params)
+    grad_bytes = bw = None
+    if args.bandwidth is not None:
+        if params is None:
+            raise ValueError("--bandwidth needs --params to size the all-reduce.")
+        grad_bytes, bw = params * args.grad_bytes_per_param, args.bandwidth
+    plan = plan_run(gpus=list(args.gpus), b_crit=b_crit, tokens=tokens, seq_len=args.seq_len,
+                    micro_batch=args.micro_batch, accumulation=args.accumulation,
+                    reference_batch=args.reference_batch, tokens_per_sec_per_gpu=tps,
+                    comm_overhead=args.comm_overhead, grad_bytes=grad_bytes, bandwidth_bytes_per_s=bw,
+                    price_per_gpu_hour=args.price, min_efficiency=args.min_efficiency)
+    if args.json:
+        out = {"schema": "batchlaw.plan/1", **plan.to_dict()}
+        if alloc:
+            out["compute_optimal"] = alloc
+        if infer:
+            out["inference_aware"] = infer
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"B_crit = {fmt_num(b_crit)} sequences ({fmt_num(b_crit * args.seq_len)} tokens); "
+          f"S_min = {fmt_num(plan.s_min)} steps; {fmt_num(tokens)} tokens at the reference batch")
+    if alloc:
+        print(f"compute-optimal for {args.compute:.3g} FLOPs (Epoch AI 2024 law): N = {fmt_num(alloc['params'])}, "
+              f"D = {fmt_num(alloc['tokens'])} ({alloc['tokens_per_param']:.1f} tokens/param)")
+    if infer:
+        print(f"inference-aware ({args.inference_tokens:.3g} inference tokens): N = {fmt_num(infer['params'])}, "
+              f"D = {fmt_num(infer['tokens'])}; total compute {infer['total_compute']:.3g} vs "
+              f"{infer['chinchilla_total_compute']:.3g} FLOPs")
+    print(plan.table())
+    for d in plan.doubling:
+        r1 = next(r for r in plan.rows if r.gpus == d["to"])
+        line = f"{d['from']} -> {d['to']} GPUs: {1 / d['steps_ratio']:.2f}x fewer steps"
+        if "speedup" in d:
+            line += f", {d['speedup']:.2f}x faster for {d['gpu_hours_ratio']:.2f}x the GPU-hours"
+        verdict = "worth it" if d.get("speedup", 1 / d["steps_ratio"]) >= 2 * args.min_efficiency else "poor value"
+        if r1.over_critical:
+            line += f"; the batch {r1.global_batch:,} is {r1.global_batch / b_crit:.1f}x B_crit"
+        print(f"{line}: {verdict}.")
+        r0 = next(r for r in plan.rows if r.gpus == d["from"])
+        if r1.over_critical and args.micro_batch % 2 == 0:
+            print(f"  alternative: {d['to']} GPUs at micro-batch {args.micro_batch // 2} keep the global batch at "
+                  f"{r0.global_batch:,}: the same {fmt_num(r0.steps)} steps, up to 2x faster if each GPU keeps its "
+                  "throughput at the smaller micro-batch.")
+    print(f"recommendation: {plan.reason}")
+    return 0
 
 
 def _cmd_report(args) -> int:
