@@ -2,13 +2,15 @@
 
 For constant-learning-rate or warmup-stable-decay runs (before the decay); under cosine decay
 the power law is the wrong shape (Tissue et al. 2024, arXiv:2408.11029). The predictive
-interval at step ``t`` combines the bootstrap spread of the fitted curve with resampled
-residuals (log space), so it covers a new observation, not only the mean curve.
+interval at step ``t`` adds, in log space, the bootstrap variance of the fitted curve there and
+the residual variance of the data (``n - 3`` degrees of freedom), with Student-t quantiles, so
+it covers a new observation, not only the mean curve.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from .._validation import check_probability
 from ..errors import InsufficientDataError
@@ -26,25 +28,26 @@ def fit_curve(steps, loss, *, n_boot: int = 1000, confidence: float = 0.95, seed
                           seed=seed, extrapolation=False)
 
 
-def predict_curve(fit, step: float, *, steps=None, loss=None, confidence: float | None = None, seed: int = 0) -> dict:
+def predict_curve(fit, step: float, *, steps=None, loss=None, confidence: float | None = None) -> dict:
     """Predicted loss at ``step`` with a predictive interval (needs the fit's bootstrap).
 
-    ``steps``/``loss``: the data fitted, to add resampled residuals to the interval.
+    ``steps``/``loss``: the data fitted, to add the observation noise to the interval.
     """
     confidence = check_probability("confidence", confidence or fit.confidence)
     v = fit.values
     point = v["y_inf"] + v["a"] * step ** (-v["alpha"])
     if not fit.boot:
         return {"step": step, "loss": point, "interval": [None, None]}
-    curves = fit.boot["y_inf"] + fit.boot["a"] * step ** (-fit.boot["alpha"])
+    curves = np.log(fit.boot["y_inf"] + fit.boot["a"] * step ** (-fit.boot["alpha"]))
+    var = float(np.var(curves, ddof=1))  # spread of the fitted curve (log)
+    dof = max(fit.n_points - 3, 1)
     if steps is not None and loss is not None:
         s = np.asarray(steps, float)
         resid = np.log(np.asarray(loss, float)) - np.log(v["y_inf"] + v["a"] * s ** (-v["alpha"]))
-        rng = np.random.default_rng(seed)
-        curves = curves * np.exp(rng.choice(resid, size=curves.size))
-    a = 1 - confidence
+        var += float(np.sum(resid**2)) / dof  # a new observation's own noise
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * np.sqrt(var)
     return {"step": step, "loss": float(point),
-            "interval": [float(np.quantile(curves, a / 2)), float(np.quantile(curves, 1 - a / 2))]}
+            "interval": [float(point * np.exp(-half)), float(point * np.exp(half))]}
 
 
 def backtest_curve(steps, loss, *, fraction: float = 0.5, n_boot: int = 500, confidence: float = 0.95) -> dict:

@@ -11,7 +11,8 @@ Levenberg-Marquardt damping (vectorised: many independent fits advance in one ba
 ``p x p`` solve per iteration), the winner polished with ``scipy.optimize.minimize`` (L-BFGS-B).
 Bootstrap resamples (the same rows with multinomial weights, i.e. runs resampled with
 replacement) are fitted the same vectorised way, starting from the point estimate, so 1,000 of
-them take seconds. Intervals are bootstrap percentiles.
+them take seconds. Intervals are bootstrap percentiles, widened about the estimate by
+``t_{n-p} / z`` for small samples.
 
 Goodness of fit: RMSE and R^2 of ``log y``. Extrapolation check: refit without the points
 largest in a chosen column (e.g. compute) and report the error on them.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 from .._validation import check_positive_int, check_probability
 from ..errors import InsufficientDataError
@@ -220,7 +221,17 @@ def fit_law(
         tb, _ = _solve_irls(law, X, logy, W, np.repeat(theta[None, :], n_boot, 0), delta, lo, hi)
         boot = law.report(tb)
         a = 1.0 - confidence
-        ci = {k: (float(np.quantile(v, a / 2)), float(np.quantile(v, 1 - a / 2))) for k, v in boot.items()}
+        # Small-sample correction: widen the percentile interval about the estimate by t_{n-p} / z
+        # (in log space for positive quantities), as a t interval would be wider than a normal one.
+        widen = stats.t.ppf(1 - a / 2, n - p) / stats.norm.ppf(1 - a / 2)
+        for k, v in boot.items():
+            lo_q, hi_q = np.quantile(v, [a / 2, 1 - a / 2])
+            point = values[k]
+            if point > 0 and lo_q > 0:
+                lp = math.log(point)
+                ci[k] = (math.exp(lp - widen * (lp - math.log(lo_q))), math.exp(lp + widen * (math.log(hi_q) - lp)))
+            else:
+                ci[k] = (point - widen * (point - lo_q), point + widen * (hi_q - point))
 
     extrap = None
     if extrapolation_col is not None:

@@ -1,0 +1,196 @@
+"""Scaling-law fits against known answers, an independent fitter, published numbers, and invariants."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import optimize
+
+from batchlaw.errors import InsufficientDataError
+from batchlaw.fit import (
+    EPOCH_2024,
+    chinchilla_loss,
+    compute_optimal,
+    fit_chinchilla,
+    fit_isoflop,
+    fit_power_law,
+    inference_optimal,
+)
+from batchlaw.fit.curves import backtest_curve, fit_curve, predict_curve
+from batchlaw.fit.hparams import STEP_LAW, deepseek_hparams, find_optima, fit_hparam_laws, step_law
+
+N_GRID = np.repeat(np.geomspace(1e7, 1e10, 8), 6)
+D_GRID = np.tile(np.geomspace(1e9, 1e12, 6), 8)
+
+
+# ------------------------------------------------------------------ Chinchilla
+def test_chinchilla_recovers_known_parameters_within_intervals():
+    seeds, hits = 10, {k: 0 for k in EPOCH_2024}
+    for seed in range(seeds):
+        rng = np.random.default_rng(100 + seed)
+        loss = chinchilla_loss(N_GRID, D_GRID, EPOCH_2024) * np.exp(0.01 * rng.standard_normal(N_GRID.size))
+        fit = fit_chinchilla(N_GRID, D_GRID, loss, n_boot=300, seed=seed)
+        for k, v in EPOCH_2024.items():
+            hits[k] += fit.ci[k][0] <= v <= fit.ci[k][1]
+    assert all(h >= 9 for h in hits.values()), hits
+
+
+def test_chinchilla_agrees_with_curve_fit_on_clean_data():
+    loss = chinchilla_loss(N_GRID, D_GRID, EPOCH_2024)
+    fit = fit_chinchilla(N_GRID, D_GRID, loss, n_boot=0)
+    popt, _ = optimize.curve_fit(lambda x, E, A, B, a, b: np.log(E + A / x[0] ** a + B / x[1] ** b),
+                                 np.vstack([N_GRID, D_GRID]), np.log(loss), p0=[2, 300, 1000, 0.3, 0.3], maxfev=20000)
+    for k, v in zip(("E", "A", "B", "alpha", "beta"), popt):
+        assert fit.values[k] == pytest.approx(v, rel=1e-3)
+        assert fit.values[k] == pytest.approx(EPOCH_2024[k], rel=1e-3)
+    assert fit.extrapolation["median_abs_rel_error"] < 1e-4
+
+
+def test_epoch_allocation_gives_about_20_tokens_per_parameter():
+    """Besiroglu et al. 2024: about 20 tokens per parameter at Chinchilla's 5.88e23 FLOP."""
+    a = compute_optimal(5.88e23, EPOCH_2024)
+    assert 17 < a["tokens_per_param"] < 23
+    assert 6 * a["params"] * a["tokens"] == pytest.approx(5.88e23, rel=1e-9)
+
+
+def test_inference_aware_allocation():
+    c = 1e22
+    base = compute_optimal(c, EPOCH_2024)
+    none = inference_optimal(c, 0.0, EPOCH_2024)
+    assert none["params"] == pytest.approx(base["params"], rel=1e-3)
+    heavy = inference_optimal(c, 1e13, EPOCH_2024)
+    assert heavy["params"] < base["params"] and heavy["tokens"] > base["tokens"]
+    assert heavy["total_compute"] < heavy["chinchilla_total_compute"]
+    assert chinchilla_loss(heavy["params"], heavy["tokens"], EPOCH_2024) == pytest.approx(base["loss"], rel=1e-6)
+
+
+def test_chinchilla_bad_data():
+    with pytest.raises(ValueError, match="'loss' values must be finite and positive"):
+        fit_chinchilla(N_GRID[:12], D_GRID[:12], [np.nan] + [2.0] * 11)
+    with pytest.raises(ValueError, match="'params' values"):
+        fit_chinchilla([-1.0] + [1e8] * 11, D_GRID[:12], [2.0] * 12)
+    with pytest.raises(InsufficientDataError, match="At least 10 points"):
+        fit_chinchilla(N_GRID[:5], D_GRID[:5], [2.0] * 5)
+    with pytest.raises(InsufficientDataError, match="same 'params'"):
+        fit_chinchilla([1e8] * 12, D_GRID[:12], chinchilla_loss(1e8, D_GRID[:12], EPOCH_2024))
+
+
+def test_isoflop_recovers_the_optimal_exponent():
+    """For L = E + A/N^a + B/D^b, N_opt ~ C^(b/(a+b)) exactly (Hoffmann et al. 2022, App. D.2)."""
+    rows = []
+    for c in (1e18, 1e19, 1e20, 1e21):
+        n_opt = compute_optimal(c, EPOCH_2024)["params"]
+        for n in n_opt * np.geomspace(0.25, 4, 9):
+            rows.append((n, c / (6 * n), c, chinchilla_loss(n, c / (6 * n), EPOCH_2024)))
+    n, d, c, loss = map(np.array, zip(*rows))
+    out = fit_isoflop(n, d, c, loss, n_boot=200)
+    expected = EPOCH_2024["beta"] / (EPOCH_2024["alpha"] + EPOCH_2024["beta"])
+    assert out["params_law"]["exponent"] == pytest.approx(expected, abs=0.01)
+    assert out["tokens_law"]["exponent"] == pytest.approx(1 - expected, abs=0.01)
+    with pytest.raises(InsufficientDataError, match="at least 2 compute budgets"):
+        fit_isoflop(n[:9], d[:9], c[:9], loss[:9])
+
+
+# ------------------------------------------------------------------ power laws
+def test_power_law_recovers_exponents_within_intervals():
+    hits, seeds = np.zeros(2), 40
+    n = np.repeat(np.geomspace(1e7, 1e9, 5), 5)
+    d = np.tile(np.geomspace(1e9, 1e11, 5), 5)
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        y = 1.79 * n**-0.713 * d**0.307 * np.exp(0.05 * rng.standard_normal(n.size))
+        fit = fit_power_law(y, inputs={"params": n, "tokens": d}, n_boot=300, seed=seed)
+        hits += [fit.ci["exp_params"][0] <= -0.713 <= fit.ci["exp_params"][1],
+                 fit.ci["exp_tokens"][0] <= 0.307 <= fit.ci["exp_tokens"][1]]
+    print(hits / seeds)
+    assert np.all(hits / seeds >= 0.85)
+
+
+def test_power_law_agrees_with_curve_fit():
+    x = np.geomspace(1e3, 1e8, 12)
+    y = 0.3 * x**0.33 * np.exp(0.02 * np.sin(np.arange(12)))
+    fit = fit_power_law(y, inputs={"x": x}, n_boot=0, delta=10.0)  # large delta: least squares
+    (lc, a), _ = optimize.curve_fit(lambda t, lc, a: lc + a * np.log(t), x, np.log(y), p0=[0.0, 0.3])
+    assert fit.values["coef"] == pytest.approx(math.exp(lc), rel=1e-4) and fit.values["exp_x"] == pytest.approx(a, rel=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kx=st.floats(1e-3, 1e3), sy=st.floats(1e-3, 1e3))
+def test_power_law_unit_invariance(kx, sy):
+    """Changing units of x (by kx) and y (by sy) rescales the coefficient, never the exponents."""
+    x = np.geomspace(10, 1e6, 10)
+    y = 2.0 * x**-0.4 * np.exp(0.03 * np.cos(np.arange(10)))
+    base = fit_power_law(y, inputs={"x": x}, n_boot=0)
+    moved = fit_power_law(sy * y, inputs={"x": kx * x}, n_boot=0)
+    a = base.values["exp_x"]
+    assert moved.values["exp_x"] == pytest.approx(a, abs=1e-6)
+    assert moved.values["coef"] == pytest.approx(base.values["coef"] * sy * kx**-a, rel=1e-5)
+
+
+# ------------------------------------------------------------------ hyperparameters
+def _grid_runs(rng, noise=0.002):
+    rows = []
+    for n in (1e8, 3e8, 1e9):
+        for d in (2e9, 8e9, 3.2e10):
+            opt = step_law(n, d)
+            for lr in opt["lr"] * 1.3 * np.geomspace(0.25, 4, 5):  # the optimum falls between grid points
+                for b in opt["batch_tokens"] / 1.3 * np.geomspace(0.25, 4, 5):
+                    loss = (2.0 + 0.05 * math.log(lr / opt["lr"]) ** 2 + 0.03 * math.log(b / opt["batch_tokens"]) ** 2
+                            + noise * rng.standard_normal())
+                    rows.append((n, d, lr, b, loss))
+    return map(np.array, zip(*rows))
+
+
+def test_hparam_laws_recover_step_law():
+    n, d, lr, b, loss = _grid_runs(np.random.default_rng(0))
+    optima = find_optima(n, d, lr, b, loss)
+    assert len(optima) == 9 and all(o["method"] == "smoothed" for o in optima)
+    laws = fit_hparam_laws(optima, n_boot=300)
+    assert laws["lr_law"]["exp_params"] == pytest.approx(STEP_LAW["lr_exp_params"], abs=0.03)
+    assert laws["lr_law"]["exp_tokens"] == pytest.approx(STEP_LAW["lr_exp_tokens"], abs=0.03)
+    assert laws["batch_law"]["exp_tokens"] == pytest.approx(STEP_LAW["batch_exp_tokens"], abs=0.03)
+    ci = laws["lr_law"]["ci"]["exp_params"]
+    assert ci[0] <= STEP_LAW["lr_exp_params"] <= ci[1]
+    # the raw argmin sits on the grid, so it is coarser than the smoothed vertex
+    raw_err = np.median([abs(math.log(o["raw"]["lr"] / step_law(o["params"], o["tokens"])["lr"])) for o in optima])
+    sm_err = np.median([abs(math.log(o["lr"] / step_law(o["params"], o["tokens"])["lr"])) for o in optima])
+    assert sm_err <= raw_err + 1e-9
+
+
+def test_hparam_laws_need_enough_groups():
+    n, d, lr, b, loss = _grid_runs(np.random.default_rng(0))
+    optima = find_optima(n, d, lr, b, loss)
+    with pytest.raises(InsufficientDataError, match="at least 4"):
+        fit_hparam_laws(optima[:3])
+    with pytest.raises(InsufficientDataError, match="2 model sizes"):
+        fit_hparam_laws([o for o in optima if np.isclose(o["params"], 1e8)] * 2)
+
+
+def test_deepseek_formula():
+    h = deepseek_hparams(1e23)
+    assert h["lr"] == pytest.approx(0.3118 * 1e23**-0.125)
+    assert h["batch_tokens"] == pytest.approx(0.2920 * 1e23**0.3271)
+
+
+# ------------------------------------------------------------------ learning curves
+def test_learning_curve_fit_prediction_and_backtest():
+    t = np.arange(100, 10001, 100, dtype=float)
+    rng = np.random.default_rng(0)
+    loss = (2.0 + 5.0 * t**-0.3) * np.exp(0.003 * rng.standard_normal(t.size))
+    fit = fit_curve(t, loss, n_boot=300)
+    assert fit.ci["y_inf"][0] <= 2.0 <= fit.ci["y_inf"][1]
+    assert fit.ci["alpha"][0] <= 0.3 <= fit.ci["alpha"][1]
+    pred = predict_curve(fit, 20000, steps=t, loss=loss)
+    truth = 2.0 + 5.0 * 20000**-0.3
+    assert pred["interval"][0] <= truth <= pred["interval"][1]
+    inside = 0
+    for seed in range(30):
+        noisy = (2.0 + 5.0 * t**-0.3) * np.exp(0.003 * np.random.default_rng(seed).standard_normal(t.size))
+        bt = backtest_curve(t, noisy, fraction=0.5, n_boot=100)
+        assert abs(bt["rel_error"]) < 0.015
+        inside += bt["inside"]
+    assert inside / 30 >= 0.85
+    with pytest.raises(ValueError, match="positive"):
+        fit_curve([0, 1, 2, 3, 4], [5, 4, 3, 2.5, 2.2])
