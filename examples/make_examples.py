@@ -1,0 +1,68 @@
+"""Write the example CSVs used in the README (synthetic runs drawn from known laws, with noise).
+
+    python examples/make_examples.py
+
+Every file is synthetic and says which law it was drawn from, so a fit can be checked against
+the truth: chinchilla_runs.csv and isoflop_runs.csv from the Epoch AI 2024 Chinchilla parameters
+(1% noise on the loss), hparam_grid.csv from the Step Law optima (Li et al. 2025) with a
+quadratic bowl around them, learning_curve.csv from L(t) = 2 + 5 t^-0.3 (0.3% noise).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from batchlaw.fit import EPOCH_2024, chinchilla_loss, compute_optimal
+from batchlaw.fit.hparams import step_law
+
+HERE = Path(__file__).parent
+
+
+def write(name, header, rows):
+    with open(HERE / name, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def main() -> None:
+    rng = np.random.default_rng(2024)
+    rows = []
+    for n in np.geomspace(2e7, 5e9, 8):
+        for d in np.geomspace(5e8, 5e11, 7):
+            loss = float(chinchilla_loss(n, d, EPOCH_2024)) * math.exp(0.01 * rng.standard_normal())
+            rows.append((f"{n:.4g}", f"{d:.4g}", f"{loss:.5f}"))
+    write("chinchilla_runs.csv", ["params", "tokens", "loss"], rows)
+
+    rows = []
+    for c in (1e18, 3e18, 1e19, 3e19, 1e20):
+        n_opt = compute_optimal(c, EPOCH_2024)["params"]
+        for n in n_opt * np.geomspace(0.2, 5, 7):
+            d = c / (6 * n)
+            loss = float(chinchilla_loss(n, d, EPOCH_2024)) * math.exp(0.002 * rng.standard_normal())
+            rows.append((f"{n:.4g}", f"{d:.4g}", f"{c:.3g}", f"{loss:.5f}"))
+    write("isoflop_runs.csv", ["params", "tokens", "budget", "loss"], rows)
+
+    rows = []
+    seq = 2048
+    for n in (1e8, 3e8, 1e9):
+        for d in (2e9, 8e9, 3.2e10):
+            opt = step_law(n, d)
+            for lr in opt["lr"] * 1.3 * np.geomspace(0.25, 4, 5):
+                for b_seq in np.geomspace(16, 4096, 9):
+                    b_tok = b_seq * seq
+                    loss = (2.0 + 0.05 * math.log(lr / opt["lr"]) ** 2 + 0.03 * math.log(b_tok / opt["batch_tokens"]) ** 2
+                            + 0.002 * rng.standard_normal())
+                    rows.append((f"{n:.3g}", f"{d:.3g}", f"{lr:.4g}", int(b_seq), f"{loss:.5f}"))
+    write("hparam_grid.csv", ["params", "tokens", "lr", "batch_seqs", "loss"], rows)
+
+    rows = [(t, f"{(2.0 + 5.0 * t ** -0.3) * math.exp(0.003 * rng.standard_normal()):.5f}") for t in range(100, 10001, 100)]
+    write("learning_curve.csv", ["step", "loss"], rows)
+
+
+if __name__ == "__main__":
+    main()

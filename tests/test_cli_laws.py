@@ -1,0 +1,87 @@
+"""The scaling-law and plan commands on the example CSVs (synthetic runs from known laws)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batchlaw.cli import main
+
+EX = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_fit_chinchilla_json(capsys):
+    out = _json(capsys, ["fit", "chinchilla", str(EX / "chinchilla_runs.csv"), "--params-col", "params",
+                         "--tokens-col", "tokens", "--loss-col", "loss", "--bootstrap", "200", "--compute", "5.88e23",
+                         "--json"])
+    assert {"E", "A", "B", "alpha", "beta", "n_points", "ci", "allocation"} <= set(out)
+    assert set(out["allocation"]) >= {"compute", "params", "tokens", "tokens_per_param"}
+    for k in ("E", "alpha", "beta"):
+        lo, hi = out["ci"][k]
+        assert lo <= out[k] <= hi
+    assert out["n_points"] == 56 and out["extrapolation"]["median_abs_rel_error"] < 0.05
+
+
+def test_fit_chinchilla_compute_column_and_bad_column(tmp_path, capsys):
+    rows = (EX / "chinchilla_runs.csv").read_text().splitlines()
+    conv = ["params,compute,loss"] + [f"{n},{6 * float(n) * float(d)},{l}" for n, d, l in (r.split(",") for r in rows[1:])]
+    (tmp_path / "c.csv").write_text("\n".join(conv))
+    out = _json(capsys, ["fit", "chinchilla", str(tmp_path / "c.csv"), "--params-col", "params", "--compute-col",
+                         "compute", "--loss-col", "loss", "--bootstrap", "0", "--json"])
+    assert out["n_points"] == 56
+    assert main(["fit", "chinchilla", str(tmp_path / "c.csv"), "--params-col", "N", "--compute-col", "compute",
+                 "--loss-col", "loss"]) == 2
+    assert "Columns that exist: 'params', 'compute', 'loss'" in capsys.readouterr().err
+
+
+def test_fit_isoflop_json(capsys):
+    out = _json(capsys, ["fit", "isoflop", str(EX / "isoflop_runs.csv"), "--params-col", "params", "--tokens-col",
+                         "tokens", "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "200", "--json"])
+    assert len(out["optima"]) == 5
+    assert out["params_law"]["exponent"] == pytest.approx(0.5126, abs=0.02)
+
+
+def test_fit_hparams_json(capsys):
+    out = _json(capsys, ["fit", "hparams", str(EX / "hparam_grid.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
+                         "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
+                         "--bootstrap", "200", "--json"])
+    assert {"coef", "exp_params", "exp_tokens", "ci"} <= set(out["lr_law"])
+    assert {"coef", "exp_tokens", "ci"} <= set(out["batch_law"])
+    assert out["batch_unit"] == "tokens"
+    assert {"params", "tokens", "lr", "batch", "loss"} <= set(out["optima"][0])
+    assert out["lr_law"]["exp_params"] == pytest.approx(-0.713, abs=0.03)
+    assert out["batch_law"]["exp_tokens"] == pytest.approx(0.571, abs=0.03)
+
+
+def test_fit_curve_json(capsys):
+    out = _json(capsys, ["fit", "curve", str(EX / "learning_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+                         "--predict-at", "20000", "--bootstrap", "200", "--json"])
+    lo, hi = out["prediction"]["interval"]
+    assert lo <= 2.0 + 5.0 * 20000**-0.3 <= hi
+    assert "rel_error" in out["backtest"]
+
+
+def test_plan_answers_the_doubling_question(capsys):
+    argv = ["plan", "--b-crit", "1000", "--gpus", "16,32", "--micro-batch", "128", "--tokens", "2e10",
+            "--seq-len", "2048", "--tokens-per-sec", "3000", "--price", "2.5"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "16 -> 32 GPUs" in text and "poor value" in text and "recommendation: 16 GPUs" in text
+    out = _json(capsys, argv + ["--json"])
+    assert out["schema"] == "batchlaw.plan/1" and out["recommended_gpus"] == 16
+    assert [r["global_batch"] for r in out["rows"]] == [2048, 4096]
+
+
+def test_plan_from_compute_budget(capsys):
+    out = _json(capsys, ["plan", "--b-crit-tokens", "4e6", "--gpus", "64,128,256", "--micro-batch", "8",
+                         "--compute", "1e22", "--inference-tokens", "1e12", "--peak-flops", "9.9e14", "--json"])
+    assert out["compute_optimal"]["tokens_per_param"] > 10
+    assert out["inference_aware"]["params"] < out["compute_optimal"]["params"]
+    assert all(r["wall_clock_h"] > 0 for r in out["rows"])
+    assert main(["plan", "--b-crit", "10", "--gpus", "8", "--micro-batch", "4"]) == 2
+    assert "--tokens" in capsys.readouterr().err
