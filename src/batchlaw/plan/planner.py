@@ -14,7 +14,6 @@ over the smallest GPU count divided by the ratio of GPU counts (1 = perfect scal
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .._format import fmt_num

@@ -1,0 +1,257 @@
+"""``batchlaw fit ...``: laws fitted to any CSV a user brings."""
+
+from __future__ import annotations
+
+import json
+
+from .._format import fmt_num
+
+
+def add_parsers(sub) -> None:
+    _add_fit_parser(sub)
+
+
+def _add_fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="fit laws to a CSV of your own results",
+                       description="Fit a law to any CSV: your own runs, or a paper's table.")
+    fsub = p.add_subparsers(dest="law", metavar="LAW")
+    fsub.required = True
+    c = fsub.add_parser(
+        "cbs", help="S(B) = S_min (1 + B_crit/B) from steps to target",
+        description="Fit S(B) = S_min (1 + B_crit/B) (McCandlish et al. 2018) to steps-to-target per batch size, "
+        "with bootstrap intervals, and the 20%%-over-linear critical batch size of Zhang et al. 2024.",
+    )
+    c.add_argument("csv", help="CSV file with a header row")
+    c.add_argument("--batch-col", required=True, help="column with the batch size")
+    c.add_argument("--steps-col", required=True, help="column with the steps to target")
+    c.add_argument("--group-col", default=None, help="fit each value of this column separately")
+    c.add_argument("--reference-batch", type=float, default=None, help="B0 for the CBS (default: the smallest batch)")
+    c.add_argument("--unit", choices=["examples", "tokens", "sequences"], default="examples",
+                   help="unit of the batch column (default: %(default)s)")
+    c.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=_cmd_fit_cbs)
+
+    ch = fsub.add_parser("chinchilla", help="L(N, D) = E + A/N^alpha + B/D^beta (Approach 3), allocation",
+                         description="Fit L(N, D) = E + A/N^alpha + B/D^beta as the Epoch AI replication did (Huber "
+                         "1e-3 on log loss, L-BFGS from a grid of starts), with bootstrap intervals over runs.")
+    ch.add_argument("csv")
+    ch.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
+    tok = ch.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokens-col", help="column with the training tokens D")
+    tok.add_argument("--compute-col", help="column with the compute C in FLOPs (D = C / (6 N))")
+    ch.add_argument("--loss-col", required=True, help="column with the final loss")
+    ch.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    ch.add_argument("--compute", type=float, default=None, help="FLOP budget for the compute-optimal allocation")
+    ch.add_argument("--inference-tokens", type=float, default=None, help="expected inference tokens (Sardana et al.)")
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=_cmd_fit_chinchilla)
+
+    iso = fsub.add_parser("isoflop", help="Approach 2: parabolas per compute budget, N_opt(C) and D_opt(C)",
+                          description="For each compute budget fit a parabola of loss in log N; fit power laws to "
+                          "the optima N_opt(C) and D_opt(C) = C / (6 N_opt).")
+    iso.add_argument("csv")
+    iso.add_argument("--params-col", required=True)
+    iso.add_argument("--tokens-col", required=True)
+    iso.add_argument("--budget-col", required=True, help="column with the compute budget of the run's isoFLOP group")
+    iso.add_argument("--loss-col", required=True)
+    iso.add_argument("--bootstrap", type=int, default=1000)
+    iso.add_argument("--json", action="store_true")
+    iso.set_defaults(func=_cmd_fit_isoflop)
+
+    hp = fsub.add_parser("hparams", help="optimal LR and batch per (N, D), and their power laws",
+                         description="From LR x batch grids over several (N, D): the optimum per group (raw argmin "
+                         "and a smoothed quadratic vertex), then lr_opt = c N^a D^b and B_opt = c D^b (and vs C = 6 N D).")
+    hp.add_argument("csv")
+    for col in ("lr", "batch", "loss", "params", "tokens"):
+        hp.add_argument(f"--{col}-col", required=True)
+    hp.add_argument("--seq-len", type=int, default=None, help="tokens per sequence: batch column in sequences, laws in tokens")
+    hp.add_argument("--bootstrap", type=int, default=1000)
+    hp.add_argument("--json", action="store_true")
+    hp.set_defaults(func=_cmd_fit_hparams)
+
+    cu = fsub.add_parser("curve", help="learning-curve extrapolation L(t) = L_inf + a t^-b",
+                         description="Fit L(t) = L_inf + a t^-b (constant-LR or WSD runs), predict the loss at a "
+                         "later step with a predictive interval, and backtest on the first half of the curve.")
+    cu.add_argument("csv")
+    cu.add_argument("--step-col", required=True)
+    cu.add_argument("--loss-col", required=True)
+    cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
+    cu.add_argument("--bootstrap", type=int, default=1000)
+    cu.add_argument("--json", action="store_true")
+    cu.set_defaults(func=_cmd_fit_curve)
+
+
+def _cmd_fit_cbs(args) -> int:
+    from .._csv import read_columns
+    from ..errors import InsufficientDataError
+    from ..fit import fit_steps_law
+
+    cols = [args.batch_col, args.steps_col] + ([args.group_col] if args.group_col else [])
+    table = read_columns(args.csv, cols, numeric=[args.batch_col, args.steps_col])
+    groups: dict[str, tuple[list, list]] = {}
+    for i in range(len(table[args.batch_col])):
+        g = table[args.group_col][i] if args.group_col else "all"
+        groups.setdefault(g, ([], []))
+        groups[g][0].append(table[args.batch_col][i])
+        groups[g][1].append(table[args.steps_col][i])
+    out, failed = [], 0
+    for g, (b, s) in groups.items():
+        try:
+            fit = fit_steps_law(b, s, reference_batch=args.reference_batch, unit=args.unit, n_boot=args.bootstrap)
+        except InsufficientDataError as err:
+            failed += 1
+            out.append({"group": g, "n_points": len(b), "error": str(err)})
+            continue
+        out.append({"group": g, "n_points": fit.n_points, "s_min": fit.s_min, "s_min_ci": list(fit.s_min_ci),
+                    "e_min": fit.e_min, "e_min_ci": list(fit.e_min_ci), "b_crit": fit.b_crit,
+                    "b_crit_ci": list(fit.b_crit_ci), "cbs": fit.cbs, "cbs_ci": list(fit.cbs_ci),
+                    "reference_batch": fit.reference_batch, "unit": fit.unit, "_fit": fit})
+    if args.json:
+        print(json.dumps({"groups": [{k: v for k, v in o.items() if k != "_fit"} for o in out]}, indent=2))
+    else:
+        for o in out:
+            head = f"[{o['group']}] " if args.group_col else ""
+            print(f"{head}{o['n_points']} points: " + (str(o["_fit"]) if "_fit" in o else f"no fit: {o['error']}"))
+    return 1 if failed == len(out) else 0
+
+
+def _ci_text(fit, key) -> str:
+    lo, hi = fit.ci.get(key, (None, None))
+    return f"{fmt_num(fit.values[key])} ({fmt_num(lo)} to {fmt_num(hi)})"
+
+
+def _cmd_fit_chinchilla(args) -> int:
+    from .._csv import read_columns
+    from ..fit import compute_optimal, fit_chinchilla, inference_optimal
+
+    tok_col = args.tokens_col or args.compute_col
+    t = read_columns(args.csv, [args.params_col, tok_col, args.loss_col], numeric=[args.params_col, tok_col, args.loss_col])
+    n = t[args.params_col]
+    d = t[tok_col] if args.tokens_col else [c / (6 * x) for c, x in zip(t[tok_col], n)]
+    fit = fit_chinchilla(n, d, t[args.loss_col], n_boot=args.bootstrap)
+    out = {k: fit.values[k] for k in ("E", "A", "B", "alpha", "beta")}
+    out.update(n_points=fit.n_points, ci={k: list(v) for k, v in fit.ci.items()},
+               goodness={"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, extrapolation=fit.extrapolation)
+    if args.compute:
+        alloc = compute_optimal(args.compute, fit.values)
+        out["allocation"] = {k: alloc[k] for k in ("compute", "params", "tokens", "tokens_per_param")}
+        out["allocation"]["loss"] = alloc["loss"]
+        if fit.boot:
+            import numpy as np
+
+            boot = [compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()})
+                    for i in range(len(fit.boot["E"]))]
+            a = (1 - fit.confidence) / 2
+            out["allocation"]["ci"] = {k: [float(np.quantile([b[k] for b in boot], a)),
+                                           float(np.quantile([b[k] for b in boot], 1 - a))]
+                                       for k in ("params", "tokens", "tokens_per_param")}
+        if args.inference_tokens is not None:
+            out["inference_aware"] = inference_optimal(args.compute, args.inference_tokens, fit.values)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"L(N, D) = E + A/N^alpha + B/D^beta from {fit.n_points} runs (95% bootstrap intervals, {fit.n_boot} resamples):")
+    for k in ("E", "A", "B", "alpha", "beta"):
+        print(f"  {k:>5} = {_ci_text(fit, k)}")
+    print(f"  fit: RMSE {fit.rmse_log:.4f} in log loss, R^2 {fit.r2_log:.4f}")
+    if fit.extrapolation:
+        e = fit.extrapolation
+        print(f"  extrapolation check: refit without the {e['held_out_points']} largest-compute runs predicts them "
+              f"with median error {e['median_abs_rel_error']:.2%} (max {e['max_abs_rel_error']:.2%})")
+    if "allocation" in out:
+        a = out["allocation"]
+        ci = a.get("ci", {})
+        print(f"compute-optimal at C = {a['compute']:.3g} FLOPs: N = {fmt_num(a['params'])} parameters, "
+              f"D = {fmt_num(a['tokens'])} tokens, {a['tokens_per_param']:.1f} tokens per parameter"
+              + (f" (95% CI {ci['tokens_per_param'][0]:.1f} to {ci['tokens_per_param'][1]:.1f})" if ci else ""))
+    if "inference_aware" in out:
+        i = out["inference_aware"]
+        print(f"inference-aware ({i['inference_tokens']:.3g} inference tokens): N = {fmt_num(i['params'])}, "
+              f"D = {fmt_num(i['tokens'])} ({i['tokens_per_param']:.0f} tokens/param); total compute "
+              f"{i['total_compute']:.3g} vs {i['chinchilla_total_compute']:.3g} FLOPs for the compute-optimal model")
+    return 0
+
+
+def _cmd_fit_isoflop(args) -> int:
+    from .._csv import read_columns
+    from ..fit import fit_isoflop
+
+    cols = [args.params_col, args.tokens_col, args.budget_col, args.loss_col]
+    t = read_columns(args.csv, cols, numeric=cols)
+    out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col], n_boot=args.bootstrap)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs")
+    for o in out["optima"]:
+        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} {o['n_runs']}")
+    for key in ("params", "tokens"):
+        law = out[f"{key}_law"]
+        ci = law["ci"].get("exp_compute")
+        print(f"{key}_opt = {law['coef']:.3g} * C^{law['exponent']:.3f}" + (f" (exponent 95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""))
+    return 0
+
+
+def _cmd_fit_hparams(args) -> int:
+    from .._csv import read_columns
+    from ..fit.hparams import find_optima, fit_hparam_laws
+
+    cols = [args.lr_col, args.batch_col, args.loss_col, args.params_col, args.tokens_col]
+    t = read_columns(args.csv, cols, numeric=cols)
+    batch = t[args.batch_col]
+    if args.seq_len:
+        batch = [b * args.seq_len for b in batch]
+    optima = find_optima(t[args.params_col], t[args.tokens_col], t[args.lr_col], batch, t[args.loss_col])
+    laws = fit_hparam_laws(optima, n_boot=args.bootstrap)
+    unit = "tokens" if args.seq_len else "as in the batch column"
+    out = {"lr_law": laws["lr_law"], "batch_law": laws["batch_law"], "lr_vs_compute": laws["lr_vs_compute"],
+           "batch_vs_compute": laws["batch_vs_compute"], "batch_unit": unit,
+           "optima": [{k: o[k] for k in ("params", "tokens", "lr", "batch", "loss", "method", "raw")} for o in optima]}
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"{'params':>10} {'tokens':>10} {'lr_opt':>10} {'B_opt':>10} {'loss':>8}  method")
+    for o in optima:
+        print(f"{fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['lr']:>10.3g} {fmt_num(o['batch']):>10} "
+              f"{o['loss']:>8.4f}  {o['method']}")
+    lr, b = laws["lr_law"], laws["batch_law"]
+    print(f"lr_opt = {lr['coef']:.3g} * N^{lr['exp_params']:.3f} * D^{lr['exp_tokens']:.3f}  "
+          f"(95% CI: N exp {lr['ci']['exp_params'][0]:.3f} to {lr['ci']['exp_params'][1]:.3f}, "
+          f"D exp {lr['ci']['exp_tokens'][0]:.3f} to {lr['ci']['exp_tokens'][1]:.3f})")
+    print(f"B_opt = {b['coef']:.3g} * D^{b['exp_tokens']:.3f} ({unit}; 95% CI on the exponent "
+          f"{b['ci']['exp_tokens'][0]:.3f} to {b['ci']['exp_tokens'][1]:.3f})")
+    return 0
+
+
+def _cmd_fit_curve(args) -> int:
+    from .._csv import read_columns
+    from ..fit.curves import backtest_curve, fit_curve, predict_curve
+
+    t = read_columns(args.csv, [args.step_col, args.loss_col], numeric=[args.step_col, args.loss_col])
+    steps, loss = t[args.step_col], t[args.loss_col]
+    fit = fit_curve(steps, loss, n_boot=args.bootstrap)
+    out = {"L_inf": fit.values["y_inf"], "a": fit.values["a"], "b": fit.values["alpha"], "n_points": fit.n_points,
+           "ci": {{"y_inf": "L_inf", "alpha": "b"}.get(k, k): list(v) for k, v in fit.ci.items()},
+           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}}
+    if args.predict_at:
+        out["prediction"] = predict_curve(fit, args.predict_at, steps=steps, loss=loss)
+    try:
+        out["backtest"] = backtest_curve(steps, loss, n_boot=min(args.bootstrap, 500))
+    except ValueError as err:
+        out["backtest"] = {"error": str(err)}
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
+          f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    if "prediction" in out:
+        pr = out["prediction"]
+        print(f"predicted loss at step {pr['step']:g}: {pr['loss']:.4f} (95% predictive interval "
+              f"{pr['interval'][0]:.4f} to {pr['interval'][1]:.4f})")
+    bt = out["backtest"]
+    if "error" not in bt:
+        print(f"backtest: fitted on the first {bt['fraction']:.0%} ({bt['fit_points']} points), predicted the final "
+              f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}; "
+              f"{'inside' if bt['inside'] else 'outside'} the interval)")
+    return 0

@@ -1,0 +1,156 @@
+"""``batchlaw sweep`` and ``batchlaw report``: the critical batch size, measured directly."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from .._format import fmt_num
+from ._common import _int_list, _key_value
+
+
+def add_parsers(sub) -> None:
+    _add_sweep_parser(sub)
+    _add_report_parser(sub)
+
+
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="measure the critical batch size directly: steps to a target loss over a grid of batch sizes",
+        description="For each batch size, search the learning rate (a log grid that widens when the best sits "
+        "at an edge) for the fewest steps to the target loss. Trials run in parallel and are stored in a SQLite "
+        "file as each finishes; rerunning the same command resumes and never repeats a finished trial.",
+    )
+    p.add_argument("--workload", default="bytemlp", help="built-in workload: linreg, bytemlp or bytegpt (default: %(default)s)")
+    p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="constructor argument of the workload, e.g. size=small or condition=100 (repeatable)")
+    p.add_argument("--batch-sizes", type=_int_list, required=True, help="comma-separated batch sizes in examples")
+    p.add_argument("--target-loss", type=float, required=True, help="loss to reach")
+    p.add_argument("--target-on", choices=["heldout", "train"], default="heldout",
+                   help="held-out loss, or a smoothed training loss (default: %(default)s)")
+    p.add_argument("--store", required=True, help="SQLite file for the trials (created or resumed)")
+    p.add_argument("--name", default="sweep", help="name of the sweep inside the store (default: %(default)s)")
+    p.add_argument("--lr-base", type=float, default=None, help="learning rate at the smallest batch (default: the workload's)")
+    p.add_argument("--lr-scaling", type=float, default=None,
+                   help="exponent that moves the starting learning rate with the batch (default: the workload's: 1 SGD, 0.5 Adam)")
+    p.add_argument("--lr-factor", type=float, default=2.0, help="spacing of the learning-rate grid (default: %(default)s)")
+    p.add_argument("--lr-points", type=int, default=3, help="initial learning rates per batch size (default: %(default)s)")
+    p.add_argument("--max-extensions", type=int, default=3, help="times a grid may widen (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=2000, help="budget per trial in steps (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=10, help="evaluation period in steps (default: %(default)s)")
+    p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local process pool or Ray (default: %(default)s)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel trials (local processes or local Ray CPUs) (default: %(default)s)")
+    p.add_argument("--csv", default=None, help="also export the sweep's trials to this CSV file")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON (schema batchlaw.sweep/1)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser(
+        "report", help="HTML report with plots from a sweep store",
+        description="Write a self-contained HTML report (with PNG plots) and trials.csv for every sweep in a "
+        "store, and print a summary table.",
+    )
+    p.add_argument("store", help="SQLite file written by 'batchlaw sweep'")
+    p.add_argument("--out", required=True, help="directory for report.html, the PNGs and trials.csv")
+    p.add_argument("--reference-batch", type=float, default=None, help="B0 for the CBS (default: the smallest batch)")
+    p.add_argument("--json", action="store_true", help="print the analyses as JSON")
+    p.set_defaults(func=_cmd_report)
+
+
+def _print_analysis(a) -> None:
+    unit = "examples"
+    print(f"sweep {a.name!r}: {len(a.trials)} trials, workload {a.config['workload']}, target loss "
+          f"{a.config['target_loss']:g} ({a.config['target_on']})")
+    print(f"{'batch':>8} {'steps to target':>16} {'examples':>12} {'best lr':>10}  lrs tried")
+    for p in a.points:
+        steps = p["steps_to_target"]
+        ex = None if steps is None else steps * p["batch_size"]
+        edge = f" (best at the {p['lr_at_edge']} edge)" if p["lr_at_edge"] else ""
+        lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}"
+        print(f"{p['batch_size']:>8} {fmt_num(steps):>16} {fmt_num(ex):>12} {lr:>10}  {len(p['lrs_tried'])}"
+              f"{'' if steps is not None else ' none reached the target'}{edge}")
+    if a.fit is not None:
+        print(f"\n{a.fit}")
+    else:
+        print(f"\nno fit: {a.fit_error}")
+    if a.b_simple is not None:
+        lo, hi = a.b_simple["ci"]
+        print(f"run-averaged B_simple (noise scale, best trials) = {fmt_num(a.b_simple['b_simple'])} {unit} "
+              f"(95% CI {fmt_num(lo)} to {fmt_num(hi if hi is not None else math.inf)}; {a.b_simple['n_trials']} trials)")
+        if a.fit is not None:
+            print(f"ratio B_crit / B_simple = {a.fit.b_crit / a.b_simple['b_simple']:.2f}")
+    if a.tokens_per_example and a.fit is not None:
+        t = a.tokens_per_example
+        print(f"in tokens ({t} per example): B_crit = {fmt_num(a.fit.b_crit * t)}, CBS = {fmt_num(a.fit.cbs * t)}")
+
+
+def _workload_defaults(name: str, kwargs: dict):
+    from ..workloads import get_workload
+
+    return get_workload(name, **kwargs)
+
+
+def _cmd_sweep(args) -> int:
+    from ..sweep import SweepConfig, TrialStore, analyze_sweep, make_executor, run_sweep
+
+    kwargs = dict(args.workload_arg)
+    wl = _workload_defaults(args.workload, kwargs)
+    config = SweepConfig(
+        workload=args.workload, batch_sizes=tuple(sorted(set(args.batch_sizes))), target_loss=args.target_loss,
+        max_steps=args.max_steps, lr_base=args.lr_base if args.lr_base is not None else wl.default_lr,
+        name=args.name, workload_kwargs=kwargs, target_on=args.target_on, eval_every=args.eval_every,
+        seeds=tuple(args.seeds), lr_scaling=args.lr_scaling if args.lr_scaling is not None else wl.lr_scaling,
+        lr_factor=args.lr_factor, lr_points=args.lr_points, max_extensions=args.max_extensions,
+    )
+    executor = make_executor(args.executor, args.jobs, args.ray_address)
+    with TrialStore(args.store) as store:
+        try:
+            results = run_sweep(config, store, executor, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {store.count(config.name)} finished trials are stored in {args.store}; "
+                  "run the same command again to resume.", file=sys.stderr)
+            return 130
+        finally:
+            executor.close()
+        if args.csv:
+            store.export_csv(args.csv, config.name)
+    analysis = analyze_sweep(config.name, config.to_dict(), results)
+    if args.json:
+        print(json.dumps({"schema": "batchlaw.sweep/1", **analysis.to_dict()}, indent=2, default=float))
+    else:
+        _print_analysis(analysis)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ..report import write_report
+    from ..sweep import TrialStore, analyze_sweep
+
+    path = Path(args.store)
+    if not path.is_file():
+        raise ValueError(f"The store {args.store!r} does not exist. Run 'batchlaw sweep --store {args.store} ...' first.")
+    with TrialStore(path) as store:
+        analyses = [analyze_sweep(name, cfg, store.trials(name), reference_batch=args.reference_batch)
+                    for name, cfg in store.sweeps().items()]
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        store.export_csv(out / "trials.csv")
+    if not analyses:
+        raise ValueError(f"The store {args.store!r} holds no sweep.")
+    html = write_report(analyses, out)
+    if args.json:
+        print(json.dumps({"schema": "batchlaw.report/1", "report": str(html),
+                          "sweeps": [a.to_dict() for a in analyses]}, indent=2, default=float))
+    else:
+        for a in analyses:
+            _print_analysis(a)
+            print()
+        print(f"report: {html}")
+    return 0
