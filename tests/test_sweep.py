@@ -97,11 +97,12 @@ def test_csv_export(tmp_path):
     assert len(lines) == len(results) + 1
 
 
-def test_resume_after_sigkill_loses_no_finished_trial(tmp_path):
+@pytest.mark.parametrize("sig,jobs", [(signal.SIGKILL, 1), (signal.SIGINT, 2)])
+def test_resume_after_kill_or_ctrl_c_loses_no_finished_trial(tmp_path, sig, jobs):
     db = tmp_path / "kill.db"
     cmd = [sys.executable, "-m", "batchlaw", "sweep", "--workload", "linreg", "--workload-arg", "condition=100",
            "--batch-sizes", "4,8,16", "--target-loss", "0.01", "--max-steps", "4000", "--eval-every", "50",
-           "--lr-points", "2", "--max-extensions", "0", "--store", str(db), "--jobs", "1", "--no-progress"]
+           "--lr-points", "2", "--max-extensions", "0", "--store", str(db), "--jobs", str(jobs), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     finished = {}
     deadline = time.time() + 120
@@ -115,9 +116,11 @@ def test_resume_after_sigkill_loses_no_finished_trial(tmp_path):
         if len(finished) >= 2:
             break
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(finished) < 6, "the sweep should be killed mid-way"
+    os.killpg(proc.pid, sig)  # SIGINT to the process group is what Ctrl-C in a terminal sends
+    rc = proc.wait(timeout=60)
+    if sig == signal.SIGINT:
+        assert rc == 130 and b"run the same command again to resume" in proc.stderr.read()
+    assert 2 <= len(finished) < 6, "the sweep should be stopped mid-way"
     done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(db) as con:

@@ -159,8 +159,14 @@ class LocalExecutor:
                 fut.cancel()
 
     def close(self) -> None:
+        """Stop the pool; workers still running a trial (after Ctrl-C) are terminated, since
+        their trial would be rerun anyway (only finished trials are stored)."""
         if self._pool is not None:
+            processes = list(getattr(self._pool, "_processes", {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                if proc.is_alive():
+                    proc.terminate()
             self._pool = None
 
 
