@@ -85,3 +85,20 @@ def test_plan_from_compute_budget(capsys):
     assert all(r["wall_clock_h"] > 0 for r in out["rows"])
     assert main(["plan", "--b-crit", "10", "--gpus", "8", "--micro-batch", "4"]) == 2
     assert "--tokens" in capsys.readouterr().err
+
+
+def test_fit_powerlaw_for_cbs_laws(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ["cbs,tokens,params"]
+    for d in np.geomspace(1e9, 1e11, 5):
+        for n in (8.5e7, 3e8, 1.2e9):
+            rows.append(f"{0.02 * d**0.45 * n**0.087 * np.exp(0.05 * rng.standard_normal()):.4g},{d:.4g},{n:.4g}")
+    (tmp_path / "cbs.csv").write_text("\n".join(rows))
+    out = _json(capsys, ["fit", "powerlaw", str(tmp_path / "cbs.csv"), "--y-col", "cbs", "--x-col", "tokens",
+                         "--x-col", "params", "--bootstrap", "300", "--json"])
+    assert out["exponents"]["tokens"] == pytest.approx(0.45, abs=0.05)
+    lo, hi = out["ci"]["exp_params"]
+    assert lo <= 0.087 <= hi
+    assert main(["fit", "powerlaw", str(tmp_path / "cbs.csv"), "--y-col", "cbs", "--x-col", "cbs"]) == 2

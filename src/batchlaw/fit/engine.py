@@ -100,30 +100,40 @@ def _losses(law, X, logy, W, theta, delta):
     return np.where(np.isfinite(out), out, np.inf)
 
 
-def _solve_irls(law, X, logy, W, theta0, delta, lo, hi, iters=200):
+def _solve_irls(law, X, logy, W, theta0, delta, lo, hi, iters=100, tol=1e-10):
     """Many independent Huber fits at once: iteratively reweighted Gauss-Newton with
-    Levenberg-Marquardt damping per problem (batched p x p solves)."""
+    Levenberg-Marquardt damping per problem (batched p x p solves). Problems leave the active
+    set once a step improves their loss by less than ``tol`` (relative) or their damping has grown
+    past 1e6 (no step helps)."""
     theta = theta0.copy()
     m, p = theta.shape
     lam = np.full(m, 1e-3)
     loss = _losses(law, X, logy, W, theta, delta)
     eye = np.eye(p)
+    active = np.arange(m)
     for _ in range(iters):
-        r = law.predict_log(theta, X) - logy[None, :]  # (m, n)
-        J = law.jac_log(theta, X)  # (m, n, p)
-        om = W * np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
-        jtj = np.einsum("mnp,mn,mnq->mpq", J, om, J)
-        g = np.einsum("mnp,mn->mp", J, om * r)
-        diag = np.einsum("mpp->mp", jtj)[:, :, None] * eye + 1e-12 * eye
-        step = -np.linalg.solve(jtj + lam[:, None, None] * diag, g[..., None])[..., 0]
-        cand = np.clip(theta + step, lo, hi)
-        cl = _losses(law, X, logy, W, cand, delta)
-        better = cl < loss
-        gain = np.where(better, (loss - cl) / np.maximum(loss, 1e-300), 0.0)
-        theta[better], loss[better] = cand[better], cl[better]
-        lam = np.where(better, np.maximum(lam * 0.3, 1e-12), np.minimum(lam * 10.0, 1e12))
-        if np.all((gain < 1e-13) & (lam > 1e3) | (gain < 1e-13) & better):
+        if active.size == 0:
             break
+        th, w = theta[active], W[active]
+        r = law.predict_log(th, X) - logy[None, :]  # (a, n)
+        J = law.jac_log(th, X)  # (a, n, p)
+        om = w * np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
+        jtj = np.einsum("anp,an,anq->apq", J, om, J)
+        g = np.einsum("anp,an->ap", J, om * r)
+        diag = np.einsum("app->ap", jtj)[:, :, None] * eye + 1e-12 * eye
+        la = lam[active]
+        step = -np.linalg.solve(jtj + la[:, None, None] * diag, g[..., None])[..., 0]
+        cand = np.clip(th + step, lo, hi)
+        cl = _losses(law, X, logy, w, cand, delta)
+        old = loss[active]
+        better = cl < old
+        gain = np.where(better, (old - cl) / np.maximum(old, 1e-300), 0.0)
+        theta[active[better]] = cand[better]
+        loss[active[better]] = cl[better]
+        la = np.where(better, np.maximum(la * 0.3, 1e-12), la * 10.0)
+        lam[active] = la
+        done = (better & (gain < tol)) | (la > 1e6)
+        active = active[~done]
     return theta, loss
 
 
