@@ -168,10 +168,17 @@ def test_hparam_laws_need_enough_groups():
         fit_hparam_laws([o for o in optima if np.isclose(o["params"], 1e8)] * 2)
 
 
-def test_deepseek_formula():
-    h = deepseek_hparams(1e23)
-    assert h["lr"] == pytest.approx(0.3118 * 1e23**-0.125)
-    assert h["batch_tokens"] == pytest.approx(0.2920 * 1e23**0.3271)
+@pytest.mark.parametrize("n_layer,d_model,lr,batch_seqs,rel_batch", [(30, 4096, 4.2e-4, 2304, 0.05),
+                                                                    (95, 8192, 3.2e-4, 4608, 0.12)])
+def test_deepseek_law_reproduces_the_7b_and_67b_settings(n_layer, d_model, lr, batch_seqs, rel_batch):
+    """DeepSeek LLM (arXiv:2401.02954): compute C = M D with M = 72 n_layer d^2 + 12 n_layer d l_seq
+    non-embedding FLOPs per token, 2T tokens, 4096-token sequences; the 7B (30 x 4096) and 67B
+    (95 x 8192) were trained with lr 4.2e-4 / 3.2e-4 and 2304 / 4608 sequences per batch. The law
+    gives lr within 3% and batch within 3% (7B) and 10% (67B, whose batch was rounded down)."""
+    m = 72 * n_layer * d_model**2 + 12 * n_layer * d_model * 4096
+    h = deepseek_hparams(m * 2e12)
+    assert h["lr"] == pytest.approx(lr, rel=0.03)
+    assert h["batch_tokens"] / 4096 == pytest.approx(batch_seqs, rel=rel_batch)
 
 
 # ------------------------------------------------------------------ learning curves

@@ -91,17 +91,13 @@ def _print_analysis(a) -> None:
         print(f"in tokens ({t} per example): B_crit = {fmt_num(a.fit.b_crit * t)}, CBS = {fmt_num(a.fit.cbs * t)}")
 
 
-def _workload_defaults(name: str, kwargs: dict):
-    from ..workloads import get_workload
-
-    return get_workload(name, **kwargs)
-
-
 def _cmd_sweep(args) -> int:
     from ..sweep import SweepConfig, TrialStore, analyze_sweep, make_executor, run_sweep
 
+    from ..workloads import get_workload
+
     kwargs = dict(args.workload_arg)
-    wl = _workload_defaults(args.workload, kwargs)
+    wl = get_workload(args.workload, **kwargs)  # validates the name and arguments, gives the defaults
     config = SweepConfig(
         workload=args.workload, batch_sizes=tuple(sorted(set(args.batch_sizes))), target_loss=args.target_loss,
         max_steps=args.max_steps, lr_base=args.lr_base if args.lr_base is not None else wl.default_lr,
