@@ -67,3 +67,19 @@ def test_refusals():
     with pytest.raises(InsufficientDataError, match="no bend") as info:
         fit_steps_law(B[:4], steps_law(B[:4], 100.0, 1e6))  # still perfectly linear
     assert info.value.provisional.b_crit > 10 * B[3]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.floats(1e-2, 1e3), s=st.floats(1e-2, 1e3))
+def test_units_scale_the_right_parameters(k, s):
+    """Batch in other units (x k) scales B_crit and E_min by k; steps x s scales S_min and E_min by s."""
+    steps = steps_law(B, 1000.0, 128.0) * np.exp(0.03 * np.sin(np.arange(B.size)))
+    base = fit_steps_law(B, steps, n_boot=100)
+    moved = fit_steps_law(k * B, s * steps, n_boot=100)
+    assert moved.b_crit == pytest.approx(k * base.b_crit, rel=1e-3)
+    assert moved.s_min == pytest.approx(s * base.s_min, rel=1e-3)
+    assert moved.e_min == pytest.approx(k * s * base.e_min, rel=2e-3)
