@@ -30,7 +30,7 @@ from scipy import optimize, stats
 from .._validation import check_positive_int, check_probability
 from ..errors import InsufficientDataError
 
-__all__ = ["Law", "LawFit", "fit_law", "validate_xy"]
+__all__ = ["Law", "LawFit", "fit_law", "huber", "validate_xy", "widened_interval"]
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,29 @@ class LawFit:
         return d
 
 
-def _huber(r, delta):
+def huber(r, delta):
+    """Huber loss of residuals ``r`` with threshold ``delta``."""
     a = np.abs(r)
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def widened_interval(boot, point: float, confidence: float, dof: int) -> tuple[float, float]:
+    """Bootstrap percentile interval widened about ``point`` by ``t_dof / z`` for small samples
+    (in log space when the quantity and the interval are positive), as a t interval would be
+    wider than a normal one."""
+    a = 1.0 - confidence
+    widen = stats.t.ppf(1 - a / 2, max(dof, 1)) / stats.norm.ppf(1 - a / 2)
+    lo_q, hi_q = np.quantile(boot, [a / 2, 1 - a / 2])
+    if point > 0 and lo_q > 0:
+        lp = math.log(point)
+        return math.exp(lp - widen * (lp - math.log(lo_q))), math.exp(lp + widen * (math.log(hi_q) - lp))
+    return point - widen * (point - lo_q), point + widen * (hi_q - point)
 
 
 def _objective(flat, law, X, logy, W, delta, m, p):
     theta = flat.reshape(m, p)
     r = law.predict_log(theta, X) - logy[None, :]  # (m, n)
-    f = float((W * _huber(r, delta)).sum())
+    f = float((W * huber(r, delta)).sum())
     psi = W * np.clip(r, -delta, delta)  # (m, n)
     grad = np.einsum("mn,mnp->mp", psi, law.jac_log(theta, X))
     return f, grad.ravel()
@@ -96,7 +110,7 @@ def _objective(flat, law, X, logy, W, delta, m, p):
 
 def _losses(law, X, logy, W, theta, delta):
     r = law.predict_log(theta, X) - logy[None, :]
-    out = (W * _huber(r, delta)).sum(1)
+    out = (W * huber(r, delta)).sum(1)
     return np.where(np.isfinite(out), out, np.inf)
 
 
@@ -146,7 +160,7 @@ def _solve(law, X, logy, W, theta0, delta):
     )
     theta = res.x.reshape(m, p)
     r = law.predict_log(theta, X) - logy[None, :]
-    return theta, (W * _huber(r, delta)).sum(1)
+    return theta, (W * huber(r, delta)).sum(1)
 
 
 def validate_xy(columns: dict, y, *, y_name: str, min_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +222,7 @@ def fit_law(
     starts = np.clip(starts, lo, hi)
     ones = np.ones((1, n))
     init_r = law.predict_log(starts, X) - logy[None, :]
-    init_loss = _huber(init_r, delta).sum(1)
+    init_loss = huber(init_r, delta).sum(1)
     init_loss[~np.isfinite(init_loss)] = np.inf
     best = starts[np.argsort(init_loss)[: min(keep_starts, len(starts))]]
     thetas, losses = _solve_irls(law, X, logy, np.repeat(ones, len(best), 0), best, delta, lo, hi)
@@ -230,18 +244,7 @@ def fit_law(
         W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (n_boot, n)
         tb, _ = _solve_irls(law, X, logy, W, np.repeat(theta[None, :], n_boot, 0), delta, lo, hi)
         boot = law.report(tb)
-        a = 1.0 - confidence
-        # Small-sample correction: widen the percentile interval about the estimate by t_{n-p} / z
-        # (in log space for positive quantities), as a t interval would be wider than a normal one.
-        widen = stats.t.ppf(1 - a / 2, n - p) / stats.norm.ppf(1 - a / 2)
-        for k, v in boot.items():
-            lo_q, hi_q = np.quantile(v, [a / 2, 1 - a / 2])
-            point = values[k]
-            if point > 0 and lo_q > 0:
-                lp = math.log(point)
-                ci[k] = (math.exp(lp - widen * (lp - math.log(lo_q))), math.exp(lp + widen * (math.log(hi_q) - lp)))
-            else:
-                ci[k] = (point - widen * (point - lo_q), point + widen * (hi_q - point))
+        ci = {k: widened_interval(v, values[k], confidence, n - p) for k, v in boot.items()}
 
     extrap = None
     if extrapolation_col is not None:

@@ -36,6 +36,7 @@ from scipy import optimize, stats
 from .._format import fmt_num
 from .._validation import check_positive_float, check_positive_int, check_probability
 from ..errors import InsufficientDataError
+from .engine import huber, widened_interval
 
 __all__ = ["StepsFit", "fit_steps_law", "zhang_cbs", "steps_law", "HUBER_DELTA"]
 
@@ -120,11 +121,6 @@ class StepsFit:
         )
 
 
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
-
-
 def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber fit of ``y = c + log(1 + exp(g - log_b))`` for many datasets at once.
 
@@ -143,7 +139,7 @@ def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: floa
         r = r0 - c[..., None]
         w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
         c = (w * r0).sum(2) / w.sum(2)
-    loss = _huber(r0 - c[..., None], delta).sum(2)  # (m, G)
+    loss = huber(r0 - c[..., None], delta).sum(2)  # (m, G)
     j = np.clip(loss.argmin(axis=1), 1, grid.size - 2)
     rows = np.arange(y.shape[0])
     l0, l1, l2 = loss[rows, j - 1], loss[rows, j], loss[rows, j + 1]
@@ -262,15 +258,9 @@ def fit_steps_law(
     y_boot = fitted[None, :] + rng.choice(scaled, size=(n_boot, n), replace=True)
     c_b, g_b = _profile_fit(log_b, y_boot, grid, HUBER_DELTA)
     s_b, bc_b = np.exp(c_b), np.exp(g_b)
-    alpha = 1.0 - confidence
-    # Small-sample correction: widen the bootstrap percentiles (in log space, about the point
-    # estimate) by t_{n-2} / z, as a t interval would be wider than a normal one.
-    widen = stats.t.ppf(1 - alpha / 2, max(n - 2, 1)) / stats.norm.ppf(1 - alpha / 2)
 
     def ci(x, point):
-        lo, hi = np.log(np.quantile(x, [alpha / 2, 1 - alpha / 2]))
-        lp = math.log(point)
-        return math.exp(lp - widen * (lp - lo)), math.exp(lp + widen * (hi - lp))
+        return widened_interval(x, point, confidence, n - 2)
 
     cbs = float(zhang_cbs(b_crit, b0))
     return make(ci(s_b, s_min), ci(bc_b, b_crit), ci(s_b * bc_b, s_min * b_crit), ci(zhang_cbs(bc_b, b0), cbs), n_boot)
