@@ -118,7 +118,7 @@ class LRSearch:
             edge = self.at_edge()
             if edge is None:
                 return False
-            # widen towards the edge unless the neighbour beyond it is already known to fail
+            # one more learning rate beyond the edge where the best sits
             new = lrs[0] / self.factor if edge == "low" else lrs[-1] * self.factor
         elif all(s == "diverged" for s in statuses):
             new = lrs[0] / self.factor
