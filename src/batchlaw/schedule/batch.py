@@ -145,7 +145,7 @@ def rescale_lr(lr: float, k: float, rule: str, *, betas: tuple | None = None, ep
     if rule == "none":
         return {"lr": check_positive_float("lr", lr), "betas": None, "eps": None}
     if betas is None:
-        return {"lr": sqrt_rule(lr, k)["lr"], "betas": None, "eps": None}
+        return {"lr": sqrt_rule(lr, k, betas=())["lr"], "betas": None, "eps": None}  # the LR only
     out = sqrt_rule(lr, k, betas=tuple(betas), eps=1e-8 if eps is None else eps)
     return {"lr": out["lr"], "betas": out["betas"], "eps": out["eps"] if eps is not None else None}
 
