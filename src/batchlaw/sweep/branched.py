@@ -229,13 +229,17 @@ class BranchedCBS:
             ``censored``, ``threshold``, ``branches`` (per ``k``: loss mean and spread) and,
             from the built-in workloads, ``b_simple`` (examples) with its interval.
         config: the measurement's configuration.
+        trace: the trunk's running ``B_simple`` as ``[[examples seen, b_simple_ema], ...]``
+            (examples), when it was measured.
     """
 
     points: list[dict]
     config: dict
+    trace: list | None = None
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "unit": "examples", "config": self.config, "points": self.points}
+        return {"schema": SCHEMA, "unit": "examples", "config": self.config, "points": self.points,
+                "trace": self.trace}
 
 
 # ------------------------------------------------------------------ running branches
