@@ -50,6 +50,7 @@ class CompareConfig:
         eval_every: examples between held-out evaluations.
         noise_c, hysteresis: the noise-scale ramp's ``c`` and hysteresis.
         cbs_tolerance: relative tolerance of the branched CBS measurement.
+        cbs_budget: examples per branch (default ``16 * max(k) * small_batch``).
         cbs_fractions: checkpoints of the CBS measurement, as fractions of the constant-small
             run's examples to target (seed ``seeds[0]``).
         seesaw_fractions: Seesaw's milestones, as the same fractions.
@@ -70,6 +71,7 @@ class CompareConfig:
     hysteresis: float = 0.25
     cbs_tolerance: float = 0.01
     cbs_fractions: tuple = (0.0, 0.125, 0.25, 0.5)
+    cbs_budget: int | None = None
     seesaw_fractions: tuple = (0.25, 0.5, 0.75)
     warmup: int = 0
     lr_rule: str | None = None
@@ -247,7 +249,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
         ks = tuple(2**i for i in range(int(math.log2(kmax)) + 1))
         points = tuple(sorted({int(f * e_ref) // small * small for f in cfg.cbs_fractions}))
         bcfg = WorkloadBranchConfig(workload=cfg.workload, base_batch=small, lr=lr0, checkpoints=points,
-                                    budget=kmax * small * 8, multipliers=ks, tolerance=cfg.cbs_tolerance,
+                                    budget=cfg.cbs_budget or kmax * small * 16, multipliers=ks, tolerance=cfg.cbs_tolerance,
                                     lr_rule=rule, seeds=(cfg.seeds[0],), trunk_seed=cfg.seeds[0],
                                     workload_kwargs=dict(cfg.workload_kwargs), name="compare_cbs")
         t0 = time.perf_counter()
