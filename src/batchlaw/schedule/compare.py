@@ -197,18 +197,24 @@ def _rule(workload, cfg) -> str:
     return cfg.lr_rule or ("sqrt" if workload.lr_scaling == 0.5 else "linear")
 
 
-def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, progress=None) -> dict:
+def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, progress=None,
+                      threads: int | None = 1) -> dict:
     """Run the comparison; returns the ``batchlaw.schedule_compare/1`` document.
 
     Args:
         cfg: the comparison.
         store: SQLite file for the branched CBS measurement (default: a temporary one).
         progress: ``callable(str)`` told about each finished run (``None``: silent).
+        threads: torch CPU threads (``None`` leaves torch's setting).
     """
     from ..schedule.lr_schedule import LRSchedule
     from ..sweep.branched_workload import WorkloadBranchConfig, measure_workload_cbs
     from ..workloads import get_workload
 
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     say = progress or (lambda msg: None)
     wl = get_workload(cfg.workload, **cfg.workload_kwargs)
     lr0 = cfg.lr if cfg.lr is not None else wl.default_lr
