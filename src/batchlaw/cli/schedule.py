@@ -40,6 +40,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--cbs-tolerance", type=float, default=0.01, help="relative tolerance of the branched CBS (default: %(default)s)")
     c.add_argument("--cbs-budget", type=int, default=None,
                    help="examples per branch of the CBS measurement (default: 16 x max(k) x the small batch)")
+    c.add_argument("--cbs-factor", type=float, default=1.0,
+                   help="the CBS ramp's batch is this x the measured CBS (< 1 leaves a margin; default: %(default)s)")
     c.add_argument("--schedules", default=",".join(("constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw")),
                    help="comma-separated schedules to run (default: all five)")
     c.add_argument("--store", default=None, help="SQLite file for the branched CBS measurement (default: temporary)")
@@ -55,7 +57,7 @@ def _cmd_compare(args) -> int:
                         seeds=tuple(args.seeds), small_batch=args.small_batch, large_batch=args.large_batch, lr=args.lr,
                         lr_rule=args.lr_rule, warmup=args.warmup, max_examples=args.max_examples,
                         eval_every=args.eval_every, noise_c=args.noise_c, hysteresis=args.hysteresis,
-                        cbs_tolerance=args.cbs_tolerance, cbs_budget=args.cbs_budget,
+                        cbs_tolerance=args.cbs_tolerance, cbs_budget=args.cbs_budget, cbs_factor=args.cbs_factor,
                         schedules=tuple(s.strip() for s in args.schedules.split(",") if s.strip()))
     doc = compare_schedules(cfg, store=args.store,
                             progress=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))

@@ -50,6 +50,7 @@ class CompareConfig:
         eval_every: examples between held-out evaluations.
         noise_c, hysteresis: the noise-scale ramp's ``c`` and hysteresis.
         cbs_tolerance: relative tolerance of the branched CBS measurement.
+        cbs_factor: the CBS ramp's batch is ``cbs_factor * CBS(t)`` (< 1 leaves a margin).
         cbs_budget: examples per branch (default ``16 * max(k) * small_batch``).
         cbs_fractions: checkpoints of the CBS measurement, as fractions of the constant-small
             run's examples to target (seed ``seeds[0]``).
@@ -72,6 +73,7 @@ class CompareConfig:
     cbs_tolerance: float = 0.01
     cbs_fractions: tuple = (0.0, 0.125, 0.25, 0.5)
     cbs_budget: int | None = None
+    cbs_factor: float = 1.0
     seesaw_fractions: tuple = (0.25, 0.5, 0.75)
     warmup: int = 0
     lr_rule: str | None = None
@@ -264,7 +266,8 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
             measurement = measure_workload_cbs(bcfg, path)
         cost = time.perf_counter() - t0
         say(f"branched CBS: {[(p['t_examples'], p['cbs'], p['censored']) for p in measurement.points]}")
-        run("cbs_ramp", lambda: CBSRamp.from_measurement(measurement, small, lr(), max_batch=large, **common), cfg.seeds)
+        run("cbs_ramp", lambda: CBSRamp.from_measurement(measurement, small, lr(), max_batch=large,
+                                                          factor=cfg.cbs_factor, **common), cfg.seeds)
     if "seesaw" in cfg.schedules:
         miles = [f * e_ref for f in cfg.seesaw_fractions]
         run("seesaw", lambda: Seesaw(small, lr0, milestones=miles, a=2, max_batch=large, warmup=cfg.warmup,
