@@ -52,7 +52,7 @@ _ACCURACY_4 = {
 def world2(tmp_path_factory):
     cfg = {"accuracy_cases": _ACCURACY_2, "bit_for_bit": {},
            "world_one_subgroup": {"b": 8, "steps": 300, "seed": 2},
-           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}}
+           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}, "allreduce_count": {"steps": 12, "every": 3}}
     return run_spawned("suite", 2, cfg, tmp_path_factory.mktemp("w2"))
 
 
@@ -103,6 +103,11 @@ def test_training_is_bit_for_bit_unchanged_under_ddp(world2):
         res = r["bit_for_bit"]
         assert res["False"] and res["True"]  # gradient_as_bucket_view off and on
         assert res["records_False"] == res["records_True"] == 6
+
+
+def test_one_small_all_reduce_per_measured_step(world2):
+    for r in world2:
+        assert r["allreduce_count"] == {"calls": 4, "measured": 4}  # 12 steps, every 3rd measured
 
 
 def test_interval_coverage_over_seeds_under_ddp(world2):
