@@ -101,7 +101,8 @@ class NoiseScaleRamp(BatchSchedule):
         max_growth: largest factor of one change.
         cooldown: optimizer steps between two changes.
         min_records: finite noise-scale readings needed before the first change.
-        min_accumulation: default 2, so the monitor sees two batch sizes on every step.
+        min_accumulation: default 2, so a single-process monitor sees two batch sizes on every
+            step (under DDP/FSDP the ``W`` ranks already give two: 1 is enough).
         **kwargs: see :class:`~batchlaw.schedule.batch.BatchSchedule`.
     """
 
