@@ -77,8 +77,9 @@ def branch_summary(result) -> str:
     if exact and max(max(exact), 1 / min(exact)) <= 2 and hi / lo <= 4:
         verdict = "B_simple tracks the measured CBS within a factor of 2 at the checkpoints where the CBS is pinned down"
     else:
-        verdict = (f"B_simple does not track the measured CBS closely: their ratio CBS / B_simple ranges from "
-                   f"{lo:.2g} to {hi:.2g} over the run (bounds where the CBS is censored)")
+        span = f"is {lo:.2g}" if len(spread) == 1 else f"ranges from {lo:.2g} to {hi:.2g} over the run"
+        verdict = (f"B_simple does not track the measured CBS closely: their ratio CBS / B_simple {span} "
+                   "(a bound where the CBS is censored)")
     return f"{text} {verdict}."
 
 
