@@ -250,6 +250,15 @@ def test_noise_ramp_grows_in_a_real_loop_and_resumes_bit_for_bit():
         LinearRegression(dim=8, noise_std=1.0, init_distance=3.0).make_model(0))
 
 
+def test_examples_seen_may_be_any_integer_type():
+    import numpy as np
+
+    s = FixedRamp([(0, 8), (16, 16)], lr=0.1, max_micro_batch=8)
+    assert s.step(np.int64(16)).global_batch == 16 and s.step(torch.tensor(16).item()).examples_seen == 16
+    with pytest.raises(ValueError, match="examples_seen"):
+        s.step(16.5)
+
+
 def test_state_from_another_schedule_is_refused():
     with pytest.raises(ValueError, match="FixedRamp"):
         ConstantBatch(8, lr=0.1).load_state_dict(FixedRamp([(0, 8)], lr=0.1).state_dict())

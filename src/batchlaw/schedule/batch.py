@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 from .._validation import check_choice, check_positive_float, check_positive_int
 from .lr_rules import linear_rule, sqrt_rule
@@ -245,8 +246,9 @@ class BatchSchedule:
         Returns:
             A :class:`BatchChoice`.
         """
-        if isinstance(examples_seen, bool) or not isinstance(examples_seen, int) or examples_seen < 0:
+        if isinstance(examples_seen, bool) or not isinstance(examples_seen, Integral) or examples_seen < 0:
             raise ValueError(f"The 'examples_seen' parameter must be an integer >= 0. Got {examples_seen!r} instead.")
+        examples_seen = int(examples_seen)
         want = float(self.target(examples_seen, monitor))
         if self.max_batch is not None:
             want = min(want, float(self.max_batch))
