@@ -91,7 +91,7 @@ class GradientNoiseMonitor:
     Raises:
         ValueError: a bad argument, or a model with no trainable parameters.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(4, 1)
         >>> monitor = GradientNoiseMonitor(model, micro_batch_size=8)

@@ -97,7 +97,8 @@ def plan_run(
         reference_batch: global batch (sequences) at which ``tokens`` holds (default: smallest planned).
         tokens_per_sec_per_gpu: training throughput of one GPU (for wall-clock and cost).
         comm_overhead: communication as a fraction of compute time (used when no all-reduce model).
-        grad_bytes, bandwidth_bytes_per_s: all-reduce model: bytes of gradients, bus bandwidth per GPU.
+        grad_bytes: all-reduce model: bytes of gradients (with ``bandwidth_bytes_per_s``).
+        bandwidth_bytes_per_s: all-reduce model: bus bandwidth per GPU, bytes/s (with ``grad_bytes``).
         price_per_gpu_hour: for the cost column.
         min_efficiency: the recommendation is the largest GPU count whose efficiency is at least this.
     """

@@ -1,0 +1,179 @@
+"""MkDocs hooks for the batchlaw site (configured in ``mkdocs.yml``; run at every build).
+
+- ``on_config``: builds the navigation from the Markdown files present in ``docs/``, so a new
+  page dropped into ``docs/`` is built and listed without editing ``mkdocs.yml``
+  (see ``docs/contributing.md``).
+- ``on_page_markdown``: replaces three markers with text generated from the code:
+  ``<!-- generated: cli-reference -->`` (every command and option, walked from
+  :func:`batchlaw.cli.build_parser`), ``<!-- generated: json-schemas -->`` (from
+  ``schemas.py`` next to this file) and ``<!-- generated: api-reference -->`` (one mkdocstrings
+  block per public package under ``src/batchlaw``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent
+ROOT = DOCS.parent
+SRC = ROOT / "src"
+
+
+def _ensure_path() -> None:
+    """Put this checkout's ``src`` first on ``sys.path`` (mkdocstrings may reset it during a build)."""
+    for p in (str(HERE), str(SRC)):
+        if p in sys.path:
+            sys.path.remove(p)
+        sys.path.insert(0, p)
+
+
+_ensure_path()
+
+# Navigation: section of a page by its file name; the order of known pages, then the rest A-Z.
+SECTIONS = ["Home", "Concepts", "How-to guides", "Reference", "More"]
+ORDER = [
+    "index.md",
+    "concepts-noise-scale.md", "concepts-critical-batch-size.md", "noise_vs_cbs.md", "concepts-learning-rate.md",
+    "concepts-scaling-laws.md", "concepts-learning-curves.md", "concepts-systems.md", "fits.md",
+    "howto-measure-noise.md", "howto-own-model.md", "howto-distributed.md", "howto-integrations.md",
+    "howto-sweep.md", "howto-fit-csv.md", "howto-plan.md", "howto-schedule.md",
+    "reference-cli.md", "reference-json.md", "reference-api.md",
+    "troubleshooting.md", "contributing.md",
+]
+_FRONT_SECTION = re.compile(r"\A---\s*\n(?:.*\n)*?section:\s*(?P<s>[^\n]+)\n(?:.*\n)*?---\s*\n")
+
+
+def section_of(rel: str, text: str = "") -> str:
+    """The nav section of a page: ``section:`` in its front matter, else by its file name."""
+    m = _FRONT_SECTION.match(text)
+    if m and m.group("s").strip() in SECTIONS:
+        return m.group("s").strip()
+    name = rel.split("/")[-1]
+    if rel == "index.md":
+        return "Home"
+    if name.startswith("concepts") or rel.startswith("concepts/") or name in ("noise_vs_cbs.md", "fits.md"):
+        return "Concepts"
+    if name.startswith("howto") or rel.startswith("howto/"):
+        return "How-to guides"
+    if name.startswith("reference") or rel.startswith("reference/"):
+        return "Reference"
+    return "More"
+
+
+def build_nav(docs_dir: Path) -> list:
+    """A MkDocs ``nav`` listing every Markdown page under ``docs_dir`` (``_hooks`` excluded)."""
+    pages = sorted(
+        p.relative_to(docs_dir).as_posix() for p in docs_dir.rglob("*.md")
+        if not any(part.startswith(("_", ".")) for part in p.relative_to(docs_dir).parts)
+    )
+    rank = {name: i for i, name in enumerate(ORDER)}
+    pages.sort(key=lambda rel: (rank.get(rel, len(ORDER)), rel))
+    by_section: dict[str, list] = {s: [] for s in SECTIONS}
+    for rel in pages:
+        by_section[section_of(rel, (docs_dir / rel).read_text(encoding="utf-8"))].append(rel)
+    nav: list = []
+    for s in SECTIONS:
+        if s == "Home":
+            nav.extend({"Home": rel} for rel in by_section[s])
+        elif by_section[s]:
+            nav.append({s: by_section[s]})
+    return nav
+
+
+def on_config(config, **kwargs):
+    config["nav"] = build_nav(Path(config["docs_dir"]))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI reference, generated from the argparse parsers.
+
+def _md(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _commands(parser: argparse.ArgumentParser, path: list[str]):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, path + [name])
+
+
+def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
+    fmt = parser._get_formatter()
+    rows = []
+    for a in parser._actions:
+        if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        name = ", ".join(f"`{o}`" for o in a.option_strings) or f"`{a.dest}`"
+        if a.option_strings and a.nargs != 0:
+            name += f" `{a.metavar or a.dest.upper()}`"
+        kind = "required" if (a.required or not a.option_strings) else "optional"
+        if a.choices:
+            kind += "; one of " + ", ".join(f"`{c}`" for c in a.choices)
+        if isinstance(a, argparse._AppendAction):
+            kind += "; repeatable"
+        help_text = fmt._expand_help(a) if a.help else ""
+        rows.append(f"| {name} | {kind} | {_md(help_text)} |")
+    return rows
+
+
+def cli_reference() -> str:
+    """Markdown for every command of ``batchlaw`` with its options, from the live parsers."""
+    _ensure_path()
+    from batchlaw.cli import build_parser
+
+    out = []
+    for path, parser in _commands(build_parser(), ["batchlaw"]):
+        level = "#" * min(len(path) + 1, 4)
+        out.append(f"{level} `{' '.join(path)}`\n")
+        if parser.description:
+            out.append(_md(parser.description).replace("%%", "%") + "\n")
+        usage = parser.format_usage().strip()
+        out.append("```text\n" + usage + "\n```\n")
+        rows = _option_rows(parser)
+        if rows:
+            out.append("| option | | what it does |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# API reference: one mkdocstrings block per public package.
+
+def public_modules() -> list[str]:
+    """``batchlaw`` and each public subpackage or module with an ``__all__`` (the CLI excluded)."""
+    pkg = SRC / "batchlaw"
+    mods = ["batchlaw"]
+    for p in sorted(pkg.iterdir()):
+        if p.name.startswith("_") or p.name in ("cli",):
+            continue
+        if p.is_dir() and (p / "__init__.py").is_file():
+            mods.append(f"batchlaw.{p.name}")
+        elif p.suffix == ".py" and "__all__" in p.read_text(encoding="utf-8"):
+            mods.append(f"batchlaw.{p.stem}")
+    return mods
+
+
+def api_reference() -> str:
+    out = []
+    for mod in public_modules():
+        out.append(f"## `{mod}`\n\n::: {mod}\n    options:\n      show_root_heading: false\n")
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown: str, page, config, files, **kwargs):
+    if "<!-- generated: cli-reference -->" in markdown:
+        markdown = markdown.replace("<!-- generated: cli-reference -->", cli_reference())
+    if "<!-- generated: json-schemas -->" in markdown:
+        _ensure_path()
+        from schemas import schemas_markdown
+
+        markdown = markdown.replace("<!-- generated: json-schemas -->", schemas_markdown())
+    if "<!-- generated: api-reference -->" in markdown:
+        markdown = markdown.replace("<!-- generated: api-reference -->", api_reference())
+    return markdown
