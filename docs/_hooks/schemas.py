@@ -122,7 +122,7 @@ SCHEMAS: list[Schema] = [
                     "`cbs` and their `*_ci`, `reference_batch`, `unit`) or `error` (why this group has no fit)")],
         versioned=False,
         check_args=["fit", "cbs", "{tmp}/steps.csv", "--batch-col", "batch", "--steps-col", "steps",
-                    "--bootstrap", "50", "--json"],
+                    "--bootstrap", "100", "--json"],
     ),
     Schema(
         "fit chinchilla", "batchlaw fit chinchilla CSV ... --json",
@@ -139,7 +139,7 @@ SCHEMAS: list[Schema] = [
         versioned=False,
         check_args=["fit", "chinchilla", "{examples}/chinchilla_runs.csv", "--params-col", "params", "--tokens-col",
                     "tokens", "--loss-col", "loss", "--compute", "5.88e23", "--inference-tokens", "1e13",
-                    "--bootstrap", "50", "--json"],
+                    "--bootstrap", "100", "--json"],
     ),
     Schema(
         "fit isoflop", "batchlaw fit isoflop CSV ... --json",
@@ -149,7 +149,7 @@ SCHEMAS: list[Schema] = [
          ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci`")],
         versioned=False,
         check_args=["fit", "isoflop", "{examples}/isoflop_runs.csv", "--params-col", "params", "--tokens-col", "tokens",
-                    "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "50", "--json"],
+                    "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "100", "--json"],
     ),
     Schema(
         "fit hparams", "batchlaw fit hparams CSV ... --json",
@@ -162,7 +162,7 @@ SCHEMAS: list[Schema] = [
         versioned=False,
         check_args=["fit", "hparams", "{examples}/hparam_grid.csv", "--lr-col", "lr", "--batch-col", "batch_seqs",
                     "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
-                    "--bootstrap", "50", "--json"],
+                    "--bootstrap", "100", "--json"],
     ),
     Schema(
         "fit powerlaw", "batchlaw fit powerlaw CSV ... --json",
@@ -171,7 +171,7 @@ SCHEMAS: list[Schema] = [
          ("n_points", "rows fitted"), ("ci", "95% bootstrap intervals (`coef`, `exp_<column>`)"),
          ("goodness", "`rmse_log`, `r2_log`")],
         versioned=False,
-        check_args=["fit", "powerlaw", "{tmp}/cbs_law.csv", "--y-col", "cbs", "--x-col", "tokens", "--bootstrap", "50",
+        check_args=["fit", "powerlaw", "{tmp}/cbs_law.csv", "--y-col", "cbs", "--x-col", "tokens", "--bootstrap", "100",
                     "--json"],
     ),
     Schema(
@@ -184,7 +184,7 @@ SCHEMAS: list[Schema] = [
                       "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error`")],
         versioned=False,
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
-                    "--predict-at", "20000", "--bootstrap", "50", "--json"],
+                    "--predict-at", "20000", "--bootstrap", "100", "--json"],
     ),
 ]
 
