@@ -7,7 +7,8 @@
   ``<!-- generated: cli-reference -->`` (every command and option, walked from
   :func:`batchlaw.cli.build_parser`), ``<!-- generated: json-schemas -->`` (from
   ``schemas.py`` next to this file) and ``<!-- generated: api-reference -->`` (one mkdocstrings
-  block per public package under ``src/batchlaw``).
+  block per public package under ``src/batchlaw``, plus the names of its modules' ``__all__``
+  that the package does not re-export).
 """
 
 from __future__ import annotations
@@ -143,26 +144,60 @@ def cli_reference() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# API reference: one mkdocstrings block per public package.
+# API reference: every name in a module's __all__, from the docstrings (mkdocstrings).
 
-def public_modules() -> list[str]:
-    """``batchlaw`` and each public subpackage or module with an ``__all__`` (the CLI excluded)."""
+def _all_names(path: Path) -> list[str]:
+    """The ``__all__`` of a module, read statically (no import, so no torch at build time)."""
+    import ast
+
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            try:
+                return [str(v) for v in ast.literal_eval(node.value)]
+            except ValueError:
+                return []
+    return []
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def api_sections() -> list[tuple[str, list[str] | None]]:
+    """``(module, members)`` to render: each public package with its ``__all__`` (members None),
+    then each of its modules whose ``__all__`` holds names the package does not re-export."""
     pkg = SRC / "batchlaw"
-    mods = ["batchlaw"]
-    for p in sorted(pkg.iterdir()):
-        if p.name.startswith("_") or p.name in ("cli",):
+    skip = {"cli", "__main__"}
+    out: list[tuple[str, list[str] | None]] = [("batchlaw", None)]
+    for sub in sorted(pkg.iterdir()):
+        if sub.name.startswith("_") or sub.stem in skip:
             continue
-        if p.is_dir() and (p / "__init__.py").is_file():
-            mods.append(f"batchlaw.{p.name}")
-        elif p.suffix == ".py" and "__all__" in p.read_text(encoding="utf-8"):
-            mods.append(f"batchlaw.{p.stem}")
-    return mods
+        if sub.is_dir() and (sub / "__init__.py").is_file():
+            exported = set(_all_names(sub / "__init__.py"))
+            out.append((_module_name(sub / "__init__.py"), None))
+            for mod in sorted(sub.rglob("*.py")):
+                if mod.name.startswith("_"):
+                    continue
+                extra = [n for n in _all_names(mod) if n not in exported]
+                if extra:
+                    out.append((_module_name(mod), extra))
+        elif sub.suffix == ".py" and _all_names(sub):
+            out.append((_module_name(sub), None))
+    return out
 
 
 def api_reference() -> str:
+    """Markdown with one mkdocstrings block per section of :func:`api_sections`."""
     out = []
-    for mod in public_modules():
-        out.append(f"## `{mod}`\n\n::: {mod}\n    options:\n      show_root_heading: false\n")
+    for mod, members in api_sections():
+        opts = "    options:\n      show_root_heading: true\n      show_root_full_path: true\n      heading_level: 2\n"
+        if members is not None:
+            opts += f"      members: {members!r}\n"
+        out.append(f"::: {mod}\n{opts}")
     return "\n".join(out)
 
 

@@ -24,6 +24,8 @@ __all__ = ["PlanRow", "Plan", "plan_run"]
 
 @dataclass(frozen=True)
 class PlanRow:
+    """One GPU count of a :class:`Plan`: batch, steps, time, cost and efficiency (batches in sequences)."""
+
     gpus: int
     global_batch: int  # sequences
     global_batch_tokens: int
@@ -41,6 +43,8 @@ class PlanRow:
 
 @dataclass(frozen=True)
 class Plan:
+    """The result of :func:`plan_run`: one :class:`PlanRow` per GPU count, the recommendation and the doubling verdicts."""
+
     rows: list[PlanRow]
     b_crit: float  # sequences
     e_min_tokens: float
