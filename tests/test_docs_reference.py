@@ -102,3 +102,16 @@ def test_documented_json_keys_are_the_printed_keys(tmp_path, capsys):
 def test_versioned_schema_names_appear_in_the_code(schema):
     code = "\n".join(p.read_text() for p in (ROOT / "src" / "batchlaw").rglob("*.py"))
     assert f'"{schema.name}"' in code, f"{schema.name} is documented but no command prints it"
+
+
+def test_troubleshooting_messages_still_occur_in_the_code():
+    """Each '### `message`' heading of the Troubleshooting page is a fixed part of a message the code raises
+    ('...' separates fixed parts); a reworded or removed message fails here until the page follows."""
+    import re
+
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    headings = re.findall(r"^### `(.+)`\s*$", page, re.M)
+    assert len(headings) >= 30
+    code = "\n".join(p.read_text() for p in (ROOT / "src" / "batchlaw").rglob("*.py"))
+    stale = [h for h in headings if any(part not in code for part in h.split("...") if part.strip())]
+    assert not stale, f"messages on the Troubleshooting page that the code no longer raises: {stale}"
