@@ -105,6 +105,17 @@ def _commands(parser: argparse.ArgumentParser, path: list[str]):
                 yield from _commands(sub, path + [name])
 
 
+def _subcommand_rows(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                full = " ".join(path + [choice.dest])
+                anchor = full.replace(" ", "-")
+                rows.append(f"| [`{full}`](#{anchor}) | {_md(choice.help or '')} |")
+    return rows
+
+
 def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
     fmt = parser._get_formatter()
     rows = []
@@ -129,17 +140,30 @@ def cli_reference() -> str:
     _ensure_path()
     from batchlaw.cli import build_parser
 
+    import os
+
     out = []
-    for path, parser in _commands(build_parser(), ["batchlaw"]):
-        level = "#" * min(len(path) + 1, 4)
-        out.append(f"{level} `{' '.join(path)}`\n")
-        if parser.description:
-            out.append(_md(parser.description).replace("%%", "%") + "\n")
-        usage = parser.format_usage().strip()
-        out.append("```text\n" + usage + "\n```\n")
-        rows = _option_rows(parser)
-        if rows:
-            out.append("| option | | what it does |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps the usage to the terminal: make the page reproducible
+    try:
+        for path, parser in _commands(build_parser(), ["batchlaw"]):
+            level = "#" * min(len(path) + 1, 4)
+            anchor = "-".join(path)
+            out.append(f"{level} `{' '.join(path)}` {{#{anchor}}}\n")
+            if parser.description:
+                out.append(_md(parser.description).replace("%%", "%") + "\n")
+            out.append("```text\n" + parser.format_usage().strip() + "\n```\n")
+            rows = _option_rows(parser)
+            if rows:
+                out.append("| option | kind | what it does |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+            subs = _subcommand_rows(parser, path)
+            if subs:
+                out.append("| command | what it does |\n|---|---|\n" + "\n".join(subs) + "\n")
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(out)
 
 
