@@ -154,6 +154,35 @@ def coverage(rank, world, cfg):
     return {"hits": hits, "seeds": cfg["seeds"], "errors": errors}
 
 
+def allreduce_count(rank, world, cfg):
+    """torch.distributed.all_reduce calls made by the monitor: one per measured step."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    wl = LinearRegression(dim=16)
+    model = wl.make_model(0)
+    ddp = DDP(model)
+    mon = GradientNoiseMonitor(ddp, micro_batch_size=4, every=cfg["every"])
+    real, calls = dist.all_reduce, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    dist.all_reduce = counting  # DDP's reducer does not go through this Python function
+    try:
+        gen = torch.Generator().manual_seed(rank)
+        for _ in range(cfg["steps"]):
+            for i in range(4):
+                with ddp.no_sync() if i < 3 else _Null():
+                    x, y = wl.sample_batch(4, gen)
+                    (0.5 * (ddp(x).squeeze(-1) - y).square().mean() / 4).backward()
+            mon.step()
+            ddp.zero_grad(set_to_none=True)
+    finally:
+        dist.all_reduce = real
+    return {"calls": len(calls), "measured": len(mon.records)}
+
+
 def suite(rank, world, cfg):
     """Several worker functions in one process group (saves spawning processes)."""
     return {name: globals()[name](rank, world, cfg[name]) for name in cfg}

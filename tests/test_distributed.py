@@ -52,7 +52,7 @@ _ACCURACY_4 = {
 def world2(tmp_path_factory):
     cfg = {"accuracy_cases": _ACCURACY_2, "bit_for_bit": {},
            "world_one_subgroup": {"b": 8, "steps": 300, "seed": 2},
-           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}}
+           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}, "allreduce_count": {"steps": 12, "every": 3}}
     return run_spawned("suite", 2, cfg, tmp_path_factory.mktemp("w2"))
 
 
@@ -105,6 +105,11 @@ def test_training_is_bit_for_bit_unchanged_under_ddp(world2):
         assert res["records_False"] == res["records_True"] == 6
 
 
+def test_one_small_all_reduce_per_measured_step(world2):
+    for r in world2:
+        assert r["allreduce_count"] == {"calls": 4, "measured": 4}  # 12 steps, every 3rd measured
+
+
 def test_interval_coverage_over_seeds_under_ddp(world2):
     cov = world2[0]["coverage"]
     assert cov["hits"] >= 17, cov  # nominal 95% of 20 seeds; 17 is about 2 binomial SE below 19
@@ -126,3 +131,19 @@ def test_unsupported_setups_are_refused_by_name(world4, name, pattern):
     for r in world4:
         msg = r["refusals"][name]
         assert msg is not None and re.match(pattern, msg), msg
+
+
+def test_measure_nproc_prints_the_estimate_beside_one_process(capsys):
+    """`batchlaw measure --nproc 2` (deliverable: one command to see it work)."""
+    import json
+
+    from batchlaw.cli import main
+
+    assert main(["measure", "--workload", "linreg", "--nproc", "2", "--steps", "40",
+                 "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["world_size"] == 2 and out["config"]["batch_size"] == 2 * 4 * 16
+    single = out["single_process"]
+    assert single["config"]["world_size"] == 1 and single["config"]["accumulation"] == 8
+    assert single["config"]["batch_size"] == out["config"]["batch_size"]
+    assert out["estimate"] is not None or out["provisional_b_simple"] is not None

@@ -3,7 +3,8 @@
 The convention (documented in docs/contributing.md):
 
 - ```python blocks of one page run in order in one shared namespace;
-- ```sh / ```bash blocks run with ``bash -e``, with ``batchlaw`` on PATH;
+- ```sh / ```bash blocks run with ``bash -e``, with ``batchlaw`` (and this Python's scripts, e.g.
+  ``torchrun``) on PATH;
 - both run in a temporary directory holding a copy of the repository's ``examples/``;
 - ```text blocks (and any other language) are never run;
 - a block preceded, on the line just before its fence, by ``<!-- skip-test: reason -->`` is skipped.
@@ -85,7 +86,8 @@ def docs_cwd(tmp_path, monkeypatch):
     wrapper.chmod(0o755)
     monkeypatch.chdir(work)
     env = {"OMP_NUM_THREADS": "1", **os.environ, "MPLBACKEND": "Agg",  # one thread per process: pytest runs -n 2
-           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+           # the wrapper first, then this Python's own scripts (torchrun), then the caller's PATH
+           "PATH": os.pathsep.join([str(bindir), os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     return work, env
 
