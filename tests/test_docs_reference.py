@@ -115,3 +115,33 @@ def test_troubleshooting_messages_still_occur_in_the_code():
     code = "\n".join(p.read_text() for p in (ROOT / "src" / "batchlaw").rglob("*.py"))
     stale = [h for h in headings if any(part not in code for part in h.split("...") if part.strip())]
     assert not stale, f"messages on the Troubleshooting page that the code no longer raises: {stale}"
+
+
+def _literal_schema_dicts() -> dict[str, set[str]]:
+    """Top-level keys of every dict literal in src/ with a constant "schema" entry, by schema name."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "src" / "batchlaw").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Dict):
+                continue
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            if "schema" not in keys or any(k is None for k in node.keys):  # skip {**other} spreads
+                continue
+            value = node.values[keys.index("schema")]
+            if isinstance(value, ast.Constant):
+                found[value.value] = set(keys)
+    return found
+
+
+def test_schemas_not_run_are_checked_against_the_dict_the_code_builds():
+    """A schema too slow to run in the tests (the demo) is checked statically: the keys of the dict literal
+    that carries its schema name must be the documented keys."""
+    literals = _literal_schema_dicts()
+    for schema in SCHEMAS:
+        if schema.check_args or not schema.versioned:
+            continue
+        assert schema.name in literals, f"{schema.name}: no dict literal with this schema name in src/"
+        assert literals[schema.name] == schema.keys, \
+            f"{schema.name}: code builds {sorted(literals[schema.name])}, documented {sorted(schema.keys)}"
