@@ -130,11 +130,27 @@ def _check_result(path: Path, key: str, blob: str) -> dict:
             raise bad(f"steps_to_target = {s!r} is not a positive number for a trial that reached the target")
     elif s is not None:
         raise bad(f"steps_to_target = {s!r} for a trial that did not reach the target")
-    if not isinstance(r["curve"], list) or not all(isinstance(c, list) and len(c) >= 2 for c in r["curve"]):
-        raise bad("its loss curve is not a list of [step, loss, ...] rows")
+    def num(v, allow_none=True):
+        if v is None:
+            return allow_none
+        return not isinstance(v, bool) and isinstance(v, (int, float))
+
+    if not isinstance(r["curve"], list) or not all(
+            isinstance(c, list) and len(c) >= 2 and num(c[0], False) and num(c[1]) and (len(c) < 3 or num(c[2]))
+            for c in r["curve"]):
+        raise bad("its loss curve is not a list of [step, loss, ...] rows of numbers")
+    if r.get("unit") not in ("examples", "tokens"):
+        raise bad(f"unit {r.get('unit')!r} is not 'examples' or 'tokens'")
     noise = r.get("noise")
-    if noise is not None and not isinstance(noise, dict):
-        raise bad("its noise record is not an object")
+    if noise is not None:
+        if not isinstance(noise, dict) or not all(num(noise.get(k)) for k in ("b_simple", "g_sq_mean",
+                                                                            "trace_sigma_mean")):
+            raise bad("its noise record is not an object of numbers")
+        if noise.get("g_sq_mean") is not None and noise.get("trace_sigma_mean") is None:
+            raise bad("its noise record has g_sq_mean without trace_sigma_mean")
+    for name in ("wall_time_s", "final_loss", "examples_to_target", "tokens_to_target"):
+        if not num(r[name]):
+            raise bad(f"{name} = {r[name]!r} is not a number")
     return r
 
 
@@ -239,11 +255,25 @@ class TrialStore:
                 cfg = json.loads(blob)
             except (TypeError, ValueError):
                 cfg = None
-            if not isinstance(cfg, dict) or not isinstance(name, str):
-                raise StoreError(f"The store {str(self.path)!r} has a damaged sweep row ({name!r}): its configuration "
-                                 "is not a JSON object. Delete that row, or use a new store.")
-            out[name] = cfg
+            out[name] = self._check_config(name, cfg)
         return out
+
+    def _check_config(self, name, cfg) -> dict:
+        from .runner import SweepConfig  # runner imports this module
+
+        why = None
+        if not isinstance(cfg, dict) or not isinstance(name, str):
+            why = "its configuration is not a JSON object"
+        else:
+            try:
+                SweepConfig(**{**cfg, "batch_sizes": tuple(cfg.get("batch_sizes") or ()),
+                               "seeds": tuple(cfg.get("seeds") or ())})
+            except (TypeError, ValueError) as err:
+                why = f"its configuration is not valid ({' '.join(str(err).split())})"
+        if why:
+            raise StoreError(f"The store {str(self.path)!r} has a damaged sweep row ({name!r}): {why}. Delete that "
+                             "row, or use a new store.")
+        return cfg
 
     # -------------------------------------------------------------- trials
     @_guard
