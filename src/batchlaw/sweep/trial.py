@@ -77,7 +77,7 @@ def _crossing(prev: tuple[int, float], cur: tuple[int, float], target: float) ->
     """Step at which the loss crosses ``target`` between two evaluations, linear in log-steps.
 
     Examples:
-        >>> round(_crossing((10, 0.1), (100, 0.01), 10 ** -1.5), 6)  # loss = 1/step
+        >>> round(_crossing((10, 2.0), (100, 1.0), 1.5), 6)  # loss = 3 - log10(step)
         31.622777
     """
     (s0, l0), (s1, l1) = prev, cur
