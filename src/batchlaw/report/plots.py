@@ -120,10 +120,10 @@ def _trend(curves) -> str:
         return "running B_simple vs loss"
     r = float(np.median(ratios))
     if r > 1.25:
-        return f"running B_simple vs loss: it grew {r:.2g}x over the run (median of the best runs)"
+        return f"B_simple grew {r:.2g}x over the run (median, best runs)"
     if r < 0.8:
-        return f"running B_simple vs loss: it fell to {r:.2g}x of its first reading (median of the best runs)"
-    return "running B_simple vs loss: within 25% of its first reading over the run (median of the best runs)"
+        return f"B_simple fell to {r:.2g}x its first reading (median, best runs)"
+    return "B_simple stayed within 25% of its first reading (median, best runs)"
 
 
 def _curves_figure(a, stem, out_dir, paths):
