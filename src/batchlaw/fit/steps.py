@@ -208,7 +208,8 @@ def _point_fit(b: np.ndarray, s: np.ndarray, at: np.ndarray | None = None) -> np
                        _GRID_POINTS)
     c, g = _profile_fit(log_b, np.log(s)[None, :], grid, HUBER_DELTA)
     at = b if at is None else at
-    return np.exp(c[0] + np.logaddexp(0.0, g[0] - np.log(at)))
+    with np.errstate(over="ignore"):
+        return np.exp(c[0] + np.logaddexp(0.0, g[0] - np.log(at)))
 
 
 def _inliers(b: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -282,7 +283,7 @@ def fit_steps_law(
                        _GRID_POINTS)
     c0, g0 = _profile_fit(log_b, y[None, :], grid, HUBER_DELTA)
     sol = optimize.least_squares(
-        lambda p: y - p[0] - np.logaddexp(0.0, p[1] - log_b), x0=[c0[0], g0[0]],
+        lambda p: y - p[0] - np.logaddexp(0.0, p[1] - log_b), x0=[c0[0], float(np.clip(g0[0], grid[0] + 1e-9, grid[-1] - 1e-9))],
         loss="huber", f_scale=HUBER_DELTA, bounds=([-np.inf, grid[0]], [np.inf, grid[-1]]),
     )
     log_s_min, log_b_crit = sol.x
