@@ -151,6 +151,10 @@ def test_damaged_stores_give_one_line_errors(tmp_path, capsys, damage):
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert str(db) in err
+    expected = {"directory": "is a directory", "other_sqlite": "not a batchlaw store", "config_bad_value": "max_steps",
+                "result_missing_key": "damaged trial row", "result_not_json": "damaged trial row",
+                "config_not_json": "damaged sweep row"}.get(damage, "not a readable batchlaw store")
+    assert expected in err
 
 
 def test_store_errors_from_the_python_api(tmp_path):
