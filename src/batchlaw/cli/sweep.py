@@ -41,7 +41,7 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--max-extensions", type=int, default=3, help="times a grid may widen (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=2000, help="budget per trial in steps (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=None,
-                   help="evaluation period in steps (default: relative to the steps so far, every max(1, step // 20) "
+                   help="evaluation period in steps (default: relative to the steps so far, every max(1, step // 10) "
                    "steps, so a target reached in 30 steps is read as finely as one reached in 3,000)")
     p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local process pool or Ray (default: %(default)s)")

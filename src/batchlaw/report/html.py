@@ -68,7 +68,7 @@ def file_stem(name: str) -> str:
 
 def _eval_text(every) -> str:
     if every is None:
-        return "every max(1, step // 20) steps (relative to the steps so far)"
+        return "every max(1, step // 10) steps (relative to the steps so far)"
     return "every step" if every == 1 else f"every {every} steps"
 
 

@@ -3,7 +3,7 @@
 A trial is described by a :class:`TrialSpec` (plain data, so it can travel to a worker process
 or a Ray task and be hashed into a stable key) and produces a result dict. Steps to target
 are read off the loss evaluated every ``eval_every`` steps (``None``: on a schedule relative
-to the steps so far, every ``max(1, step // 20)`` steps, so the reading is as fine at 30 steps as
+to the steps so far, every ``max(1, step // 10)`` steps, so the reading is as fine at 30 steps as
 at 3,000), interpolated between the last evaluation above the target and the first at or
 below it with the loss linear in ``log(step)`` (learning curves are close to power laws, so a
 straight line in linear steps would overestimate the crossing of a convex curve; linear in
@@ -37,8 +37,8 @@ class TrialSpec:
         seed: seeds the model and the data order.
         target_loss: the loss to reach.
         max_steps: budget in optimizer steps.
-        eval_every: evaluation period in steps; ``None`` evaluates every ``max(1, step // 20)``
-            steps (5% of the steps so far).
+        eval_every: evaluation period in steps; ``None`` evaluates every ``max(1, step // 10)``
+            steps (10% of the steps so far; with the crossing read in log-steps, a few percent).
         target_on: ``"heldout"`` (the workload's held-out loss) or ``"train"`` (an EMA of the
             training loss, ``beta = 0.9`` per step, bias-corrected).
         micro_batches: micro-batches per step for the noise-scale measurement (1 = off).
@@ -70,7 +70,7 @@ class TrialSpec:
 
 
 #: evaluation interval of the relative schedule (``eval_every=None``), as a fraction of the step.
-RELATIVE_EVAL = 1 / 20
+RELATIVE_EVAL = 1 / 10
 
 
 def _crossing(prev: tuple[int, float], cur: tuple[int, float], target: float) -> float:
