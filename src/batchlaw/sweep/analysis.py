@@ -126,12 +126,18 @@ def _coarse_readings(points: list[dict]) -> list[str]:
     out = []
     for p in points:
         for t in p["best_trials"][:1]:
-            interval = t.get("eval_interval") or t["spec"].get("eval_every")
-            if interval and t["steps_to_target"] < COARSE_INTERVALS * interval:
+            interval = t.get("eval_interval") or t["spec"].get("eval_every") or 1
+            steps = t["steps_to_target"]
+            if steps >= COARSE_INTERVALS * interval:
+                continue
+            if interval == 1:
+                out.append(f"batch {p['batch_size']}: the target was reached in {fmt_num(steps)} steps, too few to "
+                           "tell batch sizes apart: lower the target loss or measure smaller batch sizes.")
+            else:
                 out.append(
-                    f"batch {p['batch_size']}: {fmt_num(t['steps_to_target'])} steps to target is under "
-                    f"{COARSE_INTERVALS} evaluation intervals ({interval} steps): the reading is coarse; evaluate "
-                    "more often (a smaller --eval-every, or leave it unset for an interval relative to the steps).")
+                    f"batch {p['batch_size']}: {fmt_num(steps)} steps to target is under {COARSE_INTERVALS} "
+                    f"evaluation intervals ({interval} steps): the reading is coarse; evaluate more often (a smaller "
+                    "--eval-every, or leave it unset for an interval relative to the steps).")
     return out
 
 
