@@ -242,7 +242,17 @@ def _all_parsers():
     return out
 
 
-@pytest.mark.parametrize("command", ["batchlaw", "batchlaw sweep", "batchlaw report", "batchlaw demo"])
+_HELP_PENDING = {  # help text owned by other modules' work (cli/fit.py, cli/plan.py, cli/measure.py)
+    "batchlaw plan": "--json has no help", "batchlaw fit curve": "options without help",
+    "batchlaw fit powerlaw": "options without help", "batchlaw fit hparams": "options without help",
+    "batchlaw fit isoflop": "options without help", "batchlaw fit chinchilla": "options without help",
+    "batchlaw fit cbs": "literal %% in the description", "batchlaw measure": "literal %% in the description",
+}
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=_HELP_PENDING[n], strict=False)) if n in _HELP_PENDING else n
+    for n, _ in sorted(_all_parsers(), key=lambda x: x[0])])
 def test_help_on_every_option_and_no_literal_percent(command):
     import argparse
 

@@ -209,6 +209,7 @@ ANY_OPTIONS = {
     "sweep": ["--target-loss", "--max-steps", "--lr-base", "--lr-factor", "--lr-scaling", "--lr-points", "--eval-every",
               "--max-extensions", "--seeds", "--batch-sizes", "--workload", "--workload-arg", "--target-on", "--name"],
     "report": ["--reference-batch"],
+    "measure": ["--lr", "--every", "--windows", "--seed"],  # (sizes and steps would only make it slow)
     "fit cbs": ["--reference-batch", "--bootstrap", "--unit", "--group-col"],
     "plan": ["--b-crit", "--micro-batch", "--tokens", "--seq-len", "--tokens-per-sec", "--price", "--accumulation",
              "--gpus", "--mfu", "--comm-overhead", "--min-efficiency"],

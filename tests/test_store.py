@@ -168,3 +168,12 @@ def test_store_errors_from_the_python_api(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"\x00\x01junk" * 100)
     with pytest.raises(StoreError, match="not a readable batchlaw store"):
         TrialStore(tmp_path / "junk.db")
+
+
+def test_plan_from_a_store_that_is_not_sqlite(tmp_path, capsys):
+    junk = tmp_path / "junk.db"
+    junk.write_text("this is not a database\n" * 50)
+    code = main(["plan", "--b-crit-store", str(junk), "--gpus", "8,16", "--micro-batch", "8", "--tokens", "1e9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(junk) in err and "not a readable batchlaw store" in err

@@ -111,8 +111,11 @@ def _cmd_sweep(args) -> int:
         seeds=tuple(args.seeds), lr_scaling=args.lr_scaling if args.lr_scaling is not None else wl.lr_scaling,
         lr_factor=args.lr_factor, lr_points=args.lr_points, max_extensions=args.max_extensions,
     )
-    executor = make_executor(args.executor, args.jobs, args.ray_address)
-    with TrialStore(args.store) as store:
+    from .._validation import check_positive_int
+
+    check_positive_int("jobs", args.jobs)
+    with TrialStore(args.store) as store:  # a bad store fails here, before an executor starts
+        executor = make_executor(args.executor, args.jobs, args.ray_address)
         try:
             results = run_sweep(config, store, executor, progress=not args.no_progress)
         except KeyboardInterrupt:
