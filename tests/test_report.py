@@ -151,3 +151,14 @@ def test_outlier_through_fit_cbs(tmp_path, capsys):
     assert main(["fit", "cbs", str(csv), "--batch-col", "batch", "--steps-col", "steps", "--bootstrap", "200"]) == 0
     out = capsys.readouterr().out
     assert "excluded as outliers: batch 64" in out
+
+
+def test_report_names_the_outliers_it_excluded(tmp_path):
+    batches = [4, 8, 16, 32, 64, 128, 256]
+    results = [_result(b, 0.1, float(steps_law(b, 100.0, 40.0)) * (50.0 if b == 32 else 1.0)) for b in batches]
+    cfg = {"workload": "linreg", "target_loss": 0.5, "target_on": "heldout", "max_steps": 1000, "eval_every": 1,
+           "seeds": [0]}
+    a = analyze_sweep("o", cfg, results, n_boot=200)
+    assert a.fit is not None and [o[0] for o in a.fit.outliers] == [32.0]
+    html = write_report([a], tmp_path).read_text()
+    assert "Excluded from the fit as outliers" in html and "batch 32:" in html

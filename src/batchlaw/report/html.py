@@ -100,7 +100,12 @@ def _sweep_context(a, out: Path) -> dict:
     c = a.config
     images = [{"alt": p.stem, "data": base64.b64encode(p.read_bytes()).decode()}
               for p in plot_sweep(a, out, file_stem(a.name))]
-    ctx = {"name": a.name, "workload": c.get("workload"), "headline": headline(a), "warnings": list(a.warnings),
+    warnings = list(a.warnings)
+    if a.fit is not None and a.fit.outliers:
+        warnings.append("Excluded from the fit as outliers (more than a factor 2 and 5 robust standard deviations off "
+                        "the law fitted to the others; check those runs): " + "; ".join(
+                            f"batch {fmt_num(b)}: {fmt_num(st)} steps, {fmt_num(r)}x the law" for b, st, r in a.fit.outliers))
+    ctx = {"name": a.name, "workload": c.get("workload"), "headline": headline(a), "warnings": warnings,
            "n_trials": len(a.trials), "target_loss": f"{c['target_loss']:g}", "target_on": c.get("target_on"),
            "max_steps": c.get("max_steps"), "eval_text": _eval_text(c.get("eval_every")),
            "seeds": ", ".join(str(s) for s in c.get("seeds", ())), "fit_rows": [], "fit_note": "",
