@@ -177,3 +177,13 @@ def test_plan_from_a_store_that_is_not_sqlite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert str(junk) in err and "not a readable batchlaw store" in err
+
+
+def test_a_diverged_trial_with_non_finite_losses_is_stored():
+    r = run_trial(_config("x", (4,), max_steps=3).spec(4, 0.05, 0))
+    r = {**r, "status": "diverged", "steps_to_target": None, "final_loss": math.inf,
+         "curve": r["curve"] + [[4, math.nan, None]]}
+    with TrialStore(":memory:") as store:
+        store.add("a", r)
+        back = store.trials("a")[0]
+    assert back["final_loss"] == math.inf and math.isnan(back["curve"][-1][1])

@@ -301,10 +301,7 @@ class TrialStore:
         """
         spec = result["spec"]
         noise = result.get("noise") or {}
-        try:
-            blob = json.dumps(result, allow_nan=False)
-        except ValueError:
-            blob = None  # NOT NULL refuses it below, with the trial named
+        blob = json.dumps(result)  # a diverged trial's losses may be inf or NaN: Python's JSON keeps them
         values = (result["key"], sweep, spec["batch_size"], spec["lr"], spec["seed"], result["status"],
                   result["steps_to_target"], result["examples_to_target"], result["tokens_to_target"],
                   result["wall_time_s"], noise.get("b_simple"), blob, time.time())
