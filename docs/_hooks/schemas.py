@@ -32,7 +32,8 @@ class Schema:
 _ESTIMATE = ("an estimate: `b_simple`, `ci` [low, high] (`high` is null when unbounded), `g_sq`, `trace_sigma`, "
              "`n_steps`, `unit` (`examples` or `tokens`), `confidence`, `method`")
 _STEPS_FIT = ("the fit of S(B) = S_min (1 + B_crit/B): `s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, "
-              "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`; "
+              "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`, "
+              "`outliers` ([batch, steps, steps over the law] of each point excluded as an outlier); "
               "null when the data cannot support a fit")
 _SWEEP_FIELDS = [
     ("name", "the sweep's name inside the store"),
@@ -45,6 +46,8 @@ _SWEEP_FIELDS = [
                  "`n_trials`, `unit`; null when not measured"),
     ("tokens_per_example", "tokens per example of the workload (null for non-sequence workloads)"),
     ("n_trials", "trials stored for this sweep"),
+    ("warnings", "what to check before trusting the answer, e.g. a steps-to-target reading under 3 evaluation "
+                 "intervals"),
 ]
 
 _TINY_SWEEP = ["--workload", "linreg", "--workload-arg", "condition=100", "--workload-arg", "init_distance=4",
