@@ -105,7 +105,6 @@ def test_checkpointing_keeps_gradients_and_saves_memory():
     assert with_ckpt["checkpointing"] and with_ckpt["checkpointed_blocks"] == 8
     peak = {p["checkpointing"]: p["train"][-1]["peak_memory_bytes"] for p in (with_ckpt, without)}
     # without: 8 blocks x (2 x 1024 x 1024 + 1024 x 256) x 4 B = 72 MiB saved; with: 8 x 1 MiB + one block's
-    print(peak)
     assert peak[True] < peak[False] - 30 * 2**20, peak
 
 

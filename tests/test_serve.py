@@ -11,7 +11,7 @@ import pytest
 from batchlaw.cli import main
 from batchlaw.plan import (SLO, LatencyCurve, padding_waste, poisson_arrivals, recommend_buckets,
                            recommend_serving, simulate_batcher)
-from batchlaw.plan.serve import md1_mean_wait
+from batchlaw.plan.serve import _batch_loop, md1_mean_wait
 
 CURVE = LatencyCurve([1, 2, 4, 8, 16], [0.010, 0.011, 0.013, 0.017, 0.025])
 
@@ -51,6 +51,8 @@ def test_md1_pollaczek_khinchine(rho):
     assert r.mean_wait_s == pytest.approx(md1_mean_wait(rho / s, s), rel=0.02)
     assert r.mean_latency_s == pytest.approx(r.mean_wait_s + s)
     assert r.utilisation == pytest.approx(rho, rel=0.01)
+    loop = _batch_loop(arr, [0.0, s], 1, 0.0, 1)  # the general batch loop, same queue
+    assert loop.mean_wait_s == pytest.approx(r.mean_wait_s, rel=1e-9)
 
 
 @pytest.mark.parametrize("max_batch,delay,replicas", [(1, 0.0, 1), (4, 0.0, 1), (4, 0.004, 1), (16, 0.02, 1),

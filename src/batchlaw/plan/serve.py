@@ -7,7 +7,8 @@ comes first (at once if the queue filled or timed out while every replica was bu
 ``max_batch`` requests; the batch then takes ``L(b)`` seconds (a measured forward-latency curve).
 Latency of a request = completion - arrival.
 
-The simulation loops over *batches*, not events: with sorted arrival times, the time a batch starts
+With one replica and ``max_batch = 1`` the queue is vectorised exactly (Lindley's recursion as a
+running maximum). Otherwise the simulation loops over *batches*, not events: with sorted arrival times, the time a batch starts
 is ``max(replica free, min(arrival[head + max_batch - 1], arrival[head] + max_queue_delay))`` and
 its size a bisection in the arrival times; latencies of a batch are set by one vector operation.
 
@@ -138,6 +139,13 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
     delay = check_positive_float("max_queue_delay_s", max_queue_delay_s, allow_zero=True)
     replicas = check_positive_int("replicas", replicas)
     svc = [0.0] + [float(latency(b)) for b in range(1, max_batch + 1)]  # svc[b] = L(b)
+    if max_batch == 1 and replicas == 1:  # one queue, one server, constant service: Lindley, vectorised
+        return _single_server(arr, svc[1], delay)
+    return _batch_loop(arr, svc, max_batch, delay, replicas)
+
+
+def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float, replicas: int) -> ServeResult:
+    """The general case, one Python step per batch (``svc[b] = L(b)``)."""
     n = arr.size
     a = arr.tolist()
     lat = np.empty(n)
@@ -178,10 +186,28 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
     span_out = last_finish - arr[0]
     p50, p99 = np.percentile(lat, [50, 99])
     return ServeResult(
-        max_batch=max_batch, max_queue_delay_s=delay, replicas=replicas, n_requests=n, offered_rate_per_s=rate,
-        capacity_per_s=capacity, stable=rate < capacity, throughput_per_s=n / span_out if span_out > 0 else math.inf,
+        max_batch=max_batch, max_queue_delay_s=delay, replicas=replicas, n_requests=n, offered_rate_per_s=float(rate),
+        capacity_per_s=capacity, stable=bool(rate < capacity),
+        throughput_per_s=float(n / span_out) if span_out > 0 else math.inf,
         mean_latency_s=float(lat.mean()), p50_latency_s=float(p50), p99_latency_s=float(p99),
-        mean_wait_s=float(wait.mean()), mean_batch=n / n_batches, utilisation=busy / (replicas * span_out))
+        mean_wait_s=float(wait.mean()), mean_batch=n / n_batches, utilisation=float(busy / (replicas * span_out)))
+
+
+def _single_server(arr: np.ndarray, s: float, delay: float) -> ServeResult:
+    """Max batch 1, one replica: start_n = max(finish_{n-1}, a_n), finish_n = start_n + s, so
+    ``finish_n = s (n + 1) + max_{k <= n} (a_k - s k)`` (a running maximum; the delay never binds)."""
+    n = arr.size
+    idx = np.arange(n)
+    finish = np.maximum.accumulate(arr - s * idx) + s * (idx + 1)
+    lat = finish - arr
+    span_in, span_out = arr[-1] - arr[0], finish[-1] - arr[0]
+    rate = (n - 1) / span_in if n > 1 and span_in > 0 else math.inf
+    p50, p99 = np.percentile(lat, [50, 99])
+    return ServeResult(
+        max_batch=1, max_queue_delay_s=delay, replicas=1, n_requests=n, offered_rate_per_s=float(rate),
+        capacity_per_s=1.0 / s, stable=bool(rate < 1.0 / s), throughput_per_s=float(n / span_out),
+        mean_latency_s=float(lat.mean()), p50_latency_s=float(p50), p99_latency_s=float(p99),
+        mean_wait_s=float(lat.mean() - s), mean_batch=1.0, utilisation=float(n * s / span_out))
 
 
 def default_max_batches(latency: LatencyCurve) -> list[int]:
