@@ -101,14 +101,17 @@ def test_table_and_text_agree(capsys):
     assert set(table) == set(rows)
     for g, line in table.items():
         assert (" ok;" in line) == rows[g]["within_target"]
+        assert rows[g]["within_target"] == (rows[g]["efficiency"] >= 0.6)
     verdicts = [line for line in out.splitlines() if " GPUs: " in line and "->" in line]
     assert verdicts
     for line in verdicts:
         to = int(line.split("->")[1].split()[0])
         dd = next(x for x in d["doubling"] if x["to"] == to)
-        assert ("worth it" in line) == dd["worth_it"]
-        if to in rows:
-            assert dd["worth_it"] == rows[to]["within_target"]
+        assert ("worth it" in line) == dd["worth_it"] == (dd["speedup"] >= 2 * 0.6)
+        assert f"{dd['doubling_efficiency']:.0%} of a perfect doubling" in line
+        if to in rows:  # the table's "from g/2" column shows the same number
+            assert rows[to]["doubling_efficiency"] == pytest.approx(dd["doubling_efficiency"])
+            assert f" {dd['doubling_efficiency']:.0%}  " in table[to]
     assert "diminishing returns" not in out
 
 
