@@ -28,7 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--forward-max-batch", type=int, default=None, help="largest forward batch (default: --max-batch)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of nn.ModuleList blocks")
     p.add_argument("--no-forward", action="store_true", help="skip the forward-latency (serving) curve")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per size, median kept (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per size, the fastest kept (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per size (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=600.0,
                    help="seconds after which no new size is started (default: %(default)s)")

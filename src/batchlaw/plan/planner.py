@@ -409,8 +409,8 @@ def plan_run(
     if mixed:
         notes.append(f"at {', '.join(map(str, mixed))} GPUs the efficiency against one GPU is below "
                      f"{min_efficiency:.0%} but the doubling that leads there keeps at least that share of a perfect "
-                     "doubling: the loss was paid at smaller counts (the first all-reduce, from 1 to 2 GPUs, costs "
-                     "the most; the ring's 2(W-1)/W then grows slowly).")
+                     "doubling: the efficiency was lost at smaller counts (each doubling there still buys at least "
+                     f"{2 * min_efficiency:.2g}x).")
     if compute_s is None:
         notes.append("no throughput given: times are relative (constant per-GPU throughput assumed); "
                      "give --tokens-per-sec or --profile for wall-clock.")

@@ -1,7 +1,8 @@
 """Step time and peak memory vs micro-batch, and forward latency vs batch, on the user's hardware.
 
 For micro-batches 1, 2, 4, ... a full training step (forward, backward, optimizer) is timed
-(median of ``repeats`` after ``warmup`` untimed steps) and its peak memory recorded, until the
+(the fastest of ``repeats`` after ``warmup`` untimed steps, the figure least disturbed by other
+work on the machine, as ``timeit`` reports; the median is kept beside it) and its peak memory recorded, until the
 step runs out of memory, the largest size asked for, or the time budget. Out of memory is caught,
 the memory released, and the whole curve returned with the failing size marked ``"oom"``. Then
 forward-only latency vs batch for serving, the same way.
@@ -161,7 +162,7 @@ def _sizes(max_batch: int) -> list[int]:
 
 
 def _measure(fn, device, mem, warmup, repeats, deadline):
-    """Median seconds of ``fn`` and its peak memory; raises what ``fn`` raises."""
+    """Seconds of ``fn`` (fastest and median of ``repeats``) and its peak memory; raises what ``fn`` raises."""
     mem.reset()
     for _ in range(warmup):
         fn()
@@ -174,7 +175,7 @@ def _measure(fn, device, mem, warmup, repeats, deadline):
         times.append(time.perf_counter() - t0)
         if time.perf_counter() > deadline:
             break
-    return statistics.median(times), mem.peak()
+    return min(times), statistics.median(times), mem.peak()
 
 
 def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 1024, forward_max_batch: int | None = None,
@@ -189,7 +190,7 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         forward_max_batch: largest forward batch tried (default: ``max_batch``).
         checkpointing: activation checkpointing of ``nn.ModuleList`` blocks.
         forward: also profile forward latency (for ``batchlaw plan serve``).
-        repeats: timed repetitions per size (median reported).
+        repeats: timed repetitions per size (fastest reported, and the median).
         warmup: untimed repetitions per size.
         time_budget_s: stop starting new sizes after this long (the curve so far is returned).
         on_row: called with the profile so far after each size (to store it as it goes).
@@ -237,9 +238,9 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         batch = None
         try:
             batch = _to(target.make_batch(b), dev)
-            t, peak = _measure(lambda: train_step(batch), dev, mem, warmup, repeats, deadline)
-            out["train"].append({"micro_batch": b, "status": "ok", "step_time_s": t, "throughput_per_s": b / t,
-                                 "peak_memory_bytes": peak})
+            t, med, peak = _measure(lambda: train_step(batch), dev, mem, warmup, repeats, deadline)
+            out["train"].append({"micro_batch": b, "status": "ok", "step_time_s": t, "step_time_median_s": med,
+                                 "throughput_per_s": b / t, "peak_memory_bytes": peak})
             out["max_micro_batch"] = b
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err):
@@ -272,8 +273,9 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
                     with torch.no_grad():
                         target.loss(model, batch)
 
-                t, peak = _measure(fwd, dev, mem, warmup, repeats, deadline)
-                out["forward"].append({"batch": b, "status": "ok", "latency_s": t, "peak_memory_bytes": peak})
+                t, med, peak = _measure(fwd, dev, mem, warmup, repeats, deadline)
+                out["forward"].append({"batch": b, "status": "ok", "latency_s": t, "latency_median_s": med,
+                                       "peak_memory_bytes": peak})
             except (RuntimeError, MemoryError) as err:
                 if not is_out_of_memory(err):
                     raise
