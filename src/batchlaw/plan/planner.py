@@ -318,6 +318,9 @@ def plan_run(
         fit = profile.max_micro_batch
         if fit is None:
             raise ValueError(f"The profile {profile.source!r} has no micro-batch that fitted in memory.")
+        if micro > fit and profile.oom_micro_batch is None:
+            raise ValueError(f"Micro-batch {micro} is beyond the profile {profile.source!r}, which stopped at {fit} "
+                             "without running out of memory: profile up to it (batchlaw profile --max-batch).")
         if micro > fit:
             per_gpu = micro * acc
             micro, acc, memory_capped = fit, math.ceil(per_gpu / fit), True
