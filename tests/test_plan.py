@@ -236,6 +236,8 @@ def test_every_plan_option_is_range_checked(capsys, opt, value):
 
 
 @pytest.mark.parametrize("argv", [
+    ["plan", "--b-crit-law=-1:0.5", "--tokens", "1e9", "--gpus", "8", "--micro-batch", "16"],
+    ["plan", "--b-crit-law", "0.5:nan", "--tokens", "1e9", "--gpus", "8", "--micro-batch", "16"],
     ["plan", "--b-crit", "1000", "--gpus", "0,8", "--micro-batch", "16"],
     ["plan", "--b-crit", "1000", "--gpus", "8", "--micro-batch", "0"],
     ["plan", "--b-crit", "-3", "--gpus", "8", "--micro-batch", "16"],

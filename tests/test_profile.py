@@ -26,6 +26,12 @@ BIG = textwrap.dedent("""
         return torch.nn.Linear(2, 2)
 
     number = 3
+
+    def raises():
+        raise RuntimeError("no weights here")
+
+    def mismatch():
+        return torch.nn.Linear(3, 1), lambda b: torch.randn(b, 5)
 """)
 
 
@@ -130,6 +136,8 @@ def test_profile_json_and_plot_on_a_builtin_workload(tmp_path, capsys):
     ("bigmodel:number", "not a function"),
     ("bigmodel:not_a_pair", "must return (model, make_batch)"),
     ("bigmodel", "must be MODULE:FACTORY"),
+    ("bigmodel:raises", "the factory raised RuntimeError: no weights here"),
+    ("bigmodel:mismatch", "the model failed on make_batch(1): RuntimeError"),
 ])
 def test_user_model_errors_are_one_line(user_module, capsys, spec, msg):
     assert main(["profile", "--model", spec, "--device", "cpu", "--max-batch", "2"]) == 2

@@ -164,6 +164,8 @@ def _cmd_plan(args) -> int:
             coef, exp = (float(v) for v in args.b_crit_law.split(":"))
         except ValueError:
             raise ValueError(f"--b-crit-law must be COEF:EXP, e.g. 0.58:0.571. Got {args.b_crit_law!r}.") from None
+        if not (math.isfinite(coef) and coef > 0 and math.isfinite(exp)):
+            raise ValueError(f"The '--b-crit-law' option must be COEF:EXP with COEF > 0 and EXP finite. Got {args.b_crit_law!r} instead.")
         b_crit = coef * tokens**exp / seq_len
         b_crit_ci = args.b_crit_ci
     else:

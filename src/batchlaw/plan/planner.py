@@ -280,7 +280,7 @@ def plan_run(
     Examples:
         >>> p = plan_run(gpus=[16, 32], b_crit=1000, seq_len=2048, micro_batch=128)
         >>> p.recommended, round(p.doubling[0]["speedup"], 3)
-        (4, 1.195)
+        (4, 1.196)
 
     References:
         McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", eq. 2.11.

@@ -68,16 +68,27 @@ def user_target(spec: str) -> Target:
     except ModuleNotFoundError as err:
         raise ValueError(f"--model {spec}: cannot import module {mod_name!r} ({err}); run from its directory or "
                          "put it on PYTHONPATH.") from None
+    except Exception as err:  # the user's module failed while importing: say so in one line
+        raise ValueError(f"--model {spec}: importing {mod_name!r} raised {type(err).__name__}: {err}") from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise ValueError(f"--model {spec}: module {mod_name!r} has no attribute {attr!r}.")
     if not callable(factory):
         raise ValueError(f"--model {spec}: {attr!r} is a {type(factory).__name__}, not a function.")
-    got = factory()
+    try:
+        got = factory()
+    except Exception as err:
+        raise ValueError(f"--model {spec}: the factory raised {type(err).__name__}: {err}") from None
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module) and callable(got[1])):
         what = type(got).__name__ if not isinstance(got, tuple) else f"a tuple of {len(got)}"
         raise ValueError(f"--model {spec}: the factory must return (model, make_batch): an nn.Module and a function "
                          f"of the batch size. Got {what} instead.")
     model, make_batch = got
+    try:  # one example through the model, so that a mismatch is reported here and not mid-profile
+        with torch.no_grad():
+            _default_loss(model, make_batch(1))
+    except Exception as err:
+        raise ValueError(f"--model {spec}: the model failed on make_batch(1): {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
     return Target(model=model, make_batch=make_batch, loss=_default_loss,
                   make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4), name=spec)
