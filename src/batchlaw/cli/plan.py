@@ -223,8 +223,13 @@ def _cmd_plan(args) -> int:
               f"D = {fmt_num(infer['tokens'])}; total compute {infer['total_compute']:.3g} vs "
               f"{infer['chinchilla_total_compute']:.3g} FLOPs")
     print(plan.table())
-    for line in plan.doubling_lines():
+    for line, d in zip(plan.doubling_lines(), plan.doubling):
         print(line)
+        r0 = next(r for r in plan.rows if r.gpus == d["from"])
+        if not d["worth_it"] and 2 * r0.global_batch > b_crit and r0.micro_batch % 2 == 0:
+            print(f"  alternative: {d['to']} GPUs at micro-batch {r0.micro_batch // 2} keep the global batch at "
+                  f"{r0.global_batch:,}: the same steps, up to 2x faster if each GPU keeps its throughput at the "
+                  "smaller micro-batch (a profile says whether it does).")
     if args.lr is not None:
         rule = "square-root rule (Adam)" if args.lr_rule == "sqrt" else "linear rule (SGD)"
         print("learning rate (" + rule + "): " + ", ".join(f"{r.gpus} GPUs {r.lr:.3g}" for r in plan.rows))
