@@ -130,6 +130,21 @@ def test_profile_json_and_plot_on_a_builtin_workload(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["schema"] == "batchlaw.serve/1"
 
 
+def test_profile_resumes_from_what_it_stored(tmp_path, capsys):
+    out = tmp_path / "prof.json"
+    base = ["profile", "--workload", "linreg", "--device", "cpu", "--repeats", "1", "--out", str(out), "--no-forward"]
+    assert main(base + ["--max-batch", "4"]) == 0
+    first = json.loads(out.read_text())["train"]
+    assert main(base + ["--max-batch", "16", "--resume"]) == 0
+    second = json.loads(out.read_text())["train"]
+    assert second[:3] == first and [r["micro_batch"] for r in second] == [1, 2, 4, 8, 16]
+    assert main(["profile", "--workload", "linreg", "--device", "cpu", "--checkpointing", "--out", str(out),
+                 "--resume"]) == 2  # linreg has no blocks: refused before anything
+    capsys.readouterr()
+    assert main(base + ["--workload-arg", "dim=8", "--resume"]) == 2  # another model: 8 parameters, not 16
+    assert "Cannot resume: the stored profile differs in parameters" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec,msg", [
     ("nosuchmodule_xyz:make", "cannot import module 'nosuchmodule_xyz'"),
     ("bigmodel:missing", "has no attribute 'missing'"),

@@ -33,6 +33,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--time-budget", type=float, default=600.0,
                    help="seconds after which no new size is started (default: %(default)s)")
     p.add_argument("--out", default="profile.json", help="JSON written as it goes (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the sizes already measured in --out (same model, device, checkpointing) and run the rest")
     p.add_argument("--plot", default=None, help="also write a PNG of throughput and memory vs micro-batch")
     p.add_argument("--json", action="store_true", help="print the profile JSON (schema batchlaw.profile/1)")
     p.set_defaults(func=_cmd_profile)
@@ -79,7 +81,13 @@ def _cmd_profile(args) -> int:
         target = user_target(args.model)
     else:
         target = workload_target(args.workload or "bytegpt", device=device, **dict(args.workload_arg))
-    prof = profile_hardware(target, device=device, max_batch=args.max_batch, forward_max_batch=args.forward_max_batch,
+    previous = None
+    if args.resume and out.is_file():
+        try:
+            previous = json.loads(out.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"Cannot resume from {args.out!r}: not JSON ({err}).") from None
+    prof = profile_hardware(target, device=device, resume_from=previous, max_batch=args.max_batch, forward_max_batch=args.forward_max_batch,
                             checkpointing=args.checkpointing, forward=not args.no_forward, repeats=args.repeats,
                             warmup=args.warmup, time_budget_s=args.time_budget,
                             on_row=lambda p: save_profile(p, out))

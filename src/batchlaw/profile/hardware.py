@@ -180,7 +180,8 @@ def _measure(fn, device, mem, warmup, repeats, deadline):
 
 def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 1024, forward_max_batch: int | None = None,
                      checkpointing: bool = False, forward: bool = True, repeats: int = 3, warmup: int = 1,
-                     time_budget_s: float = 600.0, on_row: Callable[[dict], None] | None = None) -> dict:
+                     time_budget_s: float = 600.0, on_row: Callable[[dict], None] | None = None,
+                     resume_from: dict | None = None) -> dict:
     """Profile training steps and forward latency for batch sizes 1, 2, 4, ... (examples).
 
     Args:
@@ -194,6 +195,8 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         warmup: untimed repetitions per size.
         time_budget_s: stop starting new sizes after this long (the curve so far is returned).
         on_row: called with the profile so far after each size (to store it as it goes).
+        resume_from: a profile stored earlier (by ``on_row``) of the same model, device and
+            checkpointing: its measured sizes are kept and only the others are run.
 
     Returns:
         A ``batchlaw.profile/1`` dict: ``train`` rows (``micro_batch``, ``status`` "ok"/"oom",
@@ -201,7 +204,8 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         rows (``batch``, ``status``, ``latency_s``), ``max_micro_batch``, ``stopped_by``.
 
     Raises:
-        ValueError: bad arguments. Out of memory is caught and recorded, never raised.
+        ValueError: bad arguments, or ``resume_from`` of another model or setting. Out of memory is
+            caught and recorded, never raised.
     """
     device = check_choice("device", device, ("cpu", "cuda", "auto"))
     if device == "auto":
@@ -224,6 +228,16 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
            "tokens_per_example": target.tokens_per_example, "checkpointing": checkpointing,
            "checkpointed_blocks": n_ckpt, "memory_kind": mem.kind, "unit": "examples",
            "train": [], "forward": [], "max_micro_batch": None, "stopped_by": None, **target.extra}
+    done_train: dict[int, dict] = {}
+    done_fwd: dict[int, dict] = {}
+    if resume_from is not None:
+        keys = ("schema", "name", "device", "parameters", "checkpointing")
+        diff = [k for k in keys if resume_from.get(k) != out[k]]
+        if diff:
+            raise ValueError(f"Cannot resume: the stored profile differs in {', '.join(diff)} "
+                             f"({', '.join(f'{k}={resume_from.get(k)!r}' for k in diff)}). Use another --out.")
+        done_train = {r["micro_batch"]: r for r in resume_from.get("train", [])}
+        done_fwd = {r["batch"]: r for r in resume_from.get("forward", [])}
 
     def train_step(batch):
         opt.zero_grad(set_to_none=True)
@@ -232,6 +246,13 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
 
     model.train()
     for b in _sizes(max_batch):
+        if b in done_train:  # measured before the interruption
+            out["train"].append(done_train[b])
+            if done_train[b]["status"] == "oom":
+                out["stopped_by"] = "oom"
+                break
+            out["max_micro_batch"] = b
+            continue
         if time.perf_counter() > deadline:
             out["stopped_by"] = "time_budget"
             break
@@ -263,6 +284,11 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
     if forward:
         model.eval()
         for b in _sizes(fmax):
+            if b in done_fwd:
+                out["forward"].append(done_fwd[b])
+                if done_fwd[b]["status"] == "oom":
+                    break
+                continue
             if time.perf_counter() > deadline:
                 break
             batch = None
