@@ -43,6 +43,7 @@ def user_module(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_out_of_memory_under_rlimit_as_returns_the_whole_curve(user_module):
     """A real allocator failure in a subprocess whose address space is capped 300 MiB above its size."""
     script = textwrap.dedent("""
@@ -90,6 +91,7 @@ def _blocks_target():
     return Net()
 
 
+@pytest.mark.slow
 def test_checkpointing_keeps_gradients_and_saves_memory():
     plain, ckpt = _blocks_target(), _blocks_target()
     assert enable_checkpointing(ckpt) == 8
