@@ -73,7 +73,7 @@ def test_plan_answers_the_doubling_question(capsys):
     text = capsys.readouterr().out
     assert "16 -> 32 GPUs" in text and "poor value" in text and "recommendation: 4 GPUs" in text
     out = _json(capsys, argv + ["--json"])
-    assert out["schema"] == "batchlaw.plan/2" and out["recommended_gpus"] == 4
+    assert out["schema"] == "batchlaw.plan/1" and out["recommended_gpus"] == 4
     assert [r["global_batch"] for r in out["rows"]] == [2048, 4096]
 
 

@@ -81,7 +81,7 @@ def _add_plan_parser(sub):
     p.add_argument("--lr", type=float, default=None, help="learning rate at the reference batch: each row gets the rule's")
     p.add_argument("--lr-rule", choices=("sqrt", "linear"), default="sqrt",
                    help="sqrt for Adam (Malladi et al. 2022), linear for SGD (Goyal et al. 2017) (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.plan/2)")
+    p.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.plan/1)")
     p.set_defaults(func=_cmd_plan)
     return p
 
@@ -194,7 +194,7 @@ def _cmd_plan(args) -> int:
                     min_efficiency=args.min_efficiency, b_crit_ci=b_crit_ci, lr=args.lr, lr_rule=args.lr_rule,
                     unit=args.unit)
     if args.json:
-        out = {"schema": "batchlaw.plan/2", **plan.to_dict()}
+        out = {"schema": "batchlaw.plan/1", **plan.to_dict()}
         if grad_bytes is not None:
             out["all_reduce"] = {"grad_bytes": grad_bytes, "bus_bandwidth_bytes_per_s": bw, "latency_s": latency,
                                  "overlap": not args.no_overlap, "link": args.link}
