@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import __version__
-from . import branch, demo, fit, measure, plan, schedule, sweep
+from . import branch, demo, fit, measure, plan, profile, schedule, sweep
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchlaw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (measure, demo, sweep, fit, plan, branch, schedule):
+    for module in (measure, demo, sweep, fit, plan, profile, branch, schedule):
         module.add_parsers(sub)
     return parser
 
