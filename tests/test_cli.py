@@ -242,14 +242,7 @@ def _all_parsers():
     return out
 
 
-_HELP_PENDING = {  # in files owned by other work (cli/fit.py, cli/measure.py): "%%" in a description is printed as is
-    "batchlaw fit cbs": "literal %% in the description", "batchlaw measure": "literal %% in the description",
-}
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=_HELP_PENDING[n], strict=False)) if n in _HELP_PENDING else n
-    for n, _ in sorted(_all_parsers(), key=lambda x: x[0])])
+@pytest.mark.parametrize("command", [n for n, _ in sorted(_all_parsers(), key=lambda x: x[0])])
 def test_help_on_every_option_and_no_literal_percent(command):
     import argparse
 

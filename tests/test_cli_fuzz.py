@@ -186,14 +186,7 @@ POSITIVE_OPTIONS = [
           ] + [("plan", o) for o in ("--b-crit", "--micro-batch", "--tokens", "--seq-len", "--tokens-per-sec")]
 
 
-_PENDING = {  # refusals that belong to another module's work, listed so that they are not forgotten
-    ("measure", "--micro-batch-size"): "cli/measure.py takes 0 as 'the workload's default'",
-}
-
-
-@pytest.mark.parametrize("command,option", [
-    pytest.param(c, o, marks=pytest.mark.xfail(reason=_PENDING[c, o], strict=False)) if (c, o) in _PENDING else (c, o)
-    for c, o in POSITIVE_OPTIONS])
+@pytest.mark.parametrize("command,option", POSITIVE_OPTIONS)
 def test_options_that_must_be_positive_refuse_everything_else(store, cbs_csv, tmp_path, command, option):
     """Every value in NOT_POSITIVE, on every option that takes a positive number (--lr-scaling: finite)."""
     for value in NOT_POSITIVE:
@@ -216,9 +209,7 @@ ANY_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(reason="plan/: --b-crit 1e-308 divides by zero inside the planner", strict=False))
-    if c == "plan" else c for c in sorted(ANY_OPTIONS)])
+@pytest.mark.parametrize("command", sorted(ANY_OPTIONS))
 def test_any_option_value_ends_cleanly(store, cbs_csv, tmp_path_factory, command):
     @settings(FUZZ, max_examples=4 if command == "report" else 20)  # a report draws plots: slow
     @given(data=st.data())
