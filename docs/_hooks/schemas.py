@@ -60,8 +60,9 @@ SCHEMAS: list[Schema] = [
         "A training run of a built-in workload with the noise monitor attached.",
         [("schema", "`\"batchlaw.measure/1\"`"),
          ("workload", "the workload's name and settings (`name`, `tokens_per_example`, workload-specific keys)"),
-         ("config", "`steps`, `micro_batch_size`, `accumulation`, `batch_size`, `lr`, `seed`, `every`, "
-                    "`estimate_window` [first, last step], `unit`"),
+         ("config", "`steps`, `micro_batch_size` (per process), `accumulation`, `world_size`, `batch_size` (global), "
+                    "`lr`, `seed`, `every`, `estimate_window` [first, last step], `unit`. With `--nproc N` the output "
+                    "also holds `single_process`: the same object for a one-process run with the same global batch"),
          ("estimate", _ESTIMATE + " over the second half of the run; null when the data refuse an estimate"),
          ("note", "why there is no estimate (empty otherwise)"),
          ("provisional_b_simple", "the value an refused estimate would have had (null otherwise)"),
@@ -249,6 +250,30 @@ SCHEMAS: list[Schema] = [
         versioned=False,
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
                     "--predict-at", "20000", "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "batchlaw.branch/1", "batchlaw branch --json",
+        "The critical batch size measured by branching from checkpoints of one run (Merrill et al. 2025).",
+        [("schema", "`\"batchlaw.branch/1\"`"),
+         ("unit", "unit of the batch sizes (`examples`)"),
+         ("config", "the trunk and branch settings: workload, base batch, factors k, branch budget, tolerance"),
+         ("points", "one object per checkpoint: examples seen, the branches' losses per k, CBS(t) and whether it is "
+                    "a lower or upper bound, and B_simple(t) from the monitor on the trunk with its interval"),
+         ("trace", "the trunk's noise-scale trace between checkpoints (null when not measured)")],
+    ),
+    Schema(
+        "batchlaw.schedule_compare/1", "batchlaw schedule compare --json",
+        "Batch-size schedules trained to a held-out target: steps, tokens and wall-clock with intervals over seeds.",
+        [("schema", "`\"batchlaw.schedule_compare/1\"`"),
+         ("config", "the comparison's settings: workload, target loss, seeds, small and large batch, LR and its rule"),
+         ("workload", "the workload's description"),
+         ("unit", "unit of the batch sizes (`examples`)"),
+         ("schedules", "per schedule: steps, examples, tokens and wall-clock to the target per seed, their means "
+                       "with 95% intervals, and the ratios to the constant small batch. When a CBS ramp ran, the "
+                       "output also holds `cbs_measurement` (the branched measurement it used, and its cost)"),
+         ("goal", "the savings goal (<= 0.7x the steps with <= 1.1x the tokens of the constant small batch) and "
+                  "whether each ramp met it"),
+         ("notes", "what to keep in mind when reading the numbers")],
     ),
 ]
 
