@@ -24,3 +24,22 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp") -> None:
+    """``--workload`` and ``--workload-arg``, for every command that trains."""
+    p.add_argument("--workload", default=default,
+                   help="built-in workload (linreg, bytemlp, bytegpt, nqm) or your own as package.module:ClassName, "
+                   "a batchlaw.workloads.Workload subclass importable from here (default: %(default)s)")
+    p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="constructor argument of the workload, e.g. dim=64 or condition=100; values are read as "
+                   "JSON when they parse, else as strings (repeatable)")
+
+
+def workload_from_args(args: argparse.Namespace):
+    """``(ref, kwargs, workload)`` from ``--workload`` / ``--workload-arg``: imports and builds the
+    workload, so a bad reference fails here with a one-line error."""
+    from ..workloads import resolve_workload, workload_spec
+
+    ref, kwargs = workload_spec(args.workload, dict(args.workload_arg))
+    return ref, kwargs, resolve_workload(ref, kwargs)

@@ -28,7 +28,12 @@ __all__ = ["SweepConfig", "LRSearch", "run_sweep", "LocalExecutor", "RayExecutor
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What a sweep measures. Batch sizes are in examples (sequences for language models)."""
+    """What a sweep measures. Batch sizes are in examples (sequences for language models).
+
+    ``workload`` is a reference (a built-in name or ``"package.module:ClassName"``, with
+    ``workload_kwargs``); a :class:`~batchlaw.workloads.Workload` subclass or instance is
+    turned into one, so the stored configuration rebuilds it for resume, reports and workers.
+    """
 
     workload: str
     batch_sizes: tuple[int, ...]
@@ -47,6 +52,12 @@ class SweepConfig:
     micro_batches: int = 2
 
     def __post_init__(self) -> None:
+        if not isinstance(self.workload, str):
+            from ..workloads import workload_spec
+
+            ref, kwargs = workload_spec(self.workload, self.workload_kwargs or None)
+            object.__setattr__(self, "workload", ref)
+            object.__setattr__(self, "workload_kwargs", kwargs)
         if not self.batch_sizes:
             raise ValueError("The 'batch_sizes' parameter must list at least one batch size.")
         for b in self.batch_sizes:
@@ -177,9 +188,11 @@ class RayExecutor:
         address: a Ray cluster address (``"auto"`` or ``"ray://host:port"``); ``None`` starts
             a local instance with ``jobs`` CPUs.
         jobs: CPUs of the local instance.
+        runtime_env: Ray ``runtime_env`` of the trial tasks, e.g. ``{"py_modules": [...]}`` or
+            ``{"working_dir": "."}`` to ship the module of your own workload to the cluster.
     """
 
-    def __init__(self, address: str | None = None, jobs: int = 2) -> None:
+    def __init__(self, address: str | None = None, jobs: int = 2, runtime_env: dict | None = None) -> None:
         try:
             import ray
         except ImportError:  # pragma: no cover - depends on the environment
@@ -190,16 +203,32 @@ class RayExecutor:
             kwargs = {"address": address} if address else {"num_cpus": check_positive_int("jobs", jobs)}
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
             self._started = True
+        if runtime_env is not None and not isinstance(runtime_env, dict):
+            raise ValueError(f"The 'runtime_env' parameter must be a dict. Got {runtime_env!r} instead.")
         self._remote = ray.remote(num_cpus=1)(run_trial)
+        if runtime_env:
+            self._remote = self._remote.options(runtime_env=runtime_env)
 
     def map_unordered(self, fn: Callable, items: list) -> Iterator:
+        from ..workloads import WorkloadImportError
+
         if fn is not run_trial:
             raise ValueError("RayExecutor runs batchlaw trials only.")
         pending = [self._remote.remote(item) for item in items]
         try:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
-                yield self.ray.get(done[0])
+                try:
+                    yield self.ray.get(done[0])
+                except self.ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, WorkloadImportError):
+                        raise ValueError(f"module {cause.module!r} not importable on the cluster: ship it with "
+                                         "runtime_env (--ray-runtime-env '{\"py_modules\": [\"path/to/module_or_package\"]}' "
+                                         "or RayExecutor(runtime_env=...)).") from None
+                    if isinstance(cause, ValueError):
+                        raise ValueError(str(cause)) from None
+                    raise
         finally:
             for ref in pending:
                 self.ray.cancel(ref)
@@ -210,9 +239,9 @@ class RayExecutor:
             self._started = False
 
 
-def make_executor(kind: str, jobs: int = 2, address: str | None = None):
+def make_executor(kind: str, jobs: int = 2, address: str | None = None, runtime_env: dict | None = None):
     kind = check_choice("executor", kind, ("local", "ray"))
-    return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs)
+    return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs, runtime_env)
 
 
 # ------------------------------------------------------------------ the sweep
