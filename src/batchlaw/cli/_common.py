@@ -30,7 +30,8 @@ def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp")
     """``--workload`` and ``--workload-arg``, for every command that trains."""
     p.add_argument("--workload", default=default,
                    help="built-in workload (linreg, bytemlp, bytegpt, nqm) or your own as package.module:ClassName, "
-                   "a batchlaw.workloads.Workload subclass importable from here (default: %(default)s)")
+                   "a batchlaw.workloads.Workload subclass importable from the current directory or PYTHONPATH "
+                   "(default: %(default)s)")
     p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="constructor argument of the workload, e.g. dim=64 or condition=100; values are read as "
                    "JSON when they parse, else as strings (repeatable)")
@@ -39,7 +40,12 @@ def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp")
 def workload_from_args(args: argparse.Namespace):
     """``(ref, kwargs, workload)`` from ``--workload`` / ``--workload-arg``: imports and builds the
     workload, so a bad reference fails here with a one-line error."""
+    import os
+    import sys
+
     from ..workloads import resolve_workload, workload_spec
 
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: modules here are importable
+        sys.path.insert(0, os.getcwd())
     ref, kwargs = workload_spec(args.workload, dict(args.workload_arg))
     return ref, kwargs, resolve_workload(ref, kwargs)

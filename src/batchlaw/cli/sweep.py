@@ -37,6 +37,9 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--lr-factor", type=float, default=2.0, help="spacing of the learning-rate grid (default: %(default)s)")
     p.add_argument("--lr-points", type=int, default=3, help="initial learning rates per batch size (default: %(default)s)")
     p.add_argument("--max-extensions", type=int, default=3, help="times a grid may widen (default: %(default)s)")
+    p.add_argument("--lr-refine", type=int, default=0,
+                   help="times the grid is halved (in log spacing) around the best learning rate once it is "
+                   "interior; removes the coarse-grid bias in steps to target (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=2000, help="budget per trial in steps (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=10, help="evaluation period in steps (default: %(default)s)")
     p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
@@ -102,6 +105,7 @@ def _cmd_sweep(args) -> int:
         name=args.name, workload_kwargs=kwargs, target_on=args.target_on, eval_every=args.eval_every,
         seeds=tuple(args.seeds), lr_scaling=args.lr_scaling if args.lr_scaling is not None else wl.lr_scaling,
         lr_factor=args.lr_factor, lr_points=args.lr_points, max_extensions=args.max_extensions,
+        lr_refine=args.lr_refine,
     )
     executor = make_executor(args.executor, args.jobs, args.ray_address, runtime_env=args.ray_runtime_env)
     with TrialStore(args.store) as store:

@@ -5,7 +5,10 @@ learning rates spaced by ``lr_factor`` around ``lr_base * (B / B_ref)^lr_scaling
 scaling for SGD, square root for Adam; ``B_ref`` is the smallest batch). After each round, if
 the best learning rate sits at an edge of its grid, the grid widens by one point on that side;
 if every trial diverged it widens downwards, if none reached the target without diverging it
-widens upwards; at most ``max_extensions`` times. Rounds run all pending trials of all batch
+widens upwards; at most ``max_extensions`` times. Then, ``lr_refine`` times, the search adds
+the geometric midpoints between the best learning rate and its neighbours (halving the grid
+spacing in log space around the optimum): a coarse grid otherwise overstates the fewest steps,
+most where the optimum sits next to divergence (large batches), which biases ``B_crit``. Rounds run all pending trials of all batch
 sizes in parallel, on a local process pool or on a Ray cluster, and every finished trial is
 stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
 """
@@ -50,6 +53,7 @@ class SweepConfig:
     lr_points: int = 3
     max_extensions: int = 3
     micro_batches: int = 2
+    lr_refine: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str):
@@ -72,12 +76,15 @@ class SweepConfig:
         check_positive_int("lr_points", self.lr_points)
         check_positive_int("max_extensions", self.max_extensions, minimum=0)
         check_positive_int("micro_batches", self.micro_batches)
+        check_positive_int("lr_refine", self.lr_refine, minimum=0)
         if not self.seeds:
             raise ValueError("The 'seeds' parameter must list at least one seed.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["batch_sizes"], d["seeds"] = list(self.batch_sizes), list(self.seeds)
+        if not self.lr_refine:  # stores written before the option existed resume unchanged
+            del d["lr_refine"]
         return d
 
     def spec(self, batch_size: int, lr: float, seed: int) -> TrialSpec:
@@ -90,10 +97,12 @@ class SweepConfig:
 class LRSearch:
     """The learning-rate search at one batch size (see the module docstring)."""
 
-    def __init__(self, center: float, factor: float, points: int, max_extensions: int) -> None:
+    def __init__(self, center: float, factor: float, points: int, max_extensions: int, refine: int = 0) -> None:
         self.factor = factor
         self.max_extensions = max_extensions
         self.extensions = 0
+        self.refine = refine
+        self.refinements = 0
         half = (points - 1) / 2
         self.grid = [_round_lr(center * factor ** (i - half)) for i in range(points)]
         self.results: dict[float, dict] = {}
@@ -128,7 +137,7 @@ class LRSearch:
         if self.best() is not None:
             edge = self.at_edge()
             if edge is None:
-                return False
+                return self._refine()
             # one more learning rate beyond the edge where the best sits
             new = lrs[0] / self.factor if edge == "low" else lrs[-1] * self.factor
         elif all(s == "diverged" for s in statuses):
@@ -139,6 +148,20 @@ class LRSearch:
             return False
         self.grid.append(_round_lr(new))
         self.extensions += 1
+        return True
+
+    def _refine(self) -> bool:
+        """Add the log-midpoints between the (interior) best learning rate and its neighbours."""
+        if self.refinements >= self.refine:
+            return False
+        lrs = sorted(self.grid)
+        i = lrs.index(self.best()[0])
+        new = [_round_lr((lrs[i] * lrs[j]) ** 0.5) for j in (i - 1, i + 1)]
+        new = [lr for lr in new if lr not in self.grid]
+        self.refinements += 1
+        if not new:
+            return False
+        self.grid.extend(new)
         return True
 
 
@@ -263,7 +286,7 @@ def run_sweep(
     b_ref = min(config.batch_sizes)
     searches = {
         (b, seed): LRSearch(config.lr_base * (b / b_ref) ** config.lr_scaling, config.lr_factor,
-                            config.lr_points, config.max_extensions)
+                            config.lr_points, config.max_extensions, config.lr_refine)
         for b in config.batch_sizes for seed in config.seeds
     }
     bar = tqdm(total=0, desc=f"sweep {config.name}", unit="trial", disable=not progress, leave=False)
