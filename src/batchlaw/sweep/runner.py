@@ -222,15 +222,18 @@ class RayExecutor:
             raise ValueError("--executor ray needs Ray: pip install 'batchlaw[ray]'.") from None
         self.ray = ray
         self._started = False
-        if not ray.is_initialized():
-            kwargs = {"address": address} if address else {"num_cpus": check_positive_int("jobs", jobs)}
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
-            self._started = True
         if runtime_env is not None and not isinstance(runtime_env, dict):
             raise ValueError(f"The 'runtime_env' parameter must be a dict. Got {runtime_env!r} instead.")
+        task_env = runtime_env
+        if not ray.is_initialized():
+            kwargs = {"address": address} if address else {"num_cpus": check_positive_int("jobs", jobs)}
+            if runtime_env:  # job level: local py_modules / working_dir are uploaded only here
+                kwargs["runtime_env"], task_env = runtime_env, None
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            self._started = True
         self._remote = ray.remote(num_cpus=1)(run_trial)
-        if runtime_env:
-            self._remote = self._remote.options(runtime_env=runtime_env)
+        if task_env:  # Ray already running: per task (URIs, env_vars, pip; not local directories)
+            self._remote = self._remote.options(runtime_env=task_env)
 
     def map_unordered(self, fn: Callable, items: list) -> Iterator:
         from ..workloads import WorkloadImportError

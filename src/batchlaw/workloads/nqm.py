@@ -257,7 +257,7 @@ def _small_batch_examples(h, c, theta0_sq, target: float) -> float:
         e = examples(log_k)
         return e if math.isfinite(e) else 1e300
 
-    k_max = 2.0 * target / float(c.sum())  # beyond this the floor sum k c_i / 4 exceeds the target
+    k_max = 4.0 * target / float(c.sum())  # beyond this the floor sum k c_i / 4 exceeds the target
     grid = np.linspace(math.log(k_max) - 12.0, math.log(k_max), 121)
     values = np.array([examples_finite(x) for x in grid])
     j = int(np.argmin(values))
