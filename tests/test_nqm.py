@@ -11,8 +11,15 @@ import torch
 from batchlaw.cli import main
 from batchlaw.fit import fit_steps_law
 from batchlaw.noise import GradientNoiseMonitor
+from batchlaw.sweep import TrialStore, analyze_sweep
 from batchlaw.workloads import NoisyQuadratic
-from batchlaw.workloads.nqm import nqm_best_steps, nqm_exact_cbs, nqm_expected_loss, nqm_steps_to_target
+from batchlaw.workloads.nqm import (
+    nqm_best_steps,
+    nqm_exact_cbs,
+    nqm_expected_g_sq,
+    nqm_expected_loss,
+    nqm_steps_to_target,
+)
 
 
 def test_recursion_agrees_with_monte_carlo_sgd():
@@ -133,3 +140,16 @@ def test_sweep_recovers_the_exact_critical_batch_size(h_exp, c_exp, frac, batch_
     assert exact_fit.b_crit == pytest.approx(exact["b_crit"], rel=1e-3)
     assert lo <= exact_fit.b_crit <= hi
     assert 0.75 <= fit["b_crit"] / exact_fit.b_crit <= 1.33
+    # The monitor's pooled B_simple (best trials, ratio of means) against its exact value along the
+    # same trajectories: tr(Sigma) = sum(c) at every step, E|G_t|^2 from the recursion.
+    with TrialStore(tmp_path / "nqm.db") as store:
+        trials = store.trials("sweep")
+    a = analyze_sweep("sweep", out["config"], trials)
+    best = [t for p in a.points for t in p["best_trials"] if t["noise"] and t["noise"]["g_sq_mean"] is not None]
+    g_exact = [nqm_expected_g_sq(wl.h, wl.c, wl.theta0_sq, t["spec"]["lr"], t["spec"]["batch_size"],
+                                 np.arange(t["steps_run"])).mean() for t in best]
+    exact_b_simple = wl.c.sum() / np.mean(g_exact)
+    b_lo, b_hi = a.b_simple["ci"]
+    print(f"  pooled B_simple {a.b_simple['b_simple']:.0f} ({b_lo:.0f} to {b_hi}), exact {exact_b_simple:.0f}")
+    assert b_lo <= exact_b_simple <= (b_hi if b_hi is not None else math.inf)
+    assert a.b_simple["b_simple"] == pytest.approx(exact_b_simple, rel=0.25)

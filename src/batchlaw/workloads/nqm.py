@@ -47,7 +47,8 @@ from scipy import optimize
 from .._validation import check_positive_float, check_positive_int
 from .base import Workload
 
-__all__ = ["NoisyQuadratic", "nqm_expected_loss", "nqm_steps_to_target", "nqm_best_steps", "nqm_exact_cbs"]
+__all__ = ["NoisyQuadratic", "nqm_expected_loss", "nqm_expected_g_sq", "nqm_steps_to_target", "nqm_best_steps",
+           "nqm_exact_cbs"]
 
 
 class NoisyQuadratic(Workload):
@@ -141,16 +142,28 @@ def _stationary(h: np.ndarray, c: np.ndarray, lr: float, batch_size: float) -> n
     return lr * c / (batch_size * h * (2.0 - lr * h))
 
 
+def _second_moment(h, c, theta0_sq, lr: float, batch_size: float, steps) -> np.ndarray:
+    """``m_i(t) = r_i^t m_i(0) + (a^2 c_i / B) (1 - r_i^t) / (1 - r_i)``, ``r_i = (1 - a h_i)^2``: the
+    recursion summed, valid at any learning rate (``r_i = 1``: the sum is ``t``; ``r_i > 1``: growth)."""
+    h, c, m0 = (np.asarray(v, dtype=np.float64) for v in (h, c, theta0_sq))
+    t = np.asarray(steps, dtype=np.float64)[..., None]  # (..., 1)
+    r = (1.0 - lr * h) ** 2  # (d,)
+    rt = r**t  # (..., d)
+    one = np.abs(1.0 - r) < 1e-12
+    geom = np.where(one, t, (1.0 - rt) / np.where(one, 1.0, 1.0 - r))
+    return rt * m0 + lr**2 * c / batch_size * geom
+
+
 def nqm_expected_loss(h, c, theta0_sq, lr: float, batch_size: float, steps) -> np.ndarray:
-    """Exact ``E[L(theta_t)]`` of SGD on the NQM after each of ``steps`` (module docstring).
+    """Exact ``E[L(theta_t)] = 1/2 sum_i h_i m_i(t)`` of SGD on the NQM after each of ``steps``.
 
     Args:
         h: (d,) curvatures.
         c: (d,) per-example gradient variances (the noise of a batch is ``C / B``).
         theta0_sq: (d,) ``E[theta_i(0)^2]``.
-        lr: learning rate ``a``.
+        lr: learning rate ``a`` (any positive value; above ``2 / max h`` the loss eventually grows).
         batch_size: examples per step.
-        steps: step counts ``t`` (array-like of non-negative numbers).
+        steps: step counts ``t`` (array-like of non-negative integers).
 
     Returns:
         The expected loss at each ``t``, same shape as ``steps``.
@@ -159,12 +172,25 @@ def nqm_expected_loss(h, c, theta0_sq, lr: float, batch_size: float, steps) -> n
         >>> float(nqm_expected_loss([1.0], [0.0], [1.0], 0.5, 1, 1))  # 1/2 (1 - 0.5)^2
         0.125
     """
-    h, c, m0 = (np.asarray(v, dtype=np.float64) for v in (h, c, theta0_sq))
-    t = np.asarray(steps, dtype=np.float64)
-    s = _stationary(h, c, lr, batch_size)
-    r = (1.0 - lr * h) ** 2
-    m = r ** t[..., None] * (m0 - s) + s  # (..., d)
-    return 0.5 * (m * h).sum(-1)
+    return 0.5 * (_second_moment(h, c, theta0_sq, lr, batch_size, steps) * np.asarray(h, dtype=np.float64)).sum(-1)
+
+
+def nqm_expected_g_sq(h, c, theta0_sq, lr: float, batch_size: float, steps) -> np.ndarray:
+    """Exact ``E[|G(theta_t)|^2] = sum_i h_i^2 m_i(t)`` along SGD (the true gradient is ``H theta``).
+
+    With ``tr(Sigma) = sum_i c_i`` constant, a noise monitor's ratio of means over steps
+    ``t_1..t_n`` has the exact counterpart ``sum(c) / mean_t E[|G(theta_t)|^2]``.
+
+    Examples:
+        >>> float(nqm_expected_g_sq([2.0], [0.0], [1.0], 0.25, 1, 1))  # (2 * 0.5)^2
+        1.0
+    """
+    h = np.asarray(h, dtype=np.float64)
+    return (_second_moment(h, c, theta0_sq, lr, batch_size, steps) * h**2).sum(-1)
+
+
+def _interpolate(t0: int, l0: float, l1: float, target: float) -> float:
+    return float(t0 + (l0 - target) / (l0 - l1))
 
 
 def nqm_steps_to_target(h, c, theta0_sq, lr: float, batch_size: float, target: float,
@@ -172,24 +198,39 @@ def nqm_steps_to_target(h, c, theta0_sq, lr: float, batch_size: float, target: f
     """Expected steps to ``target``: the first step ``t`` with ``E[L(t)] <= target``, interpolated
     linearly between steps ``t - 1`` and ``t`` (how a trial evaluated every step reads it).
 
-    Returns ``inf`` when the learning rate is unstable (``a >= 2 / max h``), the floor
-    ``L_inf`` is at or above the target, or the target is not reached within ``max_steps``.
+    Learning rates above the stability limit ``2 / max h`` are allowed: a few steps may reach
+    the target before the top coordinates blow up. Returns ``inf`` when the target is never
+    reached: a stable learning rate whose floor ``L_inf`` is at or above it, an unstable one
+    whose loss grows past ``1e6`` times the initial loss first, or ``max_steps`` reached.
     """
     h, c, m0 = (np.asarray(v, dtype=np.float64) for v in (h, c, theta0_sq))
-    if not 0 < lr < 2.0 / h.max():
+    if not lr > 0:
         return math.inf
-    if nqm_expected_loss(h, c, m0, lr, batch_size, 0) <= target:
+    initial = float(nqm_expected_loss(h, c, m0, lr, batch_size, 0))
+    if initial <= target:
         return 0.0
-    floor = 0.5 * float((h * _stationary(h, c, lr, batch_size)).sum())
-    if floor >= target:
+    stable = lr * h.max() < 2.0
+    if stable and 0.5 * float((h * _stationary(h, c, lr, batch_size)).sum()) >= target:
         return math.inf
-    # the loss is a sum of decaying exponentials above the floor: bracket, then bisect on integers
-    hi = 1
+    start, chunk = 0, 64
+    while start < min(max_steps, 4096):  # scan: an unstable or non-monotone loss may cross early only
+        ts = np.arange(start, min(start + chunk, max_steps) + 1)
+        loss = nqm_expected_loss(h, c, m0, lr, batch_size, ts)
+        hit = np.flatnonzero(loss <= target)
+        if hit.size:
+            k = hit[0]  # >= 1: loss[0] > target
+            return _interpolate(ts[k - 1], loss[k - 1], loss[k], target)
+        if not stable and (not np.isfinite(loss[-1]) or loss[-1] > 1e6 * initial):
+            return math.inf
+        start, chunk = int(ts[-1]), chunk * 2
+    if not stable:
+        return math.inf
+    # stable and still above the target: it decays monotonically towards the floor; bracket, bisect
+    lo, hi = start, start
     while nqm_expected_loss(h, c, m0, lr, batch_size, hi) > target:
         if hi >= max_steps:
             return math.inf
-        hi = min(2 * hi, max_steps)
-    lo = hi // 2  # L(lo) > target (or lo == 0)
+        lo, hi = hi, min(2 * hi, max_steps)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if nqm_expected_loss(h, c, m0, lr, batch_size, mid) > target:
@@ -197,21 +238,22 @@ def nqm_steps_to_target(h, c, theta0_sq, lr: float, batch_size: float, target: f
         else:
             hi = mid
     l0, l1 = nqm_expected_loss(h, c, m0, lr, batch_size, [hi - 1, hi])
-    return hi - 1 + (l0 - target) / (l0 - l1)
+    return _interpolate(hi - 1, l0, l1, target)
 
 
 def nqm_best_steps(h, c, theta0_sq, batch_size: float, target: float, lr_grid_points: int = 60) -> tuple[float, float]:
     """Fewest expected steps to ``target`` over constant learning rates, and that learning rate.
 
-    A log grid of learning rates up to the stability limit ``2 / max h`` brackets the optimum,
-    which is then refined with Brent's method on ``log a``.
+    A log grid of learning rates up to twice the stability limit ``2 / max h`` (a few steps can
+    reach the target before an unstable learning rate blows up) brackets the optimum, which is
+    then refined with Brent's method on ``log a``.
 
     Returns:
         ``(steps, lr)``; ``(inf, nan)`` when no learning rate reaches the target.
     """
     h = np.asarray(h, dtype=np.float64)
     a_max = 2.0 / h.max()
-    log_grid = np.linspace(math.log(a_max) - 12.0, math.log(a_max), lr_grid_points + 1)[:-1]
+    log_grid = np.linspace(math.log(a_max) - 12.0, math.log(2.0 * a_max), lr_grid_points + 1)
 
     def f(log_a: float) -> float:
         steps = nqm_steps_to_target(h, c, theta0_sq, math.exp(log_a), batch_size, target)
@@ -221,7 +263,7 @@ def nqm_best_steps(h, c, theta0_sq, batch_size: float, target: float, lr_grid_po
     if not (values < 1e300).any():
         return math.inf, math.nan
     j = int(np.argmin(values))
-    lo, hi = log_grid[max(j - 1, 0)], log_grid[j + 1] if j + 1 < log_grid.size else math.log(a_max)
+    lo, hi = log_grid[max(j - 1, 0)], log_grid[min(j + 1, log_grid.size - 1)]
     res = optimize.minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
     if res.fun <= values[j]:
         return float(res.fun), math.exp(float(res.x))
