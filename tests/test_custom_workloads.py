@@ -77,7 +77,7 @@ BAD = [
     (REF, {"dim": 0}, "rejected the arguments {'dim': 0}: The 'dim' parameter must be >= 1. Got 0 instead."),
     ("custom_wl.broken:X", {}, "Importing workload module 'custom_wl.broken' failed: No module named "
                                "'batchlaw_no_such_dependency'"),
-    ("mnist", {}, "must be a built-in name ('linreg', 'bytemlp', 'bytegpt', 'nqm') or 'package.module:ClassName'"),
+    ("mnist", {}, "must be one of 'linreg', 'bytemlp', 'bytegpt', 'nqm', or 'package.module:ClassName'"),
     ("a.b:C:D", {}, "'package.module:ClassName'. Got 'a.b:C:D'"),
 ]
 

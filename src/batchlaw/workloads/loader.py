@@ -45,7 +45,7 @@ def _import_class(ref: str) -> type[Workload]:
     module_name, _, qualname = ref.partition(":")
     if not module_name or not qualname or ":" in qualname:
         raise ValueError(
-            f"The 'workload' parameter must be a built-in name ({', '.join(map(repr, _builtins()))}) or "
+            f"The 'workload' parameter must be one of {', '.join(map(repr, _builtins()))}, or "
             f"'package.module:ClassName'. Got {ref!r} instead."
         )
     try:
@@ -152,7 +152,7 @@ def workload_spec(workload: str | type[Workload] | Workload, kwargs: dict | None
         ref = workload.strip()
         if ":" not in ref and ref not in _builtins():
             raise ValueError(
-                f"The 'workload' parameter must be a built-in name ({', '.join(map(repr, _builtins()))}) or "
+                f"The 'workload' parameter must be one of {', '.join(map(repr, _builtins()))}, or "
                 f"'package.module:ClassName'. Got {workload!r} instead."
             )
         return ref, _check_kwargs(kwargs, ref)
