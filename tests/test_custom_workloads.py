@@ -227,7 +227,8 @@ def test_ray_workers_import_by_reference_or_say_how_to_ship_it(tmp_path):
         assert msg.startswith("module 'custom_wl.quadratic' not importable on the cluster: ship it with runtime_env")
         assert "\n" not in msg
         # Ray is running already: a per-task runtime_env (a job-level one, at ray.init, may upload py_modules)
-        shipped = RayExecutor(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(TESTS)])}})
+        path = os.pathsep.join([str(ROOT / "src"), str(TESTS)])
+        shipped = RayExecutor(runtime_env={"env_vars": {"PYTHONPATH": path}})
         with TrialStore(tmp_path / "ray.db") as store:
             remote = run_sweep(config, store, shipped, progress=False)
     finally:

@@ -26,6 +26,16 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp") -> None:
     """``--workload`` and ``--workload-arg``, for every command that trains."""
     p.add_argument("--workload", default=default,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._format import fmt_num
-from ._common import _int_list, add_workload_arguments, workload_from_args
+from ._common import _int_list, _json_object, add_workload_arguments, workload_from_args
 
 
 def add_parsers(sub) -> None:
@@ -45,9 +45,9 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local process pool or Ray (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray instance)")
-    p.add_argument("--ray-runtime-env", type=json.loads, default=None, metavar="JSON",
-                   help='Ray runtime_env for the trials, e.g. \'{"py_modules": ["my_workloads.py"]}\' to ship your '
-                   "workload's module to the cluster")
+    p.add_argument("--ray-runtime-env", type=_json_object, default=None, metavar="JSON",
+                   help='Ray runtime_env for the trials, e.g. \'{"working_dir": "."}\' to ship the module of your '
+                   "workload to the cluster")
     p.add_argument("--jobs", type=int, default=2, help="parallel trials (local processes or local Ray CPUs) (default: %(default)s)")
     p.add_argument("--csv", default=None, help="also export the sweep's trials to this CSV file")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON (schema batchlaw.sweep/1)")

@@ -8,8 +8,8 @@ if every trial diverged it widens downwards, if none reached the target without 
 widens upwards; at most ``max_extensions`` times. Then, ``lr_refine`` times, the search adds
 the geometric midpoints between the best learning rate and its neighbours (halving the grid
 spacing in log space around the optimum): a coarse grid otherwise overstates the fewest steps,
-most where the optimum sits next to divergence (large batches), which biases ``B_crit``. Rounds run all pending trials of all batch
-sizes in parallel, on a local process pool or on a Ray cluster, and every finished trial is
+most where the optimum sits next to divergence (large batches), which biases ``B_crit``
+(docs/nqm.md). Rounds run all pending trials of all batch sizes in parallel, on a local process pool or on a Ray cluster, and every finished trial is
 stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
 """
 
@@ -250,8 +250,8 @@ class RayExecutor:
                     cause = getattr(err, "cause", None)
                     if isinstance(cause, WorkloadImportError):
                         raise ValueError(f"module {cause.module!r} not importable on the cluster: ship it with "
-                                         "runtime_env (--ray-runtime-env '{\"py_modules\": [\"path/to/module_or_package\"]}' "
-                                         "or RayExecutor(runtime_env=...)).") from None
+                                         "runtime_env (--ray-runtime-env '{\"working_dir\": \".\"}' or "
+                                         "RayExecutor(runtime_env=...)).") from None
                     if isinstance(cause, ValueError):
                         raise ValueError(str(cause)) from None
                     raise
