@@ -9,8 +9,8 @@ widens upwards; at most ``max_extensions`` times. Then, ``lr_refine`` times, the
 the geometric midpoints between the best learning rate and its neighbours (halving the grid
 spacing in log space around the optimum): a coarse grid otherwise overstates the fewest steps,
 most where the optimum sits next to divergence (large batches), which biases ``B_crit``
-(docs/nqm.md). Rounds run all pending trials of all batch sizes in parallel, on a local process pool or on a Ray cluster, and every finished trial is
-stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
+(docs/nqm.md). Rounds run all pending trials of all batch sizes in parallel, on a local process
+pool or on a Ray cluster, and every finished trial is stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
 """
 
 from __future__ import annotations
