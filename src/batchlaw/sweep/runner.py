@@ -10,7 +10,8 @@ the geometric midpoints between the best learning rate and its neighbours (halvi
 spacing in log space around the optimum): a coarse grid otherwise overstates the fewest steps,
 most where the optimum sits next to divergence (large batches), which biases ``B_crit``
 (docs/nqm.md). Rounds run all pending trials of all batch sizes in parallel, on a local process
-pool or on a Ray cluster, and every finished trial is stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
+pool or on a Ray cluster, and every finished trial is stored at once
+(:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
 """
 
 from __future__ import annotations
