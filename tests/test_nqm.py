@@ -140,6 +140,7 @@ def test_sweep_recovers_the_exact_critical_batch_size(h_exp, c_exp, frac, batch_
     assert exact_fit.b_crit == pytest.approx(exact["b_crit"], rel=1e-3)
     assert lo <= exact_fit.b_crit <= hi
     assert 0.75 <= fit["b_crit"] / exact_fit.b_crit <= 1.33
+    assert fit["cbs_ci"][0] <= exact_fit.cbs <= fit["cbs_ci"][1]  # CBS = 1.2 B0 + B_crit / 5, B0 = smallest batch
     # The monitor's pooled B_simple (best trials, ratio of means) against its exact value along the
     # same trajectories: tr(Sigma) = sum(c) at every step, E|G_t|^2 from the recursion.
     with TrialStore(tmp_path / "nqm.db") as store:

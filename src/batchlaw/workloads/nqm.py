@@ -82,7 +82,7 @@ class NoisyQuadratic(Workload):
     name = "nqm"
     default_lr = 0.5
     default_micro_batch = 8
-    lr_scaling = 1.0
+    lr_scaling = 0.5  # the best learning rate saturates below the stability limit 2 / max h
 
     def __init__(self, dim: int = 32, h_exponent: float = 1.0, c_exponent: float = 1.0, h_max: float = 1.0,
                  c_max: float = 1.0, init: float = 1.0):
