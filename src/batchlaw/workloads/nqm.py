@@ -318,7 +318,9 @@ def nqm_exact_cbs(h, c, theta0_sq, batch_sizes, target_loss: float, reference_ba
     ``E_min`` (``B -> 0``) and their ratio ``E_min / S_min`` are returned beside the fit.
 
     Args:
-        h, c, theta0_sq: (d,) curvatures, per-example gradient variances, ``E[theta_i(0)^2]``.
+        h: (d,) curvatures.
+        c: (d,) per-example gradient variances.
+        theta0_sq: (d,) ``E[theta_i(0)^2]``.
         batch_sizes: batch sizes (examples), at least 3.
         target_loss: the loss to reach.
         reference_batch: ``B0`` of the CBS (default: the smallest batch size).
