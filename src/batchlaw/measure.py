@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ._validation import check_positive_float, check_positive_int
 from .errors import InsufficientDataError
 from .noise import GradientNoiseMonitor, NoiseScaleEstimate, windowed_estimates
-from .workloads import Workload
+from .workloads import Workload, resolve_workload
 
 __all__ = ["MeasureResult", "measure_noise"]
 
@@ -65,8 +65,9 @@ class MeasureResult:
 
 
 def measure_noise(
-    workload: Workload,
+    workload: Workload | type[Workload] | str,
     *,
+    workload_kwargs: dict | None = None,
     steps: int = 300,
     micro_batch_size: int | None = None,
     accumulation: int = 4,
@@ -82,7 +83,10 @@ def measure_noise(
     """Train ``workload`` for ``steps`` optimizer steps and measure ``B_simple`` on the way.
 
     Args:
-        workload: what to train.
+        workload: what to train: a :class:`~batchlaw.workloads.Workload` instance or class, a
+            built-in name or ``"package.module:ClassName"``
+            (:func:`~batchlaw.workloads.resolve_workload`).
+        workload_kwargs: constructor arguments when ``workload`` is a class or a reference.
         steps: optimizer steps.
         micro_batch_size: examples per micro-batch (default: the workload's).
         accumulation: micro-batches per optimizer step (``K >= 2``).
@@ -97,6 +101,7 @@ def measure_noise(
             process, the global batch ``nproc * accumulation * micro_batch_size``, and
             ``accumulation`` may be 1.
     """
+    workload = resolve_workload(workload, workload_kwargs)
     steps = check_positive_int("steps", steps)
     b = check_positive_int("micro_batch_size", workload.default_micro_batch if micro_batch_size is None else micro_batch_size)
     nproc = check_positive_int("nproc", nproc)
@@ -119,6 +124,7 @@ def measure_noise(
         torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
         net = DistributedDataParallel(model, device_ids=[model_device(model).index] if cuda else None)
     optimizer = workload.make_optimizer(model, lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)  # each rank draws its own examples
     monitor = GradientNoiseMonitor(
         net, micro_batch_size=b, tokens_per_example=workload.tokens_per_example, every=every
@@ -135,6 +141,10 @@ def measure_noise(
                 loss.backward()
             total += loss.item()
         monitor.step()
+        if workload.clip_grad_norm is not None:  # after the monitor: it measures the raw gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), workload.clip_grad_norm)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * workload.lr_multiplier(step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         train_losses.append(total)

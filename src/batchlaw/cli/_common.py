@@ -65,3 +65,38 @@ def check_output_dir(option: str, path: str | Path) -> Path:
     except OSError as err:
         raise ValueError(f"The '{option}' directory {str(p)!r} cannot be created: {err.strerror or err}.") from None
     return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp") -> None:
+    """``--workload`` and ``--workload-arg``, for every command that trains."""
+    p.add_argument("--workload", default=default,
+                   help="built-in workload (linreg, bytemlp, bytegpt, nqm) or your own as package.module:ClassName, "
+                   "a batchlaw.workloads.Workload subclass importable from the current directory or PYTHONPATH "
+                   "(default: %(default)s)")
+    p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="constructor argument of the workload, e.g. dim=64 or condition=100; values are read as "
+                   "JSON when they parse, else as strings (repeatable)")
+
+
+def workload_from_args(args: argparse.Namespace):
+    """``(ref, kwargs, workload)`` from ``--workload`` / ``--workload-arg``: imports and builds the
+    workload, so a bad reference fails here with a one-line error."""
+    import os
+    import sys
+
+    from ..workloads import resolve_workload, workload_spec
+
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: modules here are importable
+        sys.path.insert(0, os.getcwd())
+    ref, kwargs = workload_spec(args.workload, dict(args.workload_arg))
+    return ref, kwargs, resolve_workload(ref, kwargs)

@@ -7,10 +7,11 @@ import json
 import math
 
 from .._format import fmt_num
+from ._common import add_workload_arguments, workload_from_args
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", default="bytemlp", help="built-in workload: linreg or bytemlp (default: %(default)s)")
+    add_workload_arguments(p)
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
     p.add_argument("--micro-batch-size", type=int, default=None, help="examples per micro-batch (default: the workload's)")
     p.add_argument("--accumulation", type=int, default=4, help="micro-batches per optimizer step, >= 2 (default: %(default)s)")
@@ -39,9 +40,9 @@ def add_parsers(sub) -> None:
 
 def _run_measure(args, workload_name: str | None = None, **overrides):
     from ..measure import measure_noise
-    from ..workloads import get_workload
+    from ..workloads import resolve_workload
 
-    workload = get_workload(workload_name or args.workload)
+    workload = resolve_workload(workload_name) if workload_name else workload_from_args(args)[2]
     params = dict(steps=args.steps, micro_batch_size=args.micro_batch_size, accumulation=args.accumulation,
                   lr=args.lr, seed=args.seed, every=args.every, windows=args.windows)
     params.update(overrides)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._format import fmt_num
-from ._common import _int_list, _key_value, check_output_dir, check_output_file
+from ._common import _int_list, _json_object, add_workload_arguments, check_output_dir, check_output_file, workload_from_args
 
 
 def add_parsers(sub) -> None:
@@ -24,9 +24,7 @@ def _add_sweep_parser(sub) -> None:
         "at an edge) for the fewest steps to the target loss. Trials run in parallel and are stored in a SQLite "
         "file as each finishes; rerunning the same command resumes and never repeats a finished trial.",
     )
-    p.add_argument("--workload", default="bytemlp", help="built-in workload: linreg, bytemlp or bytegpt (default: %(default)s)")
-    p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="constructor argument of the workload, e.g. size=small or condition=100 (repeatable)")
+    add_workload_arguments(p)
     p.add_argument("--batch-sizes", type=_int_list, required=True, help="comma-separated batch sizes in examples")
     p.add_argument("--target-loss", type=float, required=True, help="loss to reach")
     p.add_argument("--target-on", choices=["heldout", "train"], default="heldout",
@@ -39,6 +37,9 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--lr-factor", type=float, default=2.0, help="spacing of the learning-rate grid (default: %(default)s)")
     p.add_argument("--lr-points", type=int, default=3, help="initial learning rates per batch size (default: %(default)s)")
     p.add_argument("--max-extensions", type=int, default=3, help="times a grid may widen (default: %(default)s)")
+    p.add_argument("--lr-refine", type=int, default=0,
+                   help="times the grid is halved (in log spacing) around the best learning rate once it is "
+                   "interior; removes the coarse-grid bias in steps to target (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=2000, help="budget per trial in steps (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluation period in steps (default: relative to the steps so far, every max(1, step // 10) "
@@ -46,6 +47,9 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local process pool or Ray (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--ray-runtime-env", type=_json_object, default=None, metavar="JSON",
+                   help='Ray runtime_env for the trials, e.g. \'{"working_dir": "."}\' to ship the module of your '
+                   "workload to the cluster")
     p.add_argument("--jobs", type=int, default=2, help="parallel trials (local processes or local Ray CPUs) (default: %(default)s)")
     p.add_argument("--csv", default=None, help="also export the sweep's trials to this CSV file (checked before the sweep starts)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON (schema batchlaw.sweep/1)")
@@ -98,24 +102,22 @@ def _print_analysis(a) -> None:
 def _cmd_sweep(args) -> int:
     from ..sweep import SweepConfig, TrialStore, analyze_sweep, make_executor, run_sweep
 
-    from ..workloads import get_workload
-
     if args.csv:
         check_output_file("--csv", args.csv)
-    kwargs = dict(args.workload_arg)
-    wl = get_workload(args.workload, **kwargs)  # validates the name and arguments, gives the defaults
+    ref, kwargs, wl = workload_from_args(args)  # validates the reference and arguments, gives the defaults
     config = SweepConfig(
-        workload=args.workload, batch_sizes=tuple(sorted(set(args.batch_sizes))), target_loss=args.target_loss,
+        workload=ref, batch_sizes=tuple(sorted(set(args.batch_sizes))), target_loss=args.target_loss,
         max_steps=args.max_steps, lr_base=args.lr_base if args.lr_base is not None else wl.default_lr,
         name=args.name, workload_kwargs=kwargs, target_on=args.target_on, eval_every=args.eval_every,
         seeds=tuple(args.seeds), lr_scaling=args.lr_scaling if args.lr_scaling is not None else wl.lr_scaling,
         lr_factor=args.lr_factor, lr_points=args.lr_points, max_extensions=args.max_extensions,
+        lr_refine=args.lr_refine,
     )
     from .._validation import check_positive_int
 
     check_positive_int("jobs", args.jobs)
     with TrialStore(args.store) as store:  # a bad store fails here, before an executor starts
-        executor = make_executor(args.executor, args.jobs, args.ray_address)
+        executor = make_executor(args.executor, args.jobs, args.ray_address, runtime_env=args.ray_runtime_env)
         try:
             results = run_sweep(config, store, executor, progress=not args.no_progress)
         except KeyboardInterrupt:

@@ -5,9 +5,13 @@ learning rates spaced by ``lr_factor`` around ``lr_base * (B / B_ref)^lr_scaling
 scaling for SGD, square root for Adam; ``B_ref`` is the smallest batch). After each round, if
 the best learning rate sits at an edge of its grid, the grid widens by one point on that side;
 if every trial diverged it widens downwards, if none reached the target without diverging it
-widens upwards; at most ``max_extensions`` times. Rounds run all pending trials of all batch
-sizes in parallel, on a local process pool or on a Ray cluster, and every finished trial is
-stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
+widens upwards; at most ``max_extensions`` times. Then, ``lr_refine`` times, the search adds
+the geometric midpoints between the best learning rate and its neighbours (halving the grid
+spacing in log space around the optimum): a coarse grid otherwise overstates the fewest steps,
+most where the optimum sits next to divergence (large batches), which biases ``B_crit``
+(docs/nqm.md). Rounds run all pending trials of all batch sizes in parallel, on a local process
+pool or on a Ray cluster, and every finished trial is stored at once
+(:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finished trials.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ __all__ = ["SweepConfig", "LRSearch", "run_sweep", "LocalExecutor", "RayExecutor
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What a sweep measures. Batch sizes are in examples (sequences for language models)."""
+    """What a sweep measures. Batch sizes are in examples (sequences for language models).
+
+    ``workload`` is a reference (a built-in name or ``"package.module:ClassName"``, with
+    ``workload_kwargs``); a :class:`~batchlaw.workloads.Workload` subclass or instance is
+    turned into one, so the stored configuration rebuilds it for resume, reports and workers.
+    """
 
     workload: str
     batch_sizes: tuple[int, ...]
@@ -48,8 +57,15 @@ class SweepConfig:
     lr_points: int = 3
     max_extensions: int = 3
     micro_batches: int = 2
+    lr_refine: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.workload, str):
+            from ..workloads import workload_spec
+
+            ref, kwargs = workload_spec(self.workload, self.workload_kwargs or None)
+            object.__setattr__(self, "workload", ref)
+            object.__setattr__(self, "workload_kwargs", kwargs)
         if not self.batch_sizes:
             raise ValueError("The 'batch_sizes' parameter must list at least one batch size.")
         for b in self.batch_sizes:
@@ -71,6 +87,7 @@ class SweepConfig:
             if value > 100:
                 raise ValueError(f"The '{name}' parameter must be at most 100. Got {value!r} instead.")
         check_positive_int("micro_batches", self.micro_batches)
+        check_positive_int("lr_refine", self.lr_refine, minimum=0)
         if not self.seeds:
             raise ValueError("The 'seeds' parameter must list at least one seed.")
         for seed in self.seeds:
@@ -93,6 +110,8 @@ class SweepConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["batch_sizes"], d["seeds"] = list(self.batch_sizes), list(self.seeds)
+        if not self.lr_refine:  # stores written before the option existed resume unchanged
+            del d["lr_refine"]
         return d
 
     def spec(self, batch_size: int, lr: float, seed: int) -> TrialSpec:
@@ -105,10 +124,12 @@ class SweepConfig:
 class LRSearch:
     """The learning-rate search at one batch size (see the module docstring)."""
 
-    def __init__(self, center: float, factor: float, points: int, max_extensions: int) -> None:
+    def __init__(self, center: float, factor: float, points: int, max_extensions: int, refine: int = 0) -> None:
         self.factor = factor
         self.max_extensions = max_extensions
         self.extensions = 0
+        self.refine = refine
+        self.refinements = 0
         half = (points - 1) / 2
         self.grid = [_round_lr(center * factor ** (i - half)) for i in range(points)]
         self.results: dict[float, dict] = {}
@@ -143,7 +164,7 @@ class LRSearch:
         if self.best() is not None:
             edge = self.at_edge()
             if edge is None:
-                return False
+                return self._refine()
             # one more learning rate beyond the edge where the best sits
             new = lrs[0] / self.factor if edge == "low" else lrs[-1] * self.factor
         elif all(s == "diverged" for s in statuses):
@@ -154,6 +175,20 @@ class LRSearch:
             return False
         self.grid.append(_round_lr(new))
         self.extensions += 1
+        return True
+
+    def _refine(self) -> bool:
+        """Add the log-midpoints between the (interior) best learning rate and its neighbours."""
+        if self.refinements >= self.refine:
+            return False
+        lrs = sorted(self.grid)
+        i = lrs.index(self.best()[0])
+        new = [_round_lr((lrs[i] * lrs[j]) ** 0.5) for j in (i - 1, i + 1)]
+        new = [lr for lr in new if lr not in self.grid]
+        self.refinements += 1
+        if not new:
+            return False
+        self.grid.extend(new)
         return True
 
 
@@ -203,29 +238,50 @@ class RayExecutor:
         address: a Ray cluster address (``"auto"`` or ``"ray://host:port"``); ``None`` starts
             a local instance with ``jobs`` CPUs.
         jobs: CPUs of the local instance.
+        runtime_env: Ray ``runtime_env`` of the trial tasks, e.g. ``{"py_modules": [...]}`` or
+            ``{"working_dir": "."}`` to ship the module of your own workload to the cluster.
     """
 
-    def __init__(self, address: str | None = None, jobs: int = 2) -> None:
+    def __init__(self, address: str | None = None, jobs: int = 2, runtime_env: dict | None = None) -> None:
         try:
             import ray
         except ImportError:  # pragma: no cover - depends on the environment
             raise ValueError("--executor ray needs Ray: pip install 'batchlaw[ray]'.") from None
         self.ray = ray
         self._started = False
+        if runtime_env is not None and not isinstance(runtime_env, dict):
+            raise ValueError(f"The 'runtime_env' parameter must be a dict. Got {runtime_env!r} instead.")
+        task_env = runtime_env
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": check_positive_int("jobs", jobs)}
+            if runtime_env:  # job level: local py_modules / working_dir are uploaded only here
+                kwargs["runtime_env"], task_env = runtime_env, None
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
             self._started = True
         self._remote = ray.remote(num_cpus=1)(run_trial)
+        if task_env:  # Ray already running: per task (URIs, env_vars, pip; not local directories)
+            self._remote = self._remote.options(runtime_env=task_env)
 
     def map_unordered(self, fn: Callable, items: list) -> Iterator:
+        from ..workloads import WorkloadImportError
+
         if fn is not run_trial:
             raise ValueError("RayExecutor runs batchlaw trials only.")
         pending = [self._remote.remote(item) for item in items]
         try:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
-                yield self.ray.get(done[0])
+                try:
+                    yield self.ray.get(done[0])
+                except self.ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, WorkloadImportError):
+                        raise ValueError(f"module {cause.module!r} not importable on the cluster: ship it with "
+                                         "runtime_env (--ray-runtime-env '{\"working_dir\": \".\"}' or "
+                                         "RayExecutor(runtime_env=...)).") from None
+                    if isinstance(cause, ValueError):
+                        raise ValueError(str(cause)) from None
+                    raise
         finally:
             for ref in pending:
                 self.ray.cancel(ref)
@@ -236,19 +292,20 @@ class RayExecutor:
             self._started = False
 
 
-def make_executor(kind: str, jobs: int = 2, address: str | None = None):
+def make_executor(kind: str, jobs: int = 2, address: str | None = None, runtime_env: dict | None = None):
     """The executor named ``kind``: ``"local"`` (a process pool of ``jobs``) or ``"ray"`` (Ray tasks).
 
     Args:
         kind: ``"local"`` or ``"ray"``.
         jobs: parallel trials (local processes, or CPUs of a local Ray instance).
         address: Ray cluster address (``"ray"`` only; default: start a local Ray instance).
+        runtime_env: Ray ``runtime_env`` of the trials (``"ray"`` only), e.g. ``{"working_dir": "."}``.
 
     Raises:
         ValueError: an unknown ``kind``.
     """
     kind = check_choice("executor", kind, ("local", "ray"))
-    return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs)
+    return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs, runtime_env)
 
 
 # ------------------------------------------------------------------ progress
@@ -317,7 +374,7 @@ def run_sweep(
     b_ref = min(config.batch_sizes)
     searches = {
         (b, seed): LRSearch(config.lr_base * (b / b_ref) ** config.lr_scaling, config.lr_factor,
-                            config.lr_points, config.max_extensions)
+                            config.lr_points, config.max_extensions, config.lr_refine)
         for b in config.batch_sizes for seed in config.seeds
     }
     bar = _Progress(sum(len(s.grid) for s in searches.values()), f"sweep {config.name}", progress)

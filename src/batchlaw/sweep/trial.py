@@ -31,7 +31,9 @@ class TrialSpec:
     """Everything that defines a trial; two equal specs are the same trial.
 
     Attributes:
-        workload: built-in workload name.
+        workload: workload reference: a built-in name or ``"package.module:ClassName"``; a
+            :class:`~batchlaw.workloads.Workload` subclass or instance is turned into its
+            reference (and an instance's constructor arguments into ``workload_kwargs``).
         batch_size: examples per optimizer step.
         lr: learning rate.
         seed: seeds the model and the data order.
@@ -58,6 +60,14 @@ class TrialSpec:
     micro_batches: int = 2
     workload_kwargs: dict = field(default_factory=dict)
     divergence_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workload, str):
+            from ..workloads import workload_spec
+
+            ref, kwargs = workload_spec(self.workload, self.workload_kwargs or None)
+            object.__setattr__(self, "workload", ref)
+            object.__setattr__(self, "workload_kwargs", kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,16 +120,17 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
 
     from ..errors import InsufficientDataError
     from ..noise import GradientNoiseMonitor, split_backward
-    from ..workloads import get_workload
+    from ..workloads import resolve_workload
 
     if isinstance(spec, dict):
         spec = TrialSpec(**spec)
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    workload = get_workload(spec.workload, **spec.workload_kwargs)
+    workload = resolve_workload(spec.workload, spec.workload_kwargs)
     model = workload.make_model(spec.seed)
     optimizer = workload.make_optimizer(model, spec.lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     gen = torch.Generator().manual_seed(spec.seed + 1)
     k = spec.micro_batches if spec.micro_batches > 1 and spec.batch_size % spec.micro_batches == 0 else 1
     monitor = None
@@ -141,6 +152,11 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
         train_loss = float(split_backward(loss_fn, batch, chunks=k))
         if monitor is not None:
             monitor.step()
+        if workload.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), workload.clip_grad_norm)
+        mult = workload.lr_multiplier(step - 1)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * mult
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema, ema_n = 0.9 * ema + 0.1 * train_loss, ema_n + 1

@@ -6,19 +6,18 @@ from .base import Workload
 from .bytegpt import ByteGPT
 from .bytemlp import ByteMLP
 from .linreg import LinearRegression, linreg_b_simple
+from .loader import WorkloadImportError, resolve_workload, workload_ref, workload_spec
+from .nqm import NoisyQuadratic
 
-__all__ = ["Workload", "ByteGPT", "ByteMLP", "LinearRegression", "linreg_b_simple", "WORKLOADS", "get_workload"]
+__all__ = ["Workload", "ByteGPT", "ByteMLP", "LinearRegression", "NoisyQuadratic", "linreg_b_simple", "WORKLOADS",
+           "get_workload", "resolve_workload", "workload_ref", "workload_spec", "WorkloadImportError"]
 
 #: Built-in workloads by command-line name.
-WORKLOADS: dict[str, type[Workload]] = {"linreg": LinearRegression, "bytemlp": ByteMLP, "bytegpt": ByteGPT}
+WORKLOADS: dict[str, type[Workload]] = {"linreg": LinearRegression, "bytemlp": ByteMLP, "bytegpt": ByteGPT,
+                                       "nqm": NoisyQuadratic}
 
 
 def get_workload(name: str, **kwargs) -> Workload:
-    """Instantiate a built-in workload by name; unknown names list the ones that exist."""
-    try:
-        cls = WORKLOADS[name]
-    except KeyError:
-        raise ValueError(
-            f"The 'workload' parameter must be one of {', '.join(map(repr, WORKLOADS))}. Got {name!r} instead."
-        ) from None
-    return cls(**kwargs)
+    """Instantiate a workload by built-in name or ``"package.module:ClassName"``
+    (:func:`resolve_workload` with ``kwargs``); unknown names list the built-in ones."""
+    return resolve_workload(name, kwargs)
