@@ -57,7 +57,7 @@ def test_specs_and_configs_store_the_reference():
     cfg = SweepConfig(workload=TinyRegression, workload_kwargs={"dim": 3}, batch_sizes=(4, 8), target_loss=0.2,
                       max_steps=5, lr_base=0.05)
     assert cfg.to_dict()["workload"] == REF and cfg.spec(4, 0.05, 0).key == TrialSpec(
-        workload=REF, batch_size=4, lr=0.05, seed=0, target_loss=0.2, max_steps=5,
+        workload=REF, batch_size=4, lr=0.05, seed=0, target_loss=0.2, max_steps=5, eval_every=cfg.eval_every,
         workload_kwargs={"dim": 3}).key
 
 
