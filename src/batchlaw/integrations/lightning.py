@@ -16,11 +16,11 @@ after which Lightning steps the optimizer (its own ``_should_accumulate`` test).
 is before unscaling and clipping for every precision, and after DDP's gradient all-reduce.
 
 What it handles: ``accumulate_grad_batches`` (K counted per step, including the short last
-step of an epoch), ``precision`` ``"32-true"``, ``"64-true"``, ``"16-true"``, ``"bf16-true"``,
+step of an epoch), ``precision`` ``"32-true"``, ``"16-true"``, ``"bf16-true"``,
 ``"bf16-mixed"`` and ``"16-mixed"`` (the loss scale is read from the precision plugin's
 ``GradScaler``), gradient clipping set on the Trainer (measured before it), the single-device
-and DDP strategies. Anything else (FSDP, DeepSpeed, manual optimization, other precision
-plugins) is refused by name when fitting starts.
+and DDP strategies. Anything else (FSDP, DeepSpeed, manual optimization, ``"64-true"``, other
+precision plugins) is refused by name when fitting starts.
 
 The loss Lightning backpropagates is the ``training_step`` loss divided by
 ``trainer.accumulate_grad_batches``; the callback tells the monitor so through the loss scale
@@ -47,7 +47,7 @@ __all__ = ["NoiseScaleCallback"]
 
 _SUPPORTED_STRATEGIES = (_pl.strategies.SingleDeviceStrategy, _pl.strategies.DDPStrategy)
 _SUPPORTED_PRECISION = (_pl.plugins.precision.Precision, _pl.plugins.precision.MixedPrecision,
-                        _pl.plugins.precision.HalfPrecision, _pl.plugins.precision.DoublePrecision)
+                        _pl.plugins.precision.HalfPrecision)
 
 
 class _LightningLossScale:
@@ -182,7 +182,8 @@ class NoiseScaleCallback(Callback):
         if type(trainer.precision_plugin) not in _SUPPORTED_PRECISION:
             raise ValueError(
                 f"NoiseScaleCallback does not support the {precision} precision plugin. Supported "
-                "precision settings: '32-true', '64-true', '16-true', 'bf16-true', '16-mixed', 'bf16-mixed'."
+                "precision settings: '32-true', '16-true', 'bf16-true', '16-mixed', 'bf16-mixed' "
+                "(float64 parameters, '64-true', are not measured: the norms are taken in float32)."
             )
         if not pl_module.automatic_optimization:
             raise ValueError(
