@@ -204,8 +204,11 @@ class NoiseScaleCallback(Callback):
         self._world_size = int(trainer.world_size)
         if self.monitor is not None:
             self.monitor.remove()
+        # Under DDP the strategy's model is the DistributedDataParallel wrapper: the monitor reads
+        # the world size from its process group and averages the micro-batch norms over the ranks.
+        model = trainer.strategy.model if isinstance(trainer.strategy, _pl.strategies.DDPStrategy) else pl_module
         self.monitor = GradientNoiseMonitor(
-            pl_module, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
+            model, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
             scaler=_LightningLossScale(trainer, scaler), loss_divided_by_accumulation=False,
             every=self.every, ema_beta=self.ema_beta,
         )
