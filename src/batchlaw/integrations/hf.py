@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -124,6 +125,7 @@ class NoiseScaleCallback(TrainerCallback):
         self.unit = "tokens" if tokens_per_example else "examples"
         self.monitor: GradientNoiseMonitor | None = None
         self._attached = False
+        self._trainer = None
         self._handles: list[Any] = []
         self._sizes: list[int] = []
         self._queued = False
@@ -141,6 +143,7 @@ class NoiseScaleCallback(TrainerCallback):
             handler.callbacks.remove(self)
         handler.callbacks.insert(0, self)
         self._attached = True
+        self._trainer = weakref.ref(trainer)
         return self
 
     # ------------------------------------------------------------------ checks
@@ -182,9 +185,11 @@ class NoiseScaleCallback(TrainerCallback):
             )
         self._remove_hooks()
         scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer holds the fp16 GradScaler
+        target, group = self._monitored_model(model)
         self.monitor = GradientNoiseMonitor(
-            model, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
+            target, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
             scaler=scaler, loss_divided_by_accumulation=True, every=self.every, ema_beta=self.ema_beta,
+            process_group=group,
         )
         self._gradient_state = _accelerate_state.GradientState()
         self._sizes, self._queued = [], False
@@ -192,6 +197,19 @@ class NoiseScaleCallback(TrainerCallback):
         self._handles.append(first.register_hook(self._on_grad))
         self._handles.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
         return control
+
+    def _monitored_model(self, model):
+        """The module and process group for the monitor: under DDP the Trainer's wrapper when
+        :meth:`attach` gave us the Trainer, else the default group that the Trainer's DDP
+        averages ``.grad`` over (synchronised by the time the monitor steps)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return model, "auto"
+        trainer = self._trainer() if self._trainer is not None else None
+        wrapped = getattr(trainer, "model_wrapped", None)
+        if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            return wrapped, "auto"
+        return model, dist.group.WORLD
 
     def _on_forward(self, module, args, kwargs) -> None:
         if not (module.training and torch.is_grad_enabled()):
