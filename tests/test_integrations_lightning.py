@@ -253,6 +253,12 @@ def test_batch_without_tensor_asks_for_micro_batch_size():
             _trainer([NoiseScaleCallback()]).fit(Listy(), DataLoader(Rows(), batch_size=None))
 
 
+def test_single_micro_batch_warns():
+    x, y = _data(64)
+    with pytest.warns(UserWarning, match="accumulate_grad_batches=1"):
+        _trainer([NoiseScaleCallback()]).fit(LinReg(), DataLoader(TensorDataset(x, y), batch_size=8))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'every' parameter"):
         NoiseScaleCallback(every=0)
@@ -355,3 +361,44 @@ def test_state_dict_round_trip_resumes_the_measurement(tmp_path):
     assert [r["step"] for r in resumed.monitor.records] == list(range(2 * steps))
     assert resumed.examples_seen == 2 * steps * k * b
     assert math.isfinite(resumed.monitor.estimate().b_simple)
+
+
+def _real_schedule():
+    schedule = pytest.importorskip("batchlaw.schedule")
+    if not hasattr(schedule, "FixedRamp"):
+        pytest.skip("this batchlaw has no batch-size schedules yet")
+    return schedule
+
+
+def test_real_fixed_ramp_drives_accumulation_and_lr():
+    schedule = _real_schedule()
+    b = 4
+    x, y = _data(4 * 64)
+    ramp = schedule.FixedRamp([(0, 8), (40, 16), (100, 48)], lr=1e-3, lr_rule="linear", max_micro_batch=b)
+    cb = NoiseScaleCallback(schedule=ramp)
+    trainer = _fit(LinReg(), x, y, b, [cb])
+    ks = [r["accumulation"] for r in cb.monitor.records]
+    assert ks == [2] * 6 + [4] * 6 + [12] * 2 + [4]  # changes wait for aligned boundaries; short last step
+    assert trainer.accumulate_grad_batches == 12
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 48 / 8)  # linear rule
+    assert cb.examples_seen == len(x)
+    assert cb.state_dict()["schedule"]["current"] == 48
+
+
+def test_noise_scale_ramp_grows_the_batch_towards_b_simple():
+    """Closed loop at fixed weights: B_simple = 33 examples, so the ramp grows the batch from 8
+    towards the measured value (at most x2 per change), in micro-batches of 4."""
+    schedule = _real_schedule()
+    b = 4
+    x, y = _data(b * 8 * 120, seed=3)
+    ramp = schedule.NoiseScaleRamp(8, lr=1e-4, max_batch=64, max_micro_batch=b, cooldown=10, min_records=10)
+    cb = NoiseScaleCallback(schedule=ramp)
+    trainer = _fit(LinReg(), x, y, b, [cb])
+    ks = [r["accumulation"] for r in cb.monitor.records]
+    assert ks[:10] == [2] * 10
+    full = ks[:-1]  # the epoch's last step may be short
+    assert all(k1 <= k2 <= 2 * k1 for k1, k2 in zip(full, full[1:]))  # grows, at most x2 at a time
+    truth = WL.b_simple(WL.make_model(0))
+    assert 0.6 * truth <= trainer.accumulate_grad_batches * b <= 1.5 * truth
+    assert full[-1] == trainer.accumulate_grad_batches
+    assert all(r["b_big"] == r["accumulation"] * b for r in cb.monitor.records)

@@ -31,6 +31,7 @@ short last step.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -202,6 +203,12 @@ class NoiseScaleCallback(Callback):
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise ValueError(f"The precision plugin's scaler ({type(scaler).__name__}) has no get_scale(): not supported.")
         self._world_size = int(trainer.world_size)
+        if trainer.accumulate_grad_batches < 2 and self._world_size < 2 and self.schedule is None:
+            warnings.warn(
+                "accumulate_grad_batches=1 on one device gives one batch size per step, so no noise-scale "
+                "estimate: set accumulate_grad_batches >= 2 (and divide the DataLoader's batch size by it).",
+                stacklevel=2,
+            )
         if self.monitor is not None:
             self.monitor.remove()
         # Under DDP the strategy's model is the DistributedDataParallel wrapper: the monitor reads
