@@ -238,3 +238,16 @@ def test_accelerate_pattern_leaves_training_unchanged(mixed_precision):
     assert len(monitor.records) == steps
     for a, c in zip(plain.parameters(), watched.parameters()):
         assert torch.equal(a, c)
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "examples"))
+    try:
+        import hf_trainer_noise_scale
+    finally:
+        sys.path.pop(0)
+    out = hf_trainer_noise_scale.main(["--steps", "12", "--context", "16", "--out", str(tmp_path)])
+    assert out["unit"] == "tokens" and out["b_simple"] > 0
+    assert out["last_log"]["gns/b_big"] == 4 * 8 * 16  # K micro-batches of 8 blocks of 16 tokens
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"] wrote its file

@@ -8,6 +8,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -159,14 +160,19 @@ def test_training_is_bit_for_bit_unchanged(precision):
 
 
 # ---------------------------------------------------------------- loggers read back
-def test_csv_and_tensorboard_loggers_receive_the_metrics(tmp_path):
+def test_csv_tensorboard_and_wandb_loggers_receive_the_metrics(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_integrations_loggers import _wandb_history
 
+    monkeypatch.setenv("WANDB_SILENT", "true")
     steps, k, b = 40, 2, 8
     x, y = _data(steps * k * b)
-    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    wandb_logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="batchlaw-test")
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb"), wandb_logger]
     cb = NoiseScaleCallback()
     _fit(LinReg(lr=0.01), x, y, b, [cb], accumulate_grad_batches=k, logger=loggers, log_every_n_steps=5)
+    wandb_logger.experiment.finish()
 
     with open(loggers[0].log_dir + "/metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("gns/b_big")]
@@ -187,6 +193,16 @@ def test_csv_and_tensorboard_loggers_receive_the_metrics(tmp_path):
     events = acc.Scalars("gns/b_simple")
     assert events[-1].value == pytest.approx(est.b_simple, rel=1e-5)
     assert [e.step for e in acc.Scalars("gns/b_big")] == [s - 1 for s in range(5, steps + 1, 5)]
+
+    path = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    deadline = time.monotonic() + 30
+    while True:  # wandb-core may still be writing the run file when finish() returns
+        history = [r for r in _wandb_history(str(path)) if "gns/b_big" in r]
+        if len(history) >= steps // 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(history) == steps // 5
+    assert history[-1]["gns/b_simple"] == pytest.approx(est.b_simple, rel=1e-5)
 
 
 # ---------------------------------------------------------------- errors
@@ -402,3 +418,14 @@ def test_noise_scale_ramp_grows_the_batch_towards_b_simple():
     assert 0.6 * truth <= trainer.accumulate_grad_batches * b <= 1.5 * truth
     assert full[-1] == trainer.accumulate_grad_batches
     assert all(r["b_big"] == r["accumulation"] * b for r in cb.monitor.records)
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "examples"))
+    try:
+        import lightning_noise_scale
+    finally:
+        sys.path.pop(0)
+    out = lightning_noise_scale.main(["--steps", "24", "--micro-batch", "8", "--out", str(tmp_path)])
+    assert out["unit"] == "examples" and out["b_simple"] > 0 and out["ci"][0] <= out["b_simple"] <= out["ci"][1]
