@@ -170,6 +170,10 @@ def test_unsupported_setups_are_refused_by_name(tmp_path):
     args = _args(tmp_path, 8, 2, fsdp="full_shard")  # real arguments as the Trainer would get them
     with pytest.raises(ValueError, match="does not support FSDP"):
         NoiseScaleCallback._check_supported(args)
+    args = _args(tmp_path, 8, 2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="reentrant activation checkpointing"):
+        NoiseScaleCallback._check_supported(args)
+    NoiseScaleCallback._check_supported(_args(tmp_path, 8, 2, gradient_checkpointing=True))  # non-reentrant: fine
     with pytest.raises(ValueError, match="'window' parameter"):
         NoiseScaleCallback(window=2)
     with pytest.raises(TypeError, match="transformers.Trainer"):
@@ -251,3 +255,34 @@ def test_example_script_runs(tmp_path):
     assert out["unit"] == "tokens" and out["b_simple"] > 0
     assert out["last_log"]["gns/b_big"] == 4 * 8 * 16  # K micro-batches of 8 blocks of 16 tokens
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"] wrote its file
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_measures_the_same(tmp_path):
+    """A GPT-2 built from a config, with and without (non-reentrant) activation checkpointing:
+    the recomputation must not disturb where the callback finds the end of the backward."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    blocks = torch.randint(0, 64, (6 * 2 * 4, 12), generator=torch.Generator().manual_seed(0))  # (48, 12)
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(blocks)
+
+        def __getitem__(self, i):
+            return {"input_ids": blocks[i], "labels": blocks[i]}
+
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=12, n_embd=16, n_layer=2, n_head=2))
+        args = _args(tmp_path, 4, 2, gradient_checkpointing=checkpointing)
+        trainer = Trainer(model=model, args=args, train_dataset=Blocks())
+        cb = NoiseScaleCallback(tokens_per_example=12).attach(trainer)
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        runs.append(cb.monitor.records)
+    assert len(runs[0]) == 6 and [r["b_small"] for r in runs[0]] == [48.0] * 6
+    for a, c in zip(*runs):
+        assert c["small_sq"] == pytest.approx(a["small_sq"], rel=1e-5)
+        assert c["big_sq"] == pytest.approx(a["big_sq"], rel=1e-5)

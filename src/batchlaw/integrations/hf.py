@@ -95,8 +95,8 @@ class NoiseScaleCallback(TrainerCallback):
             its records stay readable after training).
 
     Raises:
-        ValueError: a bad argument; DeepSpeed, FSDP or multi-GPU ``DataParallel`` (when
-            training begins).
+        ValueError: a bad argument; DeepSpeed, FSDP, reentrant activation checkpointing or
+            multi-GPU ``DataParallel`` (when training begins).
 
     Example:
         >>> cb = NoiseScaleCallback(micro_batch_size=8)
@@ -159,6 +159,15 @@ class NoiseScaleCallback(TrainerCallback):
                 "NoiseScaleCallback does not support FSDP in the Trainer. Use DDP (torchrun) or a "
                 "single device, or measure with batchlaw.noise.GradientNoiseMonitor in your own loop."
             )
+        for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+            kw = getattr(args, name, None)
+            if isinstance(kw, dict) and kw.get("use_reentrant") is True and (
+                    getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)):
+                raise ValueError(
+                    f"NoiseScaleCallback does not support reentrant activation checkpointing ({name}="
+                    f"{kw!r}): the recomputation runs backward passes inside the backward pass, which ends "
+                    "them early for the callback. Use {'use_reentrant': False} (the default)."
+                )
         if getattr(args, "n_gpu", 1) > 1:
             raise ValueError(
                 f"NoiseScaleCallback does not support torch.nn.DataParallel (n_gpu={args.n_gpu}): launch "
@@ -193,8 +202,9 @@ class NoiseScaleCallback(TrainerCallback):
         )
         self._gradient_state = _accelerate_state.GradientState()
         self._sizes, self._queued = [], False
-        first = next(p for p in model.parameters() if p.requires_grad)
-        self._handles.append(first.register_hook(self._on_grad))
+        # Every trainable parameter, not just one: a parameter unused in a micro-batch must not
+        # hide that micro-batch's backward. Only the first hook of a backward pass queues.
+        self._handles.extend(p.register_hook(self._on_grad) for p in model.parameters() if p.requires_grad)
         self._handles.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
         return control
 
