@@ -189,7 +189,8 @@ class NoiseScaleCallback(TrainerCallback):
         if args.gradient_accumulation_steps < 2 and getattr(args, "world_size", 1) < 2:
             warnings.warn(
                 "gradient_accumulation_steps=1 on one process gives one batch size per step, so no "
-                "noise-scale estimate: set gradient_accumulation_steps >= 2 (and divide per_device_train_batch_size by it).",
+                "noise-scale estimate: set gradient_accumulation_steps >= 2 (and divide "
+                "per_device_train_batch_size by it).",
                 stacklevel=2,
             )
         self._remove_hooks()

@@ -194,14 +194,18 @@ class NoiseScaleCallback(Callback):
                 "step, before clipping and optimizer.step()."
             )
         if getattr(trainer.strategy, "handles_gradient_accumulation", False):
-            raise ValueError(f"NoiseScaleCallback does not support strategies that accumulate gradients themselves ({strategy}).")
+            raise ValueError(
+                f"NoiseScaleCallback does not support strategies that accumulate gradients themselves ({strategy})."
+            )
 
     # ------------------------------------------------------------------ fit lifecycle
     def on_fit_start(self, trainer, pl_module) -> None:
         self._check_supported(trainer, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and not hasattr(scaler, "get_scale"):
-            raise ValueError(f"The precision plugin's scaler ({type(scaler).__name__}) has no get_scale(): not supported.")
+            raise ValueError(
+                f"The precision plugin's scaler ({type(scaler).__name__}) has no get_scale(): not supported."
+            )
         self._world_size = int(trainer.world_size)
         if trainer.accumulate_grad_batches < 2 and self._world_size < 2 and self.schedule is None:
             warnings.warn(

@@ -143,7 +143,9 @@ class TensorBoardSink:
 
     def __init__(self, writer: Any) -> None:
         if not hasattr(writer, "add_scalar"):
-            raise TypeError(f"TensorBoardSink needs an object with add_scalar (a SummaryWriter). Got {type(writer).__name__}.")
+            raise TypeError(
+                f"TensorBoardSink needs an object with add_scalar (a SummaryWriter). Got {type(writer).__name__}."
+            )
         self.writer = writer
         self._unit_written = False
 
@@ -305,7 +307,9 @@ class NoiseScaleLogger:
         self.monitor = monitor
         self.sinks = [as_sink(s) for s in sinks]
         if not self.sinks:
-            raise ValueError("log_to needs at least one target (a SummaryWriter, a wandb run, a CSV path or a function).")
+            raise ValueError(
+                "log_to needs at least one target (a SummaryWriter, a wandb run, a CSV path or a function)."
+            )
         if not isinstance(prefix, str):
             raise TypeError(f"The 'prefix' parameter must be a string. Got {prefix!r} instead.")
         self.prefix = prefix
