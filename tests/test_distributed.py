@@ -34,6 +34,7 @@ _ACCURACY_2 = {
     "ddp_cases": [
         ("k1_sync", 1, "sync", {}), ("k4_no_sync", 4, "no_sync", {}), ("k4_sync", 4, "sync", {}),
         ("k4_bucket_view", 4, "no_sync", {"gradient_as_bucket_view": True}),
+        ("k1_bucket_view", 1, "sync", {"gradient_as_bucket_view": True}),
         ("k2_static_graph", 2, "sync", {"static_graph": True}),
         ("unused_k2", 2, "sync", {"find_unused_parameters": True}),
         ("hook_k2", 2, "no_sync", {}),
@@ -131,3 +132,19 @@ def test_unsupported_setups_are_refused_by_name(world4, name, pattern):
     for r in world4:
         msg = r["refusals"][name]
         assert msg is not None and re.match(pattern, msg), msg
+
+
+def test_measure_nproc_prints_the_estimate_beside_one_process(capsys):
+    """`batchlaw measure --nproc 2` (deliverable: one command to see it work)."""
+    import json
+
+    from batchlaw.cli import main
+
+    assert main(["measure", "--workload", "linreg", "--nproc", "2", "--steps", "40",
+                 "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["world_size"] == 2 and out["config"]["batch_size"] == 2 * 4 * 16
+    single = out["single_process"]
+    assert single["config"]["world_size"] == 1 and single["config"]["accumulation"] == 8
+    assert single["config"]["batch_size"] == out["config"]["batch_size"]
+    assert out["estimate"] is not None or out["provisional_b_simple"] is not None

@@ -35,7 +35,7 @@ def _add_fit_parser(sub) -> None:
     ch = fsub.add_parser("chinchilla", help="L(N, D) = E + A/N^alpha + B/D^beta (Approach 3), allocation",
                          description="Fit L(N, D) = E + A/N^alpha + B/D^beta as the Epoch AI replication did (Huber "
                          "1e-3 on log loss, L-BFGS from a grid of starts), with bootstrap intervals over runs.")
-    ch.add_argument("csv")
+    ch.add_argument("csv", help="CSV file with a header row, one run per row")
     ch.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
     tok = ch.add_mutually_exclusive_group(required=True)
     tok.add_argument("--tokens-col", help="column with the training tokens D")
@@ -44,30 +44,31 @@ def _add_fit_parser(sub) -> None:
     ch.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     ch.add_argument("--compute", type=float, default=None, help="FLOP budget for the compute-optimal allocation")
     ch.add_argument("--inference-tokens", type=float, default=None, help="expected inference tokens (Sardana et al.)")
-    ch.add_argument("--json", action="store_true")
+    ch.add_argument("--json", action="store_true", help="print JSON")
     ch.set_defaults(func=_cmd_fit_chinchilla)
 
     iso = fsub.add_parser("isoflop", help="Approach 2: parabolas per compute budget, N_opt(C) and D_opt(C)",
                           description="For each compute budget fit a parabola of loss in log N; fit power laws to "
                           "the optima N_opt(C) and D_opt(C) = C / (6 N_opt).")
-    iso.add_argument("csv")
-    iso.add_argument("--params-col", required=True)
-    iso.add_argument("--tokens-col", required=True)
+    iso.add_argument("csv", help="CSV file with a header row, one run per row")
+    iso.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
+    iso.add_argument("--tokens-col", required=True, help="column with the training tokens D")
     iso.add_argument("--budget-col", required=True, help="column with the compute budget of the run's isoFLOP group")
-    iso.add_argument("--loss-col", required=True)
-    iso.add_argument("--bootstrap", type=int, default=1000)
-    iso.add_argument("--json", action="store_true")
+    iso.add_argument("--loss-col", required=True, help="column with the final loss")
+    iso.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    iso.add_argument("--json", action="store_true", help="print JSON")
     iso.set_defaults(func=_cmd_fit_isoflop)
 
     hp = fsub.add_parser("hparams", help="optimal LR and batch per (N, D), and their power laws",
                          description="From LR x batch grids over several (N, D): the optimum per group (raw argmin "
                          "and a smoothed quadratic vertex), then lr_opt = c N^a D^b and B_opt = c D^b (and vs C = 6 N D).")
-    hp.add_argument("csv")
-    for col in ("lr", "batch", "loss", "params", "tokens"):
-        hp.add_argument(f"--{col}-col", required=True)
+    hp.add_argument("csv", help="CSV file with a header row, one run per row")
+    for col, what in (("lr", "the learning rate"), ("batch", "the batch size"), ("loss", "the final loss"),
+                      ("params", "the model size N (parameters)"), ("tokens", "the training tokens D")):
+        hp.add_argument(f"--{col}-col", required=True, help=f"column with {what}")
     hp.add_argument("--seq-len", type=int, default=None, help="tokens per sequence: batch column in sequences, laws in tokens")
-    hp.add_argument("--bootstrap", type=int, default=1000)
-    hp.add_argument("--json", action="store_true")
+    hp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    hp.add_argument("--json", action="store_true", help="print JSON")
     hp.set_defaults(func=_cmd_fit_hparams)
 
     pw = fsub.add_parser("powerlaw", help="y = c * x1^a1 * x2^a2 ... (e.g. CBS vs tokens and params)",
@@ -75,22 +76,22 @@ def _add_fit_parser(sub) -> None:
                          "bootstrap intervals over rows). For critical-batch-size laws, give one row per sweep: its "
                          "CBS or B_crit, its training tokens D and model size N (Zhang et al. 2024: CBS grows with D, "
                          "hardly with N).")
-    pw.add_argument("csv")
+    pw.add_argument("csv", help="CSV file with a header row")
     pw.add_argument("--y-col", required=True, help="column of the quantity (e.g. cbs)")
     pw.add_argument("--x-col", action="append", required=True, help="input column (repeat for several)")
-    pw.add_argument("--bootstrap", type=int, default=1000)
-    pw.add_argument("--json", action="store_true")
+    pw.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    pw.add_argument("--json", action="store_true", help="print JSON")
     pw.set_defaults(func=_cmd_fit_powerlaw)
 
     cu = fsub.add_parser("curve", help="learning-curve extrapolation L(t) = L_inf + a t^-b",
                          description="Fit L(t) = L_inf + a t^-b (constant-LR or WSD runs), predict the loss at a "
                          "later step with a predictive interval, and backtest on the first half of the curve.")
-    cu.add_argument("csv")
-    cu.add_argument("--step-col", required=True)
-    cu.add_argument("--loss-col", required=True)
+    cu.add_argument("csv", help="CSV file with a header row, one point of the learning curve per row")
+    cu.add_argument("--step-col", required=True, help="column with the step (or tokens seen)")
+    cu.add_argument("--loss-col", required=True, help="column with the loss")
     cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
-    cu.add_argument("--bootstrap", type=int, default=1000)
-    cu.add_argument("--json", action="store_true")
+    cu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    cu.add_argument("--json", action="store_true", help="print JSON")
     cu.set_defaults(func=_cmd_fit_curve)
 
 
