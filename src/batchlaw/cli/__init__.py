@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import demo, fit, measure, plan, sweep
+from . import branch, demo, fit, measure, plan, schedule, sweep
 
 __all__ = ["main", "build_parser"]
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchlaw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (measure, demo, sweep, fit, plan):
+    for module in (measure, demo, sweep, fit, plan, branch, schedule):
         module.add_parsers(sub)
     return parser
 
