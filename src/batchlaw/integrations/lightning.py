@@ -80,6 +80,10 @@ class _LightningLossScale:
         scale = float(self._scaler.get_scale()) if self._amp() else 1.0
         return scale / self._trainer.accumulate_grad_batches
 
+    @property
+    def _per_optimizer_states(self) -> dict:  # lets the monitor's unscale_-before-step guard see the real scaler
+        return getattr(self._scaler, "_per_optimizer_states", {}) if self._scaler is not None else {}
+
 
 class NoiseScaleCallback(Callback):
     """Measures ``B_simple`` while ``trainer.fit`` runs and logs it to every configured logger.
