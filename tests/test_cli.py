@@ -1,6 +1,7 @@
 """The command line, run as a user runs it."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -127,3 +128,126 @@ def test_sweep_then_report(tmp_path, capsys):
     assert html.count("data:image/png;base64,") == 3 and "critical batch size" in html
     assert (tmp_path / "rep" / "trials.csv").exists()
     assert main(["report", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")]) == 2
+
+
+# ------------------------------------------------------------------ hardening: one-line errors, checked before work
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("batchlaw: error: "), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+_TINY_SWEEP = ["sweep", "--workload", "linreg", "--batch-sizes", "4,16", "--target-loss", "0.9", "--max-steps", "20",
+               "--lr-points", "1", "--max-extensions", "0", "--jobs", "1", "--no-progress"]
+
+
+def test_sweep_csv_path_checked_before_the_sweep(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    assert main(_TINY_SWEEP + ["--store", str(db), "--csv", str(tmp_path / "nope" / "t.csv")]) == 2
+    _one_line_error(capsys, "'--csv'", "does not exist")
+    assert not db.exists()  # nothing ran
+    assert main(_TINY_SWEEP + ["--store", str(db), "--csv", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a directory")
+
+
+@pytest.mark.parametrize("option,value,msg", [
+    ("--lr-factor", "inf", "'lr_factor' parameter must be a finite number > 1. Got inf"),
+    ("--lr-factor", "nan", "'lr_factor' parameter must be a finite number > 1. Got nan"),
+    ("--lr-scaling", "nan", "'lr_scaling' parameter must be a finite number"),
+    ("--lr-scaling", "-inf", "'lr_scaling' parameter must be a finite number"),
+    ("--lr-base", "inf", "'lr_base' parameter must be a finite number > 0"),
+    ("--target-loss", "nan", "'target_loss' parameter must be a finite number > 0"),
+    ("--eval-every", "0", "'eval_every' parameter must be a positive integer"),
+    ("--seeds", "-1", "'seeds' parameter must be an integer >= 0"),
+    ("--lr-points", "100000", "'lr_points' parameter must be at most 100"),
+    ("--jobs", "0", "'jobs' parameter must be a positive integer"),
+])
+def test_sweep_options_validated_at_the_boundary(tmp_path, capsys, option, value, msg):
+    db = tmp_path / "s.db"
+    args = [a for a in _TINY_SWEEP]
+    if option in args:
+        i = args.index(option)
+        del args[i:i + 2]
+    assert main(args + ["--store", str(db), f"{option}={value}"]) == 2
+    _one_line_error(capsys, msg)
+    assert not (db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+
+
+def test_report_out_that_is_a_file(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    assert main(_TINY_SWEEP + ["--store", str(db)]) == 0
+    capsys.readouterr()
+    (tmp_path / "f").write_text("x")
+    assert main(["report", str(db), "--out", str(tmp_path / "f")]) == 2
+    _one_line_error(capsys, "'--out'", "is not a directory")
+    assert main(["report", str(db), "--out", str(tmp_path / "f" / "sub")]) == 2
+    _one_line_error(capsys, "is not a directory")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    _one_line_error(capsys, "is a directory")
+
+
+def test_target_nobody_reaches_says_what_to_do(tmp_path, capsys):
+    args = [a if a != "0.9" else "0.01" for a in _TINY_SWEEP]
+    assert main(args + ["--store", str(tmp_path / "s.db"), "--batch-sizes", "4,8,16"]) == 0
+    out = capsys.readouterr().out
+    assert "target 0.01 not reached by any batch size within the budget; best loss" in out
+    assert "raise the target loss" in out and "needs" not in out
+
+
+def test_csv_with_bom_directory_and_bad_encoding(tmp_path, capsys):
+    from batchlaw.fit import steps_law
+
+    rows = "".join(f"{b},{float(steps_law(b, 1000.0, 100.0))}\n" for b in (16, 32, 64, 128, 256))
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfbatch,steps\n" + rows.encode())
+    assert main(["fit", "cbs", str(bom), "--batch-col", "batch", "--steps-col", "steps", "--bootstrap", "100"]) == 0
+    assert "B_crit =" in capsys.readouterr().out
+    assert main(["fit", "cbs", str(tmp_path), "--batch-col", "batch", "--steps-col", "steps"]) == 2
+    _one_line_error(capsys, str(tmp_path), "is a directory")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("batch,steps,note\n16,100,caf\xe9\n".encode("latin-1"))
+    assert main(["fit", "cbs", str(latin), "--batch-col", "batch", "--steps-col", "steps"]) == 2
+    _one_line_error(capsys, str(latin), "not UTF-8")
+
+
+def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
+    from batchlaw.cli import fit as fit_cli
+
+    def boom(args):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", boom)
+    monkeypatch.delenv("BATCHLAW_DEBUG", raising=False)
+    assert main(["fit", "curve", "x.csv", "--step-col", "s", "--loss-col", "l"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "internal error: ZeroDivisionError: float division by zero" in err and "BATCHLAW_DEBUG=1" in err
+
+
+def _all_parsers():
+    import argparse
+
+    from batchlaw.cli import build_parser
+
+    todo, out = [("batchlaw", build_parser())], []
+    while todo:
+        name, p = todo.pop()
+        out.append((name, p))
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend((f"{name} {n}", sp) for n, sp in a.choices.items())
+    return out
+
+
+@pytest.mark.parametrize("command", [n for n, _ in sorted(_all_parsers(), key=lambda x: x[0])])
+def test_help_on_every_option_and_no_literal_percent(command):
+    import argparse
+
+    parser = dict(_all_parsers())[command]
+    for a in parser._actions:
+        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+            assert a.help, f"{command}: {a.option_strings or a.dest} has no help"
+    assert "%%" not in parser.format_help()

@@ -71,9 +71,9 @@ def test_plan_answers_the_doubling_question(capsys):
             "--seq-len", "2048", "--tokens-per-sec", "3000", "--price", "2.5"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "16 -> 32 GPUs" in text and "poor value" in text and "recommendation: 16 GPUs" in text
+    assert "16 -> 32 GPUs" in text and "poor value" in text and "recommendation: 4 GPUs" in text
     out = _json(capsys, argv + ["--json"])
-    assert out["schema"] == "batchlaw.plan/1" and out["recommended_gpus"] == 16
+    assert out["schema"] == "batchlaw.plan/1" and out["recommended_gpus"] == 4
     assert [r["global_batch"] for r in out["rows"]] == [2048, 4096]
 
 
@@ -83,7 +83,7 @@ def test_plan_from_compute_budget(capsys):
     assert out["compute_optimal"]["tokens_per_param"] > 10
     assert out["inference_aware"]["params"] < out["compute_optimal"]["params"]
     assert all(r["wall_clock_h"] > 0 for r in out["rows"])
-    assert main(["plan", "--b-crit", "10", "--gpus", "8", "--micro-batch", "4"]) == 2
+    assert main(["plan", "--b-crit-law", "0.5:0.5", "--gpus", "8", "--micro-batch", "4"]) == 2
     assert "--tokens" in capsys.readouterr().err
 
 

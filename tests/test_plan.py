@@ -1,12 +1,22 @@
 """The planner and the learning-rate rules."""
 
+import itertools
+import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from batchlaw.plan import plan_run
+from batchlaw.cli import main
+from batchlaw.plan import plan_run, ring_allreduce_time
 from batchlaw.schedule import linear_rule, mccandlish_lr, sqrt_rule, surge_lr
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
 
 
 def test_should_we_double_to_32_gpus():
@@ -17,29 +27,182 @@ def test_should_we_double_to_32_gpus():
     assert (r16.global_batch, r32.global_batch) == (2048, 4096)
     assert r16.steps / plan.s_min == pytest.approx(1 + 1000 / 2048)
     assert r32.steps / plan.s_min == pytest.approx(1 + 1000 / 4096)
-    (d,) = plan.doubling
+    d = plan.doubling[0]
+    assert (d["from"], d["to"]) == (16, 32)
     assert d["speedup"] == pytest.approx((1 + 1000 / 2048) / (1 + 1000 / 4096))
     assert d["gpu_hours_ratio"] == pytest.approx(2 / d["speedup"])
-    assert r32.over_critical and r16.over_critical
-    assert plan.recommended == 16
+    assert r32.gpu_hours / r16.gpu_hours == pytest.approx(d["gpu_hours_ratio"])
+    assert r32.over_critical and r16.over_critical and r32.limit == "statistical"
     assert r32.cost == pytest.approx(r32.gpu_hours * 2.0)
+    # perfect linear scaling from one GPU at micro-batch 128: eff(g) = (1 + c/128) / (g + c/128), c = 1000
+    for r in plan.rows:
+        assert r.efficiency == pytest.approx((1 + 1000 / 128) / (r.gpus + 1000 / 128))
+    # eff(g) >= 0.7  <=>  g <= 0.7^-1 (1 + 1000/128) - 1000/128 = 4.78
+    assert plan.recommended == 4 and plan.recommended_listed is None
 
 
 def test_far_below_critical_scales_perfectly():
-    plan = plan_run(gpus=[1, 2, 4, 8], b_crit=1e6, tokens=1e9, seq_len=1024, micro_batch=8,
+    plan = plan_run(gpus=[1, 2, 4, 8], b_crit=1e7, tokens=1e9, seq_len=1024, micro_batch=8,
                     tokens_per_sec_per_gpu=1e4)
     for r in plan.rows:
-        assert r.efficiency == pytest.approx(1.0, abs=1e-3) and not r.over_critical
-    assert plan.recommended == 8
-    tokens = [r.tokens for r in plan.rows]
-    assert tokens[-1] / tokens[0] == pytest.approx((1 + 64 / 1e6) / (1 + 8 / 1e6))
+        assert r.efficiency == pytest.approx(1.0, abs=1e-4) and not r.over_critical
+    assert plan.recommended_listed == 8 and plan.recommended > 1000
 
 
-def test_all_reduce_cost_lowers_efficiency():
-    kw = dict(gpus=[8, 64], b_crit=1e6, tokens=1e9, seq_len=1024, micro_batch=8, tokens_per_sec_per_gpu=1e4)
+def test_ratio_question_without_tokens():
+    """Speed-up and GPU-hour factor need no data budget (S_min cancels)."""
+    with_tokens = plan_run(gpus=[8, 16], b_crit=3000, tokens=1e10, seq_len=1024, micro_batch=64,
+                           tokens_per_sec_per_gpu=5000)
+    without = plan_run(gpus=[8, 16], b_crit=3000, seq_len=1024, micro_batch=64, tokens_per_sec_per_gpu=5000)
+    assert without.s_min is None and all(r.steps is None and r.wall_clock_h is None for r in without.rows)
+    for a, b in zip(with_tokens.doubling, without.doubling):
+        assert a["speedup"] == pytest.approx(b["speedup"]) and a["gpu_hours_ratio"] == pytest.approx(b["gpu_hours_ratio"])
+    r8, r16 = with_tokens.rows
+    assert without.doubling[0]["speedup"] == pytest.approx(r8.wall_clock_h / r16.wall_clock_h)
+
+
+def test_ratio_question_without_tokens_cli(capsys):
+    assert main(["plan", "--b-crit", "1000", "--gpus", "16", "--micro-batch", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "16 -> 32 GPUs: 1.20x faster" in out and "1.67x the GPU-hours" in out
+    d = _json(capsys, ["plan", "--b-crit", "1000", "--gpus", "16", "--micro-batch", "128", "--json"])
+    assert d["doubling"][0]["speedup"] == pytest.approx((1 + 1000 / 2048) / (1 + 1000 / 4096))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tokens_per_sec_per_gpu=2000.0, grad_bytes=4e8, bandwidth_bytes_per_s=12.5e9),
+                                dict(tokens_per_sec_per_gpu=2000.0, comm_overhead=0.2)])
+def test_recommendation_does_not_depend_on_the_list(kw):
+    """Order and set of the counts listed change neither efficiencies nor the recommendation."""
+    base = dict(b_crit=1000, seq_len=2048, micro_batch=32, **kw)
+    full = plan_run(gpus=[1, 2, 4, 8, 16, 32, 64], **base)
+    eff = {r.gpus: r.efficiency for r in full.rows}
+    for gpus in ([64, 16, 4], [32, 16], [16, 32], [2, 64, 8], [8], [4, 8, 16, 32], [16, 32, 64, 128]):
+        p = plan_run(gpus=gpus, **base)
+        assert p.recommended == full.recommended
+        for r in p.rows:
+            if r.gpus in eff:
+                assert r.efficiency == pytest.approx(eff[r.gpus])
+    for perm in itertools.permutations([4, 16, 64]):
+        assert plan_run(gpus=list(perm), **base).recommended == full.recommended
+    # it is the largest count keeping 70%: one more GPU falls below
+    g = full.recommended
+    assert plan_run(gpus=[g], **base).rows[0].efficiency >= 0.7 > plan_run(gpus=[g + 1], **base).rows[0].efficiency
+
+
+def test_table_and_text_agree(capsys):
+    """Every doubling verdict matches the table's mark for the target row; no 'worth it' beside
+    'diminishing returns' (the old table flagged B > B_crit while the text used another threshold)."""
+    argv = ["plan", "--b-crit", "1000", "--gpus", "1,2,4,8,16", "--micro-batch", "64", "--min-efficiency", "0.6"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    d = _json(capsys, argv + ["--json"])
+    rows = {r["gpus"]: r for r in d["rows"]}
+    table = {int(line.split()[0]): line for line in out.splitlines() if line.strip() and line.split()[0].isdigit() and "->" not in line}
+    assert set(table) == set(rows)
+    for g, line in table.items():
+        assert (" ok;" in line) == rows[g]["within_target"]
+        assert rows[g]["within_target"] == (rows[g]["efficiency"] >= 0.6)
+    verdicts = [line for line in out.splitlines() if " GPUs: " in line and "->" in line]
+    assert verdicts
+    for line in verdicts:
+        to = int(line.split("->")[1].split()[0])
+        dd = next(x for x in d["doubling"] if x["to"] == to)
+        assert ("worth it" in line) == dd["worth_it"] == (dd["speedup"] >= 2 * 0.6)
+        assert f"{dd['doubling_efficiency']:.0%} of a perfect doubling" in line
+        if to in rows:  # the table's "from g/2" column shows the same number
+            assert rows[to]["doubling_efficiency"] == pytest.approx(dd["doubling_efficiency"])
+            assert f" {dd['doubling_efficiency']:.0%}  " in table[to]
+    assert "diminishing returns" not in out
+
+
+def test_units_by_flag(capsys):
+    base = ["plan", "--b-crit", "1000", "--gpus", "16", "--micro-batch", "128", "--seq-len", "2048"]
+    assert main(base + ["--unit", "tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "batch (tokens)" in out and "4,194,304" in out
+    assert main(["plan", "--b-crit", "500", "--gpus", "4", "--micro-batch", "32", "--unit", "examples"]) == 0
+    out = capsys.readouterr().out
+    assert "batch (examples)" in out and "B_crit = 500 examples" in out and "tokens)" not in out.splitlines()[0]
+    d = _json(capsys, base + ["--unit", "tokens", "--json"])
+    assert d["unit"] == "tokens" and d["rows"][0]["global_batch_tokens"] == 2048 * 2048
+
+
+def test_b_crit_interval_gives_a_range_of_speedups():
+    kw = dict(gpus=[8, 16], seq_len=1024, micro_batch=64, tokens_per_sec_per_gpu=5000)
+    p = plan_run(b_crit=1000, b_crit_ci=(600, 1800), **kw)
+    lo, hi = plan_run(b_crit=600, **kw), plan_run(b_crit=1800, **kw)
+    for d, dl, dh in zip(p.doubling, lo.doubling, hi.doubling):
+        assert d["speedup_range"] == pytest.approx(sorted([dl["speedup"], dh["speedup"]]))
+        assert d["speedup_range"][0] <= d["speedup"] <= d["speedup_range"][1]
+    assert p.recommended_range == (lo.recommended, hi.recommended)
+    with pytest.raises(ValueError, match="must contain b_crit"):
+        plan_run(b_crit=1000, b_crit_ci=(1200, 1800), **kw)
+
+
+def test_b_crit_interval_from_a_store(tmp_path, capsys):
+    """--b-crit-store carries the sweep fit's bootstrap interval into the plan."""
+    from batchlaw.sweep.analysis import analyze_sweep
+    from batchlaw.sweep.store import TrialStore
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.db"
+    with TrialStore(path) as store:
+        store.save_sweep("syn", {"workload": "synthetic"})
+        for b in (4, 8, 16, 32, 64, 128, 256, 512):
+            steps = float(np.round(200 * (1 + 64 / b) * np.exp(rng.normal(0, 0.05))))
+            spec = {"batch_size": b, "lr": 0.1, "seed": 0}
+            store.add("syn", {"key": f"k{b}", "spec": spec, "status": "reached", "steps_to_target": steps,
+                              "examples_to_target": steps * b, "tokens_to_target": None, "wall_time_s": 1.0,
+                              "noise": None, "unit": "examples", "tokens_per_example": None})
+        fit = analyze_sweep("syn", {}, store.trials("syn")).fit
+    d = _json(capsys, ["plan", "--b-crit-store", str(path), "--gpus", "2,4", "--micro-batch", "16", "--json"])
+    assert d["b_crit"] == pytest.approx(fit.b_crit)
+    assert d["b_crit_ci"] == pytest.approx(list(fit.b_crit_ci))
+    assert d["b_crit_ci"][0] < d["b_crit"] < d["b_crit_ci"][1]
+    assert all("speedup_range" in x for x in d["doubling"])
+
+
+def test_learning_rate_at_the_new_batch(capsys):
+    p = plan_run(gpus=[8, 32], b_crit=1e5, seq_len=1024, micro_batch=16, lr=3e-4, lr_rule="sqrt")
+    assert [r.lr for r in p.rows] == pytest.approx([3e-4, 3e-4 * 2])  # 4x the batch -> 2x the LR
+    p = plan_run(gpus=[8, 32], b_crit=1e5, seq_len=1024, micro_batch=16, lr=0.1, lr_rule="linear")
+    assert [r.lr for r in p.rows] == pytest.approx([0.1, 0.4])
+    p = plan_run(gpus=[8, 32], b_crit=1e5, seq_len=1024, micro_batch=16, lr=0.1, lr_rule="linear", reference_batch=64)
+    assert [r.lr for r in p.rows] == pytest.approx([0.2, 0.8])
+    d = _json(capsys, ["plan", "--b-crit", "1e5", "--gpus", "8,32", "--micro-batch", "16", "--lr", "1e-3", "--json"])
+    assert [r["lr"] for r in d["rows"]] == pytest.approx([1e-3, 2e-3])
+
+
+def test_all_reduce_cost_lowers_efficiency_and_names_communication():
+    kw = dict(gpus=[8, 64], b_crit=1e7, tokens=1e9, seq_len=1024, micro_batch=8, tokens_per_sec_per_gpu=1e4)
     fast = plan_run(**kw)
-    slow = plan_run(**kw, grad_bytes=4e9, bandwidth_bytes_per_s=1e9)
+    slow = plan_run(**kw, grad_bytes=4e9, bandwidth_bytes_per_s=1e9, overlap=False)
     assert slow.rows[1].efficiency < fast.rows[1].efficiency
+    assert slow.rows[1].limit == "communication" and fast.rows[1].limit == "statistical"
+    compute = 8 * 1024 / 1e4
+    assert slow.rows[1].step_time_s == pytest.approx(compute + ring_allreduce_time(4e9, 64, 1e9))
+    hidden = plan_run(**kw, grad_bytes=4e9, bandwidth_bytes_per_s=1e9, overlap=True)
+    comm = ring_allreduce_time(4e9, 64, 1e9)
+    assert hidden.rows[1].comm_time_s == pytest.approx(comm - 2 / 3 * compute)
+
+
+def test_ring_model_by_hand():
+    # 2 (W - 1) / W * n / bw + 2 (W - 1) * latency
+    assert ring_allreduce_time(1e9, 4, 1e9, 1e-5) == pytest.approx(1.5 + 6e-5)
+    assert ring_allreduce_time(1e9, 1, 1e9) == 0.0
+    with pytest.raises(ValueError, match="'world'"):
+        ring_allreduce_time(1e9, 0, 1e9)
+
+
+def test_link_presets_in_the_cli(capsys):
+    base = ["plan", "--b-crit", "1e6", "--gpus", "8,64", "--micro-batch", "4", "--tokens-per-sec", "2000",
+            "--params", "1e9", "--json"]
+    nv = _json(capsys, base + ["--link", "nvlink"])
+    eth = _json(capsys, base + ["--link", "eth100", "--no-overlap"])
+    assert nv["all_reduce"]["bus_bandwidth_bytes_per_s"] == 450e9 and eth["all_reduce"]["overlap"] is False
+    assert eth["rows"][1]["comm_time_s"] == pytest.approx(ring_allreduce_time(4e9, 64, 12.5e9, 2e-5))
+    assert eth["rows"][1]["limit"] == "communication"
+    assert eth["recommended_gpus"] < nv["recommended_gpus"]
 
 
 def test_plan_errors():
@@ -49,6 +212,52 @@ def test_plan_errors():
         plan_run(gpus=[1], b_crit=-5, tokens=1, seq_len=1, micro_batch=1)
     with pytest.raises(ValueError, match="both 'grad_bytes'"):
         plan_run(gpus=[1], b_crit=1, tokens=1, seq_len=1, micro_batch=1, tokens_per_sec_per_gpu=1, grad_bytes=1)
+    for bad in (-4, 0, math.nan):
+        with pytest.raises(ValueError, match="'reference_batch'"):
+            plan_run(gpus=[1], b_crit=1, tokens=1, seq_len=1, micro_batch=1, reference_batch=bad)
+
+
+_BASE = ["plan", "--b-crit", "1000", "--gpus", "8,16", "--micro-batch", "16"]
+
+
+@pytest.mark.parametrize("opt,value", [
+    ("--reference-batch", "-4"), ("--reference-batch", "0"), ("--mfu", "5"), ("--mfu", "0"), ("--mfu", "-0.1"),
+    ("--min-efficiency", "0"), ("--min-efficiency", "1.5"), ("--tokens", "0"), ("--tokens", "-1e9"),
+    ("--tokens", "nan"), ("--tokens-per-sec", "0"), ("--peak-flops", "-1"), ("--params", "0"),
+    ("--comm-overhead", "-0.1"), ("--bandwidth", "0"), ("--latency", "-1"), ("--grad-bytes-per-param", "0"),
+    ("--price", "-1"), ("--lr", "0"), ("--accumulation", "0"), ("--seq-len", "0"), ("--compute", "0"),
+    ("--b-crit-ci", "-1,5"), ("--tokens", "inf"),
+])
+def test_every_plan_option_is_range_checked(capsys, opt, value):
+    extra = ["--params", "1e9"] if opt in ("--peak-flops", "--bandwidth") else []
+    assert main(_BASE + extra + [f"{opt}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"'{opt}'" in err and "Got" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "--b-crit-law=-1:0.5", "--tokens", "1e9", "--gpus", "8", "--micro-batch", "16"],
+    ["plan", "--b-crit-law", "0.5:nan", "--tokens", "1e9", "--gpus", "8", "--micro-batch", "16"],
+    ["plan", "--b-crit", "1000", "--gpus", "0,8", "--micro-batch", "16"],
+    ["plan", "--b-crit", "1000", "--gpus", "8", "--micro-batch", "0"],
+    ["plan", "--b-crit", "-3", "--gpus", "8", "--micro-batch", "16"],
+    ["plan", "--b-crit-tokens", "0", "--gpus", "8", "--micro-batch", "16"],
+])
+def test_core_plan_options_are_range_checked(capsys, argv):
+    assert main(argv) == 2
+    assert "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opt,value", [("--mfu", "1"), ("--min-efficiency", "1"), ("--comm-overhead", "0"),
+                                       ("--price", "0"), ("--reference-batch", "0.5"), ("--latency", "0")])
+def test_plan_options_at_the_allowed_boundary(capsys, opt, value):
+    assert main(_BASE + ["--tokens", "1e9", "--params", "1e8", "--peak-flops", "1e15", opt, value]) == 0
+
+
+def test_reference_batch_zero_is_not_the_default(capsys):
+    """Today 0 silently falls back to the default; it must be refused."""
+    assert main(_BASE + ["--tokens", "1e9", "--reference-batch", "0"]) == 2
+    assert "--reference-batch" in capsys.readouterr().err
 
 
 def test_lr_rules():
@@ -68,7 +277,7 @@ def test_lr_rules():
 
 def test_fit_and_plan_import_without_torch():
     code = ("import sys\n"
-            "import batchlaw, batchlaw.fit, batchlaw.plan, batchlaw.schedule\n"
+            "import batchlaw, batchlaw.fit, batchlaw.plan, batchlaw.schedule, batchlaw.plan.serve\n"
             "from batchlaw.fit import fit_chinchilla, fit_steps_law\n"
             "print('ok' if 'torch' not in sys.modules else 'torch was imported')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

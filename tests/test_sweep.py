@@ -164,3 +164,44 @@ def test_ray_executor_gives_the_same_results_as_local(tmp_path):
     assert not ray.is_initialized()
     key = lambda rs: sorted((r["key"], r["status"], r["steps_to_target"]) for r in rs)  # noqa: E731
     assert key(local) == key(remote)
+
+
+# ------------------------------------------------------------------ reading steps to target
+def test_crossing_is_linear_in_log_steps():
+    from batchlaw.sweep.trial import _crossing
+
+    # loss = 3 - log10(step): the crossing of 1.5 is at 10^1.5 steps (linear in steps read 55)
+    assert _crossing((10, 2.0), (100, 1.0), 1.5) == pytest.approx(10**1.5)
+    assert _crossing((0, 2.0), (10, 1.0), 1.5) == pytest.approx(5.0)  # from step 0: linear
+
+
+@pytest.mark.parametrize("batch,lr", [(16, 0.3), (64, 0.6)])
+def test_default_eval_schedule_reads_steps_as_finely_as_every_step(batch, lr):
+    """eval_every=50 read 48 steps where every-step evaluation reads 14; the default is relative."""
+    assert SweepConfig(workload="linreg", batch_sizes=(4,), target_loss=1.0, max_steps=10, lr_base=0.1).eval_every is None
+    fine = run_trial(_spec(batch_size=batch, lr=lr, target_loss=0.6, eval_every=1, micro_batches=1))
+    auto = run_trial(_spec(batch_size=batch, lr=lr, target_loss=0.6, eval_every=None, micro_batches=1))
+    assert auto["steps_to_target"] == pytest.approx(fine["steps_to_target"], rel=0.03)
+    steps = [c[0] for c in run_trial(_spec(lr=1e-4, max_steps=400, eval_every=None, micro_batches=1))["curve"]]
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert steps[:3] == [0, 1, 2] and max(gaps) <= 400 // 10 and len(steps) < 60
+
+
+def test_coarse_readings_are_flagged():
+    config = _config(name="coarse", batch_sizes=(16, 64, 256), eval_every=50, lr_points=1, max_extensions=0,
+                     target_loss=0.6, lr_base=0.3, lr_scaling=0.5)
+    results = run_sweep(config, TrialStore(":memory:"), progress=False)
+    a = analyze_sweep(config.name, config.to_dict(), results)
+    assert a.warnings and all("under 3 evaluation intervals (50 steps)" in w for w in a.warnings)
+    assert "warnings" in a.to_dict()
+
+
+def test_progress_knows_its_total_ends_at_100_and_writes_lines_off_a_terminal(capsys):
+    run_sweep(_config(name="p", batch_sizes=(4, 16)), TrialStore(":memory:"), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("sweep p: 0/4 trials") or lines[0].startswith("sweep p: 1/4 trials")
+    done, total = lines[-1].split(": ")[1].split(" ")[0].split("/")
+    assert done == total and "(100%" in lines[-1]
+    assert len(lines) <= 12

@@ -32,7 +32,8 @@ class Schema:
 _ESTIMATE = ("an estimate: `b_simple`, `ci` [low, high] (`high` is null when unbounded), `g_sq`, `trace_sigma`, "
              "`n_steps`, `unit` (`examples` or `tokens`), `confidence`, `method`")
 _STEPS_FIT = ("the fit of S(B) = S_min (1 + B_crit/B): `s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, "
-              "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`; "
+              "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`, "
+              "`outliers` ([batch, steps, steps over the law] of each point excluded as an outlier); "
               "null when the data cannot support a fit")
 _SWEEP_FIELDS = [
     ("name", "the sweep's name inside the store"),
@@ -45,6 +46,8 @@ _SWEEP_FIELDS = [
                  "`n_trials`, `unit`; null when not measured"),
     ("tokens_per_example", "tokens per example of the workload (null for non-sequence workloads)"),
     ("n_trials", "trials stored for this sweep"),
+    ("warnings", "what to check before trusting the answer, e.g. a steps-to-target reading under 3 evaluation "
+                 "intervals"),
 ]
 
 _TINY_SWEEP = ["--workload", "linreg", "--workload-arg", "condition=100", "--workload-arg", "init_distance=4",
@@ -57,8 +60,9 @@ SCHEMAS: list[Schema] = [
         "A training run of a built-in workload with the noise monitor attached.",
         [("schema", "`\"batchlaw.measure/1\"`"),
          ("workload", "the workload's name and settings (`name`, `tokens_per_example`, workload-specific keys)"),
-         ("config", "`steps`, `micro_batch_size`, `accumulation`, `batch_size`, `lr`, `seed`, `every`, "
-                    "`estimate_window` [first, last step], `unit`"),
+         ("config", "`steps`, `micro_batch_size` (per process), `accumulation`, `world_size`, `batch_size` (global), "
+                    "`lr`, `seed`, `every`, `estimate_window` [first, last step], `unit`. With `--nproc N` the output "
+                    "also holds `single_process`: the same object for a one-process run with the same global batch"),
          ("estimate", _ESTIMATE + " over the second half of the run; null when the data refuse an estimate"),
          ("note", "why there is no estimate (empty otherwise)"),
          ("provisional_b_simple", "the value an refused estimate would have had (null otherwise)"),
@@ -96,25 +100,85 @@ SCHEMAS: list[Schema] = [
     ),
     Schema(
         "batchlaw.plan/1", "batchlaw plan ... --json",
-        "What a run takes on each GPU count; batch sizes in sequences.",
+        "What a run takes on each GPU count, which limit binds, and the recommendation; batch sizes in sequences.",
         [("schema", "`\"batchlaw.plan/1\"`"),
          ("b_crit", "critical batch size used, in sequences"),
          ("b_crit_tokens", "the same in tokens"),
-         ("s_min", "minimum steps to the target (S_min)"),
-         ("e_min_tokens", "minimum tokens to the target (E_min)"),
+         ("b_crit_ci", "interval [low, high] of `b_crit` (from `--b-crit-ci` or the sweep's fit), or null"),
+         ("s_min", "minimum steps to the target (S_min); null without `--tokens`"),
+         ("e_min_tokens", "minimum tokens to the target (E_min); null without `--tokens`"),
          ("seq_len", "tokens per sequence"),
-         ("rows", "one object per GPU count: `gpus`, `global_batch`, `global_batch_tokens`, `accumulation`, `steps`, "
-                  "`tokens`, `step_time_s`, `wall_clock_h`, `gpu_hours`, `cost`, `efficiency`, `over_critical`, "
-                  "`steps_vs_min` (time and cost null without a throughput and a price)"),
-         ("recommended_gpus", "the largest GPU count that keeps the efficiency threshold"),
+         ("unit", "how batch sizes are shown: `sequences`, `examples` or `tokens`"),
+         ("min_efficiency", "the efficiency threshold of the recommendation"),
+         ("rows", "one object per GPU count listed: `gpus`, `global_batch`, `global_batch_tokens`, `micro_batch`, "
+                  "`accumulation`, `steps_vs_min`, `steps`, `tokens`, `step_time_s`, `comm_time_s`, `wall_clock_h`, "
+                  "`gpu_hours`, `cost`, `speedup_vs_1`, `efficiency` (against perfect linear scaling from one GPU), "
+                  "`efficiency_range`, `doubling_efficiency`, `statistical_efficiency`, `systems_efficiency`, "
+                  "`limit` (`statistical`, `communication` or `memory`), `over_critical`, `within_target`, `lr` "
+                  "(steps and tokens null without `--tokens`; times without a throughput; cost without a price)"),
+         ("recommended_gpus", "the largest GPU count (listed or not) that keeps the efficiency threshold"),
+         ("recommended_gpus_range", "the same at the ends of the B_crit interval, or null"),
+         ("recommended_listed_gpus", "the largest listed count that keeps it, or null"),
          ("reason", "the recommendation in words"),
-         ("doubling", "one object per consecutive pair of counts: `from`, `to`, `steps_ratio`, and with a "
-                      "throughput `speedup`, `gpu_hours_ratio`"),
+         ("doubling", "one object per listed count g, for g -> 2g: `from`, `to`, `steps_ratio`, `speedup`, "
+                      "`gpu_hours_ratio`, `efficiency_to`, `doubling_efficiency`, `worth_it`, `limit_to`, "
+                      "`relative_time`, and with an interval `speedup_range`, `gpu_hours_ratio_range`"),
+         ("notes", "remarks in words (memory, relative times, learning rates above B_crit)"),
+         ("all_reduce", "only with `--link` or `--bandwidth`: `grad_bytes`, `bus_bandwidth_bytes_per_s`, "
+                        "`latency_s`, `overlap`, `link`"),
          ("compute_optimal", "only with `--compute`: the Chinchilla allocation used"),
          ("inference_aware", "only with `--compute` and `--inference-tokens`: the inference-aware allocation")],
         check_args=["plan", "--b-crit", "1000", "--gpus", "16,32", "--micro-batch", "128", "--tokens", "2e10",
                     "--tokens-per-sec", "3000", "--price", "2.5", "--compute", "1e21", "--inference-tokens", "1e12",
-                    "--json"],
+                    "--link", "ib400", "--json"],
+    ),
+    Schema(
+        "batchlaw.serve/1", "batchlaw plan serve ... --json",
+        "The fewest replicas and the dynamic-batcher settings that meet a latency SLO; times in seconds.",
+        [("schema", "`\"batchlaw.serve/1\"`"),
+         ("max_batch", "recommended largest batch"), ("max_queue_delay_s", "recommended longest wait for a batch"),
+         ("replicas", "recommended replicas sharing one queue"), ("n_requests", "requests simulated"),
+         ("offered_rate_per_s", "arrival rate of the requests simulated"),
+         ("capacity_per_s", "replicas x max_batch / L(max_batch)"), ("stable", "offered rate below capacity"),
+         ("throughput_per_s", "requests served per second"), ("mean_latency_s", "mean latency"),
+         ("p50_latency_s", "median latency"), ("p99_latency_s", "99th-percentile latency"),
+         ("mean_wait_s", "mean time in the queue before the batch starts"), ("mean_batch", "mean batch formed"),
+         ("utilisation", "busy replica-time over replicas x time"),
+         ("slo", "`p50_s`, `p99_s` (null when not set)"), ("arrivals", "where the arrivals came from"),
+         ("latency_source", "the profile or CSV of L(b)"), ("latency_curve", "`batch`, `latency_s` lists"),
+         ("n_settings_simulated", "settings simulated by the search"),
+         ("cost_per_hour", "replicas x `--price`, or null")],
+        check_args=["plan", "serve", "--latency-csv", "{examples}/serve_latency.csv", "--rate", "300",
+                    "--requests", "3000", "--slo-p99-ms", "60", "--json"],
+    ),
+    Schema(
+        "batchlaw.profile/1", "batchlaw profile ... --json (also written to --out)",
+        "Step time and peak memory vs micro-batch, forward latency vs batch; batch sizes in examples.",
+        [("schema", "`\"batchlaw.profile/1\"`"), ("name", "the workload or MODULE:FACTORY profiled"),
+         ("device", "`cpu` or `cuda:N`"), ("device_name", "the GPU's name, or `cpu`"), ("torch", "torch version"),
+         ("threads", "torch CPU threads"), ("parameters", "trainable parameters"),
+         ("tokens_per_example", "tokens per example, or null"), ("checkpointing", "activation checkpointing on"),
+         ("checkpointed_blocks", "blocks checkpointed"),
+         ("memory_kind", "`cuda_max_allocated` or `cpu_peak_rss` (null when unavailable)"),
+         ("unit", "`examples`"),
+         ("train", "one object per micro-batch: `micro_batch`, `status` (`ok` or `oom`), `step_time_s` (fastest), "
+                   "`step_time_median_s`, `throughput_per_s`, `peak_memory_bytes`"),
+         ("forward", "one object per batch: `batch`, `status`, `latency_s` (fastest), `latency_median_s`, "
+                     "`peak_memory_bytes`"),
+         ("max_micro_batch", "largest micro-batch that fitted"),
+         ("stopped_by", "`oom`, `max_batch` or `time_budget`"),
+         ("workload", "only for a built-in workload: its description")],
+        check_args=["profile", "--workload", "linreg", "--device", "cpu", "--max-batch", "2", "--repeats", "1",
+                    "--warmup", "0", "--out", "{tmp}/profile.json", "--json"],
+    ),
+    Schema(
+        "batchlaw.allreduce/1", "batchlaw profile allreduce ... --json",
+        "Measured all-reduce times and the ring model fitted to them.",
+        [("schema", "`\"batchlaw.allreduce/1\"`"), ("backend", "`gloo` or `nccl`"),
+         ("fitted_link", "`name`, `bus_bandwidth_bytes_per_s`, `latency_s`, `description`"),
+         ("rows", "one object per (size, ranks): `n_bytes`, `world`, `seconds`, `backend`, `stat`, `model_s`, "
+                  "`model_over_measured`")],
+        check_args=["profile", "allreduce", "--world-sizes", "2", "--sizes-mb", "0.25,1", "--repeats", "2", "--json"],
     ),
     Schema(
         "fit cbs", "batchlaw fit cbs CSV ... --json",
@@ -186,6 +250,30 @@ SCHEMAS: list[Schema] = [
         versioned=False,
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
                     "--predict-at", "20000", "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "batchlaw.branch/1", "batchlaw branch --json",
+        "The critical batch size measured by branching from checkpoints of one run (Merrill et al. 2025).",
+        [("schema", "`\"batchlaw.branch/1\"`"),
+         ("unit", "unit of the batch sizes (`examples`)"),
+         ("config", "the trunk and branch settings: workload, base batch, factors k, branch budget, tolerance"),
+         ("points", "one object per checkpoint: examples seen, the branches' losses per k, CBS(t) and whether it is "
+                    "a lower or upper bound, and B_simple(t) from the monitor on the trunk with its interval"),
+         ("trace", "the trunk's noise-scale trace between checkpoints (null when not measured)")],
+    ),
+    Schema(
+        "batchlaw.schedule_compare/1", "batchlaw schedule compare --json",
+        "Batch-size schedules trained to a held-out target: steps, tokens and wall-clock with intervals over seeds.",
+        [("schema", "`\"batchlaw.schedule_compare/1\"`"),
+         ("config", "the comparison's settings: workload, target loss, seeds, small and large batch, LR and its rule"),
+         ("workload", "the workload's description"),
+         ("unit", "unit of the batch sizes (`examples`)"),
+         ("schedules", "per schedule: steps, examples, tokens and wall-clock to the target per seed, their means "
+                       "with 95% intervals, and the ratios to the constant small batch. When a CBS ramp ran, the "
+                       "output also holds `cbs_measurement` (the branched measurement it used, and its cost)"),
+         ("goal", "the savings goal (<= 0.7x the steps with <= 1.1x the tokens of the constant small batch) and "
+                  "whether each ramp met it"),
+         ("notes", "what to keep in mind when reading the numbers")],
     ),
 ]
 

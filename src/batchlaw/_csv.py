@@ -12,14 +12,31 @@ __all__ = ["read_columns"]
 def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) -> dict[str, list]:
     """Read ``columns`` from a CSV with a header row.
 
+    The file is read as UTF-8; a byte-order mark (as Excel writes) is skipped.
+
     Raises:
-        ValueError: a missing file, a column that does not exist (the message lists those that
-            do), or a non-numeric / non-finite value in a ``numeric`` column (row and value named).
+        ValueError: a missing file, a directory, a file that is not UTF-8 text, a column that
+            does not exist (the message lists those that do), or a non-numeric / non-finite
+            value in a ``numeric`` column (row and value named).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"The CSV file {str(path)!r} is a directory. Pass the path of a CSV file.")
     if not path.is_file():
         raise ValueError(f"The CSV file {str(path)!r} does not exist.")
-    with open(path, newline="") as fh:
+    try:
+        return _read(path, columns, numeric)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"The CSV file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}). "
+                         "Save it as UTF-8 CSV.") from None
+    except csv.Error as err:
+        raise ValueError(f"The CSV file {str(path)!r} cannot be parsed as CSV: {err}.") from None
+    except OSError as err:
+        raise ValueError(f"The CSV file {str(path)!r} cannot be read: {err.strerror or err}.") from None
+
+
+def _read(path: Path, columns: list[str], numeric) -> dict[str, list]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]
@@ -32,6 +49,9 @@ def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) 
         for line, row in enumerate(reader, start=2):
             for c in columns:
                 v = row[c]
+                if v is None:
+                    raise ValueError(f"Line {line} of {str(path)!r} has fewer fields than the header "
+                                     f"(no value for column {c!r}).")
                 if c in numeric:
                     try:
                         v = float(v)

@@ -98,7 +98,7 @@ def measure_noise(
             ``accumulation`` may be 1.
     """
     steps = check_positive_int("steps", steps)
-    b = check_positive_int("micro_batch_size", micro_batch_size or workload.default_micro_batch)
+    b = check_positive_int("micro_batch_size", workload.default_micro_batch if micro_batch_size is None else micro_batch_size)
     nproc = check_positive_int("nproc", nproc)
     k = check_positive_int("accumulation", accumulation, minimum=1 if nproc > 1 or _rank else 2)
     lr = check_positive_float("lr", lr if lr is not None else workload.default_lr)

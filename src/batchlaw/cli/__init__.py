@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
-from . import branch, demo, fit, measure, plan, schedule, sweep
+from . import branch, demo, fit, measure, plan, profile, schedule, sweep
 
 __all__ = ["main", "build_parser"]
 
@@ -23,25 +24,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchlaw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (measure, demo, sweep, fit, plan, branch, schedule):
+    for module in (measure, demo, sweep, fit, plan, profile, branch, schedule):
         module.add_parsers(sub)
     return parser
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``batchlaw`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
 
+    Errors are one line on stderr, never a traceback.
+
     Returns:
-        0 on success; 2 on a bad argument or input (the message is printed to stderr); some
-        commands return 1 when no result could be computed (e.g. ``fit cbs`` when every group fails).
+        0 on success; 1 when no result could be computed (e.g. ``fit cbs`` when every group
+        fails; said in the output); 2 on a bad argument or input, with a message naming it;
+        3 on an internal error (a bug: set ``BATCHLAW_DEBUG=1`` to see the traceback); 130
+        when interrupted.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:  # InsufficientDataError is a ValueError
-        print(f"batchlaw: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("batchlaw: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError) as err:  # InsufficientDataError and StoreError are ValueErrors
+        print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        where = f"{err.filename!r}: " if err.filename else ""
+        print(f"batchlaw: error: {where}{_one_line(err.strerror or err)}. Check the path and its permissions.",
+              file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("BATCHLAW_DEBUG"):
+            raise
+        print(f"batchlaw: internal error: {type(err).__name__}: {_one_line(err)} (a bug in batchlaw: rerun with "
+              "BATCHLAW_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

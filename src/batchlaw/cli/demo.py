@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from .._format import fmt_num
+from .._validation import check_positive_int
+from ._common import check_output_dir
 from .measure import _print_measure, _run_measure
 from .sweep import _print_analysis
 
@@ -29,8 +32,8 @@ def _cmd_demo(args) -> int:
     from ..report import headline, write_report
     from ..sweep import LocalExecutor, SweepConfig, TrialStore, analyze_sweep, run_sweep
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_positive_int("jobs", args.jobs)
+    out_dir = check_output_dir("--out", args.out)
     progress = not args.no_progress
     say = (lambda *a, **k: None) if args.json else print
     ns = argparse.Namespace(steps=600, micro_batch_size=None, accumulation=4, lr=None, seed=0, every=1,
@@ -50,7 +53,7 @@ def _cmd_demo(args) -> int:
 
     say("\n== 3. The critical batch size, measured directly: steps to held-out loss 2.4 per batch size ==")
     config = SweepConfig(workload="bytemlp", name="demo-bytemlp", batch_sizes=(8, 16, 32, 64, 128, 256, 512, 1024),
-                         target_loss=2.4, max_steps=4000, lr_base=2e-3, eval_every=20, seeds=(0, 1),
+                         target_loss=2.4, max_steps=4000, lr_base=2e-3, eval_every=None, seeds=(0, 1),
                          lr_scaling=0.5, lr_factor=2.0, lr_points=3, max_extensions=2)
     store_path = out_dir / "demo.db"
     executor = LocalExecutor(args.jobs)
@@ -75,5 +78,24 @@ def _cmd_demo(args) -> int:
         return 0
     print("\n== What it means ==")
     print(headline(analysis))
+    notes = _two_noise_figures(measured, analysis)
+    if notes:
+        print(f"\n{notes}")
     print(f"\nreport: {html}\ntrials: {store_path} (rerun to resume), {out_dir / 'trials.csv'}")
     return 0
+
+
+def _two_noise_figures(measured, analysis) -> str:
+    """Why section 1's and section 3's noise scales differ, in the run's own numbers."""
+    if measured.estimate is None or analysis.b_simple is None:
+        return ""
+    s, e = measured.config["estimate_window"]
+    trace = [r["b_simple"] for r in measured.trace if r["b_simple"] is not None]
+    moved = (f" (its trace went from {fmt_num(trace[0])} in the first window to {fmt_num(trace[-1])} in the last)"
+             if len(trace) >= 2 else "")
+    return (f"Two noise figures, two questions: section 1's B_simple = {fmt_num(measured.estimate.b_simple)} examples "
+            f"is measured late in one run (steps {s}-{e}, held-out loss near {measured.eval_losses[-1][1]:.3g}); "
+            f"the noise scale moves as training proceeds{moved}. Section 3's run-averaged B_simple = "
+            f"{fmt_num(analysis.b_simple['b_simple'])} examples averages whole runs, from initialisation to loss "
+            f"{analysis.config['target_loss']:g}, over the best trial of each batch size: that is the figure to set "
+            "beside B_crit (McCandlish et al. 2018 compare B_crit with the noise scale averaged over the run).")

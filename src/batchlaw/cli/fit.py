@@ -19,7 +19,7 @@ def _add_fit_parser(sub) -> None:
     c = fsub.add_parser(
         "cbs", help="S(B) = S_min (1 + B_crit/B) from steps to target",
         description="Fit S(B) = S_min (1 + B_crit/B) (McCandlish et al. 2018) to steps-to-target per batch size, "
-        "with bootstrap intervals, and the 20%%-over-linear critical batch size of Zhang et al. 2024.",
+        "with bootstrap intervals, and the 20%-over-linear critical batch size of Zhang et al. 2024.",
     )
     c.add_argument("csv", help="CSV file with a header row")
     c.add_argument("--batch-col", required=True, help="column with the batch size")

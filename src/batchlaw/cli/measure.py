@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
         "measure",
         help="train a built-in workload and measure its gradient noise scale",
         description="Train a built-in workload with gradient accumulation and the GradientNoiseMonitor "
-        "attached; print the noise-scale trace (B_simple per window of steps, with 95%% intervals) and the "
+        "attached; print the noise-scale trace (B_simple per window of steps, with 95% intervals) and the "
         "estimate over the second half of the run.",
     )
     _add_measure_args(p)

@@ -1,8 +1,9 @@
-"""``batchlaw plan``: what a run takes on more GPUs, and at what cost."""
+"""``batchlaw plan``: what a run takes on more GPUs, and at what cost; ``batchlaw plan serve``: serving batches."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .._format import fmt_num
@@ -10,45 +11,133 @@ from ._common import _int_list
 
 
 def add_parsers(sub) -> None:
-    _add_plan_parser(sub)
+    p = _add_plan_parser(sub)
+    plan_sub = p.add_subparsers(dest="plan_command", metavar="SUBCOMMAND")
+    plan_sub.required = False
+    _add_serve_parser(plan_sub)
 
 
-def _add_plan_parser(sub) -> None:
+def _float_pair(text: str) -> tuple[float, float]:
+    import argparse
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    return lo, hi
+
+
+def _add_plan_parser(sub):
     p = sub.add_parser(
-        "plan", help="what a run takes on more GPUs, and at what cost",
+        "plan", help="what a run takes on more GPUs, and at what cost (and `plan serve` for serving batches)",
         description="For each GPU count: global batch, steps to the target through S(B) = S_min (1 + B_crit/B), "
-        "wall-clock, GPU-hours, cost and efficiency against perfect scaling; a flag where the batch passes B_crit; "
-        "a recommendation. Batch sizes in sequences.",
+        "step time with a ring all-reduce, wall-clock, GPU-hours, cost, efficiency against perfect linear scaling "
+        "from one GPU, and the limit that binds (statistical, communication, memory); a recommendation that does not "
+        "depend on which counts are listed. Without --tokens it answers the ratio questions (speed-up, GPU-hours). "
+        "Batch sizes in sequences (examples) unless --unit says otherwise. `batchlaw plan serve --help`: serving.",
     )
-    p.add_argument("--gpus", type=_int_list, required=True, help="GPU counts to compare, e.g. 8,16,32,64")
-    p.add_argument("--micro-batch", type=int, required=True, help="sequences per GPU per micro-batch")
+    p.add_argument("--gpus", type=_int_list, help="GPU counts to compare, e.g. 8,16,32,64 (required)")
+    p.add_argument("--micro-batch", type=int, help="sequences (examples) per GPU per micro-batch (required)")
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default: %(default)s)")
-    crit = p.add_mutually_exclusive_group(required=True)
-    crit.add_argument("--b-crit", type=float, help="critical batch size (or B_noise) in sequences")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sequence (default: 2048; 1 with --unit examples)")
+    p.add_argument("--unit", choices=("sequences", "examples", "tokens"), default="sequences",
+                   help="how batch sizes are shown; 'examples' is for non-sequence data: --tokens and "
+                   "--tokens-per-sec then count examples (default: %(default)s)")
+    crit = p.add_mutually_exclusive_group()
+    crit.add_argument("--b-crit", type=float, help="critical batch size (or B_noise) in sequences (examples)")
     crit.add_argument("--b-crit-tokens", type=float, help="critical batch size in tokens")
-    crit.add_argument("--b-crit-store", help="a sweep store: use its fitted B_crit (examples = sequences)")
+    crit.add_argument("--b-crit-store", help="a sweep store: use its fitted B_crit and interval (examples = sequences)")
     crit.add_argument("--b-crit-law", help="COEF:EXP: B_crit = COEF * D^EXP tokens (D = --tokens)")
-    p.add_argument("--tokens", type=float, default=None, help="training tokens needed at the reference batch")
+    p.add_argument("--b-crit-ci", type=_float_pair, default=None,
+                   help="LO,HI interval of B_crit, in the unit of --b-crit or --b-crit-tokens: gives ranges of "
+                   "speed-up and efficiency")
+    p.add_argument("--tokens", type=float, default=None,
+                   help="training tokens needed at the reference batch (without it: ratios only)")
     p.add_argument("--params", type=float, default=None, help="model parameters (for FLOP-based throughput and all-reduce bytes)")
     p.add_argument("--compute", type=float, default=None, help="FLOP budget: tokens and params from the Chinchilla allocation")
     p.add_argument("--inference-tokens", type=float, default=None, help="with --compute: inference-aware allocation")
-    p.add_argument("--reference-batch", type=float, default=None, help="global batch at which --tokens holds (default: the smallest)")
+    p.add_argument("--reference-batch", type=float, default=None,
+                   help="global batch (sequences) at which --tokens and --lr hold (default: that of the smallest count)")
     p.add_argument("--tokens-per-sec", type=float, default=None, help="training throughput per GPU, tokens/s")
+    p.add_argument("--profile", default=None,
+                   help="a `batchlaw profile` JSON: step time per micro-batch, memory ceiling, parameters")
     p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s per GPU (with --mfu and --params)")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation (default: %(default)s)")
-    p.add_argument("--comm-overhead", type=float, default=0.0, help="communication as a fraction of compute time")
-    p.add_argument("--bandwidth", type=float, default=None, help="all-reduce bus bandwidth per GPU, bytes/s (with --params)")
-    p.add_argument("--grad-bytes-per-param", type=float, default=4.0, help="bytes per gradient element (default: %(default)s)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation, in (0, 1] (default: %(default)s)")
+    p.add_argument("--comm-overhead", type=float, default=0.0,
+                   help="communication as a fraction of compute time, when no link is given (default: %(default)s)")
+    p.add_argument("--link", choices=("nvlink", "ib400", "eth100"), default=None,
+                   help="interconnect preset for the ring all-reduce: nvlink (450 GB/s), ib400 (400 Gb/s "
+                   "InfiniBand), eth100 (100 Gb/s Ethernet); needs --params or --profile")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="all-reduce bus bandwidth per GPU, bytes/s (overrides the preset's; needs --params or --profile)")
+    p.add_argument("--latency", type=float, default=None, help="seconds per ring step (default: the preset's, else 0)")
+    p.add_argument("--no-overlap", action="store_true", help="the all-reduce does not overlap backward")
+    p.add_argument("--grad-bytes-per-param", type=float, default=4.0,
+                   help="bytes per gradient element: 4 fp32, 2 bf16 (default: %(default)s)")
     p.add_argument("--price", type=float, default=None, help="price per GPU-hour")
-    p.add_argument("--min-efficiency", type=float, default=0.7, help="recommendation threshold (default: %(default)s)")
+    p.add_argument("--min-efficiency", type=float, default=0.7,
+                   help="recommendation threshold, in (0, 1], against perfect linear scaling (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate at the reference batch: each row gets the rule's")
+    p.add_argument("--lr-rule", choices=("sqrt", "linear"), default="sqrt",
+                   help="sqrt for Adam (Malladi et al. 2022), linear for SGD (Goyal et al. 2017) (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.plan/1)")
     p.set_defaults(func=_cmd_plan)
+    return p
+
+
+def _check(name: str, value, *, kind: str = "pos") -> None:
+    """One-line range errors for plan options ('pos': > 0; 'nonneg': >= 0; 'frac': (0, 1]; 'int': integer >= 1)."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if kind == "int":
+        ok, what = ok and value >= 1, "an integer >= 1"
+    elif kind == "nonneg":
+        ok, what = ok and value >= 0, "a finite number >= 0"
+    elif kind == "frac":
+        ok, what = ok and 0 < value <= 1, "in (0, 1]"
+    else:
+        ok, what = ok and value > 0, "a finite number > 0"
+    if not ok:
+        raise ValueError(f"The '{name}' option must be {what}. Got {value!r} instead.")
+
+
+def _b_crit_from_store(path: str):
+    from ..sweep.analysis import analyze_sweep
+    from ..sweep.store import TrialStore
+
+    if not Path(path).is_file():
+        raise ValueError(f"The store {path!r} does not exist or is not a file.")
+    with TrialStore(path) as store:
+        fits = [analyze_sweep(n, c, store.trials(n)).fit for n, c in store.sweeps().items()]
+    fits = [f for f in fits if f is not None]
+    if not fits:
+        raise ValueError(f"No sweep in {path!r} supports a B_crit fit.")
+    return fits[-1].b_crit, tuple(fits[-1].b_crit_ci)
 
 
 def _cmd_plan(args) -> int:
     from ..fit import EPOCH_2024, compute_optimal, inference_optimal
-    from ..plan import plan_run
+    from ..plan import get_link, load_profile, plan_run, throughput_from_flops
+
+    if args.gpus is None or args.micro_batch is None:
+        raise ValueError("`batchlaw plan` needs --gpus and --micro-batch (or use `batchlaw plan serve` for serving).")
+    if all(v is None for v in (args.b_crit, args.b_crit_tokens, args.b_crit_store, args.b_crit_law)):
+        raise ValueError("`batchlaw plan` needs one of --b-crit, --b-crit-tokens, --b-crit-store, --b-crit-law.")
+    for g in args.gpus:
+        _check("--gpus", g, kind="int")
+    for name, kind in (("micro_batch", "int"), ("accumulation", "int"), ("seq_len", "int"), ("b_crit", "pos"),
+                       ("b_crit_tokens", "pos"), ("tokens", "pos"), ("params", "pos"), ("compute", "pos"),
+                       ("inference_tokens", "nonneg"), ("reference_batch", "pos"), ("tokens_per_sec", "pos"),
+                       ("peak_flops", "pos"), ("mfu", "frac"), ("comm_overhead", "nonneg"), ("bandwidth", "pos"),
+                       ("latency", "nonneg"), ("grad_bytes_per_param", "pos"), ("price", "nonneg"),
+                       ("min_efficiency", "frac"), ("lr", "pos")):
+        _check("--" + name.replace("_", "-"), getattr(args, name), kind=kind)
+    if args.b_crit_ci is not None:
+        for v in args.b_crit_ci:
+            _check("--b-crit-ci", v)
+    seq_len = args.seq_len if args.seq_len is not None else (1 if args.unit == "examples" else 2048)
 
     alloc = infer = None
     tokens, params = args.tokens, args.params
@@ -59,55 +148,73 @@ def _cmd_plan(args) -> int:
         chosen = infer or alloc
         tokens = tokens or chosen["tokens"]
         params = params or chosen["params"]
-    if tokens is None:
-        raise ValueError("Give --tokens (training tokens at the reference batch) or --compute.")
+    profile = load_profile(args.profile) if args.profile else None
+    if profile is not None and params is None:
+        params = profile.parameters
+    b_crit_ci = None
     if args.b_crit is not None:
-        b_crit = args.b_crit
+        b_crit, b_crit_ci = args.b_crit, args.b_crit_ci
     elif args.b_crit_tokens is not None:
-        b_crit = args.b_crit_tokens / args.seq_len
+        b_crit = args.b_crit_tokens / seq_len
+        b_crit_ci = None if args.b_crit_ci is None else tuple(v / seq_len for v in args.b_crit_ci)
     elif args.b_crit_law is not None:
+        if tokens is None:
+            raise ValueError("--b-crit-law needs --tokens (or --compute): B_crit depends on the data budget D.")
         try:
             coef, exp = (float(v) for v in args.b_crit_law.split(":"))
         except ValueError:
             raise ValueError(f"--b-crit-law must be COEF:EXP, e.g. 0.58:0.571. Got {args.b_crit_law!r}.") from None
-        b_crit = coef * tokens**exp / args.seq_len
+        if not (math.isfinite(coef) and coef > 0 and math.isfinite(exp)):
+            raise ValueError(f"The '--b-crit-law' option must be COEF:EXP with COEF > 0 and EXP finite. Got {args.b_crit_law!r} instead.")
+        b_crit = coef * tokens**exp / seq_len
+        b_crit_ci = args.b_crit_ci
     else:
-        from ..sweep.analysis import analyze_sweep
-        from ..sweep.store import TrialStore
-
-        if not Path(args.b_crit_store).is_file():
-            raise ValueError(f"The store {args.b_crit_store!r} does not exist.")
-        with TrialStore(args.b_crit_store) as store:
-            fits = [analyze_sweep(n, c, store.trials(n)).fit for n, c in store.sweeps().items()]
-        fits = [f for f in fits if f is not None]
-        if not fits:
-            raise ValueError(f"No sweep in {args.b_crit_store!r} supports a B_crit fit.")
-        b_crit = fits[-1].b_crit
+        b_crit, b_crit_ci = _b_crit_from_store(args.b_crit_store)
+        if args.b_crit_ci is not None:
+            b_crit_ci = args.b_crit_ci
     tps = args.tokens_per_sec
     if tps is None and args.peak_flops is not None:
         if params is None:
             raise ValueError("--peak-flops needs --params (throughput = peak * mfu / (6 N) tokens/s).")
-        tps = args.peak_flops * args.mfu / (6.0 * params)
+        tps = throughput_from_flops(args.peak_flops, args.mfu, params)
     grad_bytes = bw = None
-    if args.bandwidth is not None:
+    latency = args.latency or 0.0
+    if args.link is not None or args.bandwidth is not None:
         if params is None:
-            raise ValueError("--bandwidth needs --params to size the all-reduce.")
-        grad_bytes, bw = params * args.grad_bytes_per_param, args.bandwidth
-    plan = plan_run(gpus=list(args.gpus), b_crit=b_crit, tokens=tokens, seq_len=args.seq_len,
+            raise ValueError("--link/--bandwidth need --params (or --profile) to size the all-reduce.")
+        link = get_link(args.link) if args.link else None
+        bw = args.bandwidth if args.bandwidth is not None else link.bus_bandwidth
+        latency = args.latency if args.latency is not None else (link.latency_s if link else 0.0)
+        grad_bytes = params * args.grad_bytes_per_param
+    plan = plan_run(gpus=list(args.gpus), b_crit=b_crit, tokens=tokens, seq_len=seq_len,
                     micro_batch=args.micro_batch, accumulation=args.accumulation,
-                    reference_batch=args.reference_batch, tokens_per_sec_per_gpu=tps,
+                    reference_batch=args.reference_batch, tokens_per_sec_per_gpu=tps, profile=profile,
                     comm_overhead=args.comm_overhead, grad_bytes=grad_bytes, bandwidth_bytes_per_s=bw,
-                    price_per_gpu_hour=args.price, min_efficiency=args.min_efficiency)
+                    latency_s=latency, overlap=not args.no_overlap, price_per_gpu_hour=args.price,
+                    min_efficiency=args.min_efficiency, b_crit_ci=b_crit_ci, lr=args.lr, lr_rule=args.lr_rule,
+                    unit=args.unit)
     if args.json:
         out = {"schema": "batchlaw.plan/1", **plan.to_dict()}
+        if grad_bytes is not None:
+            out["all_reduce"] = {"grad_bytes": grad_bytes, "bus_bandwidth_bytes_per_s": bw, "latency_s": latency,
+                                 "overlap": not args.no_overlap, "link": args.link}
         if alloc:
             out["compute_optimal"] = alloc
         if infer:
             out["inference_aware"] = infer
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"B_crit = {fmt_num(b_crit)} sequences ({fmt_num(b_crit * args.seq_len)} tokens); "
-          f"S_min = {fmt_num(plan.s_min)} steps; {fmt_num(tokens)} tokens at the reference batch")
+    unit_word = "examples" if args.unit == "examples" else "sequences"
+    head = f"B_crit = {fmt_num(b_crit)} {unit_word}"
+    if args.unit != "examples":
+        head += f" ({fmt_num(b_crit * seq_len)} tokens)"
+    if b_crit_ci is not None:
+        head += f", interval {fmt_num(b_crit_ci[0])} to {fmt_num(b_crit_ci[1])} {unit_word}"
+    if plan.s_min is not None:
+        head += f"; S_min = {fmt_num(plan.s_min)} steps; {fmt_num(tokens)} {'examples' if args.unit == 'examples' else 'tokens'} at the reference batch"
+    else:
+        head += "; no --tokens: steps and hours are not computed, the ratios below need neither"
+    print(head)
     if alloc:
         print(f"compute-optimal for {args.compute:.3g} FLOPs (Epoch AI 2024 law): N = {fmt_num(alloc['params'])}, "
               f"D = {fmt_num(alloc['tokens'])} ({alloc['tokens_per_param']:.1f} tokens/param)")
@@ -116,19 +223,153 @@ def _cmd_plan(args) -> int:
               f"D = {fmt_num(infer['tokens'])}; total compute {infer['total_compute']:.3g} vs "
               f"{infer['chinchilla_total_compute']:.3g} FLOPs")
     print(plan.table())
-    for d in plan.doubling:
-        r1 = next(r for r in plan.rows if r.gpus == d["to"])
-        line = f"{d['from']} -> {d['to']} GPUs: {1 / d['steps_ratio']:.2f}x fewer steps"
-        if "speedup" in d:
-            line += f", {d['speedup']:.2f}x faster for {d['gpu_hours_ratio']:.2f}x the GPU-hours"
-        verdict = "worth it" if d.get("speedup", 1 / d["steps_ratio"]) >= 2 * args.min_efficiency else "poor value"
-        if r1.over_critical:
-            line += f"; the batch {r1.global_batch:,} is {r1.global_batch / b_crit:.1f}x B_crit"
-        print(f"{line}: {verdict}.")
+    for line, d in zip(plan.doubling_lines(), plan.doubling):
+        print(line)
         r0 = next(r for r in plan.rows if r.gpus == d["from"])
-        if r1.over_critical and args.micro_batch % 2 == 0:
-            print(f"  alternative: {d['to']} GPUs at micro-batch {args.micro_batch // 2} keep the global batch at "
-                  f"{r0.global_batch:,}: the same {fmt_num(r0.steps)} steps, up to 2x faster if each GPU keeps its "
-                  "throughput at the smaller micro-batch.")
+        if not d["worth_it"] and 2 * r0.global_batch > b_crit and r0.micro_batch % 2 == 0:
+            print(f"  alternative: {d['to']} GPUs at micro-batch {r0.micro_batch // 2} keep the global batch at "
+                  f"{r0.global_batch:,}: the same steps, up to 2x faster if each GPU keeps its throughput at the "
+                  "smaller micro-batch (a profile says whether it does).")
+    if args.lr is not None:
+        rule = "square-root rule (Adam)" if args.lr_rule == "sqrt" else "linear rule (SGD)"
+        print("learning rate (" + rule + "): " + ", ".join(f"{r.gpus} GPUs {r.lr:.3g}" for r in plan.rows))
+    for note in plan.notes:
+        print(f"note: {note}")
     print(f"recommendation: {plan.reason}")
     return 0
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serving: dynamic-batcher settings and replicas that meet a latency SLO at least cost",
+        description="Simulates a dynamic batcher (max batch, max queue delay, replicas sharing one queue) on "
+        "Poisson or trace arrivals with a measured forward latency L(b), and finds the fewest replicas and the "
+        "settings that meet the p50/p99 SLO. With request lengths: padding waste per bucket boundaries, and "
+        "recommended boundaries. Times in seconds unless the option says ms.",
+    )
+    lat = p.add_mutually_exclusive_group(required=True)
+    lat.add_argument("--profile", help="a `batchlaw profile` JSON with forward latency vs batch")
+    lat.add_argument("--latency-csv", help="CSV with columns batch,latency_s")
+    arr = p.add_mutually_exclusive_group(required=True)
+    arr.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
+    arr.add_argument("--trace", help="CSV of arrivals: column arrival_s (and optional length, tokens)")
+    p.add_argument("--requests", type=int, default=100_000,
+                   help="requests simulated with --rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default: %(default)s)")
+    p.add_argument("--slo-p50-ms", type=float, default=None, help="p50 latency target, ms")
+    p.add_argument("--slo-p99-ms", type=float, default=None, help="p99 latency target, ms")
+    p.add_argument("--max-batches", type=_int_list, default=None,
+                   help="candidate max batch sizes (default: powers of two up to the profile's largest)")
+    p.add_argument("--max-delays-ms", default=None,
+                   help="candidate max queue delays, ms, comma-separated (default: 0 and 5-40%% of the tightest SLO)")
+    p.add_argument("--max-replicas", type=int, default=64, help="most replicas tried (default: %(default)s)")
+    p.add_argument("--price", type=float, default=None, help="price per replica-hour, for the cost")
+    p.add_argument("--buckets", type=_int_list, default=None,
+                   help="bucket boundaries (tokens) whose padding waste to report (needs lengths in --trace)")
+    p.add_argument("--recommend-buckets", type=int, default=None,
+                   help="recommend this many bucket boundaries for the trace's lengths")
+    p.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.serve/1)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _read_csv_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    import csv
+
+    fp = Path(path)
+    if not fp.is_file():
+        raise ValueError(f"The CSV {path!r} does not exist or is not a file.")
+    with open(fp, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        missing = [c for c in required if c not in cols]
+        if missing:
+            raise ValueError(f"The CSV {path!r} lacks column(s) {', '.join(missing)}; it has {', '.join(cols) or 'none'}.")
+        out = {c: [] for c in (*required, *[o for o in optional if o in cols])}
+        for line, row in enumerate(reader, start=2):
+            for c in out:
+                try:
+                    v = float(row[c])
+                except (TypeError, ValueError):
+                    raise ValueError(f"The CSV {path!r}, line {line}, column {c!r}: {row[c]!r} is not a number.") from None
+                if not math.isfinite(v):
+                    raise ValueError(f"The CSV {path!r}, line {line}, column {c!r}: {row[c]!r} is not finite.")
+                out[c].append(v)
+    if not out[required[0]]:
+        raise ValueError(f"The CSV {path!r} has no rows.")
+    return out
+
+
+def _cmd_serve(args) -> int:
+    from ..plan import SLO, LatencyCurve, load_profile, padding_waste, poisson_arrivals, recommend_buckets
+    from ..plan import recommend_serving
+
+    for name, kind in (("rate", "pos"), ("requests", "int"), ("slo_p50_ms", "pos"), ("slo_p99_ms", "pos"),
+                       ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int")):
+        _check("--" + name.replace("_", "-"), getattr(args, name), kind=kind)
+    for b in args.max_batches or ():
+        _check("--max-batches", b, kind="int")
+    for b in args.buckets or ():
+        _check("--buckets", b, kind="int")
+    if args.slo_p50_ms is None and args.slo_p99_ms is None:
+        raise ValueError("`batchlaw plan serve` needs an SLO: --slo-p99-ms and/or --slo-p50-ms.")
+    slo = SLO(None if args.slo_p50_ms is None else args.slo_p50_ms / 1e3,
+              None if args.slo_p99_ms is None else args.slo_p99_ms / 1e3)
+    delays = None
+    if args.max_delays_ms is not None:
+        try:
+            delays = [float(v) / 1e3 for v in args.max_delays_ms.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--max-delays-ms must be comma-separated numbers. Got {args.max_delays_ms!r}.") from None
+        for d in delays:
+            _check("--max-delays-ms", d, kind="nonneg")
+    if args.profile:
+        curve, source = load_profile(args.profile).forward_latency(), args.profile
+    else:
+        cols = _read_csv_columns(args.latency_csv, ("batch", "latency_s"))
+        curve, source = LatencyCurve(cols["batch"], cols["latency_s"]), args.latency_csv
+    lengths = None
+    if args.rate is not None:
+        arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests, args.seed), f"Poisson, {args.rate:g}/s"
+    else:
+        cols = _read_csv_columns(args.trace, ("arrival_s",), ("length",))
+        arrivals, arrival_desc = cols["arrival_s"], f"trace {args.trace}"
+        lengths = cols.get("length")
+    if (args.buckets or args.recommend_buckets) and lengths is None:
+        raise ValueError("--buckets/--recommend-buckets need request lengths: a --trace CSV with a 'length' column.")
+    rec = recommend_serving(arrivals, curve, slo, max_batches=args.max_batches, delays=delays,
+                            max_replicas=args.max_replicas)
+    best = rec["best"]
+    out = {"schema": "batchlaw.serve/1", **best.to_dict(), "slo": {"p50_s": slo.p50_s, "p99_s": slo.p99_s},
+           "arrivals": arrival_desc, "latency_source": source, "latency_curve": curve.to_dict(),
+           "n_settings_simulated": len(rec["evaluated"]),
+           "cost_per_hour": None if args.price is None else best.replicas * args.price}
+    if args.buckets:
+        out["padding"] = padding_waste(lengths, args.buckets)
+    if args.recommend_buckets:
+        out["recommended_buckets"] = recommend_buckets(lengths, args.recommend_buckets)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"arrivals: {arrival_desc} ({best.n_requests:,} requests, {best.offered_rate_per_s:.4g}/s); "
+          f"latency curve from {source} (batch 1 to {curve.max_batch})")
+    print(f"recommendation: {best.replicas} replica(s), max batch {best.max_batch}, "
+          f"max queue delay {best.max_queue_delay_s * 1e3:.3g} ms")
+    print(f"  p50 {best.p50_latency_s * 1e3:.3g} ms, p99 {best.p99_latency_s * 1e3:.3g} ms, mean "
+          f"{best.mean_latency_s * 1e3:.3g} ms (SLO: p50 <= {_ms(slo.p50_s)}, p99 <= {_ms(slo.p99_s)}); "
+          f"throughput {best.throughput_per_s:.4g}/s, mean batch {best.mean_batch:.2f}, "
+          f"utilisation {best.utilisation:.0%}")
+    if out["cost_per_hour"] is not None:
+        print(f"  cost: {fmt_num(out['cost_per_hour'])} per hour")
+    print(f"  ({len(rec['evaluated'])} settings simulated)")
+    if "padding" in out:
+        pw = out["padding"]
+        print(f"padding with boundaries {', '.join(f'{b:g}' for b in pw['boundaries'])}: {pw['waste']:.1%} of tokens")
+    if "recommended_buckets" in out:
+        pw = out["recommended_buckets"]
+        print(f"recommended {len(pw['boundaries'])} boundaries: {', '.join(f'{b:g}' for b in pw['boundaries'])} "
+              f"({pw['waste']:.1%} padding)")
+    return 0
+
+
+def _ms(v):
+    return "-" if v is None else f"{v * 1e3:.3g} ms"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._format import fmt_num
-from ._common import _int_list, _key_value
+from ._common import _int_list, _key_value, check_output_dir, check_output_file
 
 
 def add_parsers(sub) -> None:
@@ -40,12 +40,14 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--lr-points", type=int, default=3, help="initial learning rates per batch size (default: %(default)s)")
     p.add_argument("--max-extensions", type=int, default=3, help="times a grid may widen (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=2000, help="budget per trial in steps (default: %(default)s)")
-    p.add_argument("--eval-every", type=int, default=10, help="evaluation period in steps (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluation period in steps (default: relative to the steps so far, every max(1, step // 10) "
+                   "steps, so a target reached in 30 steps is read as finely as one reached in 3,000)")
     p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated seeds (default: 0)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local process pool or Ray (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--jobs", type=int, default=2, help="parallel trials (local processes or local Ray CPUs) (default: %(default)s)")
-    p.add_argument("--csv", default=None, help="also export the sweep's trials to this CSV file")
+    p.add_argument("--csv", default=None, help="also export the sweep's trials to this CSV file (checked before the sweep starts)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON (schema batchlaw.sweep/1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_sweep)
@@ -58,9 +60,9 @@ def _add_report_parser(sub) -> None:
         "store, and print a summary table.",
     )
     p.add_argument("store", help="SQLite file written by 'batchlaw sweep'")
-    p.add_argument("--out", required=True, help="directory for report.html, the PNGs and trials.csv")
+    p.add_argument("--out", required=True, help="directory for report.html, the PNGs and trials.csv (created if missing)")
     p.add_argument("--reference-batch", type=float, default=None, help="B0 for the CBS (default: the smallest batch)")
-    p.add_argument("--json", action="store_true", help="print the analyses as JSON")
+    p.add_argument("--json", action="store_true", help="print the analyses as JSON (schema batchlaw.report/1)")
     p.set_defaults(func=_cmd_report)
 
 
@@ -89,6 +91,8 @@ def _print_analysis(a) -> None:
     if a.tokens_per_example and a.fit is not None:
         t = a.tokens_per_example
         print(f"in tokens ({t} per example): B_crit = {fmt_num(a.fit.b_crit * t)}, CBS = {fmt_num(a.fit.cbs * t)}")
+    for w in a.warnings:
+        print(f"warning: {w}")
 
 
 def _cmd_sweep(args) -> int:
@@ -96,6 +100,8 @@ def _cmd_sweep(args) -> int:
 
     from ..workloads import get_workload
 
+    if args.csv:
+        check_output_file("--csv", args.csv)
     kwargs = dict(args.workload_arg)
     wl = get_workload(args.workload, **kwargs)  # validates the name and arguments, gives the defaults
     config = SweepConfig(
@@ -105,8 +111,11 @@ def _cmd_sweep(args) -> int:
         seeds=tuple(args.seeds), lr_scaling=args.lr_scaling if args.lr_scaling is not None else wl.lr_scaling,
         lr_factor=args.lr_factor, lr_points=args.lr_points, max_extensions=args.max_extensions,
     )
-    executor = make_executor(args.executor, args.jobs, args.ray_address)
-    with TrialStore(args.store) as store:
+    from .._validation import check_positive_int
+
+    check_positive_int("jobs", args.jobs)
+    with TrialStore(args.store) as store:  # a bad store fails here, before an executor starts
+        executor = make_executor(args.executor, args.jobs, args.ray_address)
         try:
             results = run_sweep(config, store, executor, progress=not args.no_progress)
         except KeyboardInterrupt:
@@ -129,17 +138,27 @@ def _cmd_report(args) -> int:
     from ..report import write_report
     from ..sweep import TrialStore, analyze_sweep
 
+    from .._validation import check_positive_float
+
+    if args.reference_batch is not None:
+        check_positive_float("reference_batch", args.reference_batch)
     path = Path(args.store)
     if not path.is_file():
-        raise ValueError(f"The store {args.store!r} does not exist. Run 'batchlaw sweep --store {args.store} ...' first.")
-    with TrialStore(path) as store:
+        kind = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"The store {args.store!r} {kind}. Run 'batchlaw sweep --store FILE ...' first and pass that FILE.")
+    out = check_output_dir("--out", args.out)
+    for name in ("report.html", "trials.csv"):
+        if (out / name).is_dir():
+            raise ValueError(f"{str(out / name)!r} is a directory: the report cannot be written there. "
+                             "Choose another --out.")
+    with TrialStore(path, create=False) as store:
+        sweeps = store.sweeps()
+        if not sweeps:
+            raise ValueError(f"The store {args.store!r} holds no sweep. Run 'batchlaw sweep --store {args.store} ...' "
+                             "first.")
         analyses = [analyze_sweep(name, cfg, store.trials(name), reference_batch=args.reference_batch)
-                    for name, cfg in store.sweeps().items()]
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+                    for name, cfg in sweeps.items()]
         store.export_csv(out / "trials.csv")
-    if not analyses:
-        raise ValueError(f"The store {args.store!r} holds no sweep.")
     html = write_report(analyses, out)
     if args.json:
         print(json.dumps({"schema": "batchlaw.report/1", "report": str(html),

@@ -20,9 +20,16 @@ The fit minimises a Huber loss (``delta = 0.1``, i.e. 10% relative error) of the
 reweighted means on a fine grid of ``log B_crit``, which is vectorised over bootstrap
 resamples; the point estimate is then polished with ``scipy.optimize.least_squares``.
 Intervals: residual bootstrap (residuals rescaled by ``sqrt(n / (n - 2))``), percentiles in log
-space widened about the estimate by ``t_{n-2} / z`` for small samples. On 8 batch sizes with
-5-15% noise the 95% intervals covered the true ``S_min`` and ``B_crit`` in >= 90% of seeds
-(tests/test_fit_steps.py).
+space widened about the estimate by ``t_{n-2} / z`` for small samples, and never excluding the
+estimate itself. On 8 batch sizes with 5-15% noise the 95% intervals covered the true
+``S_min`` and ``B_crit`` in >= 90% of seeds (tests/test_fit_steps.py).
+
+Outliers: the Huber loss keeps the point estimate near the bulk, but a residual bootstrap
+resamples the outlier's residual onto every point, and one cell of 1e308 steps put the
+intervals 60 orders of magnitude away from the estimate. So a point whose log residual exceeds
+``max(5 sigma, log 2)`` (``sigma`` = 1.4826 MAD of the residuals) is excluded and named in
+``StepsFit.outliers`` (the fit is repeated until the set is stable); when that would leave
+fewer than 3 batch sizes or under half the points, the fit is refused by name.
 """
 
 from __future__ import annotations
@@ -38,10 +45,12 @@ from .._validation import check_positive_float, check_positive_int, check_probab
 from ..errors import InsufficientDataError
 from .engine import huber, widened_interval
 
-__all__ = ["StepsFit", "fit_steps_law", "zhang_cbs", "steps_law", "HUBER_DELTA"]
+__all__ = ["StepsFit", "fit_steps_law", "zhang_cbs", "steps_law", "HUBER_DELTA", "OUTLIER_LOG_FACTOR"]
 
 #: Huber threshold on log-steps residuals.
 HUBER_DELTA = 0.1
+#: a point further than this (in log steps) and 5 robust sigmas from the law is an outlier.
+OUTLIER_LOG_FACTOR = math.log(2.0)
 _GRID_DECADES = 2.0  # the B_crit grid extends this many decades beyond the measured batches
 _GRID_POINTS = 401
 
@@ -79,6 +88,8 @@ class StepsFit:
         n_points: number of (batch, steps) points fitted.
         residual_std: robust scale (1.4826 MAD) of the log-steps residuals.
         batch_range: smallest and largest batch size fitted.
+        outliers: ``(batch_size, steps, factor)`` of each point excluded as an outlier, where
+            ``factor`` is its steps over the law's prediction.
     """
 
     s_min: float
@@ -96,6 +107,7 @@ class StepsFit:
     unit: str
     confidence: float
     n_boot: int
+    outliers: tuple = ()
 
     def predict_steps(self, batch_size):
         return steps_law(batch_size, self.s_min, self.b_crit)
@@ -107,7 +119,7 @@ class StepsFit:
         d = asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
-                d[k] = list(v)
+                d[k] = [list(x) if isinstance(x, tuple) else x for x in v]
         return d
 
     def __str__(self) -> str:
@@ -118,7 +130,12 @@ class StepsFit:
             f"B_crit = {iv(self.b_crit, self.b_crit_ci)} {self.unit}; S_min = {iv(self.s_min, self.s_min_ci)} steps; "
             f"E_min = {iv(self.e_min, self.e_min_ci)} {self.unit}; "
             f"CBS (20% over linear from B0 = {fmt_num(self.reference_batch)}) = {iv(self.cbs, self.cbs_ci)} {self.unit}"
+            + (f"; excluded as outliers: {_outlier_text(self.outliers, self.unit)}" if self.outliers else "")
         )
+
+
+def _outlier_text(outliers, unit: str) -> str:
+    return ", ".join(f"batch {fmt_num(b)} {unit} ({fmt_num(s)} steps, {fmt_num(f)}x the law)" for b, s, f in outliers)
 
 
 def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +201,33 @@ def _validate(batch_sizes, steps) -> tuple[np.ndarray, np.ndarray]:
     return b, s
 
 
+def _point_fit(b: np.ndarray, s: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+    """Huber fit of the law (profile grid only); returns the predicted steps at ``at`` (default ``b``)."""
+    log_b = np.log(b)
+    grid = np.linspace(log_b.min() - _GRID_DECADES * math.log(10), log_b.max() + _GRID_DECADES * math.log(10),
+                       _GRID_POINTS)
+    c, g = _profile_fit(log_b, np.log(s)[None, :], grid, HUBER_DELTA)
+    at = b if at is None else at
+    with np.errstate(over="ignore"):
+        return np.exp(c[0] + np.logaddexp(0.0, g[0] - np.log(at)))
+
+
+def _inliers(b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Mask of the points that are not outliers (see the module docstring)."""
+    keep = np.ones(b.size, dtype=bool)
+    for _ in range(5):
+        if np.unique(b[keep]).size < 3:
+            break
+        r = np.log(s) - np.log(_point_fit(b[keep], s[keep], b))
+        center = np.median(r[keep])
+        sigma = 1.4826 * np.median(np.abs(r[keep] - center))
+        new = np.abs(r - center) <= max(5.0 * sigma, OUTLIER_LOG_FACTOR)
+        if (new == keep).all():
+            break
+        keep = new
+    return keep
+
+
 def fit_steps_law(
     batch_sizes,
     steps,
@@ -210,9 +254,10 @@ def fit_steps_law(
 
     Raises:
         ValueError: non-positive or non-finite values, lengths that differ.
-        InsufficientDataError: fewer than 3 batch sizes, steps that do not fall with batch, or a
+        InsufficientDataError: fewer than 3 batch sizes, steps that do not fall with batch, a
             ``B_crit`` outside the measured range by more than a factor of 10 (the data show no
-            bend); ``provisional`` carries the fit where there is one.
+            bend), or outliers that leave too few points; ``provisional`` carries the fit where
+            there is one.
 
     Examples:
         >>> b = np.array([8, 16, 32, 64, 128, 256])
@@ -220,16 +265,25 @@ def fit_steps_law(
         >>> round(fit.b_crit), round(fit.s_min)
         (64, 1000)
     """
-    b, s = _validate(batch_sizes, steps)
+    b_all, s_all = _validate(batch_sizes, steps)
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=100)
-    b0 = float(b.min()) if reference_batch is None else check_positive_float("reference_batch", reference_batch)
+    b0 = float(b_all.min()) if reference_batch is None else check_positive_float("reference_batch", reference_batch)
+    keep = _inliers(b_all, s_all)
+    outliers = tuple((float(bb), float(ss), float(ff)) for bb, ss, ff in zip(
+        b_all[~keep], s_all[~keep], s_all[~keep] / _point_fit(b_all[keep], s_all[keep], b_all[~keep])))
+    if outliers and (np.unique(b_all[keep]).size < 3 or 2 * keep.sum() < keep.size):
+        raise InsufficientDataError(
+            f"Too many points lie far from S(B) = S_min (1 + B_crit/B) to tell outliers from the law: "
+            f"{_outlier_text(outliers, unit)}. Check those runs (a stalled or mis-logged run?) or measure more "
+            "batch sizes.")
+    b, s = b_all[keep], s_all[keep]
     log_b, y = np.log(b), np.log(s)
     grid = np.linspace(log_b.min() - _GRID_DECADES * math.log(10), log_b.max() + _GRID_DECADES * math.log(10),
                        _GRID_POINTS)
     c0, g0 = _profile_fit(log_b, y[None, :], grid, HUBER_DELTA)
     sol = optimize.least_squares(
-        lambda p: y - p[0] - np.logaddexp(0.0, p[1] - log_b), x0=[c0[0], g0[0]],
+        lambda p: y - p[0] - np.logaddexp(0.0, p[1] - log_b), x0=[c0[0], float(np.clip(g0[0], grid[0] + 1e-9, grid[-1] - 1e-9))],
         loss="huber", f_scale=HUBER_DELTA, bounds=([-np.inf, grid[0]], [np.inf, grid[-1]]),
     )
     log_s_min, log_b_crit = sol.x
@@ -241,7 +295,7 @@ def fit_steps_law(
 
     def make(ci_s, ci_b, ci_e, ci_c, nb):
         return StepsFit(s_min, b_crit, s_min * b_crit, float(zhang_cbs(b_crit, b0)), ci_s, ci_b, ci_e, ci_c,
-                        b0, n, resid_std, (float(b.min()), float(b.max())), unit, confidence, nb)
+                        b0, n, resid_std, (float(b.min()), float(b.max())), unit, confidence, nb, outliers)
 
     nan2 = (math.nan, math.nan)
     if b_crit > 10 * b.max() or b_crit < b.min() / 10:
@@ -260,7 +314,8 @@ def fit_steps_law(
     s_b, bc_b = np.exp(c_b), np.exp(g_b)
 
     def ci(x, point):
-        return widened_interval(x, point, confidence, n - 2)
+        lo, hi = widened_interval(x, point, confidence, n - 2)
+        return min(lo, point), max(hi, point)  # an estimate never lies outside its own interval
 
     cbs = float(zhang_cbs(b_crit, b0))
     return make(ci(s_b, s_min), ci(bc_b, b_crit), ci(s_b * bc_b, s_min * b_crit), ci(zhang_cbs(bc_b, b0), cbs), n_boot)

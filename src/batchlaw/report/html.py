@@ -1,25 +1,30 @@
-"""A self-contained HTML report (PNG plots embedded) for one or more sweeps."""
+"""A self-contained HTML report (PNG plots embedded) for one or more sweeps.
+
+The page is rendered by Jinja2 from ``templates/report.html.j2`` with autoescape on: every
+value that comes from a store, a CSV or the command line (sweep names, workload names and
+arguments, configuration fields, error messages) is escaped, never concatenated into HTML.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
+import hashlib
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+import jinja2
+
 from .._format import fmt_num
 from .plots import plot_sweep
 
-__all__ = ["write_report", "headline"]
+__all__ = ["write_report", "headline", "file_stem"]
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
-th { background: #f3f3f3; } .headline { background: #eef5ff; border-left: 4px solid #3a78c2; padding: .8em 1em; }
-img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; } .note { color: #666; font-size: .9em; }
-"""
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("batchlaw.report", "templates"),
+    autoescape=True,  # every template here is HTML
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def _ci(ci) -> str:
@@ -28,7 +33,7 @@ def _ci(ci) -> str:
 
 
 def headline(a) -> str:
-    """The answer in plain words."""
+    """The answer in plain words (plain text: escape it before putting it in HTML)."""
     if a.fit is None:
         return f"No critical batch size could be fitted: {a.fit_error}"
     f = a.fit
@@ -49,28 +54,25 @@ def headline(a) -> str:
     return text
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+def file_stem(name: str) -> str:
+    """A file-name stem for a sweep: its name made safe, plus a hash of the name, so two names
+    that differ only in unsafe characters (``"a b"``, ``"a/b"``, ``"a_b"``) never share files.
+
+    Examples:
+        >>> file_stem("a b") != file_stem("a_b")
+        True
+    """
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)[:60]
+    return f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def _points_table(a) -> str:
-    rows = ["<tr><th>batch (examples)</th><th>steps to target</th><th>examples to target</th><th>best LR</th>"
-            "<th>LRs tried</th><th>B_simple of best run</th></tr>"]
-    for p in a.points:
-        s = p["steps_to_target"]
-        ex = None if s is None else s * p["batch_size"]
-        noise = [t["noise"]["b_simple"] for t in p["best_trials"] if t.get("noise") and t["noise"].get("b_simple")]
-        tpe = a.tokens_per_example or 1
-        lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}" + (f" ({p['lr_at_edge']} edge)" if p["lr_at_edge"] else "")
-        rows.append(f"<tr><td>{p['batch_size']}</td><td>{fmt_num(s)}</td><td>{fmt_num(ex)}</td><td>{lr}</td>"
-                    f"<td>{len(p['lrs_tried'])}</td><td>{fmt_num(noise[0] / tpe) if noise else '-'}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+def _eval_text(every) -> str:
+    if every is None:
+        return "every max(1, step // 10) steps (relative to the steps so far)"
+    return "every step" if every == 1 else f"every {every} steps"
 
 
-def _fit_table(a) -> str:
-    if a.fit is None:
-        return f"<p>No fit: {html.escape(a.fit_error)}</p>"
+def _fit_rows(a) -> list[dict]:
     f = a.fit
     rows = [("B_crit = E_min / S_min", f.b_crit, f.b_crit_ci, "examples"),
             ("S_min", f.s_min, f.s_min_ci, "steps"),
@@ -78,39 +80,61 @@ def _fit_table(a) -> str:
             (f"CBS (Zhang et al., B0 = {fmt_num(f.reference_batch)})", f.cbs, f.cbs_ci, "examples")]
     if a.b_simple is not None:
         rows.append(("run-averaged B_simple (monitor)", a.b_simple["b_simple"], a.b_simple["ci"], "examples"))
-    body = "".join(f"<tr><td style='text-align:left'>{html.escape(n)}</td><td>{fmt_num(v)}</td><td>{_ci(ci)}</td>"
-                   f"<td>{u}</td></tr>" for n, v, ci, u in rows)
-    tpe = a.tokens_per_example
-    extra = f"<p class='note'>One example is {tpe} tokens: B_crit = {fmt_num(f.b_crit * tpe)} tokens.</p>" if tpe else ""
-    return ("<table><tr><th>quantity</th><th>estimate</th><th>95% interval</th><th>unit</th></tr>" + body + "</table>"
-            + f"<p class='note'>Fit of S(B) = S_min (1 + B_crit / B) to {f.n_points} batch sizes; residual scale "
-            f"{f.residual_std:.3f} in log steps; intervals from {f.n_boot} residual-bootstrap resamples.</p>" + extra)
+    return [{"name": n, "value": fmt_num(v), "ci": _ci(ci), "unit": u} for n, v, ci, u in rows]
+
+
+def _points(a) -> list[dict]:
+    out = []
+    tpe = a.tokens_per_example or 1
+    for p in a.points:
+        s = p["steps_to_target"]
+        noise = [t["noise"]["b_simple"] for t in p["best_trials"] if t.get("noise") and t["noise"].get("b_simple")]
+        lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}" + (f" ({p['lr_at_edge']} edge)" if p["lr_at_edge"] else "")
+        out.append({"batch": p["batch_size"], "steps": fmt_num(s) if s is not None else "not reached",
+                    "examples": fmt_num(None if s is None else s * p["batch_size"]), "lr": lr,
+                    "n_lrs": len(p["lrs_tried"]), "b_simple": fmt_num(noise[0] / tpe) if noise else "-"})
+    return out
+
+
+def _sweep_context(a, out: Path) -> dict:
+    c = a.config
+    images = [{"alt": p.stem, "data": base64.b64encode(p.read_bytes()).decode()}
+              for p in plot_sweep(a, out, file_stem(a.name))]
+    warnings = list(a.warnings)
+    if a.fit is not None and a.fit.outliers:
+        warnings.append("Excluded from the fit as outliers (more than a factor 2 and 5 robust standard deviations off "
+                        "the law fitted to the others; check those runs): " + "; ".join(
+                            f"batch {fmt_num(b)}: {fmt_num(st)} steps, {fmt_num(r)}x the law" for b, st, r in a.fit.outliers))
+    ctx = {"name": a.name, "workload": c.get("workload"), "headline": headline(a), "warnings": warnings,
+           "n_trials": len(a.trials), "target_loss": f"{c['target_loss']:g}", "target_on": c.get("target_on"),
+           "max_steps": c.get("max_steps"), "eval_text": _eval_text(c.get("eval_every")),
+           "seeds": ", ".join(str(s) for s in c.get("seeds", ())), "fit_rows": [], "fit_note": "",
+           "tokens_note": "", "fit_error": a.fit_error, "points": _points(a), "images": images}
+    if a.fit is not None:
+        f = a.fit
+        ctx["fit_rows"] = _fit_rows(a)
+        ctx["fit_note"] = (f"Fit of S(B) = S_min (1 + B_crit / B) to {f.n_points} batch sizes; residual scale "
+                           f"{f.residual_std:.3f} in log steps; intervals from {f.n_boot} residual-bootstrap resamples.")
+        if a.tokens_per_example:
+            ctx["tokens_note"] = (f"One example is {a.tokens_per_example} tokens: B_crit = "
+                                  f"{fmt_num(f.b_crit * a.tokens_per_example)} tokens.")
+    return ctx
 
 
 def write_report(analyses: list, out_dir: str | Path) -> Path:
-    """Write ``report.html`` and one set of PNGs per sweep into ``out_dir``; returns the HTML path."""
+    """Write ``report.html`` and one set of PNGs per sweep into ``out_dir``; returns the HTML path.
+
+    Args:
+        analyses: :class:`~batchlaw.sweep.SweepAnalysis` objects, one per sweep.
+        out_dir: directory (created if missing); ``trials.csv`` is expected beside the report.
+
+    Returns:
+        The path of ``report.html``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>batchlaw report</title><style>{_CSS}</style>"
-             "</head><body><h1>batchlaw: critical batch size report</h1>",
-             f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Trials: trials.csv.</p>"]
-    for a in analyses:
-        pngs = plot_sweep(a, out)
-        c = a.config
-        parts.append(f"<h2>Sweep {html.escape(a.name)}: {html.escape(c['workload'])}</h2>")
-        parts.append(f"<p class='headline'>{html.escape(headline(a))}</p>")
-        parts.append(f"<p>{len(a.trials)} trials; target loss {c['target_loss']:g} on the {c['target_on']} loss, "
-                     f"budget {c['max_steps']} steps, evaluated every {c['eval_every']} steps; seeds {c['seeds']}. "
-                     "For each batch size the learning rate with the fewest steps to the target is used.</p>")
-        parts.append(_fit_table(a))
-        parts.append(_points_table(a))
-        for p in pngs:
-            parts.append(_img(p))
-    parts.append("<h2>How to read this</h2><p>McCandlish et al. 2018 (arXiv:1812.06162) model the steps S and "
-                 "examples E needed to reach a loss as (S/S_min - 1)(E/E_min - 1) = 1, i.e. S(B) = S_min (1 + B_crit/B). "
-                 "The gradient noise scale B_simple = tr(Sigma)/|G|^2 is measured from gradient norms during training "
-                 "and is an order-of-magnitude predictor of B_crit; the direct measurement here is the authority.</p>")
-    parts.append("</body></html>")
+    page = _ENV.get_template("report.html.j2").render(
+        written=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", sweeps=[_sweep_context(a, out) for a in analyses])
     path = out / "report.html"
-    path.write_text("\n".join(parts))
+    path.write_text(page, encoding="utf-8")
     return path

@@ -289,7 +289,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
             s, e = summary[name]["steps_ratio"]["mean"], summary[name]["examples_ratio"]["mean"]
             goal.append({"schedule": name, "steps_ratio": s, "tokens_ratio": e,
                          "met": s is not None and e is not None and s <= 0.7 and e <= 1.1})
-    doc = {"schema": SCHEMA, "config": {**cfg.to_dict(), "lr": lr0, "lr_rule": rule, "tokens_per_example": tpe},
+    doc = {"schema": "batchlaw.schedule_compare/1", "config": {**cfg.to_dict(), "lr": lr0, "lr_rule": rule, "tokens_per_example": tpe},
            "workload": wl.describe(), "unit": "examples", "schedules": summary,
            "goal": {"rule": "a ramp reaches the target in <= 0.7x the steps of constant_small with <= 1.1x its tokens "
                             "(means of per-seed ratios)", "results": goal, "met": any(g["met"] for g in goal)},

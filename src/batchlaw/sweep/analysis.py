@@ -7,6 +7,9 @@ pooled (ratio of the mean ``tr(Sigma)`` to the mean ``|G|^2`` over the trials, w
 interval treating each trial as one batch mean), so the direct measurement and the noise-scale
 prediction can be compared (McCandlish et al. 2018: ``B_crit`` is roughly ``B_noise`` averaged
 over the run).
+
+The analysis says what it cannot do: a target that no batch size reached names the best loss
+seen and where; a steps-to-target reading under 3 evaluation intervals is flagged as coarse.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._format import fmt_num
 from ..errors import InsufficientDataError
 from ..fit import StepsFit, fit_steps_law
 from ..noise.estimators import fieller_interval
 
-__all__ = ["SweepAnalysis", "batch_summary", "analyze_sweep", "pooled_b_simple"]
+__all__ = ["SweepAnalysis", "batch_summary", "analyze_sweep", "pooled_b_simple", "COARSE_INTERVALS"]
+
+#: a steps-to-target reading under this many evaluation intervals is flagged as coarse.
+COARSE_INTERVALS = 3
 
 
 def batch_summary(results: list[dict]) -> list[dict]:
@@ -82,6 +89,7 @@ class SweepAnalysis:
     b_simple: dict | None  # pooled, converted to examples
     tokens_per_example: int | None
     trials: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -89,25 +97,87 @@ class SweepAnalysis:
             "points": [{k: v for k, v in p.items() if k != "best_trials"} for p in self.points],
             "fit": None if self.fit is None else self.fit.to_dict(), "fit_error": self.fit_error,
             "b_simple": self.b_simple, "tokens_per_example": self.tokens_per_example,
-            "n_trials": len(self.trials),
+            "n_trials": len(self.trials), "warnings": list(self.warnings),
         }
+
+
+def _best_loss(results: list[dict]) -> tuple[float, int] | None:
+    """Lowest finite loss evaluated in any trial that did not diverge, and its batch size."""
+    best = None
+    for r in results:
+        if r["status"] == "diverged":
+            continue
+        for c in r["curve"]:
+            loss = c[1]
+            if isinstance(loss, (int, float)) and math.isfinite(loss) and (best is None or loss < best[0]):
+                best = (float(loss), r["spec"]["batch_size"])
+    return best
+
+
+def _not_reached(config: dict, results: list[dict], missing: list[int]) -> str:
+    target, budget = config.get("target_loss"), config.get("max_steps")
+    best = _best_loss([r for r in results if r["spec"]["batch_size"] in missing])
+    where = (f"best loss {best[0]:.4g} at batch {best[1]}" if best is not None
+             else "every trial diverged or none was evaluated")
+    return f"{where}: raise the target loss (above {target:g}) or the budget (--max-steps, now {budget})."
+
+
+def _coarse_readings(points: list[dict]) -> list[str]:
+    out = []
+    for p in points:
+        for t in p["best_trials"][:1]:
+            interval = t.get("eval_interval") or t["spec"].get("eval_every") or 1
+            steps = t["steps_to_target"]
+            if steps >= COARSE_INTERVALS * interval:
+                continue
+            if interval == 1:
+                out.append(f"batch {p['batch_size']}: the target was reached in {fmt_num(steps)} steps, too few to "
+                           "tell batch sizes apart: lower the target loss or measure smaller batch sizes.")
+            else:
+                out.append(
+                    f"batch {p['batch_size']}: {fmt_num(steps)} steps to target is under {COARSE_INTERVALS} "
+                    f"evaluation intervals ({interval} steps): the reading is coarse; evaluate more often (a smaller "
+                    "--eval-every, or leave it unset for an interval relative to the steps).")
+    return out
 
 
 def analyze_sweep(name: str, config: dict, results: list[dict], *, reference_batch: float | None = None,
                   n_boot: int = 1000) -> SweepAnalysis:
-    """Summarise a sweep's trials; a fit the data cannot support leaves ``fit`` ``None`` and says why."""
+    """Summarise a sweep's trials; a fit the data cannot support leaves ``fit`` ``None`` and says why.
+
+    Args:
+        name: the sweep's name.
+        config: its configuration (:meth:`SweepConfig.to_dict`).
+        results: its trials' results.
+        reference_batch: ``B0`` of Zhang et al.'s CBS (default: the smallest batch size).
+        n_boot: bootstrap resamples of the fit.
+
+    Returns:
+        A :class:`SweepAnalysis`; ``fit_error`` says why there is no fit (a target no batch size
+        reached names the best loss seen and its batch), ``warnings`` lists coarse readings.
+    """
     points = batch_summary(results)
     ok = [p for p in points if p["steps_to_target"] is not None]
+    missing = [p["batch_size"] for p in points if p["steps_to_target"] is None]
     fit, error = None, ""
-    try:
-        fit = fit_steps_law([p["batch_size"] for p in ok], [p["steps_to_target"] for p in ok],
-                            reference_batch=reference_batch, unit="examples", n_boot=n_boot)
-    except InsufficientDataError as err:
-        error = str(err)
+    if not results:
+        error = "the sweep has no finished trial yet: run (or resume) it with 'batchlaw sweep'."
+    elif not ok:
+        error = (f"target {config.get('target_loss', math.nan):g} not reached by any batch size within the budget; "
+                 + _not_reached(config, results, missing))
+    else:
+        try:
+            fit = fit_steps_law([p["batch_size"] for p in ok], [p["steps_to_target"] for p in ok],
+                                reference_batch=reference_batch, unit="examples", n_boot=n_boot)
+        except InsufficientDataError as err:
+            error = str(err)
+            if missing:
+                error += (f" Batch sizes {missing} did not reach target {config.get('target_loss', math.nan):g} "
+                          f"within the budget; " + _not_reached(config, results, missing))
     best = [t for p in ok for t in p["best_trials"]]
     tpe = results[0].get("tokens_per_example") if results else None
     pooled = pooled_b_simple(best)
     if pooled is not None and pooled["unit"] == "tokens" and tpe:
         pooled = {**pooled, "b_simple_tokens": pooled["b_simple"], "b_simple": pooled["b_simple"] / tpe,
                   "ci": [None if c is None else c / tpe for c in pooled["ci"]], "unit": "examples"}
-    return SweepAnalysis(name, config, points, fit, error, pooled, tpe, results)
+    return SweepAnalysis(name, config, points, fit, error, pooled, tpe, results, _coarse_readings(ok))

@@ -238,7 +238,7 @@ class BranchedCBS:
     trace: list | None = None
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "unit": "examples", "config": self.config, "points": self.points,
+        return {"schema": "batchlaw.branch/1", "unit": "examples", "config": self.config, "points": self.points,
                 "trace": self.trace}
 
 

@@ -12,7 +12,10 @@ stored at once (:class:`~batchlaw.sweep.store.TrialStore`): a rerun skips finish
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
@@ -38,7 +41,7 @@ class SweepConfig:
     name: str = "sweep"
     workload_kwargs: dict = field(default_factory=dict)
     target_on: str = "heldout"
-    eval_every: int = 10
+    eval_every: int | None = None
     seeds: tuple[int, ...] = (0,)
     lr_scaling: float = 1.0
     lr_factor: float = 2.0
@@ -54,15 +57,38 @@ class SweepConfig:
         check_positive_float("target_loss", self.target_loss)
         check_positive_int("max_steps", self.max_steps)
         check_positive_float("lr_base", self.lr_base)
-        check_positive_int("eval_every", self.eval_every)
+        if self.eval_every is not None:
+            check_positive_int("eval_every", self.eval_every)
         check_choice("target_on", self.target_on, ("heldout", "train"))
-        if not self.lr_factor > 1:
-            raise ValueError(f"The 'lr_factor' parameter must be > 1. Got {self.lr_factor!r} instead.")
+        if not (isinstance(self.lr_factor, (int, float)) and math.isfinite(self.lr_factor) and self.lr_factor > 1):
+            raise ValueError(f"The 'lr_factor' parameter must be a finite number > 1. Got {self.lr_factor!r} instead.")
+        if not (isinstance(self.lr_scaling, (int, float)) and math.isfinite(self.lr_scaling)):
+            raise ValueError(f"The 'lr_scaling' parameter must be a finite number (1 for SGD, 0.5 for Adam). "
+                             f"Got {self.lr_scaling!r} instead.")
         check_positive_int("lr_points", self.lr_points)
         check_positive_int("max_extensions", self.max_extensions, minimum=0)
+        for name, value in (("lr_points", self.lr_points), ("max_extensions", self.max_extensions)):
+            if value > 100:
+                raise ValueError(f"The '{name}' parameter must be at most 100. Got {value!r} instead.")
         check_positive_int("micro_batches", self.micro_batches)
         if not self.seeds:
             raise ValueError("The 'seeds' parameter must list at least one seed.")
+        for seed in self.seeds:
+            check_positive_int("seeds", seed, minimum=0)
+        # every learning rate the search may try must be a finite positive number
+        b_ref, reach = min(self.batch_sizes), (self.lr_points - 1) / 2 + self.max_extensions
+        for b in (min(self.batch_sizes), max(self.batch_sizes)):
+            try:
+                center = self.lr_base * (b / b_ref) ** self.lr_scaling
+                lrs = (center * self.lr_factor ** -reach, center * self.lr_factor ** reach)
+            except OverflowError:
+                lrs = (0.0, math.inf)
+            if not all(math.isfinite(lr) and lr > 0 for lr in lrs):
+                raise ValueError(
+                    f"The learning rates of the search leave the floating-point range at batch {b} (lr_base "
+                    f"{self.lr_base!r}, lr_scaling {self.lr_scaling!r}, lr_factor {self.lr_factor!r}, "
+                    f"{self.lr_points} points, {self.max_extensions} extensions). Use a smaller --lr-factor or "
+                    "--lr-scaling.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -225,6 +251,53 @@ def make_executor(kind: str, jobs: int = 2, address: str | None = None):
     return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs)
 
 
+# ------------------------------------------------------------------ progress
+class _Progress:
+    """Trials done out of the trials planned (the total grows when a search widens).
+
+    On a terminal, a tqdm bar that stays at 100% when done; elsewhere (a log file, CI) one
+    plain line per 10% and at the end, never a carriage return.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool, stream=None) -> None:
+        self.total, self.n, self.desc = total, 0, desc
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar = tqdm(total=total, desc=desc, unit="trial", file=self.stream, leave=True) if tty else None
+        self._logged, self._last_n = -1, None
+        self._t0 = time.perf_counter()
+
+    def grow(self, total: int) -> None:
+        if total > self.total:
+            self.total = total
+            if self._bar is not None:
+                self._bar.total = total
+                self._bar.refresh()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self._bar is not None:
+            self._bar.update(k)
+        elif self.enabled:
+            decile = int(10 * self.n / max(self.total, 1))
+            if decile > self._logged:
+                self._logged = decile
+                self._line()
+
+    def _line(self) -> None:
+        pct = 100 * self.n / max(self.total, 1)
+        self._last_n = self.n
+        print(f"{self.desc}: {self.n}/{self.total} trials ({pct:.0f}%, {time.perf_counter() - self._t0:.0f} s)",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and self._last_n != self.n:
+            self._line()
+
+
 # ------------------------------------------------------------------ the sweep
 def run_sweep(
     config: SweepConfig,
@@ -247,7 +320,7 @@ def run_sweep(
                             config.lr_points, config.max_extensions)
         for b in config.batch_sizes for seed in config.seeds
     }
-    bar = tqdm(total=0, desc=f"sweep {config.name}", unit="trial", disable=not progress, leave=False)
+    bar = _Progress(sum(len(s.grid) for s in searches.values()), f"sweep {config.name}", progress)
     all_results: list[dict] = []
     try:
         while True:
@@ -259,13 +332,12 @@ def run_sweep(
                 if not any(search.extend() for search in list(searches.values())):
                     break
                 continue
-            bar.total += len(todo)
-            bar.refresh()
+            bar.grow(sum(len(s.grid) for s in searches.values()))
             to_run = []
             by_key = {}
             for sk, lr, spec in todo:
                 by_key[spec.key] = (sk, lr)
-                stored = store.get(spec.key)
+                stored = store.get(spec.key, sweep=config.name)
                 if stored is not None:
                     searches[sk].record(lr, stored)
                     all_results.append(stored)

@@ -2,8 +2,13 @@
 
 A trial is described by a :class:`TrialSpec` (plain data, so it can travel to a worker process
 or a Ray task and be hashed into a stable key) and produces a result dict. Steps to target
-are read off the loss evaluated every ``eval_every`` steps, interpolated linearly between the
-last evaluation above the target and the first at or below it.
+are read off the loss evaluated every ``eval_every`` steps (``None``: on a schedule relative
+to the steps so far, every ``max(1, step // 10)`` steps, so the reading is as fine at 30 steps as
+at 3,000), interpolated between the last evaluation above the target and the first at or
+below it with the loss linear in ``log(step)`` (learning curves are close to power laws, so a
+straight line in linear steps would overestimate the crossing of a convex curve; linear in
+steps only when the earlier evaluation is step 0). ``eval_interval`` in the result is the
+interval of that crossing: a reading under ~3 intervals is coarse.
 
 The gradient noise scale is measured on the way: the batch is backpropagated as
 ``micro_batches`` equal micro-batches (the optimizer sees the same mean gradient) and a
@@ -32,7 +37,8 @@ class TrialSpec:
         seed: seeds the model and the data order.
         target_loss: the loss to reach.
         max_steps: budget in optimizer steps.
-        eval_every: evaluation period in steps.
+        eval_every: evaluation period in steps; ``None`` evaluates every ``max(1, step // 10)``
+            steps (10% of the steps so far; with the crossing read in log-steps, a few percent).
         target_on: ``"heldout"`` (the workload's held-out loss) or ``"train"`` (an EMA of the
             training loss, ``beta = 0.9`` per step, bias-corrected).
         micro_batches: micro-batches per step for the noise-scale measurement (1 = off).
@@ -47,7 +53,7 @@ class TrialSpec:
     seed: int
     target_loss: float
     max_steps: int
-    eval_every: int = 10
+    eval_every: int | None = 10
     target_on: str = "heldout"
     micro_batches: int = 2
     workload_kwargs: dict = field(default_factory=dict)
@@ -63,11 +69,30 @@ class TrialSpec:
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+#: evaluation interval of the relative schedule (``eval_every=None``), as a fraction of the step.
+RELATIVE_EVAL = 1 / 10
+
+
 def _crossing(prev: tuple[int, float], cur: tuple[int, float], target: float) -> float:
+    """Step at which the loss crosses ``target`` between two evaluations, linear in log-steps.
+
+    Examples:
+        >>> round(_crossing((10, 2.0), (100, 1.0), 1.5), 6)  # loss = 3 - log10(step)
+        31.622777
+    """
     (s0, l0), (s1, l1) = prev, cur
     if l0 <= target or l0 == l1:
         return float(s1)
-    return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
+    frac = (l0 - target) / (l0 - l1)
+    if s0 <= 0:
+        return s0 + (s1 - s0) * frac
+    return float(math.exp(math.log(s0) + (math.log(s1) - math.log(s0)) * frac))
+
+
+def _next_eval(step: int, eval_every: int | None) -> int:
+    if eval_every is not None:
+        return step + eval_every
+    return step + max(1, int(step * RELATIVE_EVAL))
 
 
 def run_trial(spec: TrialSpec | dict, threads: int | None = 1) -> dict:
@@ -75,6 +100,7 @@ def run_trial(spec: TrialSpec | dict, threads: int | None = 1) -> dict:
 
     Result keys: ``key``, ``spec``, ``status`` (``reached`` / ``budget`` / ``diverged``),
     ``steps_to_target``, ``examples_to_target``, ``tokens_to_target`` (``None`` unless reached),
+    ``eval_interval`` (steps between the two evaluations the crossing was read between),
     ``steps_run``, ``wall_time_s``, ``curve`` (``[[step, loss, b_simple_ema], ...]`` at each
 evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
     ``final_loss``, ``noise`` (run-level ``B_simple`` with interval and the per-run means of
@@ -107,8 +133,9 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
     first = workload.eval_loss(model) if spec.target_on == "heldout" else None
     curve: list[tuple] = [(0, first, None)] if first is not None else []
     ema, ema_n = 0.0, 0
-    status, steps_to_target = "budget", None
+    status, steps_to_target, interval = "budget", None, None
     initial = first
+    next_eval = _next_eval(0, spec.eval_every)
     for step in range(1, spec.max_steps + 1):
         batch = workload.sample_batch(spec.batch_size, gen)
         train_loss = float(split_backward(loss_fn, batch, chunks=k))
@@ -123,7 +150,8 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
             status = "diverged"
             curve.append((step, train_loss, None))
             break
-        if step % spec.eval_every == 0 or step == spec.max_steps:
+        if step >= next_eval or step == spec.max_steps:
+            next_eval = _next_eval(step, spec.eval_every)
             loss = workload.eval_loss(model) if spec.target_on == "heldout" else ema / (1 - 0.9**ema_n)
             if not math.isfinite(loss) or loss > spec.divergence_factor * initial:
                 status = "diverged"
@@ -134,6 +162,7 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
             curve.append((step, loss, ema_b if ema_b is not None and math.isfinite(ema_b) else None))
             if loss <= spec.target_loss:
                 status, steps_to_target = "reached", _crossing(prev, (step, loss), spec.target_loss)
+                interval = step - prev[0]
                 break
     noise = None
     if monitor is not None:
@@ -155,6 +184,7 @@ evaluation; the monitor's running ``B_simple``, ``None`` before it has one),
         "steps_to_target": steps_to_target,
         "examples_to_target": None if steps_to_target is None else steps_to_target * spec.batch_size,
         "tokens_to_target": None if steps_to_target is None or not tpe else steps_to_target * spec.batch_size * tpe,
+        "eval_interval": interval,
         "steps_run": step,
         "wall_time_s": time.perf_counter() - t0,
         "curve": [list(c) for c in curve],

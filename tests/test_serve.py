@@ -1,0 +1,178 @@
+"""The serving simulator against queueing theory and an event-by-event reference; the recommender
+against brute force; length bucketing against exhaustive search; `batchlaw plan serve`."""
+
+import itertools
+import json
+from collections import deque
+
+import numpy as np
+import pytest
+
+from batchlaw.cli import main
+from batchlaw.plan import (SLO, LatencyCurve, padding_waste, poisson_arrivals, recommend_buckets,
+                           recommend_serving, simulate_batcher)
+from batchlaw.plan.serve import _batch_loop, md1_mean_wait
+
+CURVE = LatencyCurve([1, 2, 4, 8, 16], [0.010, 0.011, 0.013, 0.017, 0.025])
+
+
+def _reference(arr, curve, max_batch, delay, replicas):
+    """Independent event-by-event simulation of the same batcher (slow, obvious)."""
+    arr = sorted(arr)
+    free = [0.0] * replicas
+    queue, i, t, lat = deque(), 0, 0.0, []
+    n = len(arr)
+    while i < n or queue:
+        while i < n and arr[i] <= t:
+            queue.append(arr[i])
+            i += 1
+        for r in range(replicas):
+            if free[r] <= t and queue and (len(queue) >= max_batch or t >= queue[0] + delay):
+                batch = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
+                free[r] = t + curve(len(batch))
+                lat += [free[r] - a for a in batch]
+        if i >= n and not queue:
+            break
+        cands = [f for f in free if f > t]
+        if i < n:
+            cands.append(arr[i])
+        if queue and queue[0] + delay > t:
+            cands.append(queue[0] + delay)
+        t = min(cands)
+    return np.sort(lat)
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.5, 0.7])
+def test_md1_pollaczek_khinchine(rho):
+    """Max batch 1, constant service S, Poisson arrivals: mean wait rho S / (2 (1 - rho)) within 2%."""
+    s = 0.01
+    arr = poisson_arrivals(rho / s, 1_000_000, seed=0)
+    r = simulate_batcher(arr, LatencyCurve([1], [s]), max_batch=1, max_queue_delay_s=0.0)
+    assert r.mean_wait_s == pytest.approx(md1_mean_wait(rho / s, s), rel=0.02)
+    assert r.mean_latency_s == pytest.approx(r.mean_wait_s + s)
+    assert r.utilisation == pytest.approx(rho, rel=0.01)
+    loop = _batch_loop(arr, [0.0, s], 1, 0.0, 1)  # the general batch loop, same queue
+    assert loop.mean_wait_s == pytest.approx(r.mean_wait_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("max_batch,delay,replicas", [(1, 0.0, 1), (4, 0.0, 1), (4, 0.004, 1), (16, 0.02, 1),
+                                                      (8, 0.003, 2), (2, 0.0, 3), (16, 0.01, 3)])
+def test_batch_loop_equals_event_reference(max_batch, delay, replicas):
+    arr = poisson_arrivals(300.0 * replicas, 3000, seed=max_batch + replicas)
+    arr[100:110] = arr[100]  # simultaneous arrivals
+    arr = np.sort(arr)
+    fast = simulate_batcher(arr, CURVE, max_batch=max_batch, max_queue_delay_s=delay, replicas=replicas)
+    ref = _reference(arr.tolist(), CURVE, max_batch, delay, replicas)
+    assert fast.mean_latency_s == pytest.approx(ref.mean(), rel=1e-9)
+    assert fast.p99_latency_s == pytest.approx(np.percentile(ref, 99), rel=1e-9)
+
+
+def test_p99_rises_with_load():
+    base = np.random.default_rng(3).exponential(1.0, 200_000).cumsum()  # unit-rate Poisson, scaled below
+    p99 = []
+    for rate in (50, 100, 200, 300, 400, 500, 550, 600):
+        p99.append(simulate_batcher(base / rate, CURVE, max_batch=16, max_queue_delay_s=0.005).p99_latency_s)
+    assert all(b >= a for a, b in zip(p99, p99[1:])), p99
+    assert p99[-1] > 2 * p99[0]
+
+
+def test_batching_beats_no_batching_under_load():
+    arr = poisson_arrivals(150.0, 50_000, seed=1)  # above 1 / L(1) = 100/s: batch 1 is unstable
+    one = simulate_batcher(arr, CURVE, max_batch=1, max_queue_delay_s=0.0)
+    many = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.0)
+    assert not one.stable and many.stable and many.p99_latency_s < one.p99_latency_s / 10
+
+
+@pytest.mark.parametrize("rate,slo", [(80.0, SLO(p99_s=0.05)), (400.0, SLO(p99_s=0.04)),
+                                      (900.0, SLO(p50_s=0.02, p99_s=0.05)), (1500.0, SLO(p99_s=0.03))])
+def test_recommendation_equals_brute_force(rate, slo):
+    arr = poisson_arrivals(rate, 8_000, seed=7)
+    batches, delays = [1, 2, 4, 8, 16], [0.0, 0.002, 0.005, 0.01]
+    rec = recommend_serving(arr, CURVE, slo, max_batches=batches, delays=delays, max_replicas=6)["best"]
+    allres = [simulate_batcher(arr, CURVE, max_batch=b, max_queue_delay_s=d, replicas=r)
+              for r in range(1, 7) for b in batches for d in delays]
+    ok = [x for x in allres if slo.met_by(x)]
+    brute = min(ok, key=lambda x: (x.replicas, x.p99_latency_s, x.mean_latency_s, x.max_batch, x.max_queue_delay_s))
+    assert rec == brute
+
+
+def test_recommendation_refuses_when_nothing_meets_the_slo():
+    arr = poisson_arrivals(100.0, 2000, seed=0)
+    with pytest.raises(ValueError, match="No setting meets the SLO"):
+        recommend_serving(arr, CURVE, SLO(p99_s=0.005), max_replicas=3)  # below L(1) = 10 ms
+
+
+def test_latency_curve_and_slo_errors():
+    with pytest.raises(ValueError, match="outside the measured latency curve"):
+        simulate_batcher([0.0, 1.0], CURVE, max_batch=32, max_queue_delay_s=0.0)
+    with pytest.raises(ValueError, match="'max_queue_delay_s'"):
+        simulate_batcher([0.0, 1.0], CURVE, max_batch=2, max_queue_delay_s=-1.0)
+    with pytest.raises(ValueError, match="p50 or a p99"):
+        SLO()
+    with pytest.raises(ValueError, match="latencies finite and > 0"):
+        LatencyCurve([1, 2], [0.01, -1])
+
+
+def test_padding_waste_by_hand():
+    w = padding_waste([10, 20, 30, 60], [32, 64])
+    assert w["padded_tokens"] == 32 * 3 + 64 and w["counts"] == [3, 1]
+    assert w["waste"] == pytest.approx((160 - 120) / 160)
+    with pytest.raises(ValueError, match="longer than the last boundary"):
+        padding_waste([10, 100], [32, 64])
+
+
+@pytest.mark.parametrize("seed,k", [(0, 1), (1, 2), (2, 3), (3, 4)])
+def test_recommended_buckets_equal_exhaustive_search(seed, k):
+    rng = np.random.default_rng(seed)
+    lengths = np.round(rng.lognormal(4, 0.8, 60)).clip(1, None)
+    cands = np.unique(lengths)
+    best = min((padding_waste(lengths, sorted(c) + [cands[-1]])["padded_tokens"]
+                for c in itertools.combinations(cands[:-1], k - 1)), default=None)
+    rec = recommend_buckets(lengths, k)
+    assert rec["padded_tokens"] == pytest.approx(best)
+    assert len(rec["boundaries"]) <= k and rec["boundaries"][-1] == lengths.max()
+
+
+def test_plan_serve_cli_json(tmp_path, capsys):
+    lat = tmp_path / "lat.csv"
+    lat.write_text("batch,latency_s\n1,0.010\n2,0.011\n4,0.013\n8,0.017\n16,0.025\n")
+    rng = np.random.default_rng(0)
+    trace = tmp_path / "trace.csv"
+    arr = np.cumsum(rng.exponential(1 / 300, 5000))
+    trace.write_text("arrival_s,length\n" + "".join(f"{a},{int(n)}\n" for a, n in
+                                                     zip(arr, rng.integers(5, 500, arr.size))))
+    argv = ["plan", "serve", "--latency-csv", str(lat), "--trace", str(trace), "--slo-p99-ms", "40",
+            "--buckets", "128,256,512", "--recommend-buckets", "3", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == "batchlaw.serve/1"
+    for key in ("max_batch", "max_queue_delay_s", "replicas", "throughput_per_s", "mean_latency_s",
+                "p50_latency_s", "p99_latency_s"):
+        assert key in out
+    assert out["p99_latency_s"] <= 0.04 and out["padding"]["waste"] > out["recommended_buckets"]["waste"]
+    assert main(argv[:-1]) == 0
+    assert "recommendation:" in capsys.readouterr().out
+
+
+def test_plan_serve_poisson_and_errors(tmp_path, capsys):
+    lat = tmp_path / "lat.csv"
+    lat.write_text("batch,latency_s\n1,0.010\n8,0.017\n")
+    base = ["plan", "serve", "--latency-csv", str(lat)]
+    out = json.loads(_run(capsys, base + ["--rate", "200", "--requests", "5000", "--slo-p99-ms", "50", "--json"]))
+    assert out["replicas"] >= 1 and out["arrivals"].startswith("Poisson")
+    for argv, msg in [(["--rate", "200", "--json"], "needs an SLO"),
+                      (["--rate", "0", "--slo-p99-ms", "50"], "'--rate'"),
+                      (["--rate", "200", "--slo-p99-ms", "-1"], "'--slo-p99-ms'"),
+                      (["--rate", "200", "--slo-p99-ms", "50", "--buckets", "64"], "need request lengths")]:
+        assert main(base + argv) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("b,latency\n1,0.01\n")
+    assert main(["plan", "serve", "--latency-csv", str(bad), "--rate", "10", "--slo-p99-ms", "50"]) == 2
+    assert "lacks column(s) batch, latency_s" in capsys.readouterr().err
+
+
+def _run(capsys, argv):
+    assert main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
