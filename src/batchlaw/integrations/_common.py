@@ -1,0 +1,58 @@
+"""What the framework callbacks share: optional imports, micro-batch sizes, examples counted."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["require", "batch_size_of", "step_batch_size"]
+
+
+def require(module: str, extra: str, what: str):
+    """Import ``module`` or raise an ImportError that says which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{what} needs the '{module.split('.')[0]}' package, which is not installed: "
+            f"pip install 'batchlaw[{extra}]'"
+        ) from err
+
+
+def batch_size_of(batch: Any) -> int | None:
+    """Examples in ``batch``: the first dimension of its first tensor (depth-first through
+    tuples, lists and dicts; ``input_ids`` first in a dict). ``None`` when there is no tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else None
+    if isinstance(batch, Mapping):
+        keys = sorted(batch, key=lambda k: k != "input_ids")
+        for key in keys:
+            n = batch_size_of(batch[key])
+            if n is not None:
+                return n
+        return None
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        for item in batch:
+            n = batch_size_of(item)
+            if n is not None:
+                return n
+    return None
+
+
+def step_batch_size(sizes: list[int]) -> int:
+    """The micro-batch size to give the monitor for one step with micro-batches of ``sizes``.
+
+    Equal sizes give that size. With unequal sizes (a short last batch of an epoch) and each
+    micro-batch loss a mean over its own examples, ``E|G_small|^2 = |G|^2 + tr(Sigma)/H`` and
+    ``E|G_big|^2 = |G|^2 + tr(Sigma)/(K H)`` with ``H`` the harmonic mean of the sizes, so ``H``
+    (rounded to an integer, as the monitor takes) is the right batch size.
+    """
+    if not sizes:
+        raise RuntimeError("No micro-batch was seen in this optimizer step.")
+    if min(sizes) == max(sizes):
+        return int(sizes[0])
+    harmonic = len(sizes) / sum(1.0 / s for s in sizes)
+    return max(1, round(harmonic))

@@ -1,0 +1,287 @@
+"""``NoiseScaleCallback`` for the Hugging Face ``transformers.Trainer``, and the accelerate pattern.
+
+::
+
+    from batchlaw.integrations.hf import NoiseScaleCallback
+
+    trainer = Trainer(model=model, args=TrainingArguments(..., gradient_accumulation_steps=4), ...)
+    NoiseScaleCallback().attach(trainer)     # before the report_to loggers, so they get the metrics
+    trainer.train()
+
+Where it measures. The Trainer clips the gradients before it calls any callback of the
+optimizer step (``on_pre_optimizer_step`` sees clipped, unscaled gradients), so the callback
+does not measure from a Trainer event. When training begins it installs the
+:class:`~batchlaw.noise.GradientNoiseMonitor` and a hook of its own on the model's parameters;
+at the end of every backward pass the hook asks accelerate's ``GradientState`` whether this was
+the last micro-batch of the optimizer step (the Trainer sets ``sync_gradients`` before each
+micro-batch) and, if so, steps the monitor right there: after the last backward (and after
+DDP's all-reduce) and before unscaling and clipping. The fp16 loss scale is read from the
+accelerate optimizer's ``GradScaler``.
+
+The Trainer divides each micro-batch loss by the number of micro-batches of the step (or
+normalises it by the tokens of the whole step, which is the same for equal micro-batches), so
+the monitor is told ``loss_divided_by_accumulation=True``.
+
+With accelerate in your own loop, no callback is needed::
+
+    accelerator = Accelerator(gradient_accumulation_steps=4)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8, scaler=accelerator.scaler)
+    for batch in loader:
+        with accelerator.accumulate(model):
+            accelerator.backward(loss_fn(model, batch))   # accelerate divides by 4
+            if accelerator.sync_gradients:
+                monitor.step()                            # before clip_grad_norm_ and step
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from typing import Any
+
+import torch
+
+from .._validation import check_positive_int
+from ..noise import GradientNoiseMonitor
+from ._common import batch_size_of, require, step_batch_size
+from .loggers import noise_metrics, window_estimate
+
+_transformers = require("transformers", "hf", "batchlaw.integrations.hf")
+_accelerate_state = require("accelerate.state", "hf", "batchlaw.integrations.hf")
+TrainerCallback = _transformers.TrainerCallback
+
+__all__ = ["NoiseScaleCallback"]
+
+
+def _report_to(args) -> list[str]:
+    report = getattr(args, "report_to", None)
+    if report is None:
+        return []
+    report = [report] if isinstance(report, str) else list(report)
+    return [r for r in report if r not in ("none", None)]
+
+
+class NoiseScaleCallback(TrainerCallback):
+    """Measures ``B_simple`` while ``Trainer.train`` runs and writes it into the Trainer's logs.
+
+    Whenever the Trainer logs its training loss (``logging_steps``), the callback adds the latest
+    step's record and the ``B_simple`` estimate over the last ``window`` optimizer steps to that
+    log entry: ``gns/b_simple``, ``gns/b_simple_lo``, ``gns/b_simple_hi``, ``gns/b_simple_ema``,
+    ``gns/g_sq``, ``gns/trace_sigma`` (and EMAs), ``gns/small_sq``, ``gns/big_sq``,
+    ``gns/b_small``, ``gns/b_big``, ``gns/accumulation``, ``gns/micro_batch_size``
+    (:mod:`batchlaw.integrations.loggers`; non-finite values left out). They land in
+    ``trainer.state.log_history`` and, when the callback runs before the ``report_to``
+    integrations (:meth:`attach` puts it there), in TensorBoard, W&B and the others.
+    Batch sizes and ``B_simple`` are in :attr:`unit`. Use ``gradient_accumulation_steps >= 2``:
+    one micro-batch per step gives one batch size and no estimate.
+
+    Args:
+        micro_batch_size: examples per micro-batch on each device; default: the first dimension
+            of the model's first tensor input (``input_ids`` when present) in each training
+            forward pass.
+        tokens_per_example: measure in tokens (``B_simple`` in tokens).
+        every: measure every ``every``-th optimizer step.
+        window: optimizer steps the logged ``b_simple`` estimate covers (``None``: all).
+        ema_beta: smoothing of the logged EMAs.
+        prefix: metric-name prefix.
+
+    Attributes:
+        monitor: the :class:`~batchlaw.noise.GradientNoiseMonitor` (once training has begun;
+            its records stay readable after training).
+
+    Raises:
+        ValueError: a bad argument; DeepSpeed, FSDP, reentrant activation checkpointing or
+            multi-GPU ``DataParallel`` (when training begins).
+
+    Example:
+        >>> cb = NoiseScaleCallback(micro_batch_size=8)
+        >>> cb.unit
+        'examples'
+
+    References:
+        McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training",
+        arXiv:1812.06162, eq. 2.9 and Appendix A.1.
+    """
+
+    def __init__(self, *, micro_batch_size: int | None = None, tokens_per_example: int | None = None,
+                 every: int = 1, window: int | None = 200, ema_beta: float = 0.95, prefix: str = "gns/") -> None:
+        self.micro_batch_size = (None if micro_batch_size is None
+                                 else check_positive_int("micro_batch_size", micro_batch_size))
+        self.tokens_per_example = (None if tokens_per_example is None
+                                   else check_positive_int("tokens_per_example", tokens_per_example))
+        self.every = check_positive_int("every", every)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 3):
+            raise ValueError(f"The 'window' parameter must be an integer >= 3 or None. Got {window!r} instead.")
+        self.window = window
+        self.ema_beta = ema_beta
+        if not isinstance(prefix, str):
+            raise TypeError(f"The 'prefix' parameter must be a string. Got {prefix!r} instead.")
+        self.prefix = prefix
+        self.unit = "tokens" if tokens_per_example else "examples"
+        self.monitor: GradientNoiseMonitor | None = None
+        self._attached = False
+        self._trainer = None
+        self._handles: list[Any] = []
+        self._sizes: list[int] = []
+        self._queued = False
+        self._gradient_state = None
+        self._logged_step = -1
+
+    # ------------------------------------------------------------------ placement
+    def attach(self, trainer) -> NoiseScaleCallback:
+        """Add this callback to ``trainer`` ahead of its other callbacks (the ``report_to``
+        integrations among them), so the metrics it adds to a log entry reach them. Returns self."""
+        handler = getattr(trainer, "callback_handler", None)
+        if handler is None or not hasattr(handler, "callbacks"):
+            raise TypeError(f"The 'trainer' parameter must be a transformers.Trainer. Got {type(trainer).__name__}.")
+        if self in handler.callbacks:
+            handler.callbacks.remove(self)
+        handler.callbacks.insert(0, self)
+        self._attached = True
+        self._trainer = weakref.ref(trainer)
+        return self
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _check_supported(args) -> None:
+        if getattr(args, "deepspeed", None):
+            raise ValueError(
+                "NoiseScaleCallback does not support DeepSpeed: the micro-batch and accumulated "
+                "gradients it reads are partitioned there. Use DDP (torchrun) or a single device."
+            )
+        if getattr(args, "fsdp", None):
+            raise ValueError(
+                "NoiseScaleCallback does not support FSDP in the Trainer. Use DDP (torchrun) or a "
+                "single device, or measure with batchlaw.noise.GradientNoiseMonitor in your own loop."
+            )
+        for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+            kw = getattr(args, name, None)
+            if isinstance(kw, dict) and kw.get("use_reentrant") is True and (
+                    getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)):
+                raise ValueError(
+                    f"NoiseScaleCallback does not support reentrant activation checkpointing ({name}="
+                    f"{kw!r}): the recomputation runs backward passes inside the backward pass, which ends "
+                    "them early for the callback. Use {'use_reentrant': False} (the default)."
+                )
+        if getattr(args, "n_gpu", 1) > 1:
+            raise ValueError(
+                f"NoiseScaleCallback does not support torch.nn.DataParallel (n_gpu={args.n_gpu}): launch "
+                "with torchrun for DDP, or make one GPU visible (CUDA_VISIBLE_DEVICES)."
+            )
+
+    # ------------------------------------------------------------------ training
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._check_supported(args)
+        if model is None:
+            raise ValueError("NoiseScaleCallback needs the model: the Trainer passed none to on_train_begin.")
+        if not self._attached and _report_to(args):
+            warnings.warn(
+                "NoiseScaleCallback was added with callbacks=[...] or add_callback, so the Trainer calls it "
+                f"after the report_to integrations ({', '.join(_report_to(args))}): its metrics reach "
+                "trainer.state.log_history but not them. Use NoiseScaleCallback(...).attach(trainer) instead.",
+                stacklevel=2,
+            )
+        if args.gradient_accumulation_steps < 2 and getattr(args, "world_size", 1) < 2:
+            warnings.warn(
+                "gradient_accumulation_steps=1 on one process gives one batch size per step, so no "
+                "noise-scale estimate: set gradient_accumulation_steps >= 2 (and divide "
+                "per_device_train_batch_size by it).",
+                stacklevel=2,
+            )
+        self._remove_hooks()
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer holds the fp16 GradScaler
+        target, group = self._monitored_model(model)
+        self.monitor = GradientNoiseMonitor(
+            target, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
+            scaler=scaler, loss_divided_by_accumulation=True, every=self.every, ema_beta=self.ema_beta,
+            process_group=group,
+        )
+        self._gradient_state = _accelerate_state.GradientState()
+        self._sizes, self._queued = [], False
+        # Every trainable parameter, not just one: a parameter unused in a micro-batch must not
+        # hide that micro-batch's backward. Only the first hook of a backward pass queues.
+        self._handles.extend(p.register_hook(self._on_grad) for p in model.parameters() if p.requires_grad)
+        self._handles.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+        return control
+
+    def _monitored_model(self, model):
+        """The module and process group for the monitor: under DDP the Trainer's wrapper when
+        :meth:`attach` gave us the Trainer, else the default group that the Trainer's DDP
+        averages ``.grad`` over (synchronised by the time the monitor steps)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return model, "auto"
+        trainer = self._trainer() if self._trainer is not None else None
+        wrapped = getattr(trainer, "model_wrapped", None)
+        if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            return wrapped, "auto"
+        return model, dist.group.WORLD
+
+    def _on_forward(self, module, args, kwargs) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return None  # evaluation inside training
+        if self.micro_batch_size is not None:
+            self._sizes.append(self.micro_batch_size)
+            return None
+        b = batch_size_of(kwargs) if kwargs else None
+        b = b if b is not None else batch_size_of(args)
+        if b is None:
+            raise ValueError(
+                "NoiseScaleCallback cannot tell the micro-batch size from the model's inputs (no tensor "
+                "in them): pass NoiseScaleCallback(micro_batch_size=...)."
+            )
+        self._sizes.append(b)
+        return None
+
+    def _on_grad(self, grad):
+        if not self._queued:
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            self._queued = True
+        return None
+
+    def _end_of_backward(self) -> None:
+        self._queued = False
+        if not self._gradient_state.sync_gradients:
+            return
+        # The last micro-batch of the step. Step the monitor after every other end-of-backward
+        # callback (DDP finishes its all-reduce in one): a callback queued now runs after them.
+        torch.autograd.Variable._execution_engine.queue_callback(self._step_monitor)
+
+    def _step_monitor(self) -> None:
+        sizes, self._sizes = self._sizes, []
+        if not sizes:
+            raise RuntimeError(
+                "NoiseScaleCallback saw a backward pass without a training forward pass of the model it "
+                "was given: pass NoiseScaleCallback(micro_batch_size=...) and check the Trainer's model."
+            )
+        self.monitor.step(batch_size=step_batch_size(sizes))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.monitor is None or logs is None or "loss" not in logs or state.global_step == self._logged_step:
+            return control
+        records = self.monitor.records
+        if not records:
+            return control
+        metrics = noise_metrics(records[-1], window_estimate(self.monitor, window=self.window), prefix=self.prefix)
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+        self._logged_step = state.global_step
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._remove_hooks()
+        return control
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.monitor is not None:
+            self.monitor.remove()

@@ -1,0 +1,288 @@
+"""NoiseScaleCallback for transformers.Trainer and the accelerate pattern, with the real packages,
+against the plain-loop monitor and the analytic B_simple of linear regression at fixed weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+accelerate = pytest.importorskip("accelerate")
+from accelerate import Accelerator  # noqa: E402
+from accelerate.state import AcceleratorState, GradientState  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from batchlaw.integrations.hf import NoiseScaleCallback  # noqa: E402
+from batchlaw.noise import GradientNoiseMonitor  # noqa: E402
+from batchlaw.workloads import LinearRegression  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+transformers.logging.set_verbosity_error()
+WL = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)  # B_simple = 33 examples at init
+
+
+class Net(torch.nn.Module):
+    """A model the Trainer can drive: keyword inputs in, {"loss": ...} out."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.net = WL.make_model(seed)
+
+    def forward(self, x, labels):
+        return {"loss": WL.loss(self.net, (x, labels))}
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _data(n, seed=0):
+    return WL.sample_batch(n, torch.Generator().manual_seed(seed))
+
+
+def _args(tmp_path, b, k, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=b, gradient_accumulation_steps=k,
+                learning_rate=0.0, num_train_epochs=1, logging_steps=10, report_to=[], use_cpu=True,
+                train_sampling_strategy="sequential", remove_unused_columns=False, save_strategy="no",
+                disable_tqdm=True, seed=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _plain(x, y, b, k, steps):
+    model = WL.make_model(0)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=b)
+    for s in range(steps):
+        for j in range(k):
+            i = (s * k + j) * b
+            (WL.loss(model, (x[i:i + b], y[i:i + b])) / k).backward()
+        monitor.step()
+        model.zero_grad(set_to_none=True)
+    return monitor
+
+
+def test_trainer_estimate_matches_plain_loop_and_analytic_value(tmp_path):
+    """Fixed weights (learning_rate=0), the Trainer clipping at 1e-3: the callback must measure
+    before the clipping and see the same micro-batches as the plain loop."""
+    steps, k, b = 250, 4, 8
+    x, y = _data(steps * k * b)
+    args = _args(tmp_path, b, k, max_grad_norm=1e-3, logging_steps=5)
+    trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y))
+    cb = NoiseScaleCallback().attach(trainer)
+    trainer.train()
+    ours, ref = cb.monitor.estimate(), _plain(x, y, b, k, steps).estimate()
+    assert ours.b_simple == pytest.approx(ref.b_simple, rel=0.10)
+    assert ours.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
+    truth = WL.b_simple(WL.make_model(0))
+    assert ours.ci[0] <= truth <= ours.ci[1]
+    assert ours.n_steps == steps and ours.unit == "examples"
+    # the metrics are in the Trainer's log history, beside its own loss
+    entries = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(entries) == steps // 5
+    assert all("gns/b_big" in e and e["gns/b_big"] == k * b for e in entries)
+    assert entries[-1]["gns/b_simple"] == pytest.approx(cb.monitor.estimate(start=steps - 200).b_simple, rel=1e-9)
+    assert "gns/b_simple" not in entries[0]  # 5 steps: too few for an interval
+    assert "gns/b_simple" in entries[1]
+    assert not cb.monitor._handles  # hooks removed after training
+
+
+def test_short_last_step_and_batch_size_from_inputs(tmp_path):
+    """10 micro-batches with gradient_accumulation_steps=4: steps of 4, 4, 2 (the Trainer divides
+    the last step's losses by 2); the last micro-batch holds 5 examples, not 8."""
+    b, k = 8, 4
+    x, y = _data(9 * b + 5)
+    trainer = Trainer(model=Net(), args=_args(tmp_path, b, k), train_dataset=Rows(x, y))
+    cb = NoiseScaleCallback().attach(trainer)
+    trainer.train()
+    recs = cb.monitor.records
+    assert [r["accumulation"] for r in recs] == [4, 4, 2]
+    assert [r["micro_batch_size"] for r in recs] == [8, 8, 6]  # harmonic mean of 8 and 5, rounded
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_is_bit_for_bit_unchanged(tmp_path, bf16):
+    steps, k, b = 8, 3, 8
+    x, y = _data(steps * k * b)
+    params = []
+    for with_cb in (False, True):
+        model = Net()
+        trainer = Trainer(model=model, args=_args(tmp_path, b, k, learning_rate=0.05, max_grad_norm=0.5, bf16=bf16),
+                          train_dataset=Rows(x, y))
+        if with_cb:
+            cb = NoiseScaleCallback().attach(trainer)
+        trainer.train()
+        params.append([p.detach().clone() for p in model.parameters()])
+    assert len(cb.monitor.records) == steps
+    for a, c in zip(*params):
+        assert torch.equal(a, c)
+
+
+def test_report_to_tensorboard_receives_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps, k, b = 40, 2, 8
+    x, y = _data(steps * k * b)
+    logdir = tmp_path / "out"  # the Trainer's TensorBoard logs go under output_dir
+    args = _args(tmp_path, b, k, report_to=["tensorboard"], logging_steps=5)
+    trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y))
+    cb = NoiseScaleCallback().attach(trainer)
+    trainer.train()
+    acc = EventAccumulator(str(next(p for p in logdir.rglob("events.out.tfevents.*")).parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for key in ("b_simple", "b_simple_lo", "b_simple_hi", "b_simple_ema", "g_sq", "trace_sigma", "b_big", "small_sq"):
+        assert f"train/gns/{key}" in tags, tags
+    last = acc.Scalars("train/gns/b_simple")[-1]
+    assert last.step == steps and last.value == pytest.approx(cb.monitor.estimate().b_simple, rel=1e-5)
+    assert [e.step for e in acc.Scalars("train/gns/b_big")] == list(range(5, steps + 1, 5))
+
+
+def test_added_without_attach_warns_and_still_fills_log_history(tmp_path):
+    steps, k, b = 20, 2, 8
+    x, y = _data(steps * k * b)
+    cb = NoiseScaleCallback()
+    args = _args(tmp_path, b, k, report_to=["tensorboard"])
+    trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y), callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"attach\(trainer\)"):
+        trainer.train()
+    assert "gns/b_simple" in [e for e in trainer.state.log_history if "loss" in e][-1]
+
+
+def test_unsupported_setups_are_refused_by_name(tmp_path):
+    args = _args(tmp_path, 8, 2, fsdp="full_shard")  # real arguments as the Trainer would get them
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        NoiseScaleCallback._check_supported(args)
+    args = _args(tmp_path, 8, 2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="reentrant activation checkpointing"):
+        NoiseScaleCallback._check_supported(args)
+    NoiseScaleCallback._check_supported(_args(tmp_path, 8, 2, gradient_checkpointing=True))  # non-reentrant: fine
+    with pytest.raises(ValueError, match="'window' parameter"):
+        NoiseScaleCallback(window=2)
+    with pytest.raises(TypeError, match="transformers.Trainer"):
+        NoiseScaleCallback().attach(object())
+
+
+def test_single_micro_batch_warns(tmp_path):
+    x, y = _data(32)
+    trainer = Trainer(model=Net(), args=_args(tmp_path, 8, 1), train_dataset=Rows(x, y))
+    NoiseScaleCallback().attach(trainer)
+    with pytest.warns(UserWarning, match="gradient_accumulation_steps=1"):
+        trainer.train()
+
+
+def test_missing_transformers_names_the_extra():
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "try:\n    import batchlaw.integrations.hf\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'batchlaw[hf]'" in out
+
+
+# ---------------------------------------------------------------- accelerate, documented pattern
+def _accelerate_loop(x, y, b, k, steps, lr, mixed_precision="no", with_monitor=True):
+    torch.manual_seed(0)
+    accelerator = Accelerator(gradient_accumulation_steps=k, cpu=True, mixed_precision=mixed_precision)
+    model = WL.make_model(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=b)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=b, scaler=accelerator.scaler) if with_monitor else None
+    for batch in loader:
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = WL.loss(model, batch)
+            accelerator.backward(loss)  # accelerate divides the loss by k
+            if accelerator.sync_gradients:
+                if monitor is not None:
+                    monitor.step()  # before clipping and the optimizer step
+                accelerator.clip_grad_norm_(model.parameters(), 1e-3)
+            optimizer.step()
+            optimizer.zero_grad()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return model, monitor
+
+
+def test_accelerate_pattern_matches_plain_loop():
+    steps, k, b = 250, 4, 8
+    x, y = _data(steps * k * b)
+    _, monitor = _accelerate_loop(x, y, b, k, steps, lr=0.0)
+    ours, ref = monitor.estimate(), _plain(x, y, b, k, steps).estimate()
+    assert ours.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
+    assert ours.g_sq == pytest.approx(ref.g_sq, rel=1e-5)  # the loss division by k is accounted for
+    truth = WL.b_simple(WL.make_model(0))
+    assert ours.ci[0] <= truth <= ours.ci[1]
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_accelerate_pattern_leaves_training_unchanged(mixed_precision):
+    steps, k, b = 10, 3, 8
+    x, y = _data(steps * k * b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain, _ = _accelerate_loop(x, y, b, k, steps, 0.05, mixed_precision, with_monitor=False)
+        watched, monitor = _accelerate_loop(x, y, b, k, steps, 0.05, mixed_precision)
+    assert len(monitor.records) == steps
+    for a, c in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "examples"))
+    try:
+        import hf_trainer_noise_scale
+    finally:
+        sys.path.pop(0)
+    out = hf_trainer_noise_scale.main(["--steps", "12", "--context", "16", "--out", str(tmp_path)])
+    assert out["unit"] == "tokens" and out["b_simple"] > 0
+    assert out["last_log"]["gns/b_big"] == 4 * 8 * 16  # K micro-batches of 8 blocks of 16 tokens
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"] wrote its file
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_measures_the_same(tmp_path):
+    """A GPT-2 built from a config, with and without (non-reentrant) activation checkpointing:
+    the recomputation must not disturb where the callback finds the end of the backward."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    blocks = torch.randint(0, 64, (6 * 2 * 4, 12), generator=torch.Generator().manual_seed(0))  # (48, 12)
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(blocks)
+
+        def __getitem__(self, i):
+            return {"input_ids": blocks[i], "labels": blocks[i]}
+
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=12, n_embd=16, n_layer=2, n_head=2))
+        args = _args(tmp_path, 4, 2, gradient_checkpointing=checkpointing)
+        trainer = Trainer(model=model, args=args, train_dataset=Blocks())
+        cb = NoiseScaleCallback(tokens_per_example=12).attach(trainer)
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        runs.append(cb.monitor.records)
+    assert len(runs[0]) == 6 and [r["b_small"] for r in runs[0]] == [48.0] * 6
+    for a, c in zip(*runs):
+        assert c["small_sq"] == pytest.approx(a["small_sq"], rel=1e-5)
+        assert c["big_sq"] == pytest.approx(a["big_sq"], rel=1e-5)
