@@ -102,3 +102,34 @@ def test_fit_powerlaw_for_cbs_laws(tmp_path, capsys):
     lo, hi = out["ci"]["exp_params"]
     assert lo <= 0.087 <= hi
     assert main(["fit", "powerlaw", str(tmp_path / "cbs.csv"), "--y-col", "cbs", "--x-col", "cbs"]) == 2
+
+
+def test_fit_cbs_reads_a_sweeps_own_trials_csv(capsys):
+    """A sweep's trials.csv has empty steps_to_target for trials that did not reach the target:
+    they are skipped and counted; the best LR per (batch, seed) and the median over seeds are fitted."""
+    out = _json(capsys, ["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "300", "--json"])
+    assert out["schema"] == "batchlaw.fit.cbs/1"
+    (g,) = out["groups"]
+    assert g["group"] == "lm" and g["n_points"] == 8  # one point per batch size, not one per trial
+    text = (EX / "sweep_trials.csv").read_text().splitlines()
+    assert g["rows_ignored"] == sum(",reached," not in r for r in text[1:]) > 0
+    assert g["b_crit_ci"][0] <= 256 <= g["b_crit_ci"][1]
+    assert all(p["seeds"] == 3 for p in g["points"])
+    assert main(["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "200"]) == 0
+    assert "ignored" in capsys.readouterr().out
+
+
+def test_fit_cbs_rejects_text_in_the_steps_column(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("batch,steps\n16,100\n32,abc\n64,40\n")
+    assert main(["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "'abc' is not a number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_chinchilla_constant_loss_is_a_clear_error(tmp_path, capsys):
+    rows = ["params,compute,loss"] + [f"{n},{6 * n * d},2.5" for n in (1e7, 1e8, 1e9) for d in (1e9, 1e10, 1e11, 1e12)]
+    (tmp_path / "c.csv").write_text("\n".join(rows))
+    assert main(["fit", "chinchilla", str(tmp_path / "c.csv"), "--params-col", "params", "--compute-col", "compute",
+                 "--loss-col", "loss", "--compute", "1e21", "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same in every run" in err

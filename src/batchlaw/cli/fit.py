@@ -21,10 +21,21 @@ def _add_fit_parser(sub) -> None:
         description="Fit S(B) = S_min (1 + B_crit/B) (McCandlish et al. 2018) to steps-to-target per batch size, "
         "with bootstrap intervals, and the 20%%-over-linear critical batch size of Zhang et al. 2024.",
     )
-    c.add_argument("csv", help="CSV file with a header row")
-    c.add_argument("--batch-col", required=True, help="column with the batch size")
-    c.add_argument("--steps-col", required=True, help="column with the steps to target")
-    c.add_argument("--group-col", default=None, help="fit each value of this column separately")
+    c.add_argument("csv", help="CSV file with a header row: your own table, or a sweep's trials.csv")
+    c.add_argument("--batch-col", default=None,
+                   help="column with the batch size (default: 'batch_size', the column of a sweep's trials.csv)")
+    c.add_argument("--steps-col", default=None,
+                   help="column with the steps to target; empty cells mean 'not reached' and are skipped and counted "
+                   "(default: 'steps_to_target', the column of a sweep's trials.csv)")
+    c.add_argument("--lr-col", default=None,
+                   help="column with the learning rate: the best LR per batch size and seed is kept, then the median "
+                   "over seeds (default: 'lr' when the CSV has it)")
+    c.add_argument("--seed-col", default=None, help="column with the seed (default: 'seed' when the CSV has it)")
+    c.add_argument("--status-col", default=None,
+                   help="column with the trial status; only 'reached' rows are fitted (default: 'status' when the "
+                   "CSV has it)")
+    c.add_argument("--group-col", default=None,
+                   help="fit each value of this column separately (default: 'sweep' when the CSV has it)")
     c.add_argument("--reference-batch", type=float, default=None, help="B0 for the CBS (default: the smallest batch)")
     c.add_argument("--unit", choices=["examples", "tokens", "sequences"], default="examples",
                    help="unit of the batch column (default: %(default)s)")
@@ -94,38 +105,127 @@ def _add_fit_parser(sub) -> None:
     cu.set_defaults(func=_cmd_fit_curve)
 
 
-def _cmd_fit_cbs(args) -> int:
+def _cbs_table(args) -> tuple[dict, dict]:
+    """Read the (batch, steps) points of ``fit cbs`` from any CSV or a sweep's ``trials.csv``.
+
+    Rows whose steps cell is empty (or whose status is not ``reached``) did not reach the target:
+    they are skipped and counted. With a learning-rate column, each (batch, seed) keeps its best
+    learning rate's steps and each batch size the median over seeds (as ``batchlaw sweep`` does).
+
+    Returns:
+        ``(groups, info)``: ``groups`` maps a group name to ``{"batch": [...], "steps": [...],
+        "seeds": [...]}``; ``info`` maps it to ``{"rows_ignored", "not_reached_batches", "best_lr"}``.
+    """
+    import csv
+    import statistics
+
     from .._csv import read_columns
+
+    from pathlib import Path
+
+    if not Path(args.csv).is_file():
+        read_columns(args.csv, [])  # raises the usual "does not exist" error
+    with open(args.csv, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+
+    def pick(given, default):
+        return given if given is not None else (default if default in header else None)
+
+    batch_col = args.batch_col or "batch_size"
+    steps_col = args.steps_col or "steps_to_target"
+    lr_col, seed_col = pick(args.lr_col, "lr"), pick(args.seed_col, "seed")
+    status_col, group_col = pick(args.status_col, "status"), pick(args.group_col, "sweep")
+    cols = list(dict.fromkeys(c for c in (batch_col, steps_col, lr_col, seed_col, status_col, group_col) if c))
+    t = read_columns(args.csv, cols, numeric=[batch_col] + ([lr_col] if lr_col else []))
+    raw: dict[str, dict] = {}
+    info: dict[str, dict] = {}
+    for i in range(len(t[batch_col])):
+        g = str(t[group_col][i]) if group_col else "all"
+        inf = info.setdefault(g, {"rows_ignored": 0, "not_reached_batches": set(), "best_lr": {}})
+        b = t[batch_col][i]
+        cell = str(t[steps_col][i]).strip()
+        reached = cell != "" and (status_col is None or str(t[status_col][i]).strip() == "reached")
+        if not reached:
+            inf["rows_ignored"] += 1
+            inf["not_reached_batches"].add(b)
+            continue
+        try:
+            steps = float(cell)
+        except ValueError:
+            raise ValueError(f"Column {steps_col!r}, line {i + 2} of {args.csv!r}: {cell!r} is not a number "
+                             "(leave the cell empty for a run that did not reach the target).") from None
+        seed = str(t[seed_col][i]) if seed_col else str(i)
+        lr = t[lr_col][i] if lr_col else None
+        cur = raw.setdefault(g, {}).get((b, seed))
+        if lr_col is None:
+            raw[g][(b, seed)] = (steps, lr)
+        elif cur is None or steps < cur[0]:
+            raw[g][(b, seed)] = (steps, lr)
+    groups: dict[str, dict] = {}
+    for g, cells in raw.items():
+        by_b: dict[float, list] = {}
+        for (b, _), (steps, lr) in cells.items():
+            by_b.setdefault(b, []).append((steps, lr))
+        out = groups.setdefault(g, {"batch": [], "steps": [], "seeds": []})
+        for b, vals in sorted(by_b.items()):
+            if lr_col is None:  # a plain table: every row is a point
+                for steps, _ in vals:
+                    out["batch"].append(b)
+                    out["steps"].append(steps)
+                    out["seeds"].append(1)
+                continue
+            out["batch"].append(b)
+            out["steps"].append(float(statistics.median(v[0] for v in vals)))
+            out["seeds"].append(len(vals))
+            info[g]["best_lr"][b] = sorted(vals)[len(vals) // 2][1]
+    for g, inf in info.items():
+        reached_b = set(groups.get(g, {}).get("batch", []))
+        inf["not_reached_batches"] = sorted(inf["not_reached_batches"] - reached_b)
+        groups.setdefault(g, {"batch": [], "steps": [], "seeds": []})
+    return groups, info
+
+
+def _cmd_fit_cbs(args) -> int:
     from ..errors import InsufficientDataError
     from ..fit import fit_steps_law
 
-    cols = [args.batch_col, args.steps_col] + ([args.group_col] if args.group_col else [])
-    table = read_columns(args.csv, cols, numeric=[args.batch_col, args.steps_col])
-    groups: dict[str, tuple[list, list]] = {}
-    for i in range(len(table[args.batch_col])):
-        g = table[args.group_col][i] if args.group_col else "all"
-        groups.setdefault(g, ([], []))
-        groups[g][0].append(table[args.batch_col][i])
-        groups[g][1].append(table[args.steps_col][i])
+    groups, info = _cbs_table(args)
     out, failed = [], 0
-    for g, (b, s) in groups.items():
+    for g, pts in groups.items():
+        b, s = pts["batch"], pts["steps"]
+        extra = {"rows_ignored": info[g]["rows_ignored"], "not_reached_batches": info[g]["not_reached_batches"],
+                 "points": [{"batch": bb, "steps": ss, "seeds": n, **({"best_lr": info[g]["best_lr"][bb]}
+                                                                       if bb in info[g]["best_lr"] else {})}
+                            for bb, ss, n in zip(b, s, pts["seeds"])]}
         try:
             fit = fit_steps_law(b, s, reference_batch=args.reference_batch, unit=args.unit, n_boot=args.bootstrap)
         except InsufficientDataError as err:
             failed += 1
-            out.append({"group": g, "n_points": len(b), "error": str(err)})
+            out.append({"group": g, "n_points": len(b), "error": str(err), **extra})
             continue
         out.append({"group": g, "n_points": fit.n_points, "s_min": fit.s_min, "s_min_ci": list(fit.s_min_ci),
                     "e_min": fit.e_min, "e_min_ci": list(fit.e_min_ci), "b_crit": fit.b_crit,
                     "b_crit_ci": list(fit.b_crit_ci), "cbs": fit.cbs, "cbs_ci": list(fit.cbs_ci),
-                    "reference_batch": fit.reference_batch, "unit": fit.unit, "_fit": fit})
+                    "reference_batch": fit.reference_batch, "unit": fit.unit, **extra, "_fit": fit})
     if args.json:
-        print(json.dumps({"groups": [{k: v for k, v in o.items() if k != "_fit"} for o in out]}, indent=2))
+        print(json.dumps({"schema": "batchlaw.fit.cbs/1",
+                          "groups": [{k: v for k, v in o.items() if k != "_fit"} for o in out]}, indent=2))
     else:
+        several = len(out) > 1 or args.group_col
         for o in out:
-            head = f"[{o['group']}] " if args.group_col else ""
+            head = f"[{o['group']}] " if several else ""
             print(f"{head}{o['n_points']} points: " + (str(o["_fit"]) if "_fit" in o else f"no fit: {o['error']}"))
+            if o["rows_ignored"]:
+                nr = o["not_reached_batches"]
+                print(f"{head}ignored {o['rows_ignored']} row(s) that did not reach the target"
+                      + (f"; no run reached it at batch size(s) {', '.join(fmt_num(x) for x in nr)}" if nr else ""))
     return 1 if failed == len(out) else 0
+
+
+def _finite(x):
+    """``float(x)``, or ``None`` (JSON null: unbounded) when it is not finite."""
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None
 
 
 def _ci_text(fit, key) -> str:
@@ -152,11 +252,15 @@ def _cmd_fit_chinchilla(args) -> int:
         if fit.boot:
             import numpy as np
 
-            boot = [compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()})
-                    for i in range(len(fit.boot["E"]))]
+            boot = []
+            for i in range(len(fit.boot["E"])):
+                try:
+                    boot.append(compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()}))
+                except ValueError:  # a degenerate resample has no allocation: it counts as unbounded
+                    boot.append({"params": np.inf, "tokens": np.inf, "tokens_per_param": np.inf})
             a = (1 - fit.confidence) / 2
-            out["allocation"]["ci"] = {k: [float(np.quantile([b[k] for b in boot], a)),
-                                           float(np.quantile([b[k] for b in boot], 1 - a))]
+            out["allocation"]["ci"] = {k: [_finite(np.quantile([b[k] for b in boot], a)),
+                                           _finite(np.quantile([b[k] for b in boot], 1 - a))]
                                        for k in ("params", "tokens", "tokens_per_param")}
         if args.inference_tokens is not None:
             out["inference_aware"] = inference_optimal(args.compute, args.inference_tokens, fit.values)
@@ -176,7 +280,7 @@ def _cmd_fit_chinchilla(args) -> int:
         ci = a.get("ci", {})
         print(f"compute-optimal at C = {a['compute']:.3g} FLOPs: N = {fmt_num(a['params'])} parameters, "
               f"D = {fmt_num(a['tokens'])} tokens, {a['tokens_per_param']:.1f} tokens per parameter"
-              + (f" (95% CI {ci['tokens_per_param'][0]:.1f} to {ci['tokens_per_param'][1]:.1f})" if ci else ""))
+              + (f" (95% CI {fmt_num(ci['tokens_per_param'][0])} to {fmt_num(ci['tokens_per_param'][1])})" if ci else ""))
     if "inference_aware" in out:
         i = out["inference_aware"]
         print(f"inference-aware ({i['inference_tokens']:.3g} inference tokens): N = {fmt_num(i['params'])}, "

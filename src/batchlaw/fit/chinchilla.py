@@ -86,6 +86,10 @@ def fit_chinchilla(params, tokens, loss, *, n_boot: int = 1000, confidence: floa
     for j, name in enumerate(("params", "tokens")):
         if np.unique(X[:, j]).size < 2:
             raise InsufficientDataError(f"All runs have the same '{name}': the law cannot separate N from D.")
+    if np.ptp(logy) <= 1e-12 * max(1.0, float(np.abs(logy).max())):
+        raise InsufficientDataError(
+            f"The 'loss' is the same in every run ({math.exp(logy[0]):.6g}): there is nothing to fit. Check that the "
+            "loss column holds each run's final loss.")
     Xc = np.column_stack([X, X[:, 0] + X[:, 1]])  # log(N D) ~ log compute, for the extrapolation check
     law = chinchilla_law()
     wrapped = Law(law.name, law.params, lambda t, Z: law.predict_log(t, Z[:, :2]),
@@ -104,9 +108,21 @@ def compute_optimal(compute, p: dict) -> dict:
     """
     c = check_positive_float("compute", float(compute))
     a, b = p["alpha"], p["beta"]
-    g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
-    n = g * (c / 6.0) ** (b / (a + b))
-    d = (c / 6.0) ** (a / (a + b)) / g
+    if not (a > 1e-6 and b > 1e-6 and p["A"] > 0 and p["B"] > 0 and all(map(math.isfinite, (a, b, p["A"], p["B"])))):
+        raise ValueError(
+            f"The law has alpha = {a:.3g}, beta = {b:.3g}, A = {p['A']:.3g}, B = {p['B']:.3g}: the loss does not fall "
+            "with both N and D, so no compute-optimal allocation exists. Check the runs (do they span model and data "
+            "sizes, is the loss column right?).")
+    try:
+        g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
+        n = g * (c / 6.0) ** (b / (a + b))
+        d = (c / 6.0) ** (a / (a + b)) / g
+    except (OverflowError, ZeroDivisionError):
+        n = d = math.inf
+    if not (math.isfinite(n) and math.isfinite(d) and n > 0 and d > 0):
+        raise ValueError(
+            f"The compute-optimal allocation at C = {c:.3g} FLOPs overflows for this law (alpha = {a:.3g}, "
+            f"beta = {b:.3g}): the fit is degenerate. Check the runs span model and data sizes.")
     return {"compute": c, "params": n, "tokens": d, "tokens_per_param": d / n,
             "loss": float(chinchilla_loss(n, d, p))}
 
