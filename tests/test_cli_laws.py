@@ -133,3 +133,32 @@ def test_fit_chinchilla_constant_loss_is_a_clear_error(tmp_path, capsys):
                  "--loss-col", "loss", "--compute", "1e21", "--bootstrap", "100"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "same in every run" in err
+
+
+def test_fit_hparams_counts_diverged_runs_and_flags_edges(tmp_path, capsys):
+    """Diverged runs (empty, 'nan', 'diverged' loss) are counted, not an error; a group whose best
+    LR is the largest tried is flagged and left out of the LR law."""
+    rows = (EX / "hparam_grid.csv").read_text().splitlines()
+    head, body = rows[0], rows[1:]
+    big = {}
+    for r in body:  # the largest LR of each group
+        n, d, lr = r.split(",")[:3]
+        big[(n, d)] = max(big.get((n, d), 0.0), float(lr))
+    out_rows = []
+    for i, r in enumerate(body):
+        n, d, lr, b, loss = r.split(",")
+        if float(lr) == big[(n, d)]:
+            loss = ("", "nan", "diverged")[i % 3]
+        out_rows.append(",".join((n, d, lr, b, loss)))
+    # one group whose higher LRs are all gone: its best is at the top of what is left
+    (tmp_path / "g.csv").write_text("\n".join([head, *out_rows]))
+    out = _json(capsys, ["fit", "hparams", str(tmp_path / "g.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
+                         "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
+                         "--bootstrap", "100", "--group-bootstrap", "0", "--json"])
+    assert out["schema"] == "batchlaw.fit.hparams/1"
+    assert out["n_diverged"] == 9 * 9 and all(o["n_diverged"] == 9 for o in out["optima"])
+    assert out["lr_law"]["exp_params"] == pytest.approx(-0.713, abs=0.05)
+    (tmp_path / "bad.csv").write_text(head + "\n1e8,2e9,0.001,16,oops\n")
+    assert main(["fit", "hparams", str(tmp_path / "bad.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
+                 "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens"]) == 2
+    assert "'oops' is not a number" in capsys.readouterr().err

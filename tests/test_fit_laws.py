@@ -146,14 +146,14 @@ def _grid_runs(rng, noise=0.002):
 def test_hparam_laws_recover_step_law():
     n, d, lr, b, loss = _grid_runs(np.random.default_rng(0))
     optima = find_optima(n, d, lr, b, loss)
-    assert len(optima) == 9 and all(o["method"] == "smoothed" for o in optima)
+    assert len(optima) == 9 and all(o["method"] == "local" for o in optima)
     laws = fit_hparam_laws(optima, n_boot=300)
     assert laws["lr_law"]["exp_params"] == pytest.approx(STEP_LAW["lr_exp_params"], abs=0.03)
     assert laws["lr_law"]["exp_tokens"] == pytest.approx(STEP_LAW["lr_exp_tokens"], abs=0.03)
     assert laws["batch_law"]["exp_tokens"] == pytest.approx(STEP_LAW["batch_exp_tokens"], abs=0.03)
     ci = laws["lr_law"]["ci"]["exp_params"]
     assert ci[0] <= STEP_LAW["lr_exp_params"] <= ci[1]
-    # the raw argmin sits on the grid, so it is coarser than the smoothed vertex
+    # the raw argmin sits on the grid, so it is coarser than the local fit
     raw_err = np.median([abs(math.log(o["raw"]["lr"] / step_law(o["params"], o["tokens"])["lr"])) for o in optima])
     sm_err = np.median([abs(math.log(o["lr"] / step_law(o["params"], o["tokens"])["lr"])) for o in optima])
     assert sm_err <= raw_err + 1e-9

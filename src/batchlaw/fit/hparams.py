@@ -270,7 +270,7 @@ def find_optima(params, tokens, lr, batch, loss, *, method: str = "local", n_boo
     L = np.asarray(loss, dtype=np.float64).ravel()
     X, _ = validate_xy({"params": params, "tokens": tokens, "lr": lr, "batch": batch}, np.ones_like(L),
                        y_name="loss", min_points=3)
-    N, D, LR, B = np.exp(X).T
+    N, D, LR, B = (np.asarray(v, dtype=np.float64).ravel() for v in (params, tokens, lr, batch))
     div = ~np.isfinite(L)
     if np.any(L[~div] <= 0):
         bad = np.flatnonzero(~div & (L <= 0))
