@@ -82,7 +82,7 @@ def n_opt(c, p=ISO_TRUTH):
     return g * (c / 6) ** (b / (a + b))
 
 
-def lopsided_isoflop(rng, *, budgets=(1e18, 4e18, 1.6e19, 6.4e19, 2.56e20), noise=0.004, p=ISO_TRUTH):
+def lopsided_isoflop(rng, *, budgets=(1e20, 6e20, 3.6e21, 2.16e22, 1.3e23), noise=0.004, p=ISO_TRUTH):
     """IsoFLOP runs ``(params, tokens, budget, loss)``: per budget the family's sizes from about
     1/6 to 6 times ``N_opt``, with the sizes on one side (chosen at random) thinned, so profiles
     are lopsided; noise ``noise * (1 + |log(N / N_opt)| / 2)`` relative."""

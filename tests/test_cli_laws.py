@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from batchlaw.cli import main
@@ -162,3 +163,26 @@ def test_fit_hparams_counts_diverged_runs_and_flags_edges(tmp_path, capsys):
     assert main(["fit", "hparams", str(tmp_path / "bad.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
                  "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens"]) == 2
     assert "'oops' is not a number" in capsys.readouterr().err
+
+
+def test_fit_isoflop_skips_a_budget_with_a_warning_and_compares_approaches(tmp_path, capsys):
+    """A profile whose lowest loss is its largest model used to refuse the whole fit."""
+    from batchlaw.fit import EPOCH_2024, chinchilla_loss, compute_optimal
+
+    rows = (EX / "isoflop_runs.csv").read_text().splitlines()
+    c = 1e21
+    n_opt = compute_optimal(c, EPOCH_2024)["params"]
+    for n in n_opt * np.geomspace(0.05, 0.5, 4):
+        rows.append(f"{n:.4g},{c / (6 * n):.4g},{c:.3g},{float(chinchilla_loss(n, c / (6 * n), EPOCH_2024)):.5f}")
+    (tmp_path / "iso.csv").write_text("\n".join(rows))
+    argv = ["fit", "isoflop", str(tmp_path / "iso.csv"), "--params-col", "params", "--tokens-col", "tokens",
+            "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "100"]
+    out = _json(capsys, argv + ["--json"])
+    assert out["schema"] == "batchlaw.fit.isoflop/1"
+    assert [s["compute"] for s in out["skipped"]] == [1e21] and len(out["optima"]) == 5
+    a2, a3 = out["comparison"]["params_exponent"]["approach2"], out["comparison"]["params_exponent"]["approach3"]
+    assert a2 == pytest.approx(0.5126, abs=0.02) and a3 == pytest.approx(0.5126, abs=0.02)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning: isoFLOP budget 1e+21 FLOPs skipped: the lowest loss is at the largest model" in captured.err
+    assert "Approach 3 on the same runs" in captured.out

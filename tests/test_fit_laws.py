@@ -89,7 +89,7 @@ def test_isoflop_recovers_the_optimal_exponent():
     expected = EPOCH_2024["beta"] / (EPOCH_2024["alpha"] + EPOCH_2024["beta"])
     assert out["params_law"]["exponent"] == pytest.approx(expected, abs=0.01)
     assert out["tokens_law"]["exponent"] == pytest.approx(1 - expected, abs=0.01)
-    with pytest.raises(InsufficientDataError, match="at least 2 compute budgets"):
+    with pytest.raises(InsufficientDataError, match="at least 3 compute budgets"):
         fit_isoflop(n[:9], d[:9], c[:9], loss[:9])
 
 

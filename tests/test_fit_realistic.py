@@ -3,6 +3,7 @@ missing cells, optima near an edge, heteroscedastic noise, lopsided isoFLOP prof
 must recover the known truth within its interval in >= 90% of seeds."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -86,3 +87,62 @@ def test_group_bootstrap_interval_and_bad_input():
         find_optima(n, d, lr, b, np.full(loss.shape, np.nan))
     with pytest.raises(ValueError, match="'lr' values must be finite and positive"):
         find_optima(n, d, -lr, b, loss)
+
+
+# ------------------------------------------------------------------ isoFLOP: Approach 2 and 3
+def test_isoflop_approaches_2_and_3_recover_the_truth_on_lopsided_profiles():
+    from realistic import ISO_TRUTH, lopsided_isoflop
+
+    from batchlaw.fit import fit_isoflop
+
+    truth = ISO_TRUTH["beta"] / (ISO_TRUTH["alpha"] + ISO_TRUTH["beta"])
+    seeds, hits2, hits3, skipped = 20, 0, {k: 0 for k in ("alpha", "beta", "E", "params_exponent")}, 0
+    for seed in range(seeds):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fit_isoflop(*lopsided_isoflop(np.random.default_rng(seed)), n_boot=200, seed=seed)
+        assert len(caught) == len(out["skipped"])  # one warning per skipped budget
+        skipped += len(out["skipped"])
+        lo, hi = out["params_law"]["ci"]["exp_compute"]
+        hits2 += lo <= truth <= hi
+        a3 = out["approach3"]
+        for k in hits3:
+            want = truth if k == "params_exponent" else ISO_TRUTH[k]
+            hits3[k] += a3["ci"][k][0] <= want <= a3["ci"][k][1]
+        assert out["comparison"]["params_exponent"]["approach3"] == a3["params_exponent"]
+    assert hits2 / seeds >= 0.9 and all(h / seeds >= 0.9 for h in hits3.values()), (hits2, hits3)
+    assert skipped > 0  # the fixture has profiles whose minimum is at an edge: skipped, not fatal
+
+
+def test_isoflop_skips_a_budget_without_a_minimum_and_names_it():
+    from batchlaw.fit import EPOCH_2024, chinchilla_loss, compute_optimal, fit_isoflop
+
+    rows = []
+    for c in (1e18, 1e19, 1e20, 1e21):
+        n_opt = compute_optimal(c, EPOCH_2024)["params"]
+        factors = np.geomspace(0.25, 4, 9) if c != 1e21 else np.geomspace(0.05, 0.5, 5)  # 1e21: all below N_opt
+        for n in n_opt * factors:
+            rows.append((n, c / (6 * n), c, float(chinchilla_loss(n, c / (6 * n), EPOCH_2024))))
+    n, d, c, loss = map(np.array, zip(*rows))
+    with pytest.warns(UserWarning, match=r"budget 1e\+21 FLOPs skipped: the lowest loss is at the largest model"):
+        out = fit_isoflop(n, d, c, loss, n_boot=100)
+    assert [s["compute"] for s in out["skipped"]] == [1e21] and len(out["optima"]) == 3
+    want = EPOCH_2024["beta"] / (EPOCH_2024["alpha"] + EPOCH_2024["beta"])
+    assert out["params_law"]["exponent"] == pytest.approx(want, abs=0.01)
+    assert out["approach3"]["params_exponent"] == pytest.approx(want, abs=0.005)
+    with pytest.raises(InsufficientDataError, match="at least 3 compute budgets.*1e\\+21 FLOPs: the lowest loss"), \
+            pytest.warns(UserWarning):
+        fit_isoflop(n[c >= 1e20], d[c >= 1e20], c[c >= 1e20], loss[c >= 1e20])
+
+
+def test_variable_projection_agrees_with_the_huber_engine_on_clean_data():
+    from batchlaw.fit import EPOCH_2024, chinchilla_loss, fit_chinchilla, fit_chinchilla_vp
+
+    n = np.repeat(np.geomspace(1e7, 1e10, 8), 6)
+    d = np.tile(np.geomspace(1e9, 1e12, 6), 8)
+    loss = chinchilla_loss(n, d, EPOCH_2024)
+    vp, hub = fit_chinchilla_vp(n, d, loss, n_boot=0), fit_chinchilla(n, d, loss, n_boot=0)
+    for k in ("alpha", "beta", "E"):
+        assert vp[k] == pytest.approx(hub.values[k], rel=3e-3) and vp[k] == pytest.approx(EPOCH_2024[k], rel=3e-3)
+    with pytest.raises(InsufficientDataError, match="same 'tokens'"):
+        fit_chinchilla_vp(n, np.full(n.size, 1e10), loss)

@@ -58,16 +58,22 @@ def _add_fit_parser(sub) -> None:
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=_cmd_fit_chinchilla)
 
-    iso = fsub.add_parser("isoflop", help="Approach 2: parabolas per compute budget, N_opt(C) and D_opt(C)",
-                          description="For each compute budget fit a parabola of loss in log N; fit power laws to "
-                          "the optima N_opt(C) and D_opt(C) = C / (6 N_opt).")
-    iso.add_argument("csv")
-    iso.add_argument("--params-col", required=True)
-    iso.add_argument("--tokens-col", required=True)
+    iso = fsub.add_parser("isoflop", help="Approach 2 (local parabolas per compute budget) beside Approach 3",
+                          description="For each compute budget fit a parabola of loss in log N to the runs around the "
+                          "profile's lowest loss (a budget without a minimum inside its profile is skipped with a "
+                          "warning); fit power laws to the optima N_opt(C) and D_opt(C) = C / (6 N_opt). The same runs "
+                          "are fitted by Approach 3 (L = E + A/N^alpha + B/D^beta, variable projection) and the two "
+                          "compared.")
+    iso.add_argument("csv", help="CSV file with a header row, one row per run")
+    iso.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
+    iso.add_argument("--tokens-col", required=True, help="column with the training tokens D")
     iso.add_argument("--budget-col", required=True, help="column with the compute budget of the run's isoFLOP group")
-    iso.add_argument("--loss-col", required=True)
-    iso.add_argument("--bootstrap", type=int, default=1000)
-    iso.add_argument("--json", action="store_true")
+    iso.add_argument("--loss-col", required=True, help="column with the final loss")
+    iso.add_argument("--window", type=int, default=2,
+                     help="runs on each side of a profile's lowest loss that its parabola uses (default: %(default)s)")
+    iso.add_argument("--no-approach3", action="store_true", help="skip the Approach 3 fit and the comparison")
+    iso.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    iso.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.isoflop/1)")
     iso.set_defaults(func=_cmd_fit_isoflop)
 
     hp = fsub.add_parser("hparams", help="optimal LR and batch per (N, D), and their power laws",
@@ -303,22 +309,50 @@ def _cmd_fit_chinchilla(args) -> int:
 
 
 def _cmd_fit_isoflop(args) -> int:
+    import sys
+    import warnings
+
     from .._csv import read_columns
     from ..fit import fit_isoflop
 
     cols = [args.params_col, args.tokens_col, args.budget_col, args.loss_col]
     t = read_columns(args.csv, cols, numeric=cols)
-    out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col], n_boot=args.bootstrap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col],
+                          window=args.window, n_boot=args.bootstrap, approach3=not args.no_approach3)
+    for w in caught:
+        print(f"batchlaw: warning: {w.message}", file=sys.stderr)
+    out = {"schema": "batchlaw.fit.isoflop/1", **out}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs")
+    print("Approach 2 (a parabola in log N around each profile's minimum):")
+    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs  N_opt 95% CI")
     for o in out["optima"]:
-        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} {o['n_runs']}")
+        lo, hi = o["params_ci"]
+        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} "
+              f"{o['n_runs']:>4}  {fmt_num(lo)} to {fmt_num(hi)}")
+    for s in out["skipped"]:
+        print(f"{s['compute']:>15.3g} skipped: {s['reason']}")
     for key in ("params", "tokens"):
         law = out[f"{key}_law"]
         ci = law["ci"].get("exp_compute")
         print(f"{key}_opt = {law['coef']:.3g} * C^{law['exponent']:.3f}" + (f" (exponent 95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""))
+    a3 = out.get("approach3")
+    if a3 and "error" not in a3:
+        ci = a3["ci"]
+
+        def iv(k):
+            return f"{a3[k]:.3g}" + (f" ({ci[k][0]:.3g} to {ci[k][1]:.3g})" if k in ci else "")
+
+        print(f"Approach 3 on the same runs (variable projection): E = {iv('E')}, alpha = {iv('alpha')}, "
+              f"beta = {iv('beta')}")
+        print(f"  N_opt ~ C^{iv('params_exponent')} (Approach 2: {out['params_law']['exponent']:.3f}); "
+              "N_opt per budget, Approach 2 / Approach 3: "
+              + ", ".join(f"{b['compute']:.3g}: {b['ratio']:.2f}" for b in out["comparison"]["budgets"]))
+    elif a3:
+        print(f"Approach 3: no fit: {a3['error']}")
     return 0
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from ..errors import InsufficientDataError
 from .engine import validate_xy
-from .laws import fit_power_law
+from .laws import fit_power_law, t_intervals
 
 #: Ways to find a group's optimum (see :func:`find_optima`).
 METHODS = ("local", "quadratic", "raw", "global")
@@ -333,7 +332,7 @@ def fit_hparam_laws(optima: list[dict], *, n_boot: int = 1000, confidence: float
     def pack(fit, names, inputs, y):
         ci = {k: list(v) for k, v in fit.ci.items()}
         if n_boot:  # the union with the classical t interval: a bootstrap over a few groups runs narrow
-            for k, (lo, hi) in _t_intervals(inputs, y, confidence).items():
+            for k, (lo, hi) in t_intervals(inputs, y, confidence).items():
                 ci[k] = [min(ci[k][0], lo), max(ci[k][1], hi)]
         return {"coef": fit.values["coef"], **{f"exp_{k}": fit.values[f"exp_{k}"] for k in names},
                 "ci": ci, "n_groups": fit.n_points,
@@ -359,21 +358,3 @@ def fit_hparam_laws(optima: list[dict], *, n_boot: int = 1000, confidence: float
     keep = laws.pop("_keep")
     laws["excluded"] = {"lr": left_out(keep["lr"]), "batch": left_out(keep["batch"])}
     return laws
-
-
-def _t_intervals(inputs: dict, y, confidence: float) -> dict:
-    """Classical least-squares t intervals (``n - p`` degrees of freedom) of ``log y = log c +
-    sum_j a_j log x_j``, keyed as :func:`fit_power_law` keys its intervals."""
-    X = np.column_stack([np.ones(len(y))] + [np.log(np.asarray(v, float)) for v in inputs.values()])
-    ly = np.log(np.asarray(y, float))
-    beta, *_ = np.linalg.lstsq(X, ly, rcond=None)
-    dof = len(ly) - X.shape[1]
-    if dof < 1:
-        return {}
-    s2 = float(((ly - X @ beta) ** 2).sum()) / dof
-    se = np.sqrt(np.diag(s2 * np.linalg.pinv(X.T @ X)))
-    t = stats.t.ppf(0.5 + confidence / 2, dof)
-    out = {"coef": (math.exp(beta[0] - t * se[0]), math.exp(beta[0] + t * se[0]))}
-    for j, k in enumerate(inputs, start=1):
-        out[f"exp_{k}"] = (beta[j] - t * se[j], beta[j] + t * se[j])
-    return out
