@@ -98,3 +98,62 @@ def lopsided_isoflop(rng, *, budgets=(1e20, 6e20, 3.6e21, 2.16e22, 1.3e23), nois
             loss *= math.exp(noise * (1 + abs(math.log(s / no)) / 2) * rng.standard_normal())
             rows.append((s, d, c, loss))
     return tuple(np.array(c) for c in zip(*rows))
+
+
+#: Truth of :func:`realistic_curve`: the multi-power law (Luo et al. 2025, arXiv:2503.12811), LR in
+#: absolute units (peak 3e-4).
+CURVE_TRUTH = {"L0": 2.6, "A": 0.55, "alpha": 0.45, "S_W": 0.02, "B": 1000.0, "C": 2.0, "beta": 0.55, "gamma": 0.6,
+               "peak_lr": 3e-4}
+
+
+def lr_schedule(kind: str, total: int, *, warmup: int = 300, peak: float = 3e-4, final: float = 0.1,
+                decay_frac: float = 0.2):
+    """Learning rate at steps 1..total: linear warmup, then constant, cosine to ``final * peak``,
+    or WSD (constant, then linear decay to ``final * peak`` over the last ``decay_frac``)."""
+    t = np.arange(1, total + 1, dtype=float)
+    lr = np.full(total, peak)
+    after = t > warmup
+    if kind == "cosine":
+        u = (t - warmup) / (total - warmup)
+        lr = np.where(after, final * peak + 0.5 * (1 - final) * peak * (1 + np.cos(np.pi * u)), lr)
+    elif kind == "wsd":
+        start = total * (1 - decay_frac)
+        lr = np.where(t > start, peak - (1 - final) * peak * (t - start) / (total - start), lr)
+    elif kind != "constant":
+        raise ValueError(kind)
+    return np.where(t <= warmup, peak * t / warmup, lr)
+
+
+def multi_power_loss(lr, eval_steps, p=CURVE_TRUTH):
+    """The multi-power law's loss at ``eval_steps`` (1-based) for the per-step LRs ``lr``::
+
+        L(t) = L0 + A (S1(t) + S_W)^-alpha - B sum_k (eta_{k-1} - eta_k) G(eta_k^-gamma S_k(t)),
+        G(x) = 1 - (C x + 1)^-beta,  S_k(t) = sum_{tau=k..t} eta_tau
+
+    (S1 sums from step 1, so the warmup's area is in it; ``S_W`` is a small offset that keeps the
+    first steps' loss finite)."""
+    s1 = np.cumsum(lr)
+    drops = np.concatenate([[0.0], lr[:-1] - lr[1:]])  # eta_{k-1} - eta_k at k = 1..T
+    k = np.flatnonzero(drops > 0)
+    out = []
+    for t in np.asarray(eval_steps, int):
+        kk = k[k < t]
+        sk = s1[t - 1] - s1[kk - 1]
+        ld = p["B"] * np.sum(drops[kk] * (1 - (p["C"] * lr[kk] ** -p["gamma"] * sk + 1) ** -p["beta"]))
+        out.append(p["L0"] + p["A"] * (s1[t - 1] + p["S_W"]) ** -p["alpha"] - ld)
+    return np.array(out)
+
+
+def realistic_curve(rng, kind: str = "constant", *, total: int = 8000, every: int = 25, noise: float = 0.004,
+                    rho: float = 0.9):
+    """A logged learning curve ``(steps, lr at those steps, loss)`` from the multi-power law under a
+    ``kind`` schedule, with autocorrelated noise: AR(1) with coefficient ``rho`` between logged
+    points, as an EMA-smoothed training loss has; ``noise`` is its stationary relative sd."""
+    lr = lr_schedule(kind, total)
+    steps = np.arange(every, total + 1, every)
+    clean = multi_power_loss(lr, steps)
+    e = np.empty(steps.size)
+    e[0] = rng.standard_normal()
+    for i in range(1, steps.size):
+        e[i] = rho * e[i - 1] + math.sqrt(1 - rho**2) * rng.standard_normal()
+    return steps.astype(float), lr[steps - 1], clean * np.exp(noise * e)
