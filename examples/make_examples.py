@@ -8,7 +8,9 @@ the truth: chinchilla_runs.csv and isoflop_runs.csv from the Epoch AI 2024 Chinc
 quadratic bowl around them, learning_curve.csv from L(t) = 2 + 5 t^-0.3 (0.3% noise), sweep_trials.csv (the ``trials.csv``
 a ``batchlaw sweep --csv`` writes, for ``batchlaw fit cbs``) from S(B) = 2000 (1 + 256/B) steps
 with 8% noise per run, 4 learning rates per batch (off-optimum ones slower, the largest diverging
-at large batch, the smallest not reaching the target within the budget at small batch) and 3 seeds.
+at large batch, the smallest not reaching the target within the budget at small batch) and 3 seeds;
+cosine_curve.csv (for ``batchlaw fit curve --lr-col lr``) from the multi-power law of Luo et al.
+2025 under a cosine schedule, logged to step 5,000 of 8,000.
 """
 
 from __future__ import annotations
@@ -67,6 +69,28 @@ def main() -> None:
     write("learning_curve.csv", ["step", "loss"], rows)
 
     write("sweep_trials.csv", SWEEP_COLUMNS, sweep_trials(np.random.default_rng(7)))
+
+    write("cosine_curve.csv", ["step", "lr", "loss"], cosine_curve(np.random.default_rng(11)))
+
+
+def cosine_curve(rng, total=8000, logged=5000, every=50, warmup=300, peak=3e-4):
+    """A cosine-schedule run (warmup, cosine to 10% of the peak over ``total`` steps) logged up to
+    ``logged``; the rows after it carry the planned LR with an empty loss. The loss follows the
+    multi-power law (Luo et al. 2025) with AR(1) noise (coefficient 0.9, 0.4% relative), as an
+    EMA-smoothed training loss does."""
+    t = np.arange(1, total + 1, dtype=float)
+    lr = np.where(t <= warmup, peak * t / warmup,
+                  0.1 * peak + 0.45 * peak * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
+    s1 = np.cumsum(lr)
+    drops = np.concatenate([[0.0], lr[:-1] - lr[1:]])
+    rows, e = [], 0.0
+    for step in range(every, total + 1, every):
+        k = np.flatnonzero((drops > 0) & (np.arange(total) < step))
+        ld = 1000.0 * np.sum(drops[k] * (1 - (2.0 * lr[k] ** -0.6 * (s1[step - 1] - s1[k - 1]) + 1) ** -0.55))
+        loss = 2.6 + 0.55 * (s1[step - 1] + 0.02) ** -0.45 - ld
+        e = 0.9 * e + math.sqrt(1 - 0.81) * rng.standard_normal()
+        rows.append((step, f"{lr[step - 1]:.4g}", f"{loss * math.exp(0.004 * e):.5f}" if step <= logged else ""))
+    return rows
 
 
 #: Columns of the trials.csv a sweep exports (batchlaw.sweep.store.CSV_COLUMNS).

@@ -186,3 +186,17 @@ def test_fit_isoflop_skips_a_budget_with_a_warning_and_compares_approaches(tmp_p
     captured = capsys.readouterr()
     assert "warning: isoFLOP budget 1e+21 FLOPs skipped: the lowest loss is at the largest model" in captured.err
     assert "Approach 3 on the same runs" in captured.out
+
+
+def test_fit_curve_schedule_aware_with_the_planned_schedule(capsys):
+    """cosine_curve.csv is logged to step 5,000 of a planned 8,000 (later rows: LR only)."""
+    argv = ["fit", "curve", str(EX / "cosine_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+            "--predict-at", "8000", "--bootstrap", "150"]
+    out = _json(capsys, argv + ["--lr-col", "lr", "--json"])
+    assert out["schema"] == "batchlaw.fit.curve/1" and out["law"] == "schedule"
+    assert {"L0", "A", "alpha", "C", "ci", "bootstrap_block"} <= set(out)
+    lo, hi = out["prediction"]["interval"]
+    # the multi-power law that generated the file ends near 2.83 at step 8,000
+    assert lo <= 2.83 <= hi and hi / lo < 1.1
+    assert main(argv) == 2  # without --lr-col, rows without a loss are an error
+    assert "line 102" in capsys.readouterr().err

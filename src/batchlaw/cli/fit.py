@@ -112,15 +112,22 @@ def _add_fit_parser(sub) -> None:
     pw.add_argument("--json", action="store_true")
     pw.set_defaults(func=_cmd_fit_powerlaw)
 
-    cu = fsub.add_parser("curve", help="learning-curve extrapolation L(t) = L_inf + a t^-b",
-                         description="Fit L(t) = L_inf + a t^-b (constant-LR or WSD runs), predict the loss at a "
-                         "later step with a predictive interval, and backtest on the first half of the curve.")
-    cu.add_argument("csv")
-    cu.add_argument("--step-col", required=True)
-    cu.add_argument("--loss-col", required=True)
+    cu = fsub.add_parser("curve", help="learning-curve extrapolation: L_inf + a t^-b, or schedule-aware with --lr-col",
+                         description="Fit L(t) = L_inf + a t^-b (constant-LR runs), or with --lr-col the schedule-aware "
+                         "law of Tissue et al. 2024, L = L0 + A S1^-alpha - C S2 (S1: summed learning rate, S2: "
+                         "annealing area; for cosine, WSD or any decaying schedule). Predict the loss at a later step "
+                         "with a predictive interval (moving-block bootstrap over the curve, so the autocorrelated "
+                         "noise of a smoothed loss and the floor's uncertainty are in it), and backtest on the first "
+                         "half of the curve. With --lr-col, rows with an empty loss give the planned schedule ahead.")
+    cu.add_argument("csv", help="CSV file with a header row, one row per logged step")
+    cu.add_argument("--step-col", required=True, help="column with the optimizer step")
+    cu.add_argument("--loss-col", required=True, help="column with the (training or validation) loss")
+    cu.add_argument("--lr-col", default=None,
+                    help="column with the learning rate at each step: fit the schedule-aware law (rows with an empty "
+                    "loss extend the schedule to predict ahead)")
     cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
-    cu.add_argument("--bootstrap", type=int, default=1000)
-    cu.add_argument("--json", action="store_true")
+    cu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    cu.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.curve/1)")
     cu.set_defaults(func=_cmd_fit_curve)
 
 
@@ -447,26 +454,47 @@ def _cmd_fit_powerlaw(args) -> int:
 
 
 def _cmd_fit_curve(args) -> int:
-    from .._csv import read_columns
-    from ..fit.curves import backtest_curve, fit_curve, predict_curve
+    import math
 
-    t = read_columns(args.csv, [args.step_col, args.loss_col], numeric=[args.step_col, args.loss_col])
-    steps, loss = t[args.step_col], t[args.loss_col]
-    fit = fit_curve(steps, loss, n_boot=args.bootstrap)
-    out = {"L_inf": fit.values["y_inf"], "a": fit.values["a"], "b": fit.values["alpha"], "n_points": fit.n_points,
-           "ci": {{"y_inf": "L_inf", "alpha": "b"}.get(k, k): list(v) for k, v in fit.ci.items()},
-           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}}
+    from .._csv import read_columns
+    from ..errors import InsufficientDataError
+    from ..fit.curves import Schedule, backtest_curve, fit_curve, predict_curve
+
+    num = [args.step_col] + ([args.lr_col] if args.lr_col else [])
+    t = read_columns(args.csv, [*num, args.loss_col], numeric=num)
+    loss_all = _losses_with_divergence(t[args.loss_col], args.loss_col, args.csv)
+    has = [not math.isnan(v) for v in loss_all]
+    if not args.lr_col and not all(has):
+        line = has.index(False) + 2
+        raise ValueError(f"Column {args.loss_col!r}, line {line} of {args.csv!r}: the loss is empty or not finite. "
+                         "Remove the row (rows without a loss are only meaningful with --lr-col, as the planned "
+                         "schedule ahead).")
+    steps = [s_ for s_, h in zip(t[args.step_col], has) if h]
+    loss = [v for v, h in zip(loss_all, has) if h]
+    schedule = Schedule(t[args.step_col], t[args.lr_col]) if args.lr_col else None
+    lr = [v for v, h in zip(t[args.lr_col], has) if h] if args.lr_col else None
+    fit = fit_curve(steps, loss, lr=lr, schedule=schedule, n_boot=args.bootstrap)
+    names = {"y_inf": "L_inf", "alpha": "b"} if fit.kind == "power" else {}
+    out = {"schema": "batchlaw.fit.curve/1", "law": fit.kind,
+           **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
+           "ci": {names.get(k, k): list(v) for k, v in fit.ci.items()},
+           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, "bootstrap_block": fit.block}
     if args.predict_at:
-        out["prediction"] = predict_curve(fit, args.predict_at, steps=steps, loss=loss)
+        out["prediction"] = predict_curve(fit, args.predict_at)
     try:
-        out["backtest"] = backtest_curve(steps, loss, n_boot=min(args.bootstrap, 500))
-    except ValueError as err:
+        out["backtest"] = backtest_curve(steps, loss, lr=lr, n_boot=min(args.bootstrap, 500))
+    except InsufficientDataError as err:
         out["backtest"] = {"error": str(err)}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
-          f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    if fit.kind == "power":
+        print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
+              f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    else:
+        print(f"L = L0 + A S1^-alpha - C S2 (Tissue et al. 2024) from {fit.n_points} points: L0 = {_ci_text(fit, 'L0')}, "
+              f"A = {_ci_text(fit, 'A')}, alpha = {_ci_text(fit, 'alpha')}, C = {_ci_text(fit, 'C')}")
+    print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points")
     if "prediction" in out:
         pr = out["prediction"]
         print(f"predicted loss at step {pr['step']:g}: {pr['loss']:.4f} (95% predictive interval "
@@ -476,4 +504,6 @@ def _cmd_fit_curve(args) -> int:
         print(f"backtest: fitted on the first {bt['fraction']:.0%} ({bt['fit_points']} points), predicted the final "
               f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}; "
               f"{'inside' if bt['inside'] else 'outside'} the interval)")
+    else:
+        print(f"backtest: {bt['error']}")
     return 0
