@@ -146,7 +146,9 @@ def _lopsided(x, y, loss, window: int = 2, grid: int = 15):
         L = c + k_lo u_-^2 + k_hi u_+^2 + b_lo v_-^2 + b_hi v_+^2,   u = (x - x0) - r (y - y0),  v = y - y0
 
     (``u_-``, ``u_+``: negative and positive parts). The loss rises at different rates on the two
-    sides of the optimum in LR and in batch, and the best LR moves with the batch (``r``). For
+    sides of the optimum in LR and in batch, and the best LR moves with the batch (``r``). An
+    axis with only 3 values in the window gets one curvature for both sides (4 unknowns do not
+    fit 3 values). For
     fixed ``(x0, y0, r)`` the law is linear in the rest (variable projection, Golub and Pereyra
     1973): those are solved by least squares on a grid of ``(x0, y0)`` spanning the window (never
     beyond it) and of ``r``, every curvature the runs can see required positive; the best cell is
@@ -166,15 +168,20 @@ def _lopsided(x, y, loss, window: int = 2, grid: int = 15):
     span_x = (xs.min(), xs.max()) if free_x else (x[i], x[i])
     span_y = (ys.min(), ys.max()) if free_y else (y[i], y[i])
     couplings = _COUPLINGS if np.unique(ys).size >= 2 else np.zeros(1)
+    # one side's curvature needs two values on that side: with 3 values an axis gets one curvature
+    sym_x, sym_y = np.unique(xs).size < 4, np.unique(ys).size < 4
 
     def solve(gx, gy, gr):
         X0, Y0, R = (a.ravel() for a in np.meshgrid(gx, gy, gr, indexing="ij"))
         v = ys[None, :] - Y0[:, None]
         u = xs[None, :] - X0[:, None] - R[:, None] * v
-        A = np.stack([np.ones_like(u), np.minimum(u, 0) ** 2, np.maximum(u, 0) ** 2,
-                      np.minimum(v, 0) ** 2, np.maximum(v, 0) ** 2], axis=-1)  # (g, n, 5)
+        cols = [np.ones_like(u)]
+        for d, sym in ((u, sym_x), (v, sym_y)):
+            cols += [d**2] if sym else [np.minimum(d, 0) ** 2, np.maximum(d, 0) ** 2]
+        A = np.stack(cols, axis=-1)  # (g, n, p)
+        q = A.shape[-1]
         At = A.transpose(0, 2, 1)
-        coef = np.linalg.solve(At @ A + 1e-10 * np.eye(5), (At @ L)[..., None])[..., 0]
+        coef = np.linalg.solve(At @ A + 1e-10 * np.eye(q), (At @ L)[..., None])[..., 0]
         sse = (((A @ coef[..., None])[..., 0] - L) ** 2).sum(1)
         seen = np.abs(A[..., 1:]).sum(1) > 1e-12  # curvatures the runs can see
         sse = np.where(np.all((coef[:, 1:] > 0) | ~seen, axis=1), sse, np.inf)
