@@ -9,6 +9,7 @@ from batchlaw.errors import InsufficientDataError
 from batchlaw.noise.estimators import (
     BiasCorrectedEMA,
     estimate_b_simple,
+    integrated_time,
     unbiased_g_sq,
     unbiased_trace_sigma,
     windowed_estimates,
@@ -71,16 +72,63 @@ def _synthetic_steps(rng, n, g_true=1.0, tr_true=80.0, noise=0.6, rho=0.5):
     return g_true + noise * g_true * e[:, 0], tr_true + 0.2 * tr_true * e[:, 1]
 
 
-@pytest.mark.parametrize("rho,n", [(0.0, 20), (0.0, 200), (0.5, 60), (0.5, 200), (0.8, 400)])
+@pytest.mark.parametrize("rho,n", [(0.0, 20), (0.0, 200), (0.5, 60), (0.5, 200), (0.8, 400), (0.9, 400)])
 def test_interval_covers_true_ratio_in_most_seeds(rho, n):
+    """Batch means alone covered 90.8% at (0.5, 60) and 92% at (0.9, 400) over 600 seeds; the
+    autocorrelation widening brings them to 92% and 92.5%, and 95% at (0.8, 400)."""
     hits = 0
-    seeds = 200
+    seeds = 300
     for seed in range(seeds):
         g, t = _synthetic_steps(np.random.default_rng(seed), n, rho=rho)
         est = estimate_b_simple(g, t)
         hits += est.ci[0] <= 80.0 <= est.ci[1]
         assert est.ci[0] <= est.b_simple <= est.ci[1]
-    assert hits / seeds >= 0.88
+    assert hits / seeds >= 0.90
+
+
+def test_integrated_time_of_ar1_series():
+    """tau = (1 + rho) / (1 - rho) for AR(1)."""
+    rng = np.random.default_rng(0)
+    for rho in (0.0, 0.5, 0.8):
+        x = np.empty(20000)
+        prev = 0.0
+        for i in range(x.size):
+            prev = rho * prev + rng.standard_normal()
+            x[i] = prev
+        assert integrated_time(x) == pytest.approx((1 + rho) / (1 - rho), rel=0.15)
+
+
+def test_interval_coverage_on_exact_linear_regression_gradients():
+    """Exact per-example gradients of linear regression (d = 64, |delta| = 1, sigma = 1: B_simple =
+    129), K = 4 micro-batches of 8, 200 steps: the 95% interval over 300 seeds."""
+    rng = np.random.default_rng(0)
+    d, k, b, steps = 64, 4, 8, 200
+    delta = rng.standard_normal(d)
+    delta /= np.linalg.norm(delta)
+    truth = (d + 1) + d
+    hits = 0
+    for _ in range(300):
+        x = rng.standard_normal((steps, k, b, d))
+        r = x @ delta - rng.standard_normal((steps, k, b))
+        micro = (r[..., None] * x).mean(2)  # (steps, k, d)
+        small, big = (micro**2).sum(-1).mean(1), (micro.mean(1) ** 2).sum(-1)
+        est = estimate_b_simple(unbiased_g_sq(small, big, b, k * b), unbiased_trace_sigma(small, big, b, k * b))
+        hits += est.ci[0] <= truth <= est.ci[1]
+    assert hits / 300 >= 0.92
+
+
+def test_negative_mean_trace_is_explained_not_inverted():
+    g = np.full(40, 1.0)
+    t = np.full(40, -5.0) + np.random.default_rng(0).normal(size=40)
+    with pytest.raises(InsufficientDataError, match=r"tr\(Sigma\) estimate .* <= 0.*zero_grad"):
+        estimate_b_simple(g, t)
+
+
+def test_significantly_negative_gradient_norm_points_at_the_call_order():
+    rng = np.random.default_rng(0)
+    g = -0.5 + 0.1 * rng.normal(size=60)
+    with pytest.raises(InsufficientDataError, match="clipping or GradScaler.unscale_"):
+        estimate_b_simple(g, np.full(60, 10.0))
 
 
 def test_ratio_of_means_not_mean_of_ratios():

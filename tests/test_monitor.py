@@ -299,3 +299,181 @@ def test_small_buckets_give_the_same_numbers():
         monitor.remove()
         out.append(np.array([[r["small_sq"], r["big_sq"]] for r in monitor.records]))
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- misuse: a clear error, never a wrong number
+def _linreg_setup(dim=16):
+    wl = LinearRegression(dim=dim, noise_std=1.0, init_distance=1.0)
+    model = wl.make_model(0)
+    return wl, model, wl.b_simple(model)
+
+
+def test_forgotten_zero_grad_is_caught():
+    """Without zero_grad, .grad sums every step so far; the monitor used to report a negative
+    B_simple with an inverted interval."""
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="zero_grad"):
+        for _ in range(30):
+            for _ in range(4):
+                (wl.loss(model, wl.sample_batch(8, gen)) / 4).backward()
+            monitor.step()
+        monitor.records
+    with pytest.raises(InsufficientDataError, match=r"optimizer.zero_grad\(\) is missing"):
+        monitor.estimate()
+
+
+def test_same_micro_batch_fed_k_times_is_caught():
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="identical"):
+        for _ in range(20):
+            batch = wl.sample_batch(8, gen)
+            for _ in range(4):
+                (wl.loss(model, batch) / 4).backward()
+            monitor.step()
+            model.zero_grad(set_to_none=True)
+        monitor.records
+    with pytest.raises(InsufficientDataError, match="identical"):
+        monitor.estimate()
+
+
+def _one_step(wl, model, gen, k=2):
+    for _ in range(k):
+        (wl.loss(model, wl.sample_batch(8, gen)) / k).backward()
+
+
+def test_unscale_before_step_is_refused():
+    wl, model, _ = _linreg_setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8, scaler=scaler)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        (scaler.scale(wl.loss(model, wl.sample_batch(8, gen)) / 2)).backward()
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match=r"unscale_\(\) ran before GradientNoiseMonitor.step"):
+        monitor.step()
+
+
+@pytest.mark.parametrize("change", ["clip", "zero_grad_keep", "reassign"])
+def test_grad_changed_after_backward_is_refused(change):
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    _one_step(wl, model, torch.Generator().manual_seed(0))
+    if change == "clip":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+    elif change == "zero_grad_keep":
+        model.zero_grad(set_to_none=False)
+    else:
+        model.weight.grad = model.weight.grad * 0.5
+    with pytest.raises(RuntimeError, match=".grad was modified between the last backward"):
+        monitor.step()
+
+
+def test_zero_grad_before_step():
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    _one_step(wl, model, torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(RuntimeError, match="found no .grad"):
+        monitor.step()
+    with pytest.raises(RuntimeError, match="no gradient reached the model"):  # today: IndexError
+        monitor.step()
+
+
+def test_optimizer_step_before_monitor_step_still_measures_the_same_weights():
+    """optimizer.step() between backward and monitor.step() leaves .grad alone (SGD, Adam): the
+    norms were all taken at the same weights, so the estimate is still right."""
+    wl, model, truth = _linreg_setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        _one_step(wl, model, gen, k=4)
+        opt.step()
+        monitor.step()
+        opt.zero_grad(set_to_none=True)
+    assert monitor.estimate().b_simple == pytest.approx(truth, rel=0.1)
+
+
+def test_gradient_penalty_through_autograd_grad_is_not_counted():
+    """An extra torch.autograd.grad per micro-batch fires the parameter hooks; it used to count
+    as a micro-batch (K=8 instead of 4) and inflate B_simple about 3.6x."""
+    wl, model, truth = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        for _ in range(4):
+            loss = wl.loss(model, wl.sample_batch(8, gen)) / 4
+            torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)  # e.g. a penalty's norm
+            loss.backward()
+        monitor.step()
+        model.zero_grad(set_to_none=True)
+    assert {r["accumulation"] for r in monitor.records} == {4}
+    assert monitor.estimate().b_simple == pytest.approx(truth, rel=0.1)
+
+
+class _TiedLinreg(torch.nn.Module):
+    """The linreg model with its weight used twice in the forward (tied weights)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return 0.5 * (self.inner(x) + x @ self.inner.weight.t())
+
+
+def test_tied_weights_count_one_gradient_per_micro_batch():
+    wl, inner, truth = _linreg_setup()
+    model = _TiedLinreg(inner)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        for _ in range(4):
+            x, y = wl.sample_batch(8, gen)
+            (0.5 * (model(x).squeeze(-1) - y).square().mean() / 4).backward()
+        monitor.step()
+        model.zero_grad(set_to_none=True)
+    assert monitor.records[-1]["accumulation"] == 4
+    assert monitor.estimate().b_simple == pytest.approx(truth, rel=0.1)
+
+
+def test_parameters_added_after_attaching_are_reported():
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    model.extra = torch.nn.Linear(2, 2)
+    _fixed_weight_steps(wl, model, monitor, torch.Generator().manual_seed(0), 20, 8, 2)
+    with pytest.warns(RuntimeWarning, match="added after the GradientNoiseMonitor was created"):
+        monitor.estimate()
+
+
+def test_load_state_dict_rejects_foreign_state():
+    model = torch.nn.Linear(3, 1)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=4)
+    with pytest.raises(ValueError, match=r"state_dict\(\) with keys 'step' and 'tracker'. Got \[\]"):
+        monitor.load_state_dict({})
+
+
+def test_records_carry_world_size_and_global_batch():
+    wl, model, _ = _linreg_setup()
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    _fixed_weight_steps(wl, model, monitor, torch.Generator().manual_seed(0), 3, 8, 4)
+    rec = monitor.records[-1]
+    assert rec["world_size"] == 1 and rec["global_batch"] == 32 and rec["b_big"] == 32
+
+
+def test_process_group_arguments_outside_a_process_group():
+    """A one-rank group is allowed (nothing is shared); the multi-rank refusal is in test_distributed."""
+    import torch.distributed as dist
+
+    from batchlaw.noise.distributed import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError, match="torch.distributed is not initialised"):
+        GradientNoiseMonitor(torch.nn.Linear(3, 1), micro_batch_size=4, process_group=object())
+    assert not dist.is_initialized()
+    monitor = GradientNoiseMonitor(torch.nn.Linear(3, 1), micro_batch_size=4, process_group=None)
+    assert monitor.world_size == 1 and monitor.setup.kind == "none"

@@ -8,7 +8,11 @@ monitor called after the last backward of each step, and a held-out evaluation e
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +76,8 @@ def measure_noise(
     windows: int = 6,
     eval_every: int = 50,
     progress: bool = True,
+    nproc: int = 1,
+    _rank: tuple[int, int] | None = None,
 ) -> MeasureResult:
     """Train ``workload`` for ``steps`` optimizer steps and measure ``B_simple`` on the way.
 
@@ -86,28 +92,47 @@ def measure_noise(
         windows: number of windows in the trace.
         eval_every: held-out evaluation period in steps.
         progress: show a progress bar.
+        nproc: train data-parallel (``DistributedDataParallel``) on this many local processes
+            (gloo on CPU, nccl when as many GPUs are visible); ``micro_batch_size`` is per
+            process, the global batch ``nproc * accumulation * micro_batch_size``, and
+            ``accumulation`` may be 1.
     """
     steps = check_positive_int("steps", steps)
     b = check_positive_int("micro_batch_size", micro_batch_size or workload.default_micro_batch)
-    k = check_positive_int("accumulation", accumulation, minimum=2)
+    nproc = check_positive_int("nproc", nproc)
+    k = check_positive_int("accumulation", accumulation, minimum=1 if nproc > 1 or _rank else 2)
     lr = check_positive_float("lr", lr if lr is not None else workload.default_lr)
     eval_every = check_positive_int("eval_every", eval_every)
 
+    if nproc > 1 and _rank is None:
+        return _measure_on_processes(workload, nproc, dict(
+            steps=steps, micro_batch_size=b, accumulation=k, lr=lr, seed=seed, every=every, windows=windows,
+            eval_every=eval_every, progress=progress))
+    rank, world = _rank or (0, 1)
     torch.manual_seed(seed)
     model = workload.make_model(seed)
+    net = model
+    if world > 1:  # same initial weights on every rank (same seed); DDP keeps them in step
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = next(model.parameters()).is_cuda
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+        net = DistributedDataParallel(model, device_ids=[model_device(model).index] if cuda else None)
     optimizer = workload.make_optimizer(model, lr)
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)  # each rank draws its own examples
     monitor = GradientNoiseMonitor(
-        model, micro_batch_size=b, tokens_per_example=workload.tokens_per_example, every=every
+        net, micro_batch_size=b, tokens_per_example=workload.tokens_per_example, every=every
     )
+    progress = progress and rank == 0
     train_losses, eval_losses = [], [(0, workload.eval_loss(model))]
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=f"measure {workload.name}", unit="step", disable=not progress, leave=False)
     for step in bar:
         total = 0.0
-        for _ in range(k):
-            loss = workload.loss(model, workload.sample_batch(b, gen)) / k
-            loss.backward()
+        for i in range(k):
+            with net.no_sync() if world > 1 and i < k - 1 else contextlib.nullcontext():
+                loss = workload.loss(net, workload.sample_batch(b, gen)) / k
+                loss.backward()
             total += loss.item()
         monitor.step()
         optimizer.step()
@@ -132,11 +157,46 @@ def measure_noise(
         note = str(err)
         if err.provisional is not None and math.isfinite(err.provisional.b_simple):
             provisional = err.provisional.b_simple
-    config = {"steps": steps, "micro_batch_size": b, "accumulation": k, "batch_size": b * k, "lr": lr,
-              "seed": seed, "every": every, "estimate_window": [steps // 2, steps - 1],
-              "unit": monitor.unit}
+    config = {"steps": steps, "micro_batch_size": b, "accumulation": k, "world_size": world,
+              "batch_size": b * k * world, "lr": lr, "seed": seed, "every": every,
+              "estimate_window": [steps // 2, steps - 1], "unit": monitor.unit}
     return MeasureResult(
         workload=workload.describe(), config=config, estimate=estimate, trace=trace,
         eval_losses=eval_losses, train_losses=train_losses, skipped_steps=monitor.skipped_steps,
         wall_time_s=wall, note=note, provisional=provisional, records=monitor.records,
     )
+
+
+def _measure_on_processes(workload: Workload, nproc: int, params: dict) -> MeasureResult:
+    """Run :func:`measure_noise` on ``nproc`` local processes under DDP; rank 0's result (every
+    rank computes the same estimate: checked)."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_rank_entry, args=(nproc, port, workload, params, tmp), nprocs=nproc, join=True)
+        results = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(nproc)]
+    estimates = {None if r.estimate is None else r.estimate.b_simple for r in results}
+    if len(estimates) != 1:  # pragma: no cover - would be a bug in the monitor
+        raise RuntimeError(f"The ranks disagree on B_simple: {sorted(map(str, estimates))}.")
+    return results[0]
+
+
+def _rank_entry(rank: int, world: int, port: int, workload: Workload, params: dict, tmp: str) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= world:  # pragma: no cover - GPU machines
+        torch.cuda.set_device(rank)
+    try:
+        result = measure_noise(workload, _rank=(rank, world), **params)
+        torch.save(result, os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter."""
+    return next(model.parameters()).device

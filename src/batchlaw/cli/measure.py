@@ -18,6 +18,9 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--every", type=int, default=1, help="measure every n-th step (default: %(default)s)")
     p.add_argument("--windows", type=int, default=6, help="windows in the printed trace (default: %(default)s)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train data-parallel (DDP) on this many local processes (gloo on CPU, nccl on GPUs) and "
+                   "print the estimate beside a one-process run with the same global batch (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (schema batchlaw.measure/1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -70,9 +73,29 @@ def _print_measure(result) -> None:
 
 
 def _cmd_measure(args) -> int:
-    _, result = _run_measure(args)
+    if args.nproc < 1:
+        raise ValueError(f"The '--nproc' option must be a positive integer. Got {args.nproc} instead.")
+    if args.nproc == 1:
+        _, result = _run_measure(args)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print_measure(result)
+        return 0
+    # Data-parallel run, then one process with the same global batch (nproc * K micro-batches).
+    _, parallel = _run_measure(args, nproc=args.nproc)
+    _, single = _run_measure(args, accumulation=args.nproc * args.accumulation)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        _print_measure(result)
+        print(json.dumps({**parallel.to_dict(), "single_process": single.to_dict()}, indent=2))
+        return 0
+    _print_measure(parallel)
+    cfg = parallel.config
+    print(f"\n{'run':<34} {'global batch':>12}  B_simple ({cfg['unit']}, second half of the run)")
+    for label, res in ((f"{args.nproc} processes x {cfg['accumulation']} x {cfg['micro_batch_size']} (DDP)", parallel),
+                       (f"1 process x {single.config['accumulation']} x {cfg['micro_batch_size']}", single)):
+        est = str(res.estimate) if res.estimate is not None else f"none: {res.note}"
+        print(f"{label:<34} {res.config['batch_size']:>12,}  {est}")
+    if parallel.estimate is not None and single.estimate is not None:
+        print(f"ratio data-parallel / one process: {parallel.estimate.b_simple / single.estimate.b_simple:.2f} "
+              "(the two runs train on different examples: expect agreement within their intervals)")
     return 0

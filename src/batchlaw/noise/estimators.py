@@ -40,6 +40,7 @@ __all__ = [
     "NoiseScaleEstimate",
     "estimate_b_simple",
     "fieller_interval",
+    "integrated_time",
     "MIN_STEPS",
     "windowed_estimates",
 ]
@@ -181,7 +182,7 @@ def _json_float(x: float) -> float | None:
 
 
 def fieller_interval(
-    num_means, den_means, confidence: float
+    num_means, den_means, confidence: float, *, inflation: float = 1.0
 ) -> tuple[float, float]:
     """Fieller interval for ``mean(num) / mean(den)`` from ``m`` (nearly) independent batch means.
 
@@ -190,12 +191,13 @@ def fieller_interval(
     ``c = N^2 - q V_nn``, ``q = t_{m-1}^2`` and ``V`` the covariance of the batch means divided
     by ``m`` (Fieller 1954). When ``a <= 0`` the denominator is not significantly positive and
     the interval has no upper end. Ratios are clipped at 0 (a noise scale is not negative).
+    ``inflation`` multiplies the covariance ``V`` (see :func:`estimate_b_simple`).
     """
     num = np.asarray(num_means, dtype=np.float64)
     den = np.asarray(den_means, dtype=np.float64)
     m = num.size
     n_bar, d_bar = num.mean(), den.mean()
-    cov = np.cov(np.vstack([den, num])) / m  # [[V_dd, V_dn], [V_nd, V_nn]]
+    cov = inflation * np.cov(np.vstack([den, num])) / m  # [[V_dd, V_dn], [V_nd, V_nn]]
     q = float(stats.t.ppf(0.5 + confidence / 2.0, m - 1)) ** 2
     a = d_bar * d_bar - q * cov[0, 0]
     b = n_bar * d_bar - q * cov[0, 1]
@@ -209,6 +211,57 @@ def fieller_interval(
     roots = sorted((b + sgn * math.sqrt(disc)) / a for sgn in (-1, 1)) if a < 0 else []
     below = [r for r in roots if r <= point]
     return max(below[-1] if below else 0.0, 0.0), math.inf
+
+
+def integrated_time(x, *, c: float = 5.0) -> float:
+    """Integrated autocorrelation time ``tau = 1 + 2 sum_k rho_k`` of a series, with Sokal's
+    automatic window (the smallest ``M >= c tau(M)``), as emcee's ``integrated_time`` does.
+
+    ``tau`` is 1 for independent steps; the variance of a mean of ``n`` steps is
+    ``var(x) tau / n``.
+
+    References:
+        Sokal 1997, "Monte Carlo methods in statistical mechanics: foundations and new algorithms";
+        Foreman-Mackey et al. 2013, emcee.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> round(integrated_time(rng.standard_normal(4000)), 1)
+        1.0
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = x.size
+    x = x - x.mean()
+    var = float(x @ x) / n
+    if n < 4 or var <= 0:
+        return 1.0
+    size = 1 << (2 * n - 1).bit_length()
+    f = np.fft.rfft(x, size)
+    acf = np.fft.irfft(f * np.conj(f), size)[:n] / (var * n)  # rho_k, k = 0..n-1
+    taus = 2.0 * np.cumsum(acf) - 1.0
+    window = np.arange(n) >= c * taus
+    m = int(np.argmax(window)) if window.any() else n - 1
+    return max(float(taus[m]), 1.0 / n)
+
+
+def _autocorrelation_inflation(num, den, ratio: float, chunks) -> float:
+    """How much the batch-means variance underestimates the variance of the mean pivot.
+
+    The Fieller pivot ``mean(num) - R mean(den)`` at the point estimate is a mean of the per-step
+    series ``z = num - R den``. Its variance from the integrated autocorrelation time of ``z``
+    (``var(z) tau / n``) is compared with the batch-means variance; the ratio (at least 1) widens
+    the interval when the batches are too short for the steps' autocorrelation. On AR(1) steps
+    with correlation 0.9 and 100 steps the 95% interval covered the truth in 78% of seeds with
+    batch means alone, and in about 93% with this factor (tests/test_estimators.py).
+    """
+    z = np.asarray(num, dtype=np.float64) - ratio * np.asarray(den, dtype=np.float64)
+    n = z.size
+    z_b = np.array([z[c].mean() for c in chunks])
+    v_batch = float(np.var(z_b, ddof=1)) / len(chunks)
+    v_spectral = float(np.var(z)) * integrated_time(z) / n
+    if not (v_batch > 0 and math.isfinite(v_spectral)):
+        return 1.0
+    return max(1.0, v_spectral / v_batch)
 
 
 def estimate_b_simple(
@@ -285,18 +338,41 @@ def estimate_b_simple(
             f"Provisional value: {fmt_num(point)} {unit}. Measure more steps.",
             provisional,
         )
+    chunks = np.array_split(np.arange(n), min(n_batches, n))
+    if t_mean <= 0:
+        raise InsufficientDataError(
+            f"The mean tr(Sigma) estimate over {n} steps is {t_mean:.3g} <= 0: the big-batch gradient is on "
+            "average no smaller than the micro-batch gradients, which independent micro-batches rule out. "
+            "Likely causes: the same examples in every micro-batch; .grad holding gradients from earlier steps "
+            "(a missing optimizer.zero_grad()) or added outside backward; or a noise scale far below the "
+            "micro-batch size (then use smaller micro-batches).",
+            provisional,
+        )
     if g_mean <= 0:
+        g_b = np.array([g[c].mean() for c in chunks])
+        t_stat = g_b.mean() / (g_b.std(ddof=1) / math.sqrt(len(chunks))) if g_b.std(ddof=1) > 0 else 0.0
+        if t_stat < -3.0:
+            raise InsufficientDataError(
+                f"The mean |G|^2 estimate over {n} steps is {g_mean:.3g}, significantly below 0 (t = {t_stat:.1f}): "
+                "the big-batch gradient is systematically smaller than its micro-batches allow, so .grad was "
+                "shrunk after the micro-batch gradients were taken (gradient clipping or GradScaler.unscale_ "
+                "before the measurement, or a loss scaler used in backward but not given to the monitor). "
+                "Measure right after the last backward, and pass scaler= when using a GradScaler.",
+                provisional,
+            )
         raise InsufficientDataError(
             f"The mean |G|^2 estimate over {n} steps is {g_mean:.3g} <= 0: the true gradient is "
             "buried in noise at these batch sizes, so B_simple is unbounded. Measure more steps, "
             "use larger micro-batches, or more of them per step.",
             provisional,
         )
-    chunks = np.array_split(np.arange(n), min(n_batches, n))
     g_b = np.array([g[c].mean() for c in chunks])
     t_b = np.array([t[c].mean() for c in chunks])
-    lo, hi = fieller_interval(t_b, g_b, confidence)
+    inflation = _autocorrelation_inflation(t, g, point, chunks)
+    lo, hi = fieller_interval(t_b, g_b, confidence, inflation=inflation)
     method = f"Fieller interval over {len(chunks)} batch means"
+    if inflation > 1.0:
+        method += f", widened x{math.sqrt(inflation):.2f} for autocorrelation"
     return NoiseScaleEstimate(point, (lo, hi), g_mean, t_mean, n, unit, confidence, method)
 
 
