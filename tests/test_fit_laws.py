@@ -201,3 +201,11 @@ def test_learning_curve_fit_prediction_and_backtest():
     assert inside / 30 >= 0.85
     with pytest.raises(ValueError, match="positive"):
         fit_curve([0, 1, 2, 3, 4], [5, 4, 3, 2.5, 2.2])
+
+
+def test_compute_optimal_refuses_a_degenerate_law():
+    """A law whose loss does not fall with N or D has no allocation: a clear error, not a
+    ZeroDivisionError or OverflowError."""
+    for p in (dict(EPOCH_2024, alpha=0.0, beta=0.0), dict(EPOCH_2024, A=0.0), dict(EPOCH_2024, alpha=1e-9)):
+        with pytest.raises(ValueError, match="alpha|overflows"):
+            compute_optimal(1e21, p)
