@@ -153,6 +153,9 @@ class CurveFit:
         resid_var: variance of one observation's log noise (robust scale of the residuals of the later
             half of the fitted points).
         s2_fitted: the largest annealing area among the fitted points (``kind == "schedule"``).
+        late_theta: raw parameters of the same law fitted to the later half of the points only
+            (``None`` when too few): the spread between the two predictions measures how much the
+            extrapolation leans on the window, which a bootstrap of one fit cannot see.
     """
 
     kind: str
@@ -161,6 +164,7 @@ class CurveFit:
     block: int
     resid_var: float
     s2_fitted: float = 0.0
+    late_theta: np.ndarray | None = None
 
     @property
     def values(self):
@@ -272,15 +276,21 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, n_boot:
     late = resid[np.argsort(X[:, 0])][n // 2:]  # one late observation's noise, not the early transient's misfit
     noise_var = float((1.4826 * np.median(np.abs(late - np.median(late)))) ** 2)
     s2_max = float(X[:, 1].max()) if kind == "schedule" else 0.0
-    return CurveFit(kind, fit, sched, blk, noise_var, s2_max)
+    late_theta = None
+    late = X[:, 0] >= np.median(X[:, 0])
+    if late.sum() >= p + 3:  # the same law fitted to the later half: how much the answer leans on the window
+        late_theta = fit_law(law, X[late], logy[late], starts=starts, n_boot=0, keep_starts=24).theta
+    return CurveFit(kind, fit, sched, blk, noise_var, s2_max, late_theta)
 
 
 def predict_curve(fit: CurveFit, step: float, *, confidence: float | None = None, **_ignored) -> dict:
     """Predicted loss at ``step`` with a predictive interval (needs the fit's bootstrap).
 
     The interval adds, in log space and on each side, the distance from the estimate to the
-    block-bootstrap percentile of the curves at ``step`` (the floor's uncertainty included) and one
-    observation's noise, in quadrature, widened by ``t / z`` on ``n / block - p`` degrees of freedom.
+    block-bootstrap percentile of the curves at ``step`` (the floor's uncertainty included), one
+    observation's noise, and the shift of the prediction when the law is fitted to the later half
+    of the points only (the law's misfit, which no bootstrap of one fit sees), in quadrature,
+    widened by ``t / z`` on ``n / block - p`` degrees of freedom.
 
     Raises:
         InsufficientDataError: a schedule-aware fit asked to predict through an LR decay it saw
@@ -306,6 +316,12 @@ def predict_curve(fit: CurveFit, step: float, *, confidence: float | None = None
     lp = math.log(point)
     q_lo, q_hi = np.quantile(curves, [a / 2, 1 - a / 2])
     noise = z * math.sqrt(fit.resid_var)
+    if fit.late_theta is not None:
+        law = saturating_law() if fit.kind == "power" else schedule_law()
+        values = {k: float(v[0]) for k, v in law.report(fit.late_theta[None, :]).items()}
+        late = float(fit.curve(step, values))
+        if late > 0:
+            noise = math.hypot(noise, math.log(late) - lp)
     lo = math.hypot(max(lp - q_lo, 0.0), noise) * t / z
     hi = math.hypot(max(q_hi - lp, 0.0), noise) * t / z
     return {"step": step, "loss": point, "interval": [point * math.exp(-lo), point * math.exp(hi)]}
