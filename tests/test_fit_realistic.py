@@ -14,6 +14,7 @@ from batchlaw.fit.hparams import find_optima, fit_hparam_laws
 
 
 # ------------------------------------------------------------------ optimal LR and batch
+@pytest.mark.slow
 def test_hparam_laws_recover_the_truth_on_lopsided_grids():
     seeds, hits = 20, np.zeros(3)
     for seed in range(seeds):
@@ -90,6 +91,7 @@ def test_group_bootstrap_interval_and_bad_input():
 
 
 # ------------------------------------------------------------------ isoFLOP: Approach 2 and 3
+@pytest.mark.slow
 def test_isoflop_approaches_2_and_3_recover_the_truth_on_lopsided_profiles():
     from realistic import ISO_TRUTH, lopsided_isoflop
 
@@ -149,6 +151,7 @@ def test_variable_projection_agrees_with_the_huber_engine_on_clean_data():
 
 
 # ------------------------------------------------------------------ learning curves
+@pytest.mark.slow
 def test_curve_interval_is_honest_on_autocorrelated_constant_lr_curves():
     """From the first quarter or half of a realistic constant-LR curve (warmup, EMA-smoothed noise),
     the 95% predictive interval holds the final loss in >= 90% of seeds, and from the half the
@@ -183,6 +186,7 @@ def test_block_bootstrap_is_wider_than_iid_on_autocorrelated_noise():
     assert w[0] > w[1]
 
 
+@pytest.mark.slow
 def test_schedule_law_recovers_tissue_parameters_and_predicts_the_decay():
     """Data drawn from the schedule-aware law itself (cosine with warmup): parameters inside their
     intervals, and the final loss predicted from the first 60% of the run."""
