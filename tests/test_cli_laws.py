@@ -200,3 +200,14 @@ def test_fit_curve_schedule_aware_with_the_planned_schedule(capsys):
     assert lo <= 2.83 <= hi and hi / lo < 1.1
     assert main(argv) == 2  # without --lr-col, rows without a loss are an error
     assert "line 102" in capsys.readouterr().err
+
+
+def test_fit_cbs_plain_table_keeps_every_row_and_names_an_unreached_group(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("batch,steps,seed,model\n" + "\n".join(
+        f"{b},{2000 * (1 + 256 / b) * f:.1f},{k},a" for b in (16, 32, 64, 128, 256, 512) for k, f in ((0, 1.0), (1, 1.05)))
+        + "\n16,,0,b\n32,,0,b\n")
+    out = _json(capsys, ["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps",
+                         "--group-col", "model", "--bootstrap", "200", "--json"])
+    a, b = out["groups"]
+    assert a["n_points"] == 12 and a["rows_ignored"] == 0  # no LR column: every row is a point
+    assert "no run reached the target (2 rows did not)" in b["error"] and b["not_reached_batches"] == [16, 32]

@@ -144,10 +144,9 @@ def _cbs_table(args) -> tuple[dict, dict]:
     """
     import csv
     import statistics
+    from pathlib import Path
 
     from .._csv import read_columns
-
-    from pathlib import Path
 
     if not Path(args.csv).is_file():
         read_columns(args.csv, [])  # raises the usual "does not exist" error
@@ -180,12 +179,13 @@ def _cbs_table(args) -> tuple[dict, dict]:
         except ValueError:
             raise ValueError(f"Column {steps_col!r}, line {i + 2} of {args.csv!r}: {cell!r} is not a number "
                              "(leave the cell empty for a run that did not reach the target).") from None
-        seed = str(t[seed_col][i]) if seed_col else str(i)
-        lr = t[lr_col][i] if lr_col else None
+        if lr_col is None:  # a plain table: every row is a point
+            raw.setdefault(g, {})[(b, i)] = (steps, None)
+            continue
+        seed = str(t[seed_col][i]) if seed_col else "0"
+        lr = t[lr_col][i]
         cur = raw.setdefault(g, {}).get((b, seed))
-        if lr_col is None:
-            raw[g][(b, seed)] = (steps, lr)
-        elif cur is None or steps < cur[0]:
+        if cur is None or steps < cur[0]:
             raw[g][(b, seed)] = (steps, lr)
     groups: dict[str, dict] = {}
     for g, cells in raw.items():
@@ -224,6 +224,10 @@ def _cmd_fit_cbs(args) -> int:
                                                                        if bb in info[g]["best_lr"] else {})}
                             for bb, ss, n in zip(b, s, pts["seeds"])]}
         try:
+            if not b:
+                raise InsufficientDataError(
+                    f"no run reached the target ({info[g]['rows_ignored']} rows did not): lower the target loss or "
+                    "raise the step budget of the sweep")
             fit = fit_steps_law(b, s, reference_batch=args.reference_batch, unit=args.unit, n_boot=args.bootstrap)
         except InsufficientDataError as err:
             failed += 1
