@@ -6,19 +6,22 @@ Two laws, both fitted with the shared engine (log-space Huber, bootstrap):
 - ``schedule`` (Tissue et al. 2024, "Scaling law with learning rate annealing",
   arXiv:2408.11029, eq. 1): ``L(s) = L_0 + A S_1^(-alpha) - C S_2`` with the forward area
   ``S_1 = sum_{i<=s} eta_i`` and the annealing area ``S_2 = sum_{i<=s} m_i``,
-  ``m_i = lambda m_{i-1} + (eta_{i-1} - eta_i)``, ``lambda = 0.999``; ``eta`` is the learning
-  rate divided by its peak, so ``S_1`` counts peak-LR steps. It takes the LR schedule as input
-  (warmup, cosine, WSD, any shape) and predicts the loss at a later step of the planned schedule.
+  ``m_i = lambda m_{i-1} + (eta_{i-1} - eta_i)`` (decreases only: warmup is not annealing),
+  ``lambda = 0.999``; ``eta`` is the learning rate divided by its peak, so ``S_1`` counts
+  peak-LR steps. It takes the LR schedule as input (warmup, cosine, WSD, any shape) and predicts
+  the loss at a later step of the planned schedule. Points before twice the warmup are not
+  fitted; a prediction through a decay the fitted points saw (almost) none of is refused.
 
 Intervals. A logged training loss is smoothed (EMA) and its residuals about any fitted curve
 are autocorrelated, so resampling points independently makes the fitted floor look far more
 certain than it is. The bootstrap here is a moving-block bootstrap over the curve (Kunsch 1989):
 blocks of consecutive points of length ``2 tau`` (``tau``: the lag where the residual
 autocorrelation falls below ``1/e``; at least ``n^(1/3)``), so each resample refits the floor
-with the curve's own correlated wiggles. The predictive interval at step ``t`` adds, in log
-space, the spread of the resampled curves there (which carries the floor's uncertainty) and the
-residual variance of one observation, with Student-t quantiles on ``n_eff - p`` degrees of
-freedom (``n_eff = n / block``).
+with the curve's own correlated wiggles. The predictive interval at step ``t`` combines, in log
+space, the spread of the resampled curves there (which carries the floor's uncertainty), one
+observation's noise, and the shift of the prediction when the law is fitted to the later half
+of the points only (the law's misfit), with Student-t quantiles on ``n / block - p`` degrees of
+freedom (:func:`predict_curve`).
 """
 
 from __future__ import annotations

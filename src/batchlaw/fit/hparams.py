@@ -1,11 +1,12 @@
 """Optimal learning rate and batch size from LR x batch grids, and their power laws in N, D, C.
 
 Per (N, D) group of runs the optimum is found without extrapolation (:func:`find_optima`): a
-quadratic in ``(log lr, log B)`` fitted to the runs around the lowest loss, checked to be a bowl
-and kept inside those runs; at a grid edge the edge value is kept and flagged. Real loss
-surfaces are lopsided (steep above the optimal LR, flat below, diverged runs), so one quadratic
-over the whole grid puts its vertex far from the runs. The optima are then fitted as power laws with the shared engine (log-space Huber,
-bootstrap over groups): ``lr_opt = c N^a D^b`` and ``B_opt = c D^b`` (Step Law, Li et al. 2025,
+lopsided bowl in ``(log lr, log B)`` fitted to the runs around the lowest loss (variable
+projection), every curvature positive, its minimum kept inside those runs; at a grid edge the
+edge value is kept and flagged. Real loss surfaces are lopsided (steep above the optimal LR,
+flat below, diverged runs), so one quadratic over the whole grid puts its vertex far from the
+runs. The optima are then fitted as power laws with the shared engine (log-space Huber,
+bootstrap over groups, union with the least-squares t interval): ``lr_opt = c N^a D^b`` and ``B_opt = c D^b`` (Step Law, Li et al. 2025,
 arXiv:2503.04715, fitted this way), and both against compute ``C = 6 N D`` (DeepSeek LLM,
 arXiv:2401.02954). Published laws for comparison: :data:`STEP_LAW`, :data:`DEEPSEEK`.
 """
