@@ -50,8 +50,9 @@ def test_fit_isoflop_json(capsys):
 def test_fit_hparams_json(capsys):
     out = _json(capsys, ["fit", "hparams", str(EX / "hparam_grid.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
                          "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
-                         "--bootstrap", "200", "--json"])
+                         "--bootstrap", "200", "--group-bootstrap", "20", "--json"])
     assert {"coef", "exp_params", "exp_tokens", "ci"} <= set(out["lr_law"])
+    assert all(o["lr_ci"][0] <= o["lr"] <= o["lr_ci"][1] for o in out["optima"])
     assert {"coef", "exp_tokens", "ci"} <= set(out["batch_law"])
     assert out["batch_unit"] == "tokens"
     assert {"params", "tokens", "lr", "batch", "loss"} <= set(out["optima"][0])

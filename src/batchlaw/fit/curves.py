@@ -55,7 +55,7 @@ class Schedule:
         >>> s = Schedule([1, 100], [1.0, 1.0])
         >>> s1, s2 = s.areas([50, 100])
         >>> s1.tolist(), s2.tolist()
-        [[50.0, 100.0], [0.0, 0.0]]
+        ([50.0, 100.0], [0.0, 0.0])
     """
 
     def __init__(self, steps, lr) -> None:
@@ -282,7 +282,8 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, n_boot:
     late_theta = None
     late = X[:, 0] >= np.median(X[:, 0])
     if late.sum() >= p + 3:  # the same law fitted to the later half: how much the answer leans on the window
-        late_theta = fit_law(law, X[late], logy[late], starts=starts, n_boot=0, keep_starts=24).theta
+        late_theta = fit_law(law, X[late], logy[late], starts=np.vstack([fit.theta, starts]), n_boot=0,
+                             keep_starts=8).theta
     return CurveFit(kind, fit, sched, blk, noise_var, s2_max, late_theta)
 
 
