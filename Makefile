@@ -1,6 +1,7 @@
 # The two commands that do everything on a fresh machine:
 #   make demo   run the main job on the built-in default workload
 #   make test   run the test suite
+#   make docs   build the documentation site into site/ (strict: any warning fails)
 # Each creates (or reuses) the virtual environment in .venv.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean venv
+.PHONY: demo test bench docs clean venv
 
 venv: $(STAMP)
 
@@ -24,8 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests src/batchlaw --doctest-modules
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) bench/monitor_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache site

@@ -34,6 +34,7 @@ _ACCURACY_2 = {
     "ddp_cases": [
         ("k1_sync", 1, "sync", {}), ("k4_no_sync", 4, "no_sync", {}), ("k4_sync", 4, "sync", {}),
         ("k4_bucket_view", 4, "no_sync", {"gradient_as_bucket_view": True}),
+        ("k1_bucket_view", 1, "sync", {"gradient_as_bucket_view": True}),
         ("k2_static_graph", 2, "sync", {"static_graph": True}),
         ("unused_k2", 2, "sync", {"find_unused_parameters": True}),
         ("hook_k2", 2, "no_sync", {}),

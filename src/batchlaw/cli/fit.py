@@ -46,7 +46,7 @@ def _add_fit_parser(sub) -> None:
     ch = fsub.add_parser("chinchilla", help="L(N, D) = E + A/N^alpha + B/D^beta (Approach 3), allocation",
                          description="Fit L(N, D) = E + A/N^alpha + B/D^beta as the Epoch AI replication did (Huber "
                          "1e-3 on log loss, L-BFGS from a grid of starts), with bootstrap intervals over runs.")
-    ch.add_argument("csv")
+    ch.add_argument("csv", help="CSV file with a header row, one run per row")
     ch.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
     tok = ch.add_mutually_exclusive_group(required=True)
     tok.add_argument("--tokens-col", help="column with the training tokens D")
@@ -55,7 +55,7 @@ def _add_fit_parser(sub) -> None:
     ch.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     ch.add_argument("--compute", type=float, default=None, help="FLOP budget for the compute-optimal allocation")
     ch.add_argument("--inference-tokens", type=float, default=None, help="expected inference tokens (Sardana et al.)")
-    ch.add_argument("--json", action="store_true")
+    ch.add_argument("--json", action="store_true", help="print JSON")
     ch.set_defaults(func=_cmd_fit_chinchilla)
 
     iso = fsub.add_parser("isoflop", help="Approach 2 (local parabolas per compute budget) beside Approach 3",
@@ -105,11 +105,11 @@ def _add_fit_parser(sub) -> None:
                          "bootstrap intervals over rows). For critical-batch-size laws, give one row per sweep: its "
                          "CBS or B_crit, its training tokens D and model size N (Zhang et al. 2024: CBS grows with D, "
                          "hardly with N).")
-    pw.add_argument("csv")
+    pw.add_argument("csv", help="CSV file with a header row")
     pw.add_argument("--y-col", required=True, help="column of the quantity (e.g. cbs)")
     pw.add_argument("--x-col", action="append", required=True, help="input column (repeat for several)")
-    pw.add_argument("--bootstrap", type=int, default=1000)
-    pw.add_argument("--json", action="store_true")
+    pw.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    pw.add_argument("--json", action="store_true", help="print JSON")
     pw.set_defaults(func=_cmd_fit_powerlaw)
 
     cu = fsub.add_parser("curve", help="learning-curve extrapolation: L_inf + a t^-b, or schedule-aware with --lr-col",

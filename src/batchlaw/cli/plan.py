@@ -42,7 +42,7 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--grad-bytes-per-param", type=float, default=4.0, help="bytes per gradient element (default: %(default)s)")
     p.add_argument("--price", type=float, default=None, help="price per GPU-hour")
     p.add_argument("--min-efficiency", type=float, default=0.7, help="recommendation threshold (default: %(default)s)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.plan/1)")
     p.set_defaults(func=_cmd_plan)
 
 

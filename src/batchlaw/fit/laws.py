@@ -1,4 +1,4 @@
-"""The laws of ``science.md`` section 4 on the shared engine (:mod:`batchlaw.fit.engine`).
+"""The scaling laws (see the Concepts page 'Scaling laws' in the docs) on the shared engine (:mod:`batchlaw.fit.engine`).
 
 - :func:`fit_power_law`: ``y = c * x_1^a_1 * ... * x_k^a_k`` (hyperparameter laws, CBS vs D or N).
 - :func:`fit_saturating`: ``y = y_inf + a * x^(-alpha)`` (loss vs compute, Kaplan et al. 2020;

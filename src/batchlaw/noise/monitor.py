@@ -1,6 +1,6 @@
 """GradientNoiseMonitor: the gradient noise scale of a PyTorch training run, at almost no cost.
 
-How it measures (McCandlish et al. 2018, arXiv:1812.06162, App. A.1; science.md section 1):
+How it measures (McCandlish et al. 2018, arXiv:1812.06162, App. A.1; see the Concepts page 'Gradient noise scale' in the docs):
 
 * **Small batch**: each micro-batch gradient. A hook on every parameter sees the gradient of
   one micro-batch *before* autograd adds it into ``.grad``. The hooks only hold references;
@@ -113,7 +113,7 @@ class GradientNoiseMonitor:
             PowerSGD, or an unwrapped model in an initialised process group): see
             :func:`batchlaw.noise.distributed.detect_data_parallel`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(4, 1)
         >>> monitor = GradientNoiseMonitor(model, micro_batch_size=8)

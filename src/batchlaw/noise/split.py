@@ -54,7 +54,7 @@ def split_backward(
     Returns:
         The mean loss over the batch (detached).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(3, 1)
         >>> x = torch.randn(8, 3)
         >>> loss = split_backward(lambda xb: model(xb).square().mean(), x, chunks=4)

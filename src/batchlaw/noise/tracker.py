@@ -36,7 +36,7 @@ class NoiseScaleTracker:
         unit: unit of the batch sizes passed to :meth:`update`: ``"examples"`` or ``"tokens"``.
         ema_beta: smoothing of the running ``|G|^2`` and ``tr(Sigma)`` in the records.
 
-    Example:
+    Examples:
         >>> tr = NoiseScaleTracker()
         >>> rec = tr.update(0, small_sq=5.0, big_sq=2.0, b_small=2, b_big=8)
         >>> rec["g_sq"], rec["trace_sigma"], rec["b_simple_ema"]

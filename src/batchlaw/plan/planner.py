@@ -24,6 +24,8 @@ __all__ = ["PlanRow", "Plan", "plan_run"]
 
 @dataclass(frozen=True)
 class PlanRow:
+    """One GPU count of a :class:`Plan`: batch, steps, time, cost and efficiency (batches in sequences)."""
+
     gpus: int
     global_batch: int  # sequences
     global_batch_tokens: int
@@ -41,6 +43,8 @@ class PlanRow:
 
 @dataclass(frozen=True)
 class Plan:
+    """The result of :func:`plan_run`: one :class:`PlanRow` per GPU count, the recommendation and the doubling verdicts."""
+
     rows: list[PlanRow]
     b_crit: float  # sequences
     e_min_tokens: float
@@ -97,7 +101,8 @@ def plan_run(
         reference_batch: global batch (sequences) at which ``tokens`` holds (default: smallest planned).
         tokens_per_sec_per_gpu: training throughput of one GPU (for wall-clock and cost).
         comm_overhead: communication as a fraction of compute time (used when no all-reduce model).
-        grad_bytes, bandwidth_bytes_per_s: all-reduce model: bytes of gradients, bus bandwidth per GPU.
+        grad_bytes: all-reduce model: bytes of gradients (with ``bandwidth_bytes_per_s``).
+        bandwidth_bytes_per_s: all-reduce model: bus bandwidth per GPU, bytes/s (with ``grad_bytes``).
         price_per_gpu_hour: for the cost column.
         min_efficiency: the recommendation is the largest GPU count whose efficiency is at least this.
     """

@@ -1,4 +1,4 @@
-"""How the learning rate should move when the batch size changes (science.md section 3).
+"""How the learning rate should move when the batch size changes (see the Concepts page 'Learning rate and batch size' in the docs).
 
 Each rule says where it holds; none is valid far above the critical batch size, where the
 optimal learning rate saturates (McCandlish et al. 2018: ``eps_opt(B) = eps_max / (1 + B_noise/B)``).

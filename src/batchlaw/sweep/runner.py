@@ -211,6 +211,16 @@ class RayExecutor:
 
 
 def make_executor(kind: str, jobs: int = 2, address: str | None = None):
+    """The executor named ``kind``: ``"local"`` (a process pool of ``jobs``) or ``"ray"`` (Ray tasks).
+
+    Args:
+        kind: ``"local"`` or ``"ray"``.
+        jobs: parallel trials (local processes, or CPUs of a local Ray instance).
+        address: Ray cluster address (``"ray"`` only; default: start a local Ray instance).
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
     kind = check_choice("executor", kind, ("local", "ray"))
     return LocalExecutor(jobs) if kind == "local" else RayExecutor(address, jobs)
 

@@ -1,0 +1,204 @@
+"""The ``--json`` outputs of the ``batchlaw`` commands, documented in one place.
+
+To document a new schema, append a :class:`Schema` to :data:`SCHEMAS`: the reference page
+(``docs/reference-json.md``) is generated from this list at build time, and
+``tests/test_docs_reference.py`` checks the top-level keys listed here against the real output
+of each command whose ``check_args`` are given (a fast run of the command); a versioned schema
+without ``check_args`` is checked against the dict literal that carries its name in ``src/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One JSON output: its schema name, the command that prints it and its top-level keys."""
+
+    name: str  # the value of the "schema" key, or a descriptive name where the output has none
+    command: str  # how a user gets it
+    summary: str
+    fields: list[tuple[str, str]]  # (top-level key, what it holds)
+    versioned: bool = True  # False: the output has no "schema" key yet
+    check_args: list[str] = field(default_factory=list)  # fast CLI arguments for the drift test ([] = not run)
+
+    @property
+    def keys(self) -> set[str]:
+        """The documented top-level keys."""
+        return {k for k, _ in self.fields}
+
+
+_ESTIMATE = ("an estimate: `b_simple`, `ci` [low, high] (`high` is null when unbounded), `g_sq`, `trace_sigma`, "
+             "`n_steps`, `unit` (`examples` or `tokens`), `confidence`, `method`")
+_STEPS_FIT = ("the fit of S(B) = S_min (1 + B_crit/B): `s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, "
+              "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`; "
+              "null when the data cannot support a fit")
+_SWEEP_FIELDS = [
+    ("name", "the sweep's name inside the store"),
+    ("config", "the sweep configuration (workload, batch_sizes, target_loss, max_steps, LR search settings, seeds)"),
+    ("points", "one object per batch size: `batch_size`, `steps_to_target` (null if no trial reached it), "
+               "`best_lr`, `lrs_tried`, `lr_at_edge` (`low`/`high`/null)"),
+    ("fit", _STEPS_FIT),
+    ("fit_error", "why there is no fit (empty string when there is one)"),
+    ("b_simple", "run-averaged noise scale pooled over the best trial of each batch size: `b_simple`, `ci`, "
+                 "`n_trials`, `unit`; null when not measured"),
+    ("tokens_per_example", "tokens per example of the workload (null for non-sequence workloads)"),
+    ("n_trials", "trials stored for this sweep"),
+]
+
+_TINY_SWEEP = ["--workload", "linreg", "--workload-arg", "condition=100", "--workload-arg", "init_distance=4",
+               "--batch-sizes", "2,8,32,128", "--target-loss", "0.6", "--lr-base", "0.1", "--lr-scaling", "0.7",
+               "--eval-every", "1", "--jobs", "1", "--no-progress"]
+
+SCHEMAS: list[Schema] = [
+    Schema(
+        "batchlaw.measure/1", "batchlaw measure --json",
+        "A training run of a built-in workload with the noise monitor attached.",
+        [("schema", "`\"batchlaw.measure/1\"`"),
+         ("workload", "the workload's name and settings (`name`, `tokens_per_example`, workload-specific keys)"),
+         ("config", "`steps`, `micro_batch_size`, `accumulation`, `batch_size`, `lr`, `seed`, `every`, "
+                    "`estimate_window` [first, last step], `unit`"),
+         ("estimate", _ESTIMATE + " over the second half of the run; null when the data refuse an estimate"),
+         ("note", "why there is no estimate (empty otherwise)"),
+         ("provisional_b_simple", "the value an refused estimate would have had (null otherwise)"),
+         ("trace", "one object per window of steps: `step_start`, `step_end`, `n_steps`, `unit`, `b_simple`, "
+                   "`ci`, `note` (and `provisional` when refused)"),
+         ("eval_losses", "held-out loss along the run: objects with `step`, `loss`"),
+         ("final_train_loss", "training loss at the last step"),
+         ("skipped_steps", "steps skipped for non-finite gradients"),
+         ("wall_time_s", "seconds of training")],
+        check_args=["measure", "--workload", "linreg", "--steps", "60", "--no-progress", "--json"],
+    ),
+    Schema(
+        "batchlaw.sweep/1", "batchlaw sweep ... --json",
+        "The analysis of one sweep: steps to target per batch size, the steps-vs-batch fit, the pooled noise scale.",
+        [("schema", "`\"batchlaw.sweep/1\"`"), *_SWEEP_FIELDS],
+        check_args=["sweep", *_TINY_SWEEP, "--store", "{tmp}/s.db", "--json"],
+    ),
+    Schema(
+        "batchlaw.report/1", "batchlaw report STORE --out DIR --json",
+        "The report written for every sweep of a store.",
+        [("schema", "`\"batchlaw.report/1\"`"),
+         ("report", "path of the written `report.html`"),
+         ("sweeps", "one object per sweep, with the keys of `batchlaw.sweep/1` (without `schema`)")],
+        check_args=["report", "{tmp}/s.db", "--out", "{tmp}/rep", "--json"],
+    ),
+    Schema(
+        "batchlaw.demo/2", "batchlaw demo --json",
+        "The whole demo: a measurement, a known-answer check and a sweep.",
+        [("schema", "`\"batchlaw.demo/2\"`"),
+         ("measure", "a `batchlaw.measure/1` body (without `schema`) for the bytemlp workload"),
+         ("check", "the known-answer check on linreg: `workload`, `analytic_b_simple`, `estimate` (as in measure)"),
+         ("sweep", "a `batchlaw.sweep/1` body (without `schema`)"),
+         ("report", "path of the written `report.html`")],
+        # The demo takes about a minute: its keys are checked statically against the dict the code builds.
+    ),
+    Schema(
+        "batchlaw.plan/1", "batchlaw plan ... --json",
+        "What a run takes on each GPU count; batch sizes in sequences.",
+        [("schema", "`\"batchlaw.plan/1\"`"),
+         ("b_crit", "critical batch size used, in sequences"),
+         ("b_crit_tokens", "the same in tokens"),
+         ("s_min", "minimum steps to the target (S_min)"),
+         ("e_min_tokens", "minimum tokens to the target (E_min)"),
+         ("seq_len", "tokens per sequence"),
+         ("rows", "one object per GPU count: `gpus`, `global_batch`, `global_batch_tokens`, `accumulation`, `steps`, "
+                  "`tokens`, `step_time_s`, `wall_clock_h`, `gpu_hours`, `cost`, `efficiency`, `over_critical`, "
+                  "`steps_vs_min` (time and cost null without a throughput and a price)"),
+         ("recommended_gpus", "the largest GPU count that keeps the efficiency threshold"),
+         ("reason", "the recommendation in words"),
+         ("doubling", "one object per consecutive pair of counts: `from`, `to`, `steps_ratio`, and with a "
+                      "throughput `speedup`, `gpu_hours_ratio`"),
+         ("compute_optimal", "only with `--compute`: the Chinchilla allocation used"),
+         ("inference_aware", "only with `--compute` and `--inference-tokens`: the inference-aware allocation")],
+        check_args=["plan", "--b-crit", "1000", "--gpus", "16,32", "--micro-batch", "128", "--tokens", "2e10",
+                    "--tokens-per-sec", "3000", "--price", "2.5", "--compute", "1e21", "--inference-tokens", "1e12",
+                    "--json"],
+    ),
+    Schema(
+        "fit cbs", "batchlaw fit cbs CSV ... --json",
+        "Steps-vs-batch fits, one per group of the CSV.",
+        [("groups", "one object per group: `group`, `n_points`, then either the fit (`s_min`, `e_min`, `b_crit`, "
+                    "`cbs` and their `*_ci`, `reference_batch`, `unit`) or `error` (why this group has no fit)")],
+        versioned=False,
+        check_args=["fit", "cbs", "{tmp}/steps.csv", "--batch-col", "batch", "--steps-col", "steps",
+                    "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "fit chinchilla", "batchlaw fit chinchilla CSV ... --json",
+        "L(N, D) = E + A/N^alpha + B/D^beta and, on request, the allocation at a budget.",
+        [("E", "irreducible loss"), ("A", "coefficient of the model-size term"), ("B", "coefficient of the data term"),
+         ("alpha", "exponent of N"), ("beta", "exponent of D"), ("n_points", "runs fitted"),
+         ("ci", "95% bootstrap interval [low, high] of each parameter, by name"),
+         ("goodness", "`rmse_log`, `r2_log` (in log loss)"),
+         ("extrapolation", "refit without the largest-compute runs: `held_out_points`, `held_out_fraction`, "
+                           "`median_abs_rel_error`, `max_abs_rel_error`"),
+         ("allocation", "only with `--compute`: `compute`, `params`, `tokens`, `tokens_per_param`, `loss`, `ci`"),
+         ("inference_aware", "only with `--inference-tokens`: `params`, `tokens`, `tokens_per_param`, `loss`, "
+                             "`inference_tokens`, `training_compute`, `total_compute`, `chinchilla_total_compute`")],
+        versioned=False,
+        check_args=["fit", "chinchilla", "{examples}/chinchilla_runs.csv", "--params-col", "params", "--tokens-col",
+                    "tokens", "--loss-col", "loss", "--compute", "5.88e23", "--inference-tokens", "1e13",
+                    "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "fit isoflop", "batchlaw fit isoflop CSV ... --json",
+        "Approach 2: the optimum of each isoFLOP profile and power laws through them.",
+        [("optima", "one object per budget: `compute`, `params`, `tokens`, `loss`, `n_runs`"),
+         ("params_law", "N_opt = coef * C^exponent: `coef`, `exponent`, `ci`"),
+         ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci`")],
+        versioned=False,
+        check_args=["fit", "isoflop", "{examples}/isoflop_runs.csv", "--params-col", "params", "--tokens-col", "tokens",
+                    "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "fit hparams", "batchlaw fit hparams CSV ... --json",
+        "Optimal learning rate and batch per (N, D) and their power laws.",
+        [("lr_law", "lr_opt = coef * N^exp_params * D^exp_tokens: `coef`, `exp_params`, `exp_tokens`, `ci`, `goodness`"),
+         ("batch_law", "B_opt = coef * D^exp_tokens: `coef`, `exp_tokens`, `ci`, `goodness`"),
+         ("lr_vs_compute", "lr_opt = coef * C^exp_compute"), ("batch_vs_compute", "B_opt = coef * C^exp_compute"),
+         ("batch_unit", "`tokens` with `--seq-len`, else the unit of the batch column"),
+         ("optima", "one object per (N, D): `params`, `tokens`, `lr`, `batch`, `loss`, `method`, `raw`")],
+        versioned=False,
+        check_args=["fit", "hparams", "{examples}/hparam_grid.csv", "--lr-col", "lr", "--batch-col", "batch_seqs",
+                    "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
+                    "--bootstrap", "100", "--json"],
+    ),
+    Schema(
+        "fit powerlaw", "batchlaw fit powerlaw CSV ... --json",
+        "y = coef * x1^a1 * x2^a2 ...",
+        [("coef", "the coefficient"), ("exponents", "exponent of each input column, by column name"),
+         ("n_points", "rows fitted"), ("ci", "95% bootstrap intervals (`coef`, `exp_<column>`)"),
+         ("goodness", "`rmse_log`, `r2_log`")],
+        versioned=False,
+        check_args=["fit", "powerlaw", "{tmp}/cbs_law.csv", "--y-col", "cbs", "--x-col", "tokens", "--bootstrap", "100",
+                    "--json"],
+    ),
+    Schema(
+        "fit curve", "batchlaw fit curve CSV ... --json",
+        "Learning-curve extrapolation L(t) = L_inf + a t^-b.",
+        [("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
+         ("ci", "95% bootstrap intervals of `L_inf`, `a`, `b`"), ("goodness", "`rmse_log`, `r2_log`"),
+         ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive)"),
+         ("backtest", "fit on the first half, predict the last point: `fraction`, `fit_points`, `final_step`, "
+                      "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error`")],
+        versioned=False,
+        check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
+                    "--predict-at", "20000", "--bootstrap", "100", "--json"],
+    ),
+]
+
+
+def schemas_markdown() -> str:
+    """The reference page's body: one section per schema with its key table."""
+    out = []
+    for s in SCHEMAS:
+        out.append(f"## `{s.name}`\n")
+        out.append(f"`{s.command}`: {s.summary}")
+        if not s.versioned:
+            out.append("\nThis output has no `schema` key yet: treat its layout as unversioned.")
+        out.append("\n| key | what it holds |\n|---|---|")
+        out.extend(f"| `{k}` | {v.replace('|', chr(92) + '|')} |" for k, v in s.fields)
+        out.append("")
+    return "\n".join(out)
