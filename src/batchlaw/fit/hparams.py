@@ -77,7 +77,10 @@ def _local(x, y, loss, window: int = 1):
     optimum stays at the edge value (reported in ``edge``).
 
     Args:
-        x, y: log lr and log batch of the finite runs; loss: their losses.
+        x: log learning rates of the finite runs.
+        y: their log batch sizes.
+        loss: their losses.
+        window: grid steps on each side of the lowest run.
 
     Returns:
         ``(vx, vy, loss, method, edge)``: ``method`` is ``"local"`` or ``"raw"`` (no bowl, too few
@@ -255,7 +258,10 @@ def find_optima(params, tokens, lr, batch, loss, *, method: str = "local", n_boo
     Diverged runs (a NaN or infinite loss) are counted per group (``n_diverged``), never fitted.
 
     Args:
-        params, tokens, lr, batch: per run, finite and positive.
+        params: model size ``N`` of each run (finite, positive).
+        tokens: training tokens ``D`` of each run.
+        lr: learning rate of each run.
+        batch: batch size of each run.
         loss: per run; NaN or +inf marks a diverged run.
         method: ``"local"``, ``"raw"`` or ``"global"``.
         n_boot: bootstrap resamples of each group's runs for ``lr_ci`` and ``batch_ci`` (0: none).

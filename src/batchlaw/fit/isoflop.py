@@ -71,7 +71,10 @@ def fit_isoflop(params, tokens, budget, loss, *, window: int = 2, n_boot: int = 
     """Approach 2 with local parabolas per budget; power laws ``N_opt(C)``, ``D_opt(C)``; Approach 3 beside it.
 
     Args:
-        params, tokens, budget, loss: per run (the budget names the run's isoFLOP profile).
+        params: model size ``N`` of each run.
+        tokens: training tokens ``D`` of each run.
+        budget: compute budget of each run's isoFLOP profile (FLOPs).
+        loss: final loss of each run.
         window: runs on each side of each profile's lowest loss used by its parabola.
         n_boot: bootstrap resamples (0: none).
         confidence: interval level.
