@@ -5,7 +5,12 @@
 Every file is synthetic and says which law it was drawn from, so a fit can be checked against
 the truth: chinchilla_runs.csv and isoflop_runs.csv from the Epoch AI 2024 Chinchilla parameters
 (1% noise on the loss), hparam_grid.csv from the Step Law optima (Li et al. 2025) with a
-quadratic bowl around them, learning_curve.csv from L(t) = 2 + 5 t^-0.3 (0.3% noise).
+quadratic bowl around them, learning_curve.csv from L(t) = 2 + 5 t^-0.3 (0.3% noise), sweep_trials.csv (the ``trials.csv``
+a ``batchlaw sweep --csv`` writes, for ``batchlaw fit cbs``) from S(B) = 2000 (1 + 256/B) steps
+with 8% noise per run, 4 learning rates per batch (off-optimum ones slower, the largest diverging
+at large batch, the smallest not reaching the target within the budget at small batch) and 3 seeds;
+cosine_curve.csv (for ``batchlaw fit curve --lr-col lr``) from the multi-power law of Luo et al.
+2025 under a cosine schedule, logged to step 5,000 of 8,000.
 """
 
 from __future__ import annotations
@@ -62,6 +67,62 @@ def main() -> None:
 
     rows = [(t, f"{(2.0 + 5.0 * t ** -0.3) * math.exp(0.003 * rng.standard_normal()):.5f}") for t in range(100, 10001, 100)]
     write("learning_curve.csv", ["step", "loss"], rows)
+
+    write("sweep_trials.csv", SWEEP_COLUMNS, sweep_trials(np.random.default_rng(7)))
+
+    write("cosine_curve.csv", ["step", "lr", "loss"], cosine_curve(np.random.default_rng(11)))
+
+
+def cosine_curve(rng, total=8000, logged=5000, every=50, warmup=300, peak=3e-4):
+    """A cosine-schedule run (warmup, cosine to 10% of the peak over ``total`` steps) logged up to
+    ``logged``; the rows after it carry the planned LR with an empty loss. The loss follows the
+    multi-power law (Luo et al. 2025) with AR(1) noise (coefficient 0.9, 0.4% relative), as an
+    EMA-smoothed training loss does."""
+    t = np.arange(1, total + 1, dtype=float)
+    lr = np.where(t <= warmup, peak * t / warmup,
+                  0.1 * peak + 0.45 * peak * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
+    s1 = np.cumsum(lr)
+    drops = np.concatenate([[0.0], lr[:-1] - lr[1:]])
+    rows, e = [], 0.0
+    for step in range(every, total + 1, every):
+        k = np.flatnonzero((drops > 0) & (np.arange(total) < step))
+        ld = 1000.0 * np.sum(drops[k] * (1 - (2.0 * lr[k] ** -0.6 * (s1[step - 1] - s1[k - 1]) + 1) ** -0.55))
+        loss = 2.6 + 0.55 * (s1[step - 1] + 0.02) ** -0.45 - ld
+        e = 0.9 * e + math.sqrt(1 - 0.81) * rng.standard_normal()
+        rows.append((step, f"{lr[step - 1]:.4g}", f"{loss * math.exp(0.004 * e):.5f}" if step <= logged else ""))
+    return rows
+
+
+#: Columns of the trials.csv a sweep exports (batchlaw.sweep.store.CSV_COLUMNS).
+SWEEP_COLUMNS = ["sweep", "key", "batch_size", "lr", "seed", "status", "steps_to_target", "examples_to_target",
+                 "tokens_to_target", "wall_time_s", "b_simple", "final_loss"]
+SWEEP_TRUTH = {"s_min": 2000.0, "b_crit": 256.0}
+
+
+def sweep_trials(rng, s_min=SWEEP_TRUTH["s_min"], b_crit=SWEEP_TRUTH["b_crit"], noise=0.08, max_steps=40000):
+    """Rows of a sweep's trials.csv drawn from S(B) = s_min (1 + b_crit/B) at the best learning rate.
+
+    The best learning rate grows as sqrt(B); one a factor 2 off takes 1.3x the steps, 4 off 2.2x;
+    runs at 4x the best LR diverge for B >= 512 (empty steps, status 'diverged'); runs longer
+    than ``max_steps`` stop at the budget (empty steps, status 'budget').
+    """
+    rows = []
+    for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
+        lr_best = 1e-3 * math.sqrt(b / 64)
+        for seed in range(3):
+            for f in (0.25, 0.5, 1.0, 2.0):
+                lr = lr_best * f * math.exp(0.1 * rng.standard_normal())  # the grid does not sit on the optimum
+                slow = 1.0 + 0.3 * math.log2(lr / lr_best) ** 2
+                steps = s_min * (1 + b_crit / b) * slow * math.exp(noise * rng.standard_normal())
+                key = f"{b}-{lr:.3g}-{seed}"
+                if f == 2.0 and b >= 512:
+                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "diverged", "", "", "", "12.0", "", "nan"))
+                elif steps > max_steps:
+                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "budget", "", "", "", "30.0", "", "3.2"))
+                else:
+                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "reached", f"{steps:.1f}", f"{steps * b:.0f}", "",
+                                 f"{steps / 1000:.2f}", "", "2.9"))
+    return rows
 
 
 if __name__ == "__main__":

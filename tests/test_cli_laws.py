@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from batchlaw.cli import main
@@ -49,8 +50,9 @@ def test_fit_isoflop_json(capsys):
 def test_fit_hparams_json(capsys):
     out = _json(capsys, ["fit", "hparams", str(EX / "hparam_grid.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
                          "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
-                         "--bootstrap", "200", "--json"])
+                         "--bootstrap", "200", "--group-bootstrap", "20", "--json"])
     assert {"coef", "exp_params", "exp_tokens", "ci"} <= set(out["lr_law"])
+    assert all(o["lr_ci"][0] <= o["lr"] <= o["lr_ci"][1] for o in out["optima"])
     assert {"coef", "exp_tokens", "ci"} <= set(out["batch_law"])
     assert out["batch_unit"] == "tokens"
     assert {"params", "tokens", "lr", "batch", "loss"} <= set(out["optima"][0])
@@ -102,3 +104,111 @@ def test_fit_powerlaw_for_cbs_laws(tmp_path, capsys):
     lo, hi = out["ci"]["exp_params"]
     assert lo <= 0.087 <= hi
     assert main(["fit", "powerlaw", str(tmp_path / "cbs.csv"), "--y-col", "cbs", "--x-col", "cbs"]) == 2
+
+
+def test_fit_cbs_reads_a_sweeps_own_trials_csv(capsys):
+    """A sweep's trials.csv has empty steps_to_target for trials that did not reach the target:
+    they are skipped and counted; the best LR per (batch, seed) and the median over seeds are fitted."""
+    out = _json(capsys, ["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "300", "--json"])
+    assert out["schema"] == "batchlaw.fit.cbs/1"
+    (g,) = out["groups"]
+    assert g["group"] == "lm" and g["n_points"] == 8  # one point per batch size, not one per trial
+    text = (EX / "sweep_trials.csv").read_text().splitlines()
+    assert g["rows_ignored"] == sum(",reached," not in r for r in text[1:]) > 0
+    assert g["b_crit_ci"][0] <= 256 <= g["b_crit_ci"][1]
+    assert all(p["seeds"] == 3 for p in g["points"])
+    assert main(["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "200"]) == 0
+    assert "ignored" in capsys.readouterr().out
+
+
+def test_fit_cbs_rejects_text_in_the_steps_column(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("batch,steps\n16,100\n32,abc\n64,40\n")
+    assert main(["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "'abc' is not a number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_chinchilla_constant_loss_is_a_clear_error(tmp_path, capsys):
+    rows = ["params,compute,loss"] + [f"{n},{6 * n * d},2.5" for n in (1e7, 1e8, 1e9) for d in (1e9, 1e10, 1e11, 1e12)]
+    (tmp_path / "c.csv").write_text("\n".join(rows))
+    assert main(["fit", "chinchilla", str(tmp_path / "c.csv"), "--params-col", "params", "--compute-col", "compute",
+                 "--loss-col", "loss", "--compute", "1e21", "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same in every run" in err
+
+
+def test_fit_hparams_counts_diverged_runs_and_flags_edges(tmp_path, capsys):
+    """Diverged runs (empty, 'nan', 'diverged' loss) are counted, not an error; a group whose best
+    LR is the largest tried is flagged and left out of the LR law."""
+    rows = (EX / "hparam_grid.csv").read_text().splitlines()
+    head, body = rows[0], rows[1:]
+    big = {}
+    for r in body:  # the largest LR of each group
+        n, d, lr = r.split(",")[:3]
+        big[(n, d)] = max(big.get((n, d), 0.0), float(lr))
+    out_rows = []
+    for i, r in enumerate(body):
+        n, d, lr, b, loss = r.split(",")
+        if float(lr) == big[(n, d)]:
+            loss = ("", "nan", "diverged")[i % 3]
+        out_rows.append(",".join((n, d, lr, b, loss)))
+    # one group whose higher LRs are all gone: its best is at the top of what is left
+    (tmp_path / "g.csv").write_text("\n".join([head, *out_rows]))
+    out = _json(capsys, ["fit", "hparams", str(tmp_path / "g.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
+                         "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
+                         "--bootstrap", "100", "--group-bootstrap", "0", "--json"])
+    assert out["schema"] == "batchlaw.fit.hparams/1"
+    assert out["n_diverged"] == 9 * 9 and all(o["n_diverged"] == 9 for o in out["optima"])
+    assert out["lr_law"]["exp_params"] == pytest.approx(-0.713, abs=0.05)
+    (tmp_path / "bad.csv").write_text(head + "\n1e8,2e9,0.001,16,oops\n")
+    assert main(["fit", "hparams", str(tmp_path / "bad.csv"), "--lr-col", "lr", "--batch-col", "batch_seqs",
+                 "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens"]) == 2
+    assert "'oops' is not a number" in capsys.readouterr().err
+
+
+def test_fit_isoflop_skips_a_budget_with_a_warning_and_compares_approaches(tmp_path, capsys):
+    """A profile whose lowest loss is its largest model used to refuse the whole fit."""
+    from batchlaw.fit import EPOCH_2024, chinchilla_loss, compute_optimal
+
+    rows = (EX / "isoflop_runs.csv").read_text().splitlines()
+    c = 1e21
+    n_opt = compute_optimal(c, EPOCH_2024)["params"]
+    for n in n_opt * np.geomspace(0.05, 0.5, 4):
+        rows.append(f"{n:.4g},{c / (6 * n):.4g},{c:.3g},{float(chinchilla_loss(n, c / (6 * n), EPOCH_2024)):.5f}")
+    (tmp_path / "iso.csv").write_text("\n".join(rows))
+    argv = ["fit", "isoflop", str(tmp_path / "iso.csv"), "--params-col", "params", "--tokens-col", "tokens",
+            "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "100"]
+    out = _json(capsys, argv + ["--json"])
+    assert out["schema"] == "batchlaw.fit.isoflop/1"
+    assert [s["compute"] for s in out["skipped"]] == [1e21] and len(out["optima"]) == 5
+    a2, a3 = out["comparison"]["params_exponent"]["approach2"], out["comparison"]["params_exponent"]["approach3"]
+    assert a2 == pytest.approx(0.5126, abs=0.02) and a3 == pytest.approx(0.5126, abs=0.02)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning: isoFLOP budget 1e+21 FLOPs skipped: the lowest loss is at the largest model" in captured.err
+    assert "Approach 3 on the same runs" in captured.out
+
+
+def test_fit_curve_schedule_aware_with_the_planned_schedule(capsys):
+    """cosine_curve.csv is logged to step 5,000 of a planned 8,000 (later rows: LR only)."""
+    argv = ["fit", "curve", str(EX / "cosine_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+            "--predict-at", "8000", "--bootstrap", "150"]
+    out = _json(capsys, argv + ["--lr-col", "lr", "--json"])
+    assert out["schema"] == "batchlaw.fit.curve/1" and out["law"] == "schedule"
+    assert {"L0", "A", "alpha", "C", "ci", "bootstrap_block"} <= set(out)
+    lo, hi = out["prediction"]["interval"]
+    # the multi-power law that generated the file ends near 2.83 at step 8,000
+    assert lo <= 2.83 <= hi and hi / lo < 1.1
+    assert main(argv) == 2  # without --lr-col, rows without a loss are an error
+    assert "line 102" in capsys.readouterr().err
+
+
+def test_fit_cbs_plain_table_keeps_every_row_and_names_an_unreached_group(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("batch,steps,seed,model\n" + "\n".join(
+        f"{b},{2000 * (1 + 256 / b) * f:.1f},{k},a" for b in (16, 32, 64, 128, 256, 512) for k, f in ((0, 1.0), (1, 1.05)))
+        + "\n16,,0,b\n32,,0,b\n")
+    out = _json(capsys, ["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps",
+                         "--group-col", "model", "--bootstrap", "200", "--json"])
+    a, b = out["groups"]
+    assert a["n_points"] == 12 and a["rows_ignored"] == 0  # no LR column: every row is a point
+    assert "no run reached the target (2 rows did not)" in b["error"] and b["not_reached_batches"] == [16, 32]

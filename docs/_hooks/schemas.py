@@ -181,11 +181,13 @@ SCHEMAS: list[Schema] = [
         check_args=["profile", "allreduce", "--world-sizes", "2", "--sizes-mb", "0.25,1", "--repeats", "2", "--json"],
     ),
     Schema(
-        "fit cbs", "batchlaw fit cbs CSV ... --json",
-        "Steps-vs-batch fits, one per group of the CSV.",
-        [("groups", "one object per group: `group`, `n_points`, then either the fit (`s_min`, `e_min`, `b_crit`, "
-                    "`cbs` and their `*_ci`, `reference_batch`, `unit`) or `error` (why this group has no fit)")],
-        versioned=False,
+        "batchlaw.fit.cbs/1", "batchlaw fit cbs CSV ... --json",
+        "Steps-vs-batch fits, one per group of the CSV (a sweep's trials.csv is read as it is).",
+        [("schema", "`batchlaw.fit.cbs/1`"),
+         ("groups", "one object per group: `group`, `n_points`, `rows_ignored` (rows that did not reach the target), "
+                    "`not_reached_batches`, `points` (`batch`, `steps`, `seeds`, `best_lr`), then either the fit "
+                    "(`s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, `reference_batch`, `unit`) or `error` (why "
+                    "this group has no fit)")],
         check_args=["fit", "cbs", "{tmp}/steps.csv", "--batch-col", "batch", "--steps-col", "steps",
                     "--bootstrap", "100", "--json"],
     ),
@@ -207,24 +209,36 @@ SCHEMAS: list[Schema] = [
                     "--bootstrap", "100", "--json"],
     ),
     Schema(
-        "fit isoflop", "batchlaw fit isoflop CSV ... --json",
-        "Approach 2: the optimum of each isoFLOP profile and power laws through them.",
-        [("optima", "one object per budget: `compute`, `params`, `tokens`, `loss`, `n_runs`"),
+        "batchlaw.fit.isoflop/1", "batchlaw fit isoflop CSV ... --json",
+        "Approach 2 (a local parabola per isoFLOP profile) and Approach 3 (variable projection) on the same runs.",
+        [("schema", "`batchlaw.fit.isoflop/1`"),
+         ("optima", "one object per budget fitted: `compute`, `params`, `tokens`, `loss`, `n_runs`, `n_used` (runs in "
+                    "its parabola), `params_ci`"),
+         ("skipped", "one object per budget skipped: `compute`, `reason`"),
+         ("window", "runs on each side of a profile's minimum used by its parabola"),
          ("params_law", "N_opt = coef * C^exponent: `coef`, `exponent`, `ci`"),
-         ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci`")],
-        versioned=False,
+         ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci`"),
+         ("approach3", "L = E + A/N^alpha + B/D^beta by variable projection: `E`, `A`, `B`, `alpha`, `beta`, "
+                       "`params_exponent`, `tokens_exponent`, `ci`, `n_points`, `rmse_log`, `method`; or `error`"),
+         ("comparison", "`params_exponent` (`approach2`, `approach2_ci`, `approach3`, `approach3_ci`) and `budgets` "
+                        "(`compute`, `approach2_params`, `approach3_params`, `ratio`); absent with `--no-approach3`")],
         check_args=["fit", "isoflop", "{examples}/isoflop_runs.csv", "--params-col", "params", "--tokens-col", "tokens",
                     "--budget-col", "budget", "--loss-col", "loss", "--bootstrap", "100", "--json"],
     ),
     Schema(
-        "fit hparams", "batchlaw fit hparams CSV ... --json",
-        "Optimal learning rate and batch per (N, D) and their power laws.",
-        [("lr_law", "lr_opt = coef * N^exp_params * D^exp_tokens: `coef`, `exp_params`, `exp_tokens`, `ci`, `goodness`"),
-         ("batch_law", "B_opt = coef * D^exp_tokens: `coef`, `exp_tokens`, `ci`, `goodness`"),
+        "batchlaw.fit.hparams/1", "batchlaw fit hparams CSV ... --json",
+        "Optimal learning rate and batch per (N, D), found without extrapolation, and their power laws.",
+        [("schema", "`batchlaw.fit.hparams/1`"), ("method", "how each group's optimum was found (`--method`)"),
+         ("lr_law", "lr_opt = coef * N^exp_params * D^exp_tokens: `coef`, `exp_params`, `exp_tokens`, `ci`, "
+                    "`n_groups`, `goodness`"),
+         ("batch_law", "B_opt = coef * D^exp_tokens: `coef`, `exp_tokens`, `ci`, `n_groups`, `goodness`"),
          ("lr_vs_compute", "lr_opt = coef * C^exp_compute"), ("batch_vs_compute", "B_opt = coef * C^exp_compute"),
          ("batch_unit", "`tokens` with `--seq-len`, else the unit of the batch column"),
-         ("optima", "one object per (N, D): `params`, `tokens`, `lr`, `batch`, `loss`, `method`, `raw`")],
-        versioned=False,
+         ("excluded", "`lr`, `batch`: the groups left out of those laws (optimum at the grid's edge)"),
+         ("n_diverged", "diverged runs (empty, NaN, inf or 'diverged' loss) over all groups"),
+         ("optima", "one object per (N, D): `params`, `tokens`, `lr`, `batch`, `loss`, `method` (`local`, `quadratic`, "
+                    "`raw` or `global`), `raw`, `n_runs`, `n_diverged`, `edge`, `warnings`, and with "
+                    "`--group-bootstrap` `lr_ci`, `batch_ci`")],
         check_args=["fit", "hparams", "{examples}/hparam_grid.csv", "--lr-col", "lr", "--batch-col", "batch_seqs",
                     "--loss-col", "loss", "--params-col", "params", "--tokens-col", "tokens", "--seq-len", "2048",
                     "--bootstrap", "100", "--json"],
@@ -240,14 +254,16 @@ SCHEMAS: list[Schema] = [
                     "--json"],
     ),
     Schema(
-        "fit curve", "batchlaw fit curve CSV ... --json",
-        "Learning-curve extrapolation L(t) = L_inf + a t^-b.",
-        [("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
-         ("ci", "95% bootstrap intervals of `L_inf`, `a`, `b`"), ("goodness", "`rmse_log`, `r2_log`"),
+        "batchlaw.fit.curve/1", "batchlaw fit curve CSV ... --json",
+        "Learning-curve extrapolation: L(t) = L_inf + a t^-b, or with `--lr-col` L = L0 + A S1^-alpha - C S2 "
+        "(Tissue et al. 2024; then `L0`, `A`, `alpha`, `C` replace `L_inf`, `a`, `b`).",
+        [("schema", "`batchlaw.fit.curve/1`"), ("law", "`power` or `schedule` (with `--lr-col`)"),
+         ("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
+         ("ci", "95% moving-block bootstrap intervals of the parameters"), ("goodness", "`rmse_log`, `r2_log`"),
+         ("bootstrap_block", "block length (points) of the moving-block bootstrap"),
          ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive)"),
-         ("backtest", "fit on the first half, predict the last point: `fraction`, `fit_points`, `final_step`, "
+         ("backtest", "fit on the first half, predict the last point: `fraction`, `law`, `fit_points`, `final_step`, "
                       "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error`")],
-        versioned=False,
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
                     "--predict-at", "20000", "--bootstrap", "100", "--json"],
     ),

@@ -21,10 +21,21 @@ def _add_fit_parser(sub) -> None:
         description="Fit S(B) = S_min (1 + B_crit/B) (McCandlish et al. 2018) to steps-to-target per batch size, "
         "with bootstrap intervals, and the 20%-over-linear critical batch size of Zhang et al. 2024.",
     )
-    c.add_argument("csv", help="CSV file with a header row")
-    c.add_argument("--batch-col", required=True, help="column with the batch size")
-    c.add_argument("--steps-col", required=True, help="column with the steps to target")
-    c.add_argument("--group-col", default=None, help="fit each value of this column separately")
+    c.add_argument("csv", help="CSV file with a header row: your own table, or a sweep's trials.csv")
+    c.add_argument("--batch-col", default=None,
+                   help="column with the batch size (default: 'batch_size', the column of a sweep's trials.csv)")
+    c.add_argument("--steps-col", default=None,
+                   help="column with the steps to target; empty cells mean 'not reached' and are skipped and counted "
+                   "(default: 'steps_to_target', the column of a sweep's trials.csv)")
+    c.add_argument("--lr-col", default=None,
+                   help="column with the learning rate: the best LR per batch size and seed is kept, then the median "
+                   "over seeds (default: 'lr' when the CSV has it)")
+    c.add_argument("--seed-col", default=None, help="column with the seed (default: 'seed' when the CSV has it)")
+    c.add_argument("--status-col", default=None,
+                   help="column with the trial status; only 'reached' rows are fitted (default: 'status' when the "
+                   "CSV has it)")
+    c.add_argument("--group-col", default=None,
+                   help="fit each value of this column separately (default: 'sweep' when the CSV has it)")
     c.add_argument("--reference-batch", type=float, default=None, help="B0 for the CBS (default: the smallest batch)")
     c.add_argument("--unit", choices=["examples", "tokens", "sequences"], default="examples",
                    help="unit of the batch column (default: %(default)s)")
@@ -47,28 +58,46 @@ def _add_fit_parser(sub) -> None:
     ch.add_argument("--json", action="store_true", help="print JSON")
     ch.set_defaults(func=_cmd_fit_chinchilla)
 
-    iso = fsub.add_parser("isoflop", help="Approach 2: parabolas per compute budget, N_opt(C) and D_opt(C)",
-                          description="For each compute budget fit a parabola of loss in log N; fit power laws to "
-                          "the optima N_opt(C) and D_opt(C) = C / (6 N_opt).")
-    iso.add_argument("csv", help="CSV file with a header row, one run per row")
+    iso = fsub.add_parser("isoflop", help="Approach 2 (local parabolas per compute budget) beside Approach 3",
+                          description="For each compute budget fit a parabola of loss in log N to the runs around the "
+                          "profile's lowest loss (a budget without a minimum inside its profile is skipped with a "
+                          "warning); fit power laws to the optima N_opt(C) and D_opt(C) = C / (6 N_opt). The same runs "
+                          "are fitted by Approach 3 (L = E + A/N^alpha + B/D^beta, variable projection) and the two "
+                          "compared.")
+    iso.add_argument("csv", help="CSV file with a header row, one row per run")
     iso.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
     iso.add_argument("--tokens-col", required=True, help="column with the training tokens D")
     iso.add_argument("--budget-col", required=True, help="column with the compute budget of the run's isoFLOP group")
     iso.add_argument("--loss-col", required=True, help="column with the final loss")
+    iso.add_argument("--window", type=int, default=2,
+                     help="runs on each side of a profile's lowest loss that its parabola uses (default: %(default)s)")
+    iso.add_argument("--no-approach3", action="store_true", help="skip the Approach 3 fit and the comparison")
     iso.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
-    iso.add_argument("--json", action="store_true", help="print JSON")
+    iso.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.isoflop/1)")
     iso.set_defaults(func=_cmd_fit_isoflop)
 
     hp = fsub.add_parser("hparams", help="optimal LR and batch per (N, D), and their power laws",
-                         description="From LR x batch grids over several (N, D): the optimum per group (raw argmin "
-                         "and a smoothed quadratic vertex), then lr_opt = c N^a D^b and B_opt = c D^b (and vs C = 6 N D).")
-    hp.add_argument("csv", help="CSV file with a header row, one run per row")
-    for col, what in (("lr", "the learning rate"), ("batch", "the batch size"), ("loss", "the final loss"),
-                      ("params", "the model size N (parameters)"), ("tokens", "the training tokens D")):
-        hp.add_argument(f"--{col}-col", required=True, help=f"column with {what}")
+                         description="From LR x batch grids over several (N, D): the optimum per group, found around "
+                         "the lowest loss without extrapolating (a lopsided bowl fitted to the nearby runs; at a grid "
+                         "edge the edge value, flagged), then lr_opt = c N^a D^b and B_opt = c D^b (and vs C = 6 N D). "
+                         "A loss that is empty, NaN, inf or 'diverged' marks a diverged run: counted, never fitted.")
+    hp.add_argument("csv", help="CSV file with a header row, one row per run")
+    hp.add_argument("--lr-col", required=True, help="column with the learning rate")
+    hp.add_argument("--batch-col", required=True, help="column with the batch size")
+    hp.add_argument("--loss-col", required=True, help="column with the final loss (empty/NaN/inf/'diverged': diverged)")
+    hp.add_argument("--params-col", required=True, help="column with the model size N (parameters)")
+    hp.add_argument("--tokens-col", required=True, help="column with the training tokens D")
     hp.add_argument("--seq-len", type=int, default=None, help="tokens per sequence: batch column in sequences, laws in tokens")
-    hp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
-    hp.add_argument("--json", action="store_true", help="print JSON")
+    hp.add_argument("--method", choices=["local", "quadratic", "raw", "global"], default="local",
+                    help="how each group's optimum is found: 'local' (lopsided bowl around the lowest loss), "
+                    "'quadratic' (symmetric quadratic around it), 'raw' (the lowest run), 'global' (one quadratic over "
+                    "the whole grid; biased on lopsided grids) (default: %(default)s)")
+    hp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the groups for the laws "
+                    "(default: %(default)s)")
+    hp.add_argument("--group-bootstrap", type=int, default=100,
+                    help="bootstrap resamples of each group's runs for its optimum's interval (0: none; default: "
+                    "%(default)s)")
+    hp.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.hparams/1)")
     hp.set_defaults(func=_cmd_fit_hparams)
 
     pw = fsub.add_parser("powerlaw", help="y = c * x1^a1 * x2^a2 ... (e.g. CBS vs tokens and params)",
@@ -83,50 +112,150 @@ def _add_fit_parser(sub) -> None:
     pw.add_argument("--json", action="store_true", help="print JSON")
     pw.set_defaults(func=_cmd_fit_powerlaw)
 
-    cu = fsub.add_parser("curve", help="learning-curve extrapolation L(t) = L_inf + a t^-b",
-                         description="Fit L(t) = L_inf + a t^-b (constant-LR or WSD runs), predict the loss at a "
-                         "later step with a predictive interval, and backtest on the first half of the curve.")
-    cu.add_argument("csv", help="CSV file with a header row, one point of the learning curve per row")
-    cu.add_argument("--step-col", required=True, help="column with the step (or tokens seen)")
-    cu.add_argument("--loss-col", required=True, help="column with the loss")
+    cu = fsub.add_parser("curve", help="learning-curve extrapolation: L_inf + a t^-b, or schedule-aware with --lr-col",
+                         description="Fit L(t) = L_inf + a t^-b (constant-LR runs), or with --lr-col the schedule-aware "
+                         "law of Tissue et al. 2024, L = L0 + A S1^-alpha - C S2 (S1: summed learning rate, S2: "
+                         "annealing area; for cosine, WSD or any decaying schedule). Predict the loss at a later step "
+                         "with a predictive interval (moving-block bootstrap over the curve, so the autocorrelated "
+                         "noise of a smoothed loss and the floor's uncertainty are in it), and backtest on the first "
+                         "half of the curve. With --lr-col, rows with an empty loss give the planned schedule ahead.")
+    cu.add_argument("csv", help="CSV file with a header row, one row per logged step")
+    cu.add_argument("--step-col", required=True, help="column with the optimizer step")
+    cu.add_argument("--loss-col", required=True, help="column with the (training or validation) loss")
+    cu.add_argument("--lr-col", default=None,
+                    help="column with the learning rate at each step: fit the schedule-aware law (rows with an empty "
+                    "loss extend the schedule to predict ahead)")
     cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
     cu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
-    cu.add_argument("--json", action="store_true", help="print JSON")
+    cu.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.curve/1)")
     cu.set_defaults(func=_cmd_fit_curve)
 
 
-def _cmd_fit_cbs(args) -> int:
+def _cbs_table(args) -> tuple[dict, dict]:
+    """Read the (batch, steps) points of ``fit cbs`` from any CSV or a sweep's ``trials.csv``.
+
+    Rows whose steps cell is empty (or whose status is not ``reached``) did not reach the target:
+    they are skipped and counted. With a learning-rate column, each (batch, seed) keeps its best
+    learning rate's steps and each batch size the median over seeds (as ``batchlaw sweep`` does).
+
+    Returns:
+        ``(groups, info)``: ``groups`` maps a group name to ``{"batch": [...], "steps": [...],
+        "seeds": [...]}``; ``info`` maps it to ``{"rows_ignored", "not_reached_batches", "best_lr"}``.
+    """
+    import csv
+    import statistics
+    from pathlib import Path
+
     from .._csv import read_columns
+
+    if not Path(args.csv).is_file():
+        read_columns(args.csv, [])  # raises the usual "does not exist" error
+    with open(args.csv, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+
+    def pick(given, default):
+        return given if given is not None else (default if default in header else None)
+
+    batch_col = args.batch_col or "batch_size"
+    steps_col = args.steps_col or "steps_to_target"
+    lr_col, seed_col = pick(args.lr_col, "lr"), pick(args.seed_col, "seed")
+    status_col, group_col = pick(args.status_col, "status"), pick(args.group_col, "sweep")
+    cols = list(dict.fromkeys(c for c in (batch_col, steps_col, lr_col, seed_col, status_col, group_col) if c))
+    t = read_columns(args.csv, cols, numeric=[batch_col] + ([lr_col] if lr_col else []))
+    raw: dict[str, dict] = {}
+    info: dict[str, dict] = {}
+    for i in range(len(t[batch_col])):
+        g = str(t[group_col][i]) if group_col else "all"
+        inf = info.setdefault(g, {"rows_ignored": 0, "not_reached_batches": set(), "best_lr": {}})
+        b = t[batch_col][i]
+        cell = str(t[steps_col][i]).strip()
+        reached = cell != "" and (status_col is None or str(t[status_col][i]).strip() == "reached")
+        if not reached:
+            inf["rows_ignored"] += 1
+            inf["not_reached_batches"].add(b)
+            continue
+        try:
+            steps = float(cell)
+        except ValueError:
+            raise ValueError(f"Column {steps_col!r}, line {i + 2} of {args.csv!r}: {cell!r} is not a number "
+                             "(leave the cell empty for a run that did not reach the target).") from None
+        if lr_col is None:  # a plain table: every row is a point
+            raw.setdefault(g, {})[(b, i)] = (steps, None)
+            continue
+        seed = str(t[seed_col][i]) if seed_col else "0"
+        lr = t[lr_col][i]
+        cur = raw.setdefault(g, {}).get((b, seed))
+        if cur is None or steps < cur[0]:
+            raw[g][(b, seed)] = (steps, lr)
+    groups: dict[str, dict] = {}
+    for g, cells in raw.items():
+        by_b: dict[float, list] = {}
+        for (b, _), (steps, lr) in cells.items():
+            by_b.setdefault(b, []).append((steps, lr))
+        out = groups.setdefault(g, {"batch": [], "steps": [], "seeds": []})
+        for b, vals in sorted(by_b.items()):
+            if lr_col is None:  # a plain table: every row is a point
+                for steps, _ in vals:
+                    out["batch"].append(b)
+                    out["steps"].append(steps)
+                    out["seeds"].append(1)
+                continue
+            out["batch"].append(b)
+            out["steps"].append(float(statistics.median(v[0] for v in vals)))
+            out["seeds"].append(len(vals))
+            info[g]["best_lr"][b] = sorted(vals)[len(vals) // 2][1]
+    for g, inf in info.items():
+        reached_b = set(groups.get(g, {}).get("batch", []))
+        inf["not_reached_batches"] = sorted(inf["not_reached_batches"] - reached_b)
+        groups.setdefault(g, {"batch": [], "steps": [], "seeds": []})
+    return groups, info
+
+
+def _cmd_fit_cbs(args) -> int:
     from ..errors import InsufficientDataError
     from ..fit import fit_steps_law
 
-    cols = [args.batch_col, args.steps_col] + ([args.group_col] if args.group_col else [])
-    table = read_columns(args.csv, cols, numeric=[args.batch_col, args.steps_col])
-    groups: dict[str, tuple[list, list]] = {}
-    for i in range(len(table[args.batch_col])):
-        g = table[args.group_col][i] if args.group_col else "all"
-        groups.setdefault(g, ([], []))
-        groups[g][0].append(table[args.batch_col][i])
-        groups[g][1].append(table[args.steps_col][i])
+    groups, info = _cbs_table(args)
     out, failed = [], 0
-    for g, (b, s) in groups.items():
+    for g, pts in groups.items():
+        b, s = pts["batch"], pts["steps"]
+        extra = {"rows_ignored": info[g]["rows_ignored"], "not_reached_batches": info[g]["not_reached_batches"],
+                 "points": [{"batch": bb, "steps": ss, "seeds": n, **({"best_lr": info[g]["best_lr"][bb]}
+                                                                       if bb in info[g]["best_lr"] else {})}
+                            for bb, ss, n in zip(b, s, pts["seeds"])]}
         try:
+            if not b:
+                raise InsufficientDataError(
+                    f"no run reached the target ({info[g]['rows_ignored']} rows did not): lower the target loss or "
+                    "raise the step budget of the sweep")
             fit = fit_steps_law(b, s, reference_batch=args.reference_batch, unit=args.unit, n_boot=args.bootstrap)
         except InsufficientDataError as err:
             failed += 1
-            out.append({"group": g, "n_points": len(b), "error": str(err)})
+            out.append({"group": g, "n_points": len(b), "error": str(err), **extra})
             continue
         out.append({"group": g, "n_points": fit.n_points, "s_min": fit.s_min, "s_min_ci": list(fit.s_min_ci),
                     "e_min": fit.e_min, "e_min_ci": list(fit.e_min_ci), "b_crit": fit.b_crit,
                     "b_crit_ci": list(fit.b_crit_ci), "cbs": fit.cbs, "cbs_ci": list(fit.cbs_ci),
-                    "reference_batch": fit.reference_batch, "unit": fit.unit, "_fit": fit})
+                    "reference_batch": fit.reference_batch, "unit": fit.unit, **extra, "_fit": fit})
     if args.json:
-        print(json.dumps({"groups": [{k: v for k, v in o.items() if k != "_fit"} for o in out]}, indent=2))
+        print(json.dumps({"schema": "batchlaw.fit.cbs/1",
+                          "groups": [{k: v for k, v in o.items() if k != "_fit"} for o in out]}, indent=2))
     else:
+        several = len(out) > 1 or args.group_col
         for o in out:
-            head = f"[{o['group']}] " if args.group_col else ""
+            head = f"[{o['group']}] " if several else ""
             print(f"{head}{o['n_points']} points: " + (str(o["_fit"]) if "_fit" in o else f"no fit: {o['error']}"))
+            if o["rows_ignored"]:
+                nr = o["not_reached_batches"]
+                print(f"{head}ignored {o['rows_ignored']} row(s) that did not reach the target"
+                      + (f"; no run reached it at batch size(s) {', '.join(fmt_num(x) for x in nr)}" if nr else ""))
     return 1 if failed == len(out) else 0
+
+
+def _finite(x):
+    """``float(x)``, or ``None`` (JSON null: unbounded) when it is not finite."""
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None
 
 
 def _ci_text(fit, key) -> str:
@@ -153,11 +282,15 @@ def _cmd_fit_chinchilla(args) -> int:
         if fit.boot:
             import numpy as np
 
-            boot = [compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()})
-                    for i in range(len(fit.boot["E"]))]
+            boot = []
+            for i in range(len(fit.boot["E"])):
+                try:
+                    boot.append(compute_optimal(args.compute, {k: float(v[i]) for k, v in fit.boot.items()}))
+                except ValueError:  # a degenerate resample has no allocation: it counts as unbounded
+                    boot.append({"params": np.inf, "tokens": np.inf, "tokens_per_param": np.inf})
             a = (1 - fit.confidence) / 2
-            out["allocation"]["ci"] = {k: [float(np.quantile([b[k] for b in boot], a)),
-                                           float(np.quantile([b[k] for b in boot], 1 - a))]
+            out["allocation"]["ci"] = {k: [_finite(np.quantile([b[k] for b in boot], a)),
+                                           _finite(np.quantile([b[k] for b in boot], 1 - a))]
                                        for k in ("params", "tokens", "tokens_per_param")}
         if args.inference_tokens is not None:
             out["inference_aware"] = inference_optimal(args.compute, args.inference_tokens, fit.values)
@@ -177,7 +310,7 @@ def _cmd_fit_chinchilla(args) -> int:
         ci = a.get("ci", {})
         print(f"compute-optimal at C = {a['compute']:.3g} FLOPs: N = {fmt_num(a['params'])} parameters, "
               f"D = {fmt_num(a['tokens'])} tokens, {a['tokens_per_param']:.1f} tokens per parameter"
-              + (f" (95% CI {ci['tokens_per_param'][0]:.1f} to {ci['tokens_per_param'][1]:.1f})" if ci else ""))
+              + (f" (95% CI {fmt_num(ci['tokens_per_param'][0])} to {fmt_num(ci['tokens_per_param'][1])})" if ci else ""))
     if "inference_aware" in out:
         i = out["inference_aware"]
         print(f"inference-aware ({i['inference_tokens']:.3g} inference tokens): N = {fmt_num(i['params'])}, "
@@ -187,53 +320,117 @@ def _cmd_fit_chinchilla(args) -> int:
 
 
 def _cmd_fit_isoflop(args) -> int:
+    import sys
+    import warnings
+
     from .._csv import read_columns
     from ..fit import fit_isoflop
 
     cols = [args.params_col, args.tokens_col, args.budget_col, args.loss_col]
     t = read_columns(args.csv, cols, numeric=cols)
-    out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col], n_boot=args.bootstrap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fit_isoflop(t[args.params_col], t[args.tokens_col], t[args.budget_col], t[args.loss_col],
+                          window=args.window, n_boot=args.bootstrap, approach3=not args.no_approach3)
+    for w in caught:
+        print(f"batchlaw: warning: {w.message}", file=sys.stderr)
+    out = {"schema": "batchlaw.fit.isoflop/1", **out}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs")
+    print("Approach 2 (a parabola in log N around each profile's minimum):")
+    print(f"{'budget (FLOPs)':>15} {'N_opt':>10} {'D_opt':>10} {'loss':>8} runs  N_opt 95% CI")
     for o in out["optima"]:
-        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} {o['n_runs']}")
+        lo, hi = o["params_ci"]
+        print(f"{o['compute']:>15.3g} {fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['loss']:>8.4f} "
+              f"{o['n_runs']:>4}  {fmt_num(lo)} to {fmt_num(hi)}")
+    for s in out["skipped"]:
+        print(f"{s['compute']:>15.3g} skipped: {s['reason']}")
     for key in ("params", "tokens"):
         law = out[f"{key}_law"]
         ci = law["ci"].get("exp_compute")
         print(f"{key}_opt = {law['coef']:.3g} * C^{law['exponent']:.3f}" + (f" (exponent 95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""))
+    a3 = out.get("approach3")
+    if a3 and "error" not in a3:
+        ci = a3["ci"]
+
+        def iv(k):
+            return f"{a3[k]:.3g}" + (f" ({ci[k][0]:.3g} to {ci[k][1]:.3g})" if k in ci else "")
+
+        print(f"Approach 3 on the same runs (variable projection): E = {iv('E')}, alpha = {iv('alpha')}, "
+              f"beta = {iv('beta')}")
+        print(f"  N_opt ~ C^{iv('params_exponent')} (Approach 2: {out['params_law']['exponent']:.3f}); "
+              "N_opt per budget, Approach 2 / Approach 3: "
+              + ", ".join(f"{b['compute']:.3g}: {b['ratio']:.2f}" for b in out["comparison"]["budgets"]))
+    elif a3:
+        print(f"Approach 3: no fit: {a3['error']}")
     return 0
+
+
+_DIVERGED = {"", "nan", "inf", "+inf", "infinity", "diverged", "none", "null"}
+
+
+def _losses_with_divergence(values, column, path) -> list[float]:
+    """A loss column where empty, NaN, inf or 'diverged' cells mark diverged runs (NaN)."""
+    out = []
+    for line, v in enumerate(values, start=2):
+        text = str(v).strip()
+        if text.lower() in _DIVERGED:
+            out.append(float("nan"))
+            continue
+        try:
+            out.append(float(text))
+        except ValueError:
+            raise ValueError(f"Column {column!r}, line {line} of {path!r}: {text!r} is not a number (a diverged run's "
+                             "loss may be empty, 'nan', 'inf' or 'diverged').") from None
+    return out
 
 
 def _cmd_fit_hparams(args) -> int:
     from .._csv import read_columns
+    from .._validation import check_positive_int
     from ..fit.hparams import find_optima, fit_hparam_laws
 
-    cols = [args.lr_col, args.batch_col, args.loss_col, args.params_col, args.tokens_col]
-    t = read_columns(args.csv, cols, numeric=cols)
+    check_positive_int("--group-bootstrap", args.group_bootstrap, minimum=0)
+    if args.seq_len is not None:
+        check_positive_int("--seq-len", args.seq_len)
+    num = [args.lr_col, args.batch_col, args.params_col, args.tokens_col]
+    t = read_columns(args.csv, [*num, args.loss_col], numeric=num)
+    loss = _losses_with_divergence(t[args.loss_col], args.loss_col, args.csv)
     batch = t[args.batch_col]
     if args.seq_len:
         batch = [b * args.seq_len for b in batch]
-    optima = find_optima(t[args.params_col], t[args.tokens_col], t[args.lr_col], batch, t[args.loss_col])
+    optima = find_optima(t[args.params_col], t[args.tokens_col], t[args.lr_col], batch, loss, method=args.method,
+                         n_boot=args.group_bootstrap)
     laws = fit_hparam_laws(optima, n_boot=args.bootstrap)
     unit = "tokens" if args.seq_len else "as in the batch column"
-    out = {"lr_law": laws["lr_law"], "batch_law": laws["batch_law"], "lr_vs_compute": laws["lr_vs_compute"],
-           "batch_vs_compute": laws["batch_vs_compute"], "batch_unit": unit,
-           "optima": [{k: o[k] for k in ("params", "tokens", "lr", "batch", "loss", "method", "raw")} for o in optima]}
+    keys = ("params", "tokens", "lr", "batch", "loss", "method", "raw", "n_runs", "n_diverged", "edge", "warnings",
+            "lr_ci", "batch_ci")
+    out = {"schema": "batchlaw.fit.hparams/1", "method": args.method, "lr_law": laws["lr_law"],
+           "batch_law": laws["batch_law"], "lr_vs_compute": laws["lr_vs_compute"],
+           "batch_vs_compute": laws["batch_vs_compute"], "batch_unit": unit, "excluded": laws["excluded"],
+           "n_diverged": sum(o["n_diverged"] for o in optima),
+           "optima": [{k: o[k] for k in keys if k in o} for o in optima]}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"{'params':>10} {'tokens':>10} {'lr_opt':>10} {'B_opt':>10} {'loss':>8}  method")
+    print(f"{'params':>10} {'tokens':>10} {'lr_opt':>10} {'B_opt':>10} {'loss':>8} {'runs':>5} {'div':>4}  method")
     for o in optima:
         print(f"{fmt_num(o['params']):>10} {fmt_num(o['tokens']):>10} {o['lr']:>10.3g} {fmt_num(o['batch']):>10} "
-              f"{o['loss']:>8.4f}  {o['method']}")
+              f"{o['loss']:>8.4f} {o['n_runs']:>5} {o['n_diverged']:>4}  {o['method']}"
+              + (f"  (LR 95% CI {o['lr_ci'][0]:.3g} to {o['lr_ci'][1]:.3g})" if "lr_ci" in o else ""))
+        for w in o["warnings"]:
+            print(f"{'':>10} warning: {w}")
     lr, b = laws["lr_law"], laws["batch_law"]
     print(f"lr_opt = {lr['coef']:.3g} * N^{lr['exp_params']:.3f} * D^{lr['exp_tokens']:.3f}  "
           f"(95% CI: N exp {lr['ci']['exp_params'][0]:.3f} to {lr['ci']['exp_params'][1]:.3f}, "
-          f"D exp {lr['ci']['exp_tokens'][0]:.3f} to {lr['ci']['exp_tokens'][1]:.3f})")
+          f"D exp {lr['ci']['exp_tokens'][0]:.3f} to {lr['ci']['exp_tokens'][1]:.3f}; {lr['n_groups']} groups)")
     print(f"B_opt = {b['coef']:.3g} * D^{b['exp_tokens']:.3f} ({unit}; 95% CI on the exponent "
-          f"{b['ci']['exp_tokens'][0]:.3f} to {b['ci']['exp_tokens'][1]:.3f})")
+          f"{b['ci']['exp_tokens'][0]:.3f} to {b['ci']['exp_tokens'][1]:.3f}; {b['n_groups']} groups)")
+    for axis, left in laws["excluded"].items():
+        if left:
+            print(f"left out of the {axis} laws (optimum at the grid's edge): "
+                  + ", ".join(f"N={fmt_num(g['params'])} D={fmt_num(g['tokens'])}" for g in left))
     return 0
 
 
@@ -261,26 +458,47 @@ def _cmd_fit_powerlaw(args) -> int:
 
 
 def _cmd_fit_curve(args) -> int:
-    from .._csv import read_columns
-    from ..fit.curves import backtest_curve, fit_curve, predict_curve
+    import math
 
-    t = read_columns(args.csv, [args.step_col, args.loss_col], numeric=[args.step_col, args.loss_col])
-    steps, loss = t[args.step_col], t[args.loss_col]
-    fit = fit_curve(steps, loss, n_boot=args.bootstrap)
-    out = {"L_inf": fit.values["y_inf"], "a": fit.values["a"], "b": fit.values["alpha"], "n_points": fit.n_points,
-           "ci": {{"y_inf": "L_inf", "alpha": "b"}.get(k, k): list(v) for k, v in fit.ci.items()},
-           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}}
+    from .._csv import read_columns
+    from ..errors import InsufficientDataError
+    from ..fit.curves import Schedule, backtest_curve, fit_curve, predict_curve
+
+    num = [args.step_col] + ([args.lr_col] if args.lr_col else [])
+    t = read_columns(args.csv, [*num, args.loss_col], numeric=num)
+    loss_all = _losses_with_divergence(t[args.loss_col], args.loss_col, args.csv)
+    has = [not math.isnan(v) for v in loss_all]
+    if not args.lr_col and not all(has):
+        line = has.index(False) + 2
+        raise ValueError(f"Column {args.loss_col!r}, line {line} of {args.csv!r}: the loss is empty or not finite. "
+                         "Remove the row (rows without a loss are only meaningful with --lr-col, as the planned "
+                         "schedule ahead).")
+    steps = [s_ for s_, h in zip(t[args.step_col], has) if h]
+    loss = [v for v, h in zip(loss_all, has) if h]
+    schedule = Schedule(t[args.step_col], t[args.lr_col]) if args.lr_col else None
+    lr = [v for v, h in zip(t[args.lr_col], has) if h] if args.lr_col else None
+    fit = fit_curve(steps, loss, lr=lr, schedule=schedule, n_boot=args.bootstrap)
+    names = {"y_inf": "L_inf", "alpha": "b"} if fit.kind == "power" else {}
+    out = {"schema": "batchlaw.fit.curve/1", "law": fit.kind,
+           **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
+           "ci": {names.get(k, k): list(v) for k, v in fit.ci.items()},
+           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, "bootstrap_block": fit.block}
     if args.predict_at:
-        out["prediction"] = predict_curve(fit, args.predict_at, steps=steps, loss=loss)
+        out["prediction"] = predict_curve(fit, args.predict_at)
     try:
-        out["backtest"] = backtest_curve(steps, loss, n_boot=min(args.bootstrap, 500))
-    except ValueError as err:
+        out["backtest"] = backtest_curve(steps, loss, lr=lr, n_boot=min(args.bootstrap, 500))
+    except InsufficientDataError as err:
         out["backtest"] = {"error": str(err)}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
-          f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    if fit.kind == "power":
+        print(f"L(t) = L_inf + a t^-b from {fit.n_points} points: L_inf = {_ci_text(fit, 'y_inf')}, "
+              f"a = {_ci_text(fit, 'a')}, b = {_ci_text(fit, 'alpha')}")
+    else:
+        print(f"L = L0 + A S1^-alpha - C S2 (Tissue et al. 2024) from {fit.n_points} points: L0 = {_ci_text(fit, 'L0')}, "
+              f"A = {_ci_text(fit, 'A')}, alpha = {_ci_text(fit, 'alpha')}, C = {_ci_text(fit, 'C')}")
+    print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points")
     if "prediction" in out:
         pr = out["prediction"]
         print(f"predicted loss at step {pr['step']:g}: {pr['loss']:.4f} (95% predictive interval "
@@ -290,4 +508,6 @@ def _cmd_fit_curve(args) -> int:
         print(f"backtest: fitted on the first {bt['fraction']:.0%} ({bt['fit_points']} points), predicted the final "
               f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}; "
               f"{'inside' if bt['inside'] else 'outside'} the interval)")
+    else:
+        print(f"backtest: {bt['error']}")
     return 0

@@ -13,8 +13,8 @@ Compute-optimal allocation for ``C = 6 N D`` FLOPs (Hoffmann et al. 2022, Append
 Inference-aware allocation (Sardana et al. 2023, arXiv:2401.00448): the model reaching the loss
 of the compute-optimal model that minimises ``6 N D_train + 2 N D_inference``.
 
-Approach 2 (isoFLOP): for each compute budget, a parabola of loss in ``log N``; its vertex is
-``N_opt(C)``; ``D_opt = C / (6 N_opt)``; power laws in ``C`` fitted to the optima.
+Approach 2 (isoFLOP profiles) is in :mod:`batchlaw.fit.isoflop`; Approach 3 by variable
+projection in :mod:`batchlaw.fit.varpro`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from scipy.special import softmax
 from .._validation import check_positive_float
 from ..errors import InsufficientDataError
 from .engine import Law, LawFit, fit_law, validate_xy
-from .laws import fit_power_law
 
 __all__ = ["chinchilla_law", "fit_chinchilla", "chinchilla_loss", "compute_optimal", "inference_optimal",
-           "fit_isoflop", "EPOCH_2024", "HOFFMANN_2022"]
+           "EPOCH_2024", "HOFFMANN_2022"]
 
 #: Published Approach-3 parameters: Hoffmann et al. 2022 and the Epoch AI refit (Besiroglu et al. 2024).
 HOFFMANN_2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -86,6 +85,10 @@ def fit_chinchilla(params, tokens, loss, *, n_boot: int = 1000, confidence: floa
     for j, name in enumerate(("params", "tokens")):
         if np.unique(X[:, j]).size < 2:
             raise InsufficientDataError(f"All runs have the same '{name}': the law cannot separate N from D.")
+    if np.ptp(logy) <= 1e-12 * max(1.0, float(np.abs(logy).max())):
+        raise InsufficientDataError(
+            f"The 'loss' is the same in every run ({math.exp(logy[0]):.6g}): there is nothing to fit. Check that the "
+            "loss column holds each run's final loss.")
     Xc = np.column_stack([X, X[:, 0] + X[:, 1]])  # log(N D) ~ log compute, for the extrapolation check
     law = chinchilla_law()
     wrapped = Law(law.name, law.params, lambda t, Z: law.predict_log(t, Z[:, :2]),
@@ -104,9 +107,21 @@ def compute_optimal(compute, p: dict) -> dict:
     """
     c = check_positive_float("compute", float(compute))
     a, b = p["alpha"], p["beta"]
-    g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
-    n = g * (c / 6.0) ** (b / (a + b))
-    d = (c / 6.0) ** (a / (a + b)) / g
+    if not (a > 1e-6 and b > 1e-6 and p["A"] > 0 and p["B"] > 0 and all(map(math.isfinite, (a, b, p["A"], p["B"])))):
+        raise ValueError(
+            f"The law has alpha = {a:.3g}, beta = {b:.3g}, A = {p['A']:.3g}, B = {p['B']:.3g}: the loss does not fall "
+            "with both N and D, so no compute-optimal allocation exists. Check the runs (do they span model and data "
+            "sizes, is the loss column right?).")
+    try:
+        g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
+        n = g * (c / 6.0) ** (b / (a + b))
+        d = (c / 6.0) ** (a / (a + b)) / g
+    except (OverflowError, ZeroDivisionError):
+        n = d = math.inf
+    if not (math.isfinite(n) and math.isfinite(d) and n > 0 and d > 0):
+        raise ValueError(
+            f"The compute-optimal allocation at C = {c:.3g} FLOPs overflows for this law (alpha = {a:.3g}, "
+            f"beta = {b:.3g}): the fit is degenerate. Check the runs span model and data sizes.")
     return {"compute": c, "params": n, "tokens": d, "tokens_per_param": d / n,
             "loss": float(chinchilla_loss(n, d, p))}
 
@@ -136,47 +151,3 @@ def inference_optimal(compute, inference_tokens, p: dict) -> dict:
     return {"params": n, "tokens": d, "tokens_per_param": d / n, "loss": target, "inference_tokens": d_inf,
             "training_compute": 6 * n * d, "total_compute": 6 * n * d + 2 * n * d_inf,
             "chinchilla_total_compute": 6 * opt["params"] * opt["tokens"] + 2 * opt["params"] * d_inf}
-
-
-def fit_isoflop(params, tokens, budget, loss, *, n_boot: int = 1000, confidence: float = 0.95,
-                seed: int | None = 0) -> dict:
-    """Approach 2: per budget, a parabola of loss in ``log N``; power laws ``N_opt(C)``, ``D_opt(C)``.
-
-    Returns:
-        ``{"optima": [{"compute", "params", "tokens", "loss", "n_runs"}], "params_law": {...},
-        "tokens_law": {...}}`` where each law has ``coef``, ``exponent`` and ``ci``.
-
-    Raises:
-        InsufficientDataError: fewer than 2 budgets with >= 3 runs, or a budget whose parabola
-            opens downwards (no minimum inside the runs).
-    """
-    X, logl = validate_xy({"params": params, "tokens": tokens, "budget": budget}, loss, y_name="loss", min_points=6)
-    optima = []
-    for c in np.unique(X[:, 2]):
-        sel = X[:, 2] == c
-        if sel.sum() < 3:
-            continue
-        x, y = X[sel, 0], np.exp(logl[sel])
-        a2, a1, a0 = np.polyfit(x, y, 2)
-        if a2 <= 0:
-            raise InsufficientDataError(
-                f"The loss at budget {math.exp(c):.3g} FLOPs does not curve upwards in log N (no minimum): "
-                "add model sizes on both sides of the best one.")
-        xv = -a1 / (2 * a2)
-        if not x.min() <= xv <= x.max():
-            raise InsufficientDataError(
-                f"The optimum at budget {math.exp(c):.3g} FLOPs (N = {math.exp(xv):.3g}) lies outside the model "
-                "sizes run: extend the isoFLOP profile towards it.")
-        n = math.exp(xv)
-        optima.append({"compute": math.exp(c), "params": n, "tokens": math.exp(c) / (6 * n),
-                       "loss": float(a0 + a1 * xv + a2 * xv * xv), "n_runs": int(sel.sum())})
-    if len(optima) < 2:
-        raise InsufficientDataError("Approach 2 needs at least 2 compute budgets with 3 or more runs each.")
-    cs = [o["compute"] for o in optima]
-    out = {"optima": optima}
-    for key in ("params", "tokens"):
-        fit = fit_power_law([o[key] for o in optima], inputs={"compute": cs}, y_name=key,
-                            n_boot=n_boot if len(optima) >= 3 else 0, confidence=confidence, seed=seed)
-        out[f"{key}_law"] = {"coef": fit.values["coef"], "exponent": fit.values["exp_compute"],
-                             "ci": {k: list(v) for k, v in fit.ci.items()}}
-    return out

@@ -195,6 +195,7 @@ def fit_law(
     keep_starts: int = 16,
     extrapolation_col: int | None = None,
     extrapolation_frac: float = 0.2,
+    boot_weights: np.ndarray | None = None,
 ) -> LawFit:
     """Fit ``law`` to ``(X, log y)`` (``X`` holds logs of the inputs) with bootstrap intervals.
 
@@ -209,6 +210,8 @@ def fit_law(
         seed: bootstrap seed.
         extrapolation_col: if given, also refit without the ``extrapolation_frac`` of points largest
             in ``X[:, col]`` and report the error of predicting them.
+        boot_weights: (n_boot, n) resampling counts to use instead of i.i.d. multinomial ones (e.g.
+            a moving-block bootstrap for autocorrelated residuals); overrides ``n_boot``.
     """
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=0)
@@ -239,9 +242,15 @@ def fit_law(
     values = {k: float(v[0]) for k, v in law.report(theta[None, :]).items()}
 
     ci, boot = {}, {}
+    if boot_weights is not None:
+        boot_weights = np.asarray(boot_weights, dtype=np.float64)
+        if boot_weights.ndim != 2 or boot_weights.shape[1] != n:
+            raise ValueError(f"'boot_weights' must have shape (n_boot, {n}); got {boot_weights.shape}.")
+        n_boot = boot_weights.shape[0]
     if n_boot:
         rng = np.random.default_rng(seed)
-        W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (n_boot, n)
+        W = (boot_weights if boot_weights is not None
+             else rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64))  # (n_boot, n)
         tb, _ = _solve_irls(law, X, logy, W, np.repeat(theta[None, :], n_boot, 0), delta, lo, hi)
         boot = law.report(tb)
         ci = {k: widened_interval(v, values[k], confidence, n - p) for k, v in boot.items()}

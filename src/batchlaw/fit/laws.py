@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import stats
 from scipy.special import softmax
 
 from .engine import Law, LawFit, fit_law, validate_xy
 
-__all__ = ["power_law", "fit_power_law", "saturating_law", "fit_saturating"]
+__all__ = ["power_law", "fit_power_law", "saturating_law", "fit_saturating", "t_intervals"]
 
 
 def power_law(k: int) -> Law:
@@ -90,3 +93,23 @@ def fit_saturating(x, y, *, x_name: str = "x", y_name: str = "y", delta: float =
               for f in (0.2, 0.5, 0.8, 0.95) for al in (0.05, 0.2, 0.5, 1.0, 2.0) for da in (-2.0, 0.0, 2.0)]
     return fit_law(saturating_law(), X, logy, starts=np.array(starts), delta=delta, n_boot=n_boot,
                    confidence=confidence, seed=seed, extrapolation_col=0 if extrapolation else None)
+
+
+def t_intervals(inputs: dict, y, confidence: float) -> dict:
+    """Classical least-squares t intervals (``n - p`` degrees of freedom) of ``log y = log c +
+    sum_j a_j log x_j``, keyed as :func:`fit_power_law` keys its intervals (``{}`` without degrees
+    of freedom). With a handful of points a bootstrap percentile interval runs narrow; callers
+    take the union of both."""
+    X = np.column_stack([np.ones(len(y))] + [np.log(np.asarray(v, float)) for v in inputs.values()])
+    ly = np.log(np.asarray(y, float))
+    beta, *_ = np.linalg.lstsq(X, ly, rcond=None)
+    dof = len(ly) - X.shape[1]
+    if dof < 1:
+        return {}
+    s2 = float(((ly - X @ beta) ** 2).sum()) / dof
+    se = np.sqrt(np.diag(s2 * np.linalg.pinv(X.T @ X)))
+    t = stats.t.ppf(0.5 + confidence / 2, dof)
+    out = {"coef": (math.exp(beta[0] - t * se[0]), math.exp(beta[0] + t * se[0]))}
+    for j, k in enumerate(inputs, start=1):
+        out[f"exp_{k}"] = (beta[j] - t * se[j], beta[j] + t * se[j])
+    return out
