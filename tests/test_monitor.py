@@ -477,3 +477,14 @@ def test_process_group_arguments_outside_a_process_group():
     assert not dist.is_initialized()
     monitor = GradientNoiseMonitor(torch.nn.Linear(3, 1), micro_batch_size=4, process_group=None)
     assert monitor.world_size == 1 and monitor.setup.kind == "none"
+
+
+def test_float64_model():
+    """float64 parameters (Lightning's 64-true precision) are measured in float64."""
+    wl, model, truth = _linreg_setup()
+    model = model.double()
+    orig = wl.loss
+    wl.loss = lambda m, batch: orig(m, (batch[0].double(), batch[1].double()))
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8)
+    _fixed_weight_steps(wl, model, monitor, torch.Generator().manual_seed(0), 300, 8, 4)
+    assert monitor.estimate().b_simple == pytest.approx(truth, rel=0.1)

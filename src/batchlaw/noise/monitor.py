@@ -61,9 +61,11 @@ def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
         groups[(t.device, t.dtype)].append(t)
     out_device = tensors[0].device
     total = None
-    for (device, _), group in groups.items():
-        norms = torch._foreach_norm(group, 2, dtype=torch.float32)
-        part = torch.stack(norms).square().sum()
+    for (device, dtype), group in groups.items():
+        if dtype == torch.float64:  # float32 accumulation would lose what float64 gradients carry
+            part = torch.stack(torch._foreach_norm(group, 2)).square().sum().float()
+        else:  # half, bfloat16, float32: accumulate in float32
+            part = torch.stack(torch._foreach_norm(group, 2, dtype=torch.float32)).square().sum()
         if device != out_device:
             part = part.to(out_device, non_blocking=True)
         total = part if total is None else total + part

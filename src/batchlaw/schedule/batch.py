@@ -129,7 +129,8 @@ def rescale_lr(lr: float, k: float, rule: str, *, betas: tuple | None = None, ep
         rule: ``"sqrt"`` (Adam: :func:`~batchlaw.schedule.sqrt_rule`, Malladi et al. 2022,
             arXiv:2205.10287, section 3), ``"linear"`` (SGD: :func:`~batchlaw.schedule.linear_rule`,
             Goyal et al. 2017) or ``"none"``.
-        betas, eps: Adam's at the reference batch; rescaled by the square-root rule when given.
+        betas: Adam's betas at the reference batch; rescaled by the square-root rule when given.
+        eps: Adam's eps at the reference batch; rescaled by the square-root rule when given.
 
     Returns:
         ``{"lr": ..., "betas": ... or None, "eps": ... or None}``.
@@ -182,8 +183,9 @@ class BatchSchedule:
         world_size: data-parallel ranks.
         min_accumulation: at least this many micro-batches per step on each rank.
         lr_rule: ``"sqrt"`` (Adam), ``"linear"`` (SGD) or ``"none"`` (see :func:`rescale_lr`).
-        adam_betas, adam_eps: Adam's betas/eps at ``base_batch``; given, the square-root rule
-            rescales them too (Malladi et al. 2022).
+        adam_betas: Adam's betas at ``base_batch``; given, the square-root rule rescales them too
+            (Malladi et al. 2022).
+        adam_eps: Adam's eps at ``base_batch``; given, the square-root rule rescales it too.
         max_batch: the largest global batch the schedule may request (examples).
         tokens_per_example: tokens in one example, where data is counted in tokens.
 

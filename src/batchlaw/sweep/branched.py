@@ -374,8 +374,9 @@ def measure_branched_cbs(checkpoints, load_checkpoint: Callable, train_steps: Ca
             schedule at the checkpoint).
         budget: examples each branch trains on (a multiple of ``max(k) * B``).
         multipliers: the ``k`` tried (must include 1).
-        tolerance, tolerance_kind: the decision rule (see the module docstring and
+        tolerance: the loss tolerance of the decision rule (see the module docstring and
             :func:`cbs_from_losses`).
+        tolerance_kind: whether ``tolerance`` is relative or absolute (see :func:`cbs_from_losses`).
         lr_rule: ``"sqrt"`` (Adam), ``"linear"`` (SGD) or ``"none"``.
         seeds: data-order seeds; losses are averaged over them.
         store: a :class:`BranchStore` or its path: finished branches are stored at once and
