@@ -147,13 +147,18 @@ def test_b_crit_interval_from_a_store(tmp_path, capsys):
     rng = np.random.default_rng(0)
     path = tmp_path / "s.db"
     with TrialStore(path) as store:
-        store.save_sweep("syn", {"workload": "synthetic"})
+        from batchlaw.sweep import SweepConfig
+
+        config = SweepConfig(workload="linreg", batch_sizes=(4, 8, 16, 32, 64, 128, 256, 512), target_loss=0.5,
+                             max_steps=1000, lr_base=0.1, name="syn")
+        store.save_sweep("syn", config.to_dict())
         for b in (4, 8, 16, 32, 64, 128, 256, 512):
             steps = float(np.round(200 * (1 + 64 / b) * np.exp(rng.normal(0, 0.05))))
             spec = {"batch_size": b, "lr": 0.1, "seed": 0}
             store.add("syn", {"key": f"k{b}", "spec": spec, "status": "reached", "steps_to_target": steps,
                               "examples_to_target": steps * b, "tokens_to_target": None, "wall_time_s": 1.0,
-                              "noise": None, "unit": "examples", "tokens_per_example": None})
+                              "noise": None, "unit": "examples", "tokens_per_example": None, "final_loss": 1.0,
+                              "curve": [[0, 2.0, None], [steps, 1.0, None]]})
         fit = analyze_sweep("syn", {}, store.trials("syn")).fit
     d = _json(capsys, ["plan", "--b-crit-store", str(path), "--gpus", "2,4", "--micro-batch", "16", "--json"])
     assert d["b_crit"] == pytest.approx(fit.b_crit)

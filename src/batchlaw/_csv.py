@@ -6,7 +6,17 @@ import csv
 import math
 from pathlib import Path
 
-__all__ = ["read_columns"]
+__all__ = ["read_columns", "read_header"]
+
+
+def read_header(path: str | Path) -> list[str]:
+    """The column names of a CSV file (its first row), with the same errors as :func:`read_columns`."""
+    return _checked(Path(path), _header)
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh), [])
 
 
 def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) -> dict[str, list]:
@@ -19,13 +29,17 @@ def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) 
             does not exist (the message lists those that do), or a non-numeric / non-finite
             value in a ``numeric`` column (row and value named).
     """
-    path = Path(path)
+    return _checked(Path(path), lambda p: _read(p, columns, numeric))
+
+
+def _checked(path: Path, read):
+    """Run ``read(path)``, turning every way a file can fail into a one-line ValueError naming it."""
     if path.is_dir():
         raise ValueError(f"The CSV file {str(path)!r} is a directory. Pass the path of a CSV file.")
     if not path.is_file():
         raise ValueError(f"The CSV file {str(path)!r} does not exist.")
     try:
-        return _read(path, columns, numeric)
+        return read(path)
     except UnicodeDecodeError as err:
         raise ValueError(f"The CSV file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}). "
                          "Save it as UTF-8 CSV.") from None

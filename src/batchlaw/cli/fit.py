@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from .._format import fmt_num
 
@@ -142,16 +143,12 @@ def _cbs_table(args) -> tuple[dict, dict]:
         ``(groups, info)``: ``groups`` maps a group name to ``{"batch": [...], "steps": [...],
         "seeds": [...]}``; ``info`` maps it to ``{"rows_ignored", "not_reached_batches", "best_lr"}``.
     """
-    import csv
+    import math
     import statistics
-    from pathlib import Path
 
-    from .._csv import read_columns
+    from .._csv import read_columns, read_header
 
-    if not Path(args.csv).is_file():
-        read_columns(args.csv, [])  # raises the usual "does not exist" error
-    with open(args.csv, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
+    header = read_header(args.csv)
 
     def pick(given, default):
         return given if given is not None else (default if default in header else None)
@@ -179,6 +176,9 @@ def _cbs_table(args) -> tuple[dict, dict]:
         except ValueError:
             raise ValueError(f"Column {steps_col!r}, line {i + 2} of {args.csv!r}: {cell!r} is not a number "
                              "(leave the cell empty for a run that did not reach the target).") from None
+        if not (math.isfinite(steps) and steps > 0):
+            raise ValueError(f"Column {steps_col!r}, line {i + 2} of {args.csv!r}: {cell!r} is not a positive, finite "
+                             "number of steps (leave the cell empty for a run that did not reach the target).")
         if lr_col is None:  # a plain table: every row is a point
             raw.setdefault(g, {})[(b, i)] = (steps, None)
             continue
@@ -379,10 +379,16 @@ def _losses_with_divergence(values, column, path) -> list[float]:
             out.append(float("nan"))
             continue
         try:
-            out.append(float(text))
+            value = float(text)
         except ValueError:
             raise ValueError(f"Column {column!r}, line {line} of {path!r}: {text!r} is not a number (a diverged run's "
                              "loss may be empty, 'nan', 'inf' or 'diverged').") from None
+        if math.isinf(value) and value > 0 or math.isnan(value):
+            value = float("nan")
+        elif not math.isfinite(value) or value <= 0:
+            raise ValueError(f"Column {column!r}, line {line} of {path!r}: {text!r} is not a loss (a finite number "
+                             "> 0, or empty/'nan'/'inf'/'diverged' for a diverged run).")
+        out.append(value)
     return out
 
 
