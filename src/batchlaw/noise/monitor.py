@@ -51,25 +51,42 @@ from .tracker import NoiseScaleTracker
 
 __all__ = ["GradientNoiseMonitor", "squared_norm"]
 
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norms of ``tensors`` as 0-d float32 tensors (float64 ones computed in float64), one fused
+    multi-tensor kernel per dtype; never synchronises and allocates nothing the size of a gradient."""
+    if len({t.dtype for t in tensors}) == 1:
+        groups = {tensors[0].dtype: tensors}
+    else:
+        groups = defaultdict(list)
+        for t in tensors:
+            groups[t.dtype].append(t)
+    out: list[torch.Tensor] = []
+    for dtype, group in groups.items():
+        if dtype == torch.float64:  # float32 accumulation would lose what float64 gradients carry
+            out.extend(n.float() for n in torch._foreach_norm(group, 2))
+        else:  # half, bfloat16, float32: accumulate in float32
+            out.extend(torch._foreach_norm(group, 2, dtype=torch.float32))
+    return out
+
+
+def _sum_of_squares(norms: list[torch.Tensor], device=None) -> torch.Tensor:
+    device = device or norms[0].device
+    return torch.stack([n if n.device == device else n.to(device, non_blocking=True) for n in norms]).square().sum()
+
+
 def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Sum of squared L2 norms of ``tensors`` in float32, with one fused kernel per (device, dtype).
 
     Returns a 0-d float32 tensor on the device of the first tensor; never synchronises.
+
+    Examples:
+        >>> float(squared_norm([torch.ones(3), 2 * torch.ones(2, dtype=torch.float64)]))
+        11.0
     """
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    by_device: dict = defaultdict(list)
     for t in tensors:
-        groups[(t.device, t.dtype)].append(t)
-    out_device = tensors[0].device
-    total = None
-    for (device, dtype), group in groups.items():
-        if dtype == torch.float64:  # float32 accumulation would lose what float64 gradients carry
-            part = torch.stack(torch._foreach_norm(group, 2)).square().sum().float()
-        else:  # half, bfloat16, float32: accumulate in float32
-            part = torch.stack(torch._foreach_norm(group, 2, dtype=torch.float32)).square().sum()
-        if device != out_device:
-            part = part.to(out_device, non_blocking=True)
-        total = part if total is None else total + part
-    return total
+        by_device[t.device].append(t)
+    return _sum_of_squares([n for group in by_device.values() for n in _norms(group)], tensors[0].device)
 
 
 class GradientNoiseMonitor:
@@ -187,7 +204,7 @@ class GradientNoiseMonitor:
         self._incoming: list[Any] = []  # per parameter: the gradient seen by the pre-hook, until accumulated
         self._bucket: list[torch.Tensor] = []
         self._bucket_nbytes = 0
-        self._small_parts: list[torch.Tensor] = []  # device scalars: sum of |h|^2 per bucket
+        self._small_norms: list[torch.Tensor] = []  # device scalars: |h| of each micro-batch gradient
         self._flush_queued = False
         self._backward_count = 0  # backward passes that accumulated a gradient, this step
         self._accumulated = False  # this backward accumulated at least one gradient
@@ -268,7 +285,9 @@ class GradientNoiseMonitor:
             self._accumulated = True
             self._bucket.append(grad)
             self._bucket_nbytes += grad.numel() * grad.element_size()
-            if self._bucket_nbytes >= self.bucket_bytes:
+            # On a CPU, holding gradients until the end of backward keeps their memory from being
+            # reused by the next ones (new pages, page faults): take CPU norms at once.
+            if self._bucket_nbytes >= self.bucket_bytes or grad.device.type == "cpu":
                 self._flush_bucket()
             return None
 
@@ -302,7 +321,7 @@ class GradientNoiseMonitor:
 
     def _flush_bucket(self) -> None:
         if self._bucket:
-            self._small_parts.append(squared_norm(self._bucket))
+            self._small_norms.extend(_norms(self._bucket))
             self._bucket = []
             self._bucket_nbytes = 0
 
@@ -368,7 +387,7 @@ class GradientNoiseMonitor:
             return None
         counts, self._counts = self._counts, [0] * len(self._params)
         k, self._backward_count = self._backward_count, 0
-        small_parts, self._small_parts = self._small_parts, []
+        small_norms, self._small_norms = self._small_norms, []
         leftover, self._leftover = self._leftover, None
         if k == 0:
             raise RuntimeError(
@@ -400,7 +419,7 @@ class GradientNoiseMonitor:
         self._check_call_order()
         big = squared_norm(grads)  # this rank's shard under FSDP2, the whole reduced gradient otherwise
         dev = big.device
-        small = torch.stack([s.to(dev) for s in small_parts]).sum()
+        small = _sum_of_squares(small_norms, dev)
         extra = torch.tensor([k, k * k, b, b * b], dtype=torch.float32, device=dev)
         left = leftover.to(dev) if leftover is not None else torch.zeros((), device=dev)
         stats = torch.cat([torch.stack([small, big if self.setup.kind == "fsdp2" else big / self.world_size,
