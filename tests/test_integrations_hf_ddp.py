@@ -55,6 +55,8 @@ _SCRIPT = textwrap.dedent('''
     with open(f"{out}/rank{dist.get_rank()}.json", "w") as fh:
         json.dump({"records": cb.monitor.records, "kind": cb.monitor.setup.kind,
                    "logged": [e for e in trainer.state.log_history if "gns/b_big" in e]}, fh)
+    dist.barrier()
+    dist.destroy_process_group()  # gloo threads left running at exit can abort a rank ("terminate called ...")
 ''')
 
 
