@@ -8,7 +8,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["require", "batch_size_of", "step_batch_size"]
+__all__ = ["require", "batch_size_of", "step_batch_size", "set_monitor_options"]
+
+
+def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_example: int | None, every: int,
+                        window: int | None, ema_beta: float, prefix: str) -> None:
+    """Validate the monitor options both framework callbacks take, and set them on ``obj``."""
+    from .._validation import check_positive_int
+
+    obj.micro_batch_size = (None if micro_batch_size is None
+                            else check_positive_int("micro_batch_size", micro_batch_size))
+    obj.tokens_per_example = (None if tokens_per_example is None
+                              else check_positive_int("tokens_per_example", tokens_per_example))
+    obj.every = check_positive_int("every", every)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 3):
+        raise ValueError(f"The 'window' parameter must be an integer >= 3 or None. Got {window!r} instead.")
+    obj.window = window
+    obj.ema_beta = ema_beta
+    if not isinstance(prefix, str):
+        raise TypeError(f"The 'prefix' parameter must be a string. Got {prefix!r} instead.")
+    obj.prefix = prefix
 
 
 def require(module: str, extra: str, what: str):

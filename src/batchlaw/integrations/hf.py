@@ -46,9 +46,8 @@ from typing import Any
 
 import torch
 
-from .._validation import check_positive_int
 from ..noise import GradientNoiseMonitor
-from ._common import batch_size_of, require, step_batch_size
+from ._common import batch_size_of, require, set_monitor_options, step_batch_size
 from .loggers import noise_metrics, window_estimate
 
 _transformers = require("transformers", "hf", "batchlaw.integrations.hf")
@@ -110,18 +109,8 @@ class NoiseScaleCallback(TrainerCallback):
 
     def __init__(self, *, micro_batch_size: int | None = None, tokens_per_example: int | None = None,
                  every: int = 1, window: int | None = 200, ema_beta: float = 0.95, prefix: str = "gns/") -> None:
-        self.micro_batch_size = (None if micro_batch_size is None
-                                 else check_positive_int("micro_batch_size", micro_batch_size))
-        self.tokens_per_example = (None if tokens_per_example is None
-                                   else check_positive_int("tokens_per_example", tokens_per_example))
-        self.every = check_positive_int("every", every)
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 3):
-            raise ValueError(f"The 'window' parameter must be an integer >= 3 or None. Got {window!r} instead.")
-        self.window = window
-        self.ema_beta = ema_beta
-        if not isinstance(prefix, str):
-            raise TypeError(f"The 'prefix' parameter must be a string. Got {prefix!r} instead.")
-        self.prefix = prefix
+        set_monitor_options(self, micro_batch_size=micro_batch_size, tokens_per_example=tokens_per_example,
+                            every=every, window=window, ema_beta=ema_beta, prefix=prefix)
         self.unit = "tokens" if tokens_per_example else "examples"
         self.monitor: GradientNoiseMonitor | None = None
         self._attached = False
