@@ -56,7 +56,10 @@ _SCRIPT = textwrap.dedent('''
         json.dump({"records": cb.monitor.records, "kind": cb.monitor.setup.kind,
                    "logged": [e for e in trainer.state.log_history if "gns/b_big" in e]}, fh)
     dist.barrier()
-    dist.destroy_process_group()  # gloo threads left running at exit can abort a rank ("terminate called ...")
+    dist.destroy_process_group()
+    import os
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)  # threads left by the libraries at exit can abort a rank ("terminate called without an active exception")
 ''')
 
 

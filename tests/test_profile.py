@@ -227,3 +227,10 @@ def test_ring_model_against_gloo_all_reduce():
         if all(0.75 <= q <= 1.25 for q in ratios):
             break
     assert all(0.75 <= q <= 1.25 for q in ratios), ratios
+
+
+def test_fit_link_refuses_times_that_do_not_grow_with_size():
+    """Latency-bound timings leave the bandwidth unresolved: a clear error, not an infinite bandwidth."""
+    rows = [{"n_bytes": 2**18, "world": 2, "seconds": 1e-3}, {"n_bytes": 2**20, "world": 2, "seconds": 9e-4}]
+    with pytest.raises(ValueError, match="do not grow with the message size"):
+        fit_link(rows)

@@ -178,7 +178,7 @@ SCHEMAS: list[Schema] = [
          ("fitted_link", "`name`, `bus_bandwidth_bytes_per_s`, `latency_s`, `description`"),
          ("rows", "one object per (size, ranks): `n_bytes`, `world`, `seconds`, `backend`, `stat`, `model_s`, "
                   "`model_over_measured`")],
-        check_args=["profile", "allreduce", "--world-sizes", "2", "--sizes-mb", "0.25,1", "--repeats", "2", "--json"],
+        check_args=["profile", "allreduce", "--world-sizes", "2", "--sizes-mb", "1,8", "--repeats", "2", "--json"],
     ),
     Schema(
         "batchlaw.fit.cbs/1", "batchlaw fit cbs CSV ... --json",

@@ -17,7 +17,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +124,8 @@ def fit_link(measurements: list[dict]) -> Link:
         A :class:`Link` named ``"fitted"``.
 
     Raises:
-        ValueError: fewer than two usable measurements.
+        ValueError: fewer than two usable measurements, or times that do not grow with the size
+            (the bandwidth is not resolved).
     """
     rows = [m for m in measurements if m["world"] >= 2 and m["seconds"] > 0]
     if len(rows) < 2:
@@ -137,5 +137,9 @@ def fit_link(measurements: list[dict]) -> Link:
     from scipy.optimize import nnls
 
     (a, b), _ = nnls(x, np.ones_like(t))
-    bw = math.inf if b <= 0 else 1.0 / b
-    return Link("fitted", bw, float(a), f"fitted to {len(rows)} all-reduce timings")
+    if b <= 0:
+        raise ValueError(
+            "The all-reduce times do not grow with the message size (sizes "
+            f"{', '.join(f'{v / 2**20:g}' for v in sorted(set(n)))} MiB): latency hides the bandwidth, so it "
+            "cannot be fitted. Time larger messages (e.g. --sizes-mb 1,8,32).")
+    return Link("fitted", 1.0 / b, float(a), f"fitted to {len(rows)} all-reduce timings")
