@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .._format import fmt_num
-from ._common import _int_list, _key_value
+from ._common import _int_list, add_workload_arguments
 
 
 def add_parsers(sub) -> None:
@@ -18,9 +18,7 @@ def add_parsers(sub) -> None:
         "tolerance of the k = 1 branch (Merrill et al. 2025). The noise scale B_simple is measured on the trunk. "
         "Branches are stored in a SQLite file as each finishes: rerunning the command resumes.",
     )
-    p.add_argument("--workload", default="bytegpt", help="built-in workload: linreg, bytemlp or bytegpt (default: %(default)s)")
-    p.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="constructor argument of the workload, e.g. size=tiny (repeatable)")
+    add_workload_arguments(p, default="bytegpt")
     p.add_argument("--base-batch", type=int, required=True, help="the trunk's batch B, in examples")
     p.add_argument("--lr", type=float, default=None, help="the trunk's learning rate at B (default: the workload's)")
     p.add_argument("--checkpoints", type=_int_list, required=True,

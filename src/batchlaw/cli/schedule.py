@@ -6,7 +6,7 @@ import json
 import sys
 
 from .._format import fmt_num
-from ._common import _int_list, _key_value
+from ._common import _int_list, add_workload_arguments
 
 
 def add_parsers(sub) -> None:
@@ -22,9 +22,7 @@ def add_parsers(sub) -> None:
         "reaches --target-loss. The CBS ramp follows a branched CBS measurement made on the first seed's constant-small "
         "run (its cost is reported apart). Wall-clock excludes evaluation and is noisy on a shared machine.",
     )
-    c.add_argument("--workload", default="bytegpt", help="built-in workload: linreg, bytemlp or bytegpt (default: %(default)s)")
-    c.add_argument("--workload-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="constructor argument of the workload, e.g. size=tiny (repeatable)")
+    add_workload_arguments(c, default="bytegpt")
     c.add_argument("--target-loss", type=float, required=True, help="held-out loss to reach")
     c.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="comma-separated seeds (default: 0,1,2)")
     c.add_argument("--small-batch", type=int, default=8, help="the constant small batch, where ramps start (examples; default: %(default)s)")
