@@ -36,9 +36,10 @@ from .._validation import check_positive_int, check_probability
 from ..errors import InsufficientDataError
 from .engine import Law, LawFit, fit_law, validate_xy
 from .laws import saturating_law
+from .multipower import MultiPowerKernel, multipower_law
 
 __all__ = ["CurveFit", "Schedule", "fit_curve", "predict_curve", "backtest_curve", "schedule_law",
-           "block_weights", "ANNEAL_DECAY"]
+           "block_weights", "ANNEAL_DECAY", "CURVE_LAWS"]
 
 #: Tissue et al. 2024's momentum decay ``lambda`` of the annealing area.
 ANNEAL_DECAY = 0.999
@@ -72,21 +73,30 @@ class Schedule:
         self.steps, self.lr = st[order], lv[order]
         self.peak = float(self.lr.max())
         self.peak_step = float(self.steps[np.argmax(self.lr)])
+        #: the end of the warmup: the first step at the peak, if the learning rate rose to it
+        self.warmup_end = self.peak_step if self.lr[0] < self.peak else 0.0
         self.last = int(math.ceil(self.steps[-1]))
         grid = np.arange(1, self.last + 1, dtype=np.float64)
         eta = np.interp(grid, self.steps, self.lr) / self.peak  # every step, normalised
         drop = np.maximum(np.concatenate([[0.0], eta[:-1] - eta[1:]]), 0.0)  # warmup is not annealing
+        self.eta = eta
         self._s1 = np.cumsum(eta)
         self._s2 = np.cumsum(signal.lfilter([1.0], [1.0, -ANNEAL_DECAY], drop))
 
-    def areas(self, at) -> tuple[np.ndarray, np.ndarray]:
-        """``(S_1, S_2)`` at steps ``at`` (interpolated between integer steps)."""
+    def areas(self, at, reference: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(S_1, S_2)`` at steps ``at`` (interpolated between integer steps), in steps at the
+        ``reference`` learning rate (default: this schedule's peak)."""
         at = np.asarray(at, dtype=np.float64)
         if np.any(at > self.last + 1e-9) or np.any(at <= 0):
             raise ValueError(f"The schedule is known from step 1 to {self.last}; asked for steps "
                              f"{at.min():g} to {at.max():g}. Give the learning rate up to the step to predict.")
         g = np.arange(1, self.last + 1, dtype=np.float64)
-        return np.interp(at, g, self._s1), np.interp(at, g, self._s2)
+        f = 1.0 if reference is None else self.peak / reference
+        return f * np.interp(at, g, self._s1), f * np.interp(at, g, self._s2)
+
+    def normalised(self, reference: float | None = None) -> np.ndarray:
+        """The learning rate at steps ``1..T`` divided by ``reference`` (default: the peak)."""
+        return self.eta * (1.0 if reference is None else self.peak / reference)
 
 
 def schedule_law() -> Law:
@@ -112,7 +122,7 @@ def schedule_law() -> Law:
     def report(theta):
         return {"L0": np.exp(theta[:, 0]), "A": np.exp(theta[:, 1]), "alpha": theta[:, 2], "C": theta[:, 3]}
 
-    return Law("schedule", ("l0", "a", "alpha", "c"), predict, jac, report,
+    return Law("tissue", ("l0", "a", "alpha", "c"), predict, jac, report,
                ((None, None), (None, None), (0.0, 5.0), (0.0, None)))
 
 
@@ -144,21 +154,71 @@ def _block_length(resid: np.ndarray) -> int:
     return int(min(max(2 * tau, math.ceil(n ** (1 / 3))), max(n // 4, 1)))
 
 
+#: The laws :func:`fit_curve` knows: ``power`` needs only steps, the others the LR schedule.
+CURVE_LAWS = ("power", "tissue", "multipower")
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """The runs a schedule-aware law is fitted to: their schedules, on one learning-rate scale."""
+
+    names: tuple
+    schedules: tuple
+    reference: float  # the largest peak LR: every run's areas count steps at this rate
+
+    def index(self, run) -> int:
+        if run is None:
+            if len(self.names) > 1:
+                raise ValueError(f"The fit covers runs {', '.join(map(str, self.names))}: say which run to predict.")
+            return 0
+        try:
+            return self.names.index(run)
+        except ValueError:
+            raise ValueError(f"Unknown run {run!r}; the fit knows {', '.join(map(str, self.names))}.") from None
+
+
+def _design(kind: str, runs: _Runs | None, run_idx, steps) -> np.ndarray:
+    """The law's inputs at ``steps`` of runs ``run_idx``: ``log t`` (power), ``(log S_1, S_2)``
+    (tissue), ``(run, t)`` (multipower)."""
+    steps = np.atleast_1d(np.asarray(steps, dtype=np.float64))
+    if kind == "power":
+        return np.log(steps)[:, None]
+    run_idx = np.broadcast_to(np.asarray(run_idx, dtype=np.int64), steps.shape)
+    s1, s2 = np.empty(steps.size), np.empty(steps.size)
+    for r, sched in enumerate(runs.schedules):
+        at = run_idx == r
+        if at.any():
+            s1[at], s2[at] = sched.areas(steps[at], runs.reference)
+    if kind == "tissue":
+        return np.column_stack([np.log(s1), s2])
+    return np.column_stack([run_idx.astype(np.float64), steps])
+
+
+def _law(kind: str, runs: _Runs | None) -> Law:
+    if kind == "power":
+        return saturating_law()
+    if kind == "tissue":
+        return schedule_law()
+    return multipower_law([sc.normalised(runs.reference) for sc in runs.schedules])
+
+
 @dataclass(frozen=True)
 class CurveFit:
     """A fitted learning curve.
 
     Attributes:
-        kind: ``"power"`` or ``"schedule"``.
+        kind: ``"power"``, ``"tissue"`` (Tissue et al. 2024) or ``"multipower"`` (Luo et al. 2025).
         fit: the engine's :class:`LawFit` (values, intervals, bootstrap draws).
-        schedule: the :class:`Schedule` (``kind == "schedule"``), else ``None``.
+        schedule: the :class:`Schedule` of the (first) run (schedule-aware laws), else ``None``.
         block: block length of the moving-block bootstrap (points).
         resid_var: variance of one observation's log noise (robust scale of the residuals of the later
             half of the fitted points).
-        s2_fitted: the largest annealing area among the fitted points (``kind == "schedule"``).
-        late_theta: raw parameters of the same law fitted to the later half of the points only
-            (``None`` when too few): the spread between the two predictions measures how much the
-            extrapolation leans on the window, which a bootstrap of one fit cannot see.
+        s2_fitted: the largest annealing area among the fitted points (schedule-aware laws).
+        window_thetas: raw parameters of the same law fitted to the later half of the points and to
+            their first three quarters (those that could be fitted): how far the prediction moves with
+            the window measures the law's misfit and how much the extrapolation leans on the last
+            points, which a bootstrap of one fit cannot see.
+        runs: the runs of a schedule-aware fit (names, schedules, the common LR scale).
     """
 
     kind: str
@@ -167,7 +227,8 @@ class CurveFit:
     block: int
     resid_var: float
     s2_fitted: float = 0.0
-    late_theta: np.ndarray | None = None
+    window_thetas: tuple = ()
+    runs: _Runs | None = None
 
     @property
     def values(self):
@@ -197,41 +258,116 @@ class CurveFit:
     def r2_log(self):
         return self.fit.r2_log
 
-    def curve(self, step, values=None):
-        """The fitted loss at ``step`` (scalar or array); ``values``: parameters to use (e.g. the
-        bootstrap draws, as arrays)."""
+    @property
+    def run_names(self) -> tuple:
+        return self.runs.names if self.runs is not None else ()
+
+    def curve(self, step, values=None, *, run=None):
+        """The fitted loss at ``step`` (scalar or array) of ``run`` (needed when the fit has several);
+        ``values``: parameters to use (e.g. the bootstrap draws, as arrays)."""
         v = self.values if values is None else values
         step = np.asarray(step, dtype=np.float64)
         if self.kind == "power":
             return v["y_inf"] + v["a"] * step ** (-np.asarray(v["alpha"]))
-        s1, s2 = self.schedule.areas(np.atleast_1d(step))
-        out = (np.asarray(v["L0"])[..., None] + np.asarray(v["A"])[..., None] * s1 ** (-np.asarray(v["alpha"])[..., None])
-               - np.asarray(v["C"])[..., None] * s2)
+        r = self.runs.index(run)
+        X = _design(self.kind, self.runs, r, np.atleast_1d(step))
+        if self.kind == "multipower":
+            etas = [sc.normalised(self.runs.reference) for sc in self.runs.schedules]
+            out = MultiPowerKernel(etas, X[:, 0], X[:, 1]).loss(v)
+        else:
+            out = (np.asarray(v["L0"])[..., None] + np.asarray(v["A"])[..., None]
+                   * np.exp(X[:, 0]) ** (-np.asarray(v["alpha"])[..., None]) - np.asarray(v["C"])[..., None] * X[:, 1])
         return out.reshape(np.shape(v["L0"]) + np.shape(step))
 
+    def window_predictions(self, step: float, *, run=None) -> list[float]:
+        """The loss at ``step`` predicted by each window refit (see ``window_thetas``)."""
+        r = self.runs.index(run) if self.runs is not None else 0
+        law, X = _law(self.kind, self.runs), _design(self.kind, self.runs, r, [step])
+        out = []
+        for theta in self.window_thetas:
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = float(law.predict_log(theta[None, :], X)[0, 0])
+            if np.isfinite(v):
+                out.append(math.exp(v))
+        return out
 
-def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, n_boot: int = 1000,
-              confidence: float = 0.95, seed: int | None = 0, block: int | None = None) -> CurveFit:
-    """Fit a learning curve: ``L_inf + a t^-b``, or with ``lr`` the schedule-aware law of Tissue et al.
+
+def _starts(kind: str, X: np.ndarray, logy: np.ndarray, tissue_theta=None) -> np.ndarray:
+    ymin = float(np.exp(logy.min()))
+    if kind == "power":
+        return np.array([(np.log(ymin * f), np.log(ymin) + al * X[:, 0].mean() + da, al)
+                         for f in (0.2, 0.5, 0.8, 0.95) for al in (0.05, 0.2, 0.5, 1.0, 2.0) for da in (-2.0, 0.0, 2.0)])
+    if kind == "tissue":
+        return np.array([(np.log(ymin * f), np.log(ymin) + al * X[:, 0].mean() + da, al, c)
+                         for f in (0.5, 0.8, 0.95) for al in (0.1, 0.3, 0.6, 1.0)
+                         for da in (-2.0, 0.0, 1.0) for c in (0.0, 1e-4, 1e-3)])
+    # multipower: the power part from the Tissue fit (its L0 or a lower floor), the drop part from a grid
+    l0, a, al = tissue_theta[:3]
+    return np.array([(l0 + dl, a, al, np.log(ymin * b), np.log(c), be, ga)
+                     for dl in (0.0, -0.1) for b in (0.03, 0.1, 0.3) for c in (1e-3, 1e-2, 1e-1, 1.0)
+                     for be in (0.3, 0.6, 1.2) for ga in (0.3, 0.6)])
+
+
+def _runs_of(st, lr, schedule, run, schedules) -> tuple[_Runs, np.ndarray]:
+    """The runs and each point's run index, from the arguments of :func:`fit_curve`."""
+    if run is None:
+        if schedules is not None:
+            raise ValueError("'schedules' is for several runs: give 'run' (each point's run) with it.")
+        if schedule is None:
+            schedule = Schedule(st, lr)
+        elif lr is not None:
+            Schedule(st, lr)  # validates the given column
+        return _Runs((None,), (schedule,), schedule.peak), np.zeros(st.size, dtype=np.int64)
+    if schedule is not None:
+        raise ValueError("With 'run', give each run's planned schedule in 'schedules' (a dict), not 'schedule'.")
+    labels = np.asarray(run, dtype=object).ravel()
+    if labels.size != st.size:
+        raise ValueError(f"'run' has {labels.size} values but 'steps' has {st.size}: lengths must match.")
+    names = tuple(dict.fromkeys(labels.tolist()))
+    sch = dict(schedules or {})
+    for name in names:
+        if name not in sch:
+            if lr is None:
+                raise ValueError(f"Run {name!r} has no schedule: give 'lr' or its entry in 'schedules'.")
+            at = labels == name
+            sch[name] = Schedule(st[at], np.asarray(lr, dtype=np.float64).ravel()[at])
+    names = names + tuple(k for k in sch if k not in names)  # planned runs, to predict only
+    idx = np.array([names.index(x) for x in labels.tolist()], dtype=np.int64)
+    schedules_t = tuple(sch[k] for k in names)
+    return _Runs(names, schedules_t, max(sc.peak for sc in schedules_t)), idx
+
+
+def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: str | None = None,
+              run=None, schedules: dict | None = None, n_boot: int = 1000, confidence: float = 0.95,
+              seed: int | None = 0, block: int | None = None) -> CurveFit:
+    """Fit a learning curve: ``L_inf + a t^-b``, or with the LR schedule a schedule-aware law.
 
     Args:
         steps: logged steps (positive).
         loss: loss at those steps.
-        lr: learning rate at those steps: fit the schedule-aware law.
+        lr: learning rate at those steps (for the schedule-aware laws).
         schedule: the full planned schedule (to predict beyond the logged steps); default: the
             one given by ``steps`` and ``lr``.
-        n_boot: moving-block bootstrap resamples (0: none).
+        law: ``"power"``, ``"tissue"`` (Tissue et al. 2024) or ``"multipower"`` (Luo et al. 2025);
+            default ``"power"`` without a schedule, ``"tissue"`` with one.
+        run: each point's run (any hashable labels), to fit one schedule-aware law to several runs
+            (e.g. a constant-LR run and a short cooldown from one of its checkpoints). Learning
+            rates are compared on one scale (steps at the largest peak among the runs).
+        schedules: with ``run``: ``{run: Schedule}``, the planned schedules (default: from each
+            run's ``steps`` and ``lr``); a run with a schedule but no points can be predicted.
+        n_boot: moving-block bootstrap resamples (0: none); blocks stay within a run.
         confidence: interval level.
         seed: bootstrap seed.
         block: block length in points (default: from the residual autocorrelation).
 
     Returns:
-        A :class:`CurveFit`; ``values`` has ``y_inf``, ``a``, ``alpha`` (power) or ``L0``, ``A``,
-        ``alpha``, ``C`` (schedule).
+        A :class:`CurveFit`; ``values`` has ``y_inf``, ``a``, ``alpha`` (power), ``L0``, ``A``,
+        ``alpha``, ``C`` (tissue) or ``L0, A, alpha, B, C, beta, gamma`` (multipower).
 
     Raises:
-        ValueError: non-positive steps or losses, lengths that differ.
-        InsufficientDataError: fewer than 5 points (power) or 6 (schedule).
+        ValueError: non-positive steps or losses, lengths that differ, an unknown law, a
+            schedule-aware law without a schedule, ``run`` with the power law.
+        InsufficientDataError: fewer than 5 points (power), 6 (tissue) or 10 (multipower).
 
     Examples:
         >>> t = np.arange(100, 5001, 100.0)
@@ -241,102 +377,122 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, n_boot:
     """
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=0)
+    has_schedule = lr is not None or schedule is not None or schedules is not None
+    kind = law if law is not None else ("tissue" if has_schedule else "power")
+    if kind not in CURVE_LAWS:
+        raise ValueError(f"Unknown learning-curve law {law!r}; use one of {', '.join(CURVE_LAWS)}.")
+    if kind != "power" and not has_schedule:
+        raise ValueError(f"The {kind!r} law takes the learning-rate schedule as input: give 'lr' (the learning rate "
+                         "at each logged step) or 'schedule'.")
+    if kind == "power" and run is not None:
+        raise ValueError("The power law is fitted to one run; several runs share a law only through their schedules "
+                         "(law='tissue' or 'multipower').")
     st = np.asarray(steps, dtype=np.float64).ravel()
     if np.any(~np.isfinite(st) | (st <= 0)):
         raise ValueError("The 'steps' values must be positive (step 0 has no place on a power law).")
-    if lr is None and schedule is None:
-        X, logy = validate_xy({"step": st}, loss, y_name="loss", min_points=5)
-        ymin = float(np.exp(logy.min()))
-        lx = X[:, 0]
-        starts = np.array([(np.log(ymin * f), np.log(ymin) + al * lx.mean() + da, al)
-                           for f in (0.2, 0.5, 0.8, 0.95) for al in (0.05, 0.2, 0.5, 1.0, 2.0)
-                           for da in (-2.0, 0.0, 2.0)])
-        law, sched, kind = saturating_law(), None, "power"
+    loss = np.asarray(loss, dtype=np.float64).ravel()
+    runs, ridx = None, np.zeros(st.size, dtype=np.int64)
+    if has_schedule:
+        runs, ridx = _runs_of(st, lr, schedule, run, schedules)
+    if kind == "power":
+        runs = None
     else:
-        if schedule is None:
-            schedule = Schedule(st, lr)
-        elif lr is not None:
-            Schedule(st, lr)  # validates the given column
-        keep = st >= 2 * schedule.peak_step  # the warmup and its transient are not the law's business
-        if keep.sum() >= 6:
-            st, loss = st[keep], np.asarray(loss, dtype=np.float64).ravel()[keep]
-        _, logy = validate_xy({"step": st}, loss, y_name="loss", min_points=6)
-        s1, s2 = schedule.areas(st)
-        X = np.column_stack([np.log(s1), s2])
-        ymin = float(np.exp(logy.min()))
-        starts = np.array([(np.log(ymin * f), np.log(ymin) + al * X[:, 0].mean() + da, al, c)
-                           for f in (0.5, 0.8, 0.95) for al in (0.1, 0.3, 0.6, 1.0)
-                           for da in (-2.0, 0.0, 1.0) for c in (0.0, 1e-4, 1e-3)])
-        law, sched, kind = schedule_law(), schedule, "schedule"
-    point = fit_law(law, X, logy, starts=starts, n_boot=0, confidence=confidence, keep_starts=24)
-    resid = logy - law.predict_log(point.theta[None, :], X)[0]
-    n, p = logy.size, len(law.params)
-    blk = _block_length(resid) if block is None else check_positive_int("block", block)
-    W = block_weights(n, n_boot, blk, np.random.default_rng(seed)) if n_boot else None
-    fit = fit_law(law, X, logy, starts=point.theta[None, :], n_boot=0 if W is None else n_boot,
+        keep = st >= 2 * np.array([runs.schedules[r].warmup_end for r in ridx])  # warmup's transient: not the law's
+        if keep.sum() >= 6 and keep.size == loss.size:
+            st, loss, ridx = st[keep], loss[keep], ridx[keep]
+    order = np.lexsort((st, ridx))  # by run, then step: blocks of the bootstrap are runs' stretches
+    st, ridx = st[order], ridx[order]
+    loss = loss[order] if loss.size == order.size else loss
+    min_points = {"power": 5, "tissue": 6, "multipower": 10}[kind]
+    _, logy = validate_xy({"step": st}, loss, y_name="loss", min_points=min_points)
+    X = _design(kind, runs, ridx, st)
+    the_law = _law(kind, runs)
+    if kind == "multipower":
+        Xt = _design("tissue", runs, ridx, st)
+        tissue = fit_law(schedule_law(), Xt, logy, starts=_starts("tissue", Xt, logy), n_boot=0, keep_starts=24)
+        starts = _starts(kind, X, logy, tissue.theta)
+    else:
+        starts = _starts(kind, X, logy)
+    point = fit_law(the_law, X, logy, starts=starts, n_boot=0, confidence=confidence, keep_starts=24)
+    resid = logy - the_law.predict_log(point.theta[None, :], X)[0]
+    n, p = logy.size, len(the_law.params)
+    bounds = np.flatnonzero(np.diff(np.concatenate([[-1], ridx, [-2]])) != 0)  # run stretches
+    blk = (max(_block_length(resid[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 2)
+           if block is None else check_positive_int("block", block))
+    W = None
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        W = np.hstack([block_weights(b - a, n_boot, blk, rng) for a, b in zip(bounds[:-1], bounds[1:])])
+    fit = fit_law(the_law, X, logy, starts=point.theta[None, :], n_boot=0 if W is None else n_boot,
                   confidence=confidence, seed=seed, keep_starts=1, boot_weights=W)
-    resid = logy - law.predict_log(fit.theta[None, :], X)[0]
-    late = resid[np.argsort(X[:, 0])][n // 2:]  # one late observation's noise, not the early transient's misfit
+    resid = logy - the_law.predict_log(fit.theta[None, :], X)[0]
+    late = resid[st >= np.median(st)]  # one late observation's noise, not the early transient's misfit
     noise_var = float((1.4826 * np.median(np.abs(late - np.median(late)))) ** 2)
-    s2_max = float(X[:, 1].max()) if kind == "schedule" else 0.0
-    late_theta = None
-    late = X[:, 0] >= np.median(X[:, 0])
-    if late.sum() >= p + 3:  # the same law fitted to the later half: how much the answer leans on the window
-        late_theta = fit_law(law, X[late], logy[late], starts=np.vstack([fit.theta, starts]), n_boot=0,
-                             keep_starts=8).theta
-    return CurveFit(kind, fit, sched, blk, noise_var, s2_max, late_theta)
+    s2_max = float(_design("tissue", runs, ridx, st)[:, 1].max()) if runs is not None else 0.0
+    # the same law on the later half, and on the first three quarters: how much the answer leans on the window
+    windows = []
+    for sel in (st >= np.median(st), st <= st.min() + 0.75 * (st.max() - st.min())):
+        if sel.sum() >= p + 3:
+            windows.append(fit_law(the_law, X[sel], logy[sel], starts=np.vstack([fit.theta, starts]), n_boot=0,
+                                   keep_starts=8).theta)
+    return CurveFit(kind, fit, runs.schedules[0] if runs is not None else None, blk, noise_var, s2_max,
+                    tuple(windows), runs)
 
 
-def predict_curve(fit: CurveFit, step: float, *, confidence: float | None = None, **_ignored) -> dict:
-    """Predicted loss at ``step`` with a predictive interval (needs the fit's bootstrap).
+def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | None = None, **_ignored) -> dict:
+    """Predicted loss at ``step`` (of ``run``, for a fit to several) with a predictive interval (needs
+    the fit's bootstrap).
 
     The interval adds, in log space and on each side, the distance from the estimate to the
     block-bootstrap percentile of the curves at ``step`` (the floor's uncertainty included), one
-    observation's noise, and the shift of the prediction when the law is fitted to the later half
-    of the points only (the law's misfit, which no bootstrap of one fit sees), in quadrature,
-    widened by ``t / z`` on ``n / block - p`` degrees of freedom.
+    observation's noise, and the shifts of the prediction when the law is fitted to the later half
+    or to the first three quarters of the points only (the law's misfit and the extrapolation's
+    lean on the last points, which no bootstrap of one fit sees), in quadrature, widened by
+    ``t / z`` on ``n / block - p`` degrees of freedom.
 
     Raises:
         InsufficientDataError: a schedule-aware fit asked to predict through an LR decay it saw
             (almost) none of: its annealing term is not determined.
     """
     confidence = check_probability("confidence", confidence or fit.confidence)
-    if fit.kind == "schedule":
-        s2 = float(fit.schedule.areas([step])[1][0])
+    if fit.runs is not None:
+        r = fit.runs.index(run)
+        s2 = float(fit.runs.schedules[r].areas([step], fit.runs.reference)[1][0])
         if s2 > 0 and fit.s2_fitted < 0.1 * s2:
             raise InsufficientDataError(
                 f"The learning rate decays before step {step:g} but barely within the fitted steps (annealing area "
                 f"{fit.s2_fitted:.3g} fitted vs {s2:.3g} at step {step:g}): the law's annealing term is not "
-                "determined. Fit a curve that includes part of the decay (e.g. a short cooldown from a checkpoint).")
-    point = float(fit.curve(step))
+                "determined. Fit a curve that includes part of the decay (e.g. a short cooldown from a checkpoint, "
+                "given as a second run).")
+    point = float(fit.curve(step, run=run))
+    out = {"step": step, "loss": point, "interval": [None, None]}
+    if fit.runs is not None and len(fit.runs.names) > 1:
+        out["run"] = fit.runs.names[fit.runs.index(run)]
     if not fit.boot:
-        return {"step": step, "loss": point, "interval": [None, None]}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        curves = np.log(fit.curve(step, fit.boot))
+        return out
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        curves = np.log(fit.curve(step, fit.boot, run=run))
     curves = curves[np.isfinite(curves)]
     a = 1 - confidence
     dof = max(fit.n_points / fit.block - len(fit.values), 1)
     z, t = stats.norm.ppf(1 - a / 2), stats.t.ppf(1 - a / 2, dof)
     lp = math.log(point)
     q_lo, q_hi = np.quantile(curves, [a / 2, 1 - a / 2])
-    noise = z * math.sqrt(fit.resid_var)
-    if fit.late_theta is not None:
-        law = saturating_law() if fit.kind == "power" else schedule_law()
-        values = {k: float(v[0]) for k, v in law.report(fit.late_theta[None, :]).items()}
-        late = float(fit.curve(step, values))
-        if late > 0:
-            noise = math.hypot(noise, math.log(late) - lp)
+    misfit = math.sqrt(sum((math.log(w) - lp) ** 2 for w in fit.window_predictions(step, run=run)))
+    noise = math.hypot(z * math.sqrt(fit.resid_var), misfit)
     lo = math.hypot(max(lp - q_lo, 0.0), noise) * t / z
     hi = math.hypot(max(q_hi - lp, 0.0), noise) * t / z
-    return {"step": step, "loss": point, "interval": [point * math.exp(-lo), point * math.exp(hi)]}
+    out["interval"] = [point * math.exp(-lo), point * math.exp(hi)]
+    return out
 
 
-def backtest_curve(steps, loss, *, lr=None, fraction: float = 0.5, n_boot: int = 500,
+def backtest_curve(steps, loss, *, lr=None, law: str | None = None, fraction: float = 0.5, n_boot: int = 500,
                    confidence: float = 0.95) -> dict:
     """Fit on the first ``fraction`` of the curve (by step), predict the last point, report the error.
 
-    With ``lr`` (the learning rate at every logged step) the schedule-aware law is used and the
-    whole schedule is known to the prediction, as it is when a run is planned.
+    With ``lr`` (the learning rate at every logged step) a schedule-aware law is used (``law``, as
+    in :func:`fit_curve`) and the whole schedule is known to the prediction, as it is when a run is
+    planned.
     """
     fraction = check_probability("fraction", fraction)
     steps, loss = np.asarray(steps, float), np.asarray(loss, float)
@@ -344,13 +500,15 @@ def backtest_curve(steps, loss, *, lr=None, fraction: float = 0.5, n_boot: int =
     steps, loss = steps[order], loss[order]
     cut = steps[0] + fraction * (steps[-1] - steps[0])
     sel = steps <= cut
-    if sel.sum() < 6:
-        raise InsufficientDataError(f"The first {fraction:.0%} of the curve holds {int(sel.sum())} points; 6 are needed.")
+    need = 10 if law == "multipower" else 6
+    if sel.sum() < need:
+        raise InsufficientDataError(f"The first {fraction:.0%} of the curve holds {int(sel.sum())} points; "
+                                    f"{need} are needed.")
     if lr is None:
-        fit = fit_curve(steps[sel], loss[sel], n_boot=n_boot, confidence=confidence)
+        fit = fit_curve(steps[sel], loss[sel], law=law, n_boot=n_boot, confidence=confidence)
     else:
         lr = np.asarray(lr, float)[order]
-        fit = fit_curve(steps[sel], loss[sel], lr=lr[sel], schedule=Schedule(steps, lr), n_boot=n_boot,
+        fit = fit_curve(steps[sel], loss[sel], lr=lr[sel], schedule=Schedule(steps, lr), law=law, n_boot=n_boot,
                         confidence=confidence)
     pred = predict_curve(fit, steps[-1])
     lo, hi = pred["interval"]
