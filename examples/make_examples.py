@@ -10,7 +10,10 @@ a ``batchlaw sweep --csv`` writes, for ``batchlaw fit cbs``) from S(B) = 2000 (1
 with 8% noise per run, 4 learning rates per batch (off-optimum ones slower, the largest diverging
 at large batch, the smallest not reaching the target within the budget at small batch) and 3 seeds;
 cosine_curve.csv (for ``batchlaw fit curve --lr-col lr``) from the multi-power law of Luo et al.
-2025 under a cosine schedule, logged to step 5,000 of 8,000.
+2025 under a cosine schedule, logged to step 5,000 of 8,000; cooldown_runs.csv (for ``batchlaw fit
+curve --lr-col lr --run-col run``) from the same law: a WSD run's stable phase logged to step
+4,000, an 800-step cooldown branched from its step-2,000 checkpoint, and the planned 8,000-step WSD
+schedule (decay over the last 1,600 steps) with no losses, to predict.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def main() -> None:
 
     write("cosine_curve.csv", ["step", "lr", "loss"], cosine_curve(np.random.default_rng(11)))
 
+    write("cooldown_runs.csv", ["run", "step", "lr", "loss"], cooldown_runs(np.random.default_rng(12)))
+
 
 def cosine_curve(rng, total=8000, logged=5000, every=50, warmup=300, peak=3e-4):
     """A cosine-schedule run (warmup, cosine to 10% of the peak over ``total`` steps) logged up to
@@ -90,6 +95,36 @@ def cosine_curve(rng, total=8000, logged=5000, every=50, warmup=300, peak=3e-4):
         loss = 2.6 + 0.55 * (s1[step - 1] + 0.02) ** -0.45 - ld
         e = 0.9 * e + math.sqrt(1 - 0.81) * rng.standard_normal()
         rows.append((step, f"{lr[step - 1]:.4g}", f"{loss * math.exp(0.004 * e):.5f}" if step <= logged else ""))
+    return rows
+
+
+def _mpl(lr, step):
+    """The multi-power law (the truth of cosine_curve) at ``step`` for per-step LRs ``lr``."""
+    s1 = np.cumsum(lr)
+    drops = np.concatenate([[0.0], lr[:-1] - lr[1:]])
+    k = np.flatnonzero((drops > 0) & (np.arange(lr.size) < step))
+    ld = 1000.0 * np.sum(drops[k] * (1 - (2.0 * lr[k] ** -0.6 * (s1[step - 1] - s1[k - 1]) + 1) ** -0.55))
+    return 2.6 + 0.55 * (s1[step - 1] + 0.02) ** -0.45 - ld
+
+
+def cooldown_runs(rng, total=8000, stable_logged=4000, branch=2000, cooldown=800, every=25, warmup=300, peak=3e-4):
+    """Rows ``(run, step, lr, loss)``: run ``stable`` (WSD, logged to ``stable_logged``), run
+    ``cooldown`` (branched at ``branch``, linear decay to 10% of the peak over ``cooldown`` steps),
+    and run ``wsd`` (the planned schedule, LR knots only). Before its first logged step each run's
+    schedule is given by rows with an empty loss (the warmup from step 1)."""
+    t = np.arange(1, total + 1, dtype=float)
+    warm = np.where(t <= warmup, peak * t / warmup, peak)
+    wsd = np.where(t > 0.8 * total, peak - 0.9 * peak * (t - 0.8 * total) / (0.2 * total), warm)
+    cool = np.where(t > branch, peak - 0.9 * peak * (t - branch) / cooldown, warm)[: branch + cooldown]
+    rows = []
+    for name, lr, first, last in (("stable", wsd, every, stable_logged), ("cooldown", cool, branch + every,
+                                                                          branch + cooldown)):
+        rows += [(name, s, f"{lr[s - 1]:.6g}", "") for s in sorted({1, warmup, branch}) if s < first]
+        e = rng.standard_normal()
+        for step in range(first, last + 1, every):
+            rows.append((name, step, f"{lr[step - 1]:.6g}", f"{_mpl(lr, step) * math.exp(0.004 * e):.5f}"))
+            e = 0.9 * e + math.sqrt(1 - 0.81) * rng.standard_normal()
+    rows += [("wsd", s, f"{wsd[s - 1]:.6g}", "") for s in (1, warmup, int(0.8 * total), total)]
     return rows
 
 

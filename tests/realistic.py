@@ -157,3 +157,32 @@ def realistic_curve(rng, kind: str = "constant", *, total: int = 8000, every: in
     for i in range(1, steps.size):
         e[i] = rho * e[i - 1] + math.sqrt(1 - rho**2) * rng.standard_normal()
     return steps.astype(float), lr[steps - 1], clean * np.exp(noise * e)
+
+
+def _ar1(rng, n: int, rho: float) -> np.ndarray:
+    e = np.empty(n)
+    e[0] = rng.standard_normal()
+    for i in range(1, n):
+        e[i] = rho * e[i - 1] + math.sqrt(1 - rho**2) * rng.standard_normal()
+    return e
+
+
+def realistic_cooldown_runs(rng, *, total: int = 8000, fit_until: int = 4000, branch_at: int = 2000,
+                            cooldown: int = 800, every: int = 25, noise: float = 0.004, rho: float = 0.9):
+    """What a user measures to predict a WSD run: its stable phase logged up to ``fit_until``, and a
+    short cooldown branched from the step-``branch_at`` checkpoint (linear decay to 10% of the peak
+    over ``cooldown`` steps). Returns ``(main, branch, target)``: ``main`` and ``branch`` are
+    ``(steps, lr at those steps, loss, lr at every step 1..T)``; ``target`` is the full WSD
+    schedule's ``(lr at every step, final clean loss)`` (multi-power law truth, AR(1) noise)."""
+    peak, warm = 3e-4, 300
+    wsd = lr_schedule("wsd", total)
+    t = np.arange(1, branch_at + cooldown + 1, dtype=float)
+    lr_b = np.where(t <= warm, peak * t / warm, peak)
+    lr_b = np.where(t > branch_at, peak - 0.9 * peak * (t - branch_at) / cooldown, lr_b)
+    runs = []
+    for lr_all, last, first in ((wsd, fit_until, every), (lr_b, branch_at + cooldown, branch_at + every)):
+        steps = np.arange(first, last + 1, every)
+        clean = multi_power_loss(lr_all, steps)
+        runs.append((steps.astype(float), lr_all[steps - 1], clean * np.exp(noise * _ar1(rng, steps.size, rho)),
+                     lr_all[:last]))
+    return runs[0], runs[1], (wsd, float(multi_power_loss(wsd, [total])[0]))

@@ -154,6 +154,10 @@ def _block_length(resid: np.ndarray) -> int:
     return int(min(max(2 * tau, math.ceil(n ** (1 / 3))), max(n // 4, 1)))
 
 
+#: A Tissue-law prediction at an annealing area beyond this multiple of the largest fitted one is
+#: flagged: its linear annealing term is then an extrapolation (see :func:`predict_curve`).
+TISSUE_S2_REACH = 1.5
+
 #: The laws :func:`fit_curve` knows: ``power`` needs only steps, the others the LR schedule.
 CURVE_LAWS = ("power", "tissue", "multipower")
 
@@ -219,6 +223,9 @@ class CurveFit:
             the window measures the law's misfit and how much the extrapolation leans on the last
             points, which a bootstrap of one fit cannot see.
         runs: the runs of a schedule-aware fit (names, schedules, the common LR scale).
+        profile_thetas: multi-power law: refits with ``beta`` and ``gamma`` pinned to other values
+            that fit the points as well as the best, within noise; the spread of their predictions
+            is in the interval.
     """
 
     kind: str
@@ -229,6 +236,7 @@ class CurveFit:
     s2_fitted: float = 0.0
     window_thetas: tuple = ()
     runs: _Runs | None = None
+    profile_thetas: tuple = ()
 
     @property
     def values(self):
@@ -279,12 +287,13 @@ class CurveFit:
                    * np.exp(X[:, 0]) ** (-np.asarray(v["alpha"])[..., None]) - np.asarray(v["C"])[..., None] * X[:, 1])
         return out.reshape(np.shape(v["L0"]) + np.shape(step))
 
-    def window_predictions(self, step: float, *, run=None) -> list[float]:
-        """The loss at ``step`` predicted by each window refit (see ``window_thetas``)."""
+    def window_predictions(self, step: float, *, run=None, profile: bool = False) -> list[float]:
+        """The loss at ``step`` predicted by each window refit (see ``window_thetas``), or with
+        ``profile`` by each of ``profile_thetas``."""
         r = self.runs.index(run) if self.runs is not None else 0
         law, X = _law(self.kind, self.runs), _design(self.kind, self.runs, r, [step])
         out = []
-        for theta in self.window_thetas:
+        for theta in (self.profile_thetas if profile else self.window_thetas):
             with np.errstate(invalid="ignore", over="ignore"):
                 v = float(law.predict_log(theta[None, :], X)[0, 0])
             if np.isfinite(v):
@@ -435,8 +444,37 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
         if sel.sum() >= p + 3:
             windows.append(fit_law(the_law, X[sel], logy[sel], starts=np.vstack([fit.theta, starts]), n_boot=0,
                                    keep_starts=8).theta)
+    profile = _profile_multipower(runs, X, logy, fit, blk, confidence) if kind == "multipower" else ()
     return CurveFit(kind, fit, runs.schedules[0] if runs is not None else None, blk, noise_var, s2_max,
-                    tuple(windows), runs)
+                    tuple(windows), runs, profile)
+
+
+def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidence: float) -> tuple:
+    """Refits with ``(beta, gamma)`` pinned on a grid that the data cannot tell from the best fit.
+
+    A short decay barely determines the shape of the multi-power law's loss drop: fits with quite
+    different ``beta`` and ``gamma`` match the points equally well and predict a longer decay
+    differently, and a bootstrap started from one of them stays there. Kept: the pinned fits whose
+    sum of squared log residuals exceeds the best by less than the ``confidence`` quantile of
+    chi^2 with 2 degrees of freedom times the residual variance times the block length (the
+    autocorrelated residuals make each point worth about one block's share of an independent one).
+    """
+    n = logy.size
+    sse = fit.rmse_log**2 * n
+    sigma2 = sse / max(n - len(fit.theta), 1)
+    limit = stats.chi2.ppf(confidence, 2) * sigma2 * block
+    etas = [sc.normalised(runs.reference) for sc in runs.schedules]
+    kept = []
+    for beta in (0.3, 0.6, 1.2):
+        for gamma in (0.3, 0.6, 1.0):
+            law = multipower_law(etas, fixed={"beta": beta, "gamma": gamma})
+            base = fit.theta.copy()
+            base[5], base[6] = beta, gamma
+            starts = np.array([base + np.array([0, 0, 0, 0, dc, 0, 0]) for dc in (-2.0, 0.0, 2.0)])
+            alt = fit_law(law, X, logy, starts=starts, n_boot=0, keep_starts=3)
+            if alt.rmse_log**2 * n - sse <= limit:
+                kept.append(alt.theta)
+    return tuple(kept)
 
 
 def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | None = None, **_ignored) -> dict:
@@ -445,10 +483,11 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
 
     The interval adds, in log space and on each side, the distance from the estimate to the
     block-bootstrap percentile of the curves at ``step`` (the floor's uncertainty included), one
-    observation's noise, and the shifts of the prediction when the law is fitted to the later half
+    observation's noise, the shifts of the prediction when the law is fitted to the later half
     or to the first three quarters of the points only (the law's misfit and the extrapolation's
-    lean on the last points, which no bootstrap of one fit sees), in quadrature, widened by
-    ``t / z`` on ``n / block - p`` degrees of freedom.
+    lean on the last points, which no bootstrap of one fit sees) and, for the multi-power law, the
+    largest shift among equally good fits with other ``beta, gamma`` (``profile_thetas``), in
+    quadrature, widened by ``t / z`` on ``n / block - p`` degrees of freedom.
 
     Raises:
         InsufficientDataError: a schedule-aware fit asked to predict through an LR decay it saw
@@ -466,6 +505,11 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
                 "given as a second run).")
     point = float(fit.curve(step, run=run))
     out = {"step": step, "loss": point, "interval": [None, None]}
+    if fit.kind == "tissue" and s2 > TISSUE_S2_REACH * fit.s2_fitted > 0:
+        out["warning"] = (f"The annealing area at step {step:g} is {s2 / fit.s2_fitted:.1f}x the largest fitted: the "
+                          "Tissue law's linear annealing term overstates what a longer decay gains (in backtests, a "
+                          "WSD run predicted from its stable phase and a short cooldown came out 5% too low, outside "
+                          "its interval). Prefer law='multipower' (--law multipower) here.")
     if fit.runs is not None and len(fit.runs.names) > 1:
         out["run"] = fit.runs.names[fit.runs.index(run)]
     if not fit.boot:
@@ -479,7 +523,8 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
     lp = math.log(point)
     q_lo, q_hi = np.quantile(curves, [a / 2, 1 - a / 2])
     misfit = math.sqrt(sum((math.log(w) - lp) ** 2 for w in fit.window_predictions(step, run=run)))
-    noise = math.hypot(z * math.sqrt(fit.resid_var), misfit)
+    shape = max([abs(math.log(w) - lp) for w in fit.window_predictions(step, run=run, profile=True)], default=0.0)
+    noise = math.sqrt(z**2 * fit.resid_var + misfit**2 + shape**2)
     lo = math.hypot(max(lp - q_lo, 0.0), noise) * t / z
     hi = math.hypot(max(q_hi - lp, 0.0), noise) * t / z
     out["interval"] = [point * math.exp(-lo), point * math.exp(hi)]
