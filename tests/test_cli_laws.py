@@ -194,7 +194,7 @@ def test_fit_curve_schedule_aware_with_the_planned_schedule(capsys):
     argv = ["fit", "curve", str(EX / "cosine_curve.csv"), "--step-col", "step", "--loss-col", "loss",
             "--predict-at", "8000", "--bootstrap", "150"]
     out = _json(capsys, argv + ["--lr-col", "lr", "--json"])
-    assert out["schema"] == "batchlaw.fit.curve/1" and out["law"] == "schedule"
+    assert out["schema"] == "batchlaw.fit.curve/2" and out["law"] == "tissue"
     assert {"L0", "A", "alpha", "C", "ci", "bootstrap_block"} <= set(out)
     lo, hi = out["prediction"]["interval"]
     # the multi-power law that generated the file ends near 2.83 at step 8,000

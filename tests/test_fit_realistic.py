@@ -220,7 +220,7 @@ def test_schedule_law_refuses_to_predict_a_decay_it_has_not_seen():
     st, lr, loss = realistic_curve(np.random.default_rng(0), "wsd")
     sel = st <= 4000  # the stable phase only
     fit = fit_curve(st[sel], loss[sel], lr=lr[sel], schedule=Schedule(st, lr), n_boot=50)
-    assert fit.kind == "schedule" and fit.values["C"] >= 0
+    assert fit.kind == "tissue" and fit.values["C"] >= 0
     with pytest.raises(InsufficientDataError, match="annealing term is not determined"):
         predict_curve(fit, st[-1])
     assert predict_curve(fit, 4000)["interval"][0] is not None  # inside the stable phase it predicts

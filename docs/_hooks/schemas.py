@@ -254,16 +254,21 @@ SCHEMAS: list[Schema] = [
                     "--json"],
     ),
     Schema(
-        "batchlaw.fit.curve/1", "batchlaw fit curve CSV ... --json",
+        "batchlaw.fit.curve/2", "batchlaw fit curve CSV ... --json",
         "Learning-curve extrapolation: L(t) = L_inf + a t^-b, or with `--lr-col` L = L0 + A S1^-alpha - C S2 "
-        "(Tissue et al. 2024; then `L0`, `A`, `alpha`, `C` replace `L_inf`, `a`, `b`).",
-        [("schema", "`batchlaw.fit.curve/1`"), ("law", "`power` or `schedule` (with `--lr-col`)"),
+        "(Tissue et al. 2024; then `L0`, `A`, `alpha`, `C` replace `L_inf`, `a`, `b`), or with `--law multipower` "
+        "the multi-power law of Luo et al. 2025 (`L0`, `A`, `alpha`, `B`, `C`, `beta`, `gamma`). Version 2: the "
+        "Tissue law is named `tissue` (was `schedule`); `runs` and the prediction's `run` and `warning` are new.",
+        [("schema", "`batchlaw.fit.curve/2`"), ("law", "`power`, `tissue` or `multipower`"),
          ("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
          ("ci", "95% moving-block bootstrap intervals of the parameters"), ("goodness", "`rmse_log`, `r2_log`"),
          ("bootstrap_block", "block length (points) of the moving-block bootstrap"),
-         ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive)"),
+         ("runs", "only with `--run-col`: the runs, in file order"),
+         ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive); `run` (with "
+                        "`--run-col`); `warning` when the Tissue law extrapolates its annealing term"),
          ("backtest", "fit on the first half, predict the last point: `fraction`, `law`, `fit_points`, `final_step`, "
-                      "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error`")],
+                      "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error` (also for several "
+                      "runs)")],
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
                     "--predict-at", "20000", "--bootstrap", "100", "--json"],
     ),
