@@ -122,7 +122,7 @@ def test_cli_multipower_on_the_cooldown_example(capsys):
     assert main(base) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["law"] == "tissue" and "warning" in out["prediction"]
-    assert main([*base[:-1], "--law", "power"]) == 3
+    assert main([*base[:-1], "--law", "power"]) == 2
     assert "--law power fits one run" in capsys.readouterr().err
-    assert main([*base[:-1], "--predict-run", "nope"]) == 3
+    assert main([*base[:-1], "--predict-run", "nope"]) == 2
     assert "--predict-run 'nope' is not a run" in capsys.readouterr().err

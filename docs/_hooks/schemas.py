@@ -263,7 +263,7 @@ SCHEMAS: list[Schema] = [
          ("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
          ("ci", "95% moving-block bootstrap intervals of the parameters"), ("goodness", "`rmse_log`, `r2_log`"),
          ("bootstrap_block", "block length (points) of the moving-block bootstrap"),
-         ("runs", "only with `--run-col`: the runs, in file order"),
+         ("runs", "with `--run-col`: the runs, in file order; else empty"),
          ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive); `run` (with "
                         "`--run-col`); `warning` when the Tissue law extrapolates its annealing term"),
          ("backtest", "fit on the first half, predict the last point: `fraction`, `law`, `fit_points`, `final_step`, "

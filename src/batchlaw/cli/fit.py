@@ -523,8 +523,7 @@ def _cmd_fit_curve(args) -> int:
            **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
            "ci": {names.get(k, k): list(v) for k, v in fit.ci.items()},
            "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, "bootstrap_block": fit.block}
-    if args.run_col:
-        out["runs"] = [str(r) for r in fit.run_names]
+    out["runs"] = [str(r) for r in fit.run_names] if args.run_col else []
     if args.predict_at:
         out["prediction"] = predict_curve(fit, args.predict_at, run=target)
     if args.run_col:
