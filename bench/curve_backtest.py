@@ -8,7 +8,7 @@ relative) as an EMA-smoothed loss has.
 
 - Single runs (:func:`realistic_curve`): each law is fitted on the first 25% or 50% of the steps
   and predicts the final loss.
-- Stable phase plus a cooldown (:func:`realistic_cooldown_runs`): a WSD run logged to step 4,000
+- Stable phase plus a cooldown (:func:`cooldown_fit_inputs`): a WSD run logged to step 4,000
   (stable phase only) and an 800-step cooldown branched from its step-2,000 checkpoint, fitted
   together; predicted: the final loss of the full WSD run (decay over its last 1,600 steps).
 
@@ -28,20 +28,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from realistic import realistic_cooldown_runs, realistic_curve  # noqa: E402
+from realistic import cooldown_fit_inputs, realistic_curve  # noqa: E402
 
 from batchlaw.errors import InsufficientDataError  # noqa: E402
 from batchlaw.fit.curves import Schedule, backtest_curve, fit_curve, predict_curve  # noqa: E402
 
 
 def _cooldown(seed: int, law: str, n_boot: int) -> dict:
-    main, branch, (wsd, final) = realistic_cooldown_runs(np.random.default_rng(seed))
-    schedules = {"main": Schedule(np.arange(1, main[3].size + 1), main[3]),
-                 "cooldown": Schedule(np.arange(1, branch[3].size + 1), branch[3]),
-                 "wsd": Schedule(np.arange(1, wsd.size + 1), wsd)}
-    fit = fit_curve(np.concatenate([main[0], branch[0]]), np.concatenate([main[2], branch[2]]), law=law,
-                    run=["main"] * main[0].size + ["cooldown"] * branch[0].size, schedules=schedules, n_boot=n_boot)
-    pred = predict_curve(fit, wsd.size, run="wsd")
+    steps, loss, run, lrs, final = cooldown_fit_inputs(np.random.default_rng(seed))
+    schedules = {k: Schedule(np.arange(1, v.size + 1), v) for k, v in lrs.items()}
+    fit = fit_curve(steps, loss, law=law, run=run, schedules=schedules, n_boot=n_boot)
+    pred = predict_curve(fit, lrs["wsd"].size, run="wsd")
     lo, hi = pred["interval"]
     return {"rel_error": pred["loss"] / final - 1, "inside": lo <= final <= hi, "interval": [lo, hi],
             "predicted": pred["loss"]}

@@ -186,3 +186,13 @@ def realistic_cooldown_runs(rng, *, total: int = 8000, fit_until: int = 4000, br
         runs.append((steps.astype(float), lr_all[steps - 1], clean * np.exp(noise * _ar1(rng, steps.size, rho)),
                      lr_all[:last]))
     return runs[0], runs[1], (wsd, float(multi_power_loss(wsd, [total])[0]))
+
+
+def cooldown_fit_inputs(rng, **kw):
+    """:func:`realistic_cooldown_runs` as one fit sees them: ``(steps, loss, run labels, {run: lr at
+    every step 1..T}, final clean loss of the planned run "wsd")``; the runs are ``main``
+    (stable phase), ``cooldown`` and ``wsd`` (planned, no points)."""
+    main, branch, (wsd, final) = realistic_cooldown_runs(rng, **kw)
+    run = ["main"] * main[0].size + ["cooldown"] * branch[0].size
+    return (np.concatenate([main[0], branch[0]]), np.concatenate([main[2], branch[2]]), run,
+            {"main": main[3], "cooldown": branch[3], "wsd": wsd}, final)

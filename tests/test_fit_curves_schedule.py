@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realistic import CURVE_TRUTH, lr_schedule, multi_power_loss, realistic_cooldown_runs, realistic_curve
+from realistic import (CURVE_TRUTH, cooldown_fit_inputs, lr_schedule, multi_power_loss, realistic_cooldown_runs,
+                       realistic_curve)
 
 from batchlaw.cli import main
 from batchlaw.fit.curves import Schedule, backtest_curve, fit_curve, predict_curve
@@ -44,14 +45,10 @@ def test_multipower_jacobian_matches_finite_differences():
 
 
 def _cooldown_fit(seed, law, n_boot=150):
-    main_run, branch, (wsd, final) = realistic_cooldown_runs(np.random.default_rng(seed))
-    schedules = {"main": Schedule(np.arange(1, main_run[3].size + 1), main_run[3]),
-                 "cooldown": Schedule(np.arange(1, branch[3].size + 1), branch[3]),
-                 "wsd": Schedule(np.arange(1, wsd.size + 1), wsd)}
-    fit = fit_curve(np.concatenate([main_run[0], branch[0]]), np.concatenate([main_run[2], branch[2]]), law=law,
-                    run=["main"] * main_run[0].size + ["cooldown"] * branch[0].size, schedules=schedules,
-                    n_boot=n_boot)
-    return fit, predict_curve(fit, wsd.size, run="wsd"), final
+    steps, loss, run, lrs, final = cooldown_fit_inputs(np.random.default_rng(seed))
+    schedules = {k: Schedule(np.arange(1, v.size + 1), v) for k, v in lrs.items()}
+    fit = fit_curve(steps, loss, law=law, run=run, schedules=schedules, n_boot=n_boot)
+    return fit, predict_curve(fit, lrs["wsd"].size, run="wsd"), final
 
 
 @pytest.mark.slow

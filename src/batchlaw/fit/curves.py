@@ -170,6 +170,10 @@ class _Runs:
     schedules: tuple
     reference: float  # the largest peak LR: every run's areas count steps at this rate
 
+    def etas(self) -> list[np.ndarray]:
+        """Each run's learning rate at steps ``1..T``, divided by ``reference``."""
+        return [sc.normalised(self.reference) for sc in self.schedules]
+
     def index(self, run) -> int:
         if run is None:
             if len(self.names) > 1:
@@ -203,7 +207,7 @@ def _law(kind: str, runs: _Runs | None) -> Law:
         return saturating_law()
     if kind == "tissue":
         return schedule_law()
-    return multipower_law([sc.normalised(runs.reference) for sc in runs.schedules])
+    return multipower_law(runs.etas())
 
 
 @dataclass(frozen=True)
@@ -280,8 +284,7 @@ class CurveFit:
         r = self.runs.index(run)
         X = _design(self.kind, self.runs, r, np.atleast_1d(step))
         if self.kind == "multipower":
-            etas = [sc.normalised(self.runs.reference) for sc in self.runs.schedules]
-            out = MultiPowerKernel(etas, X[:, 0], X[:, 1]).loss(v)
+            out = MultiPowerKernel(self.runs.etas(), X[:, 0], X[:, 1]).loss(v)
         else:
             out = (np.asarray(v["L0"])[..., None] + np.asarray(v["A"])[..., None]
                    * np.exp(X[:, 0]) ** (-np.asarray(v["alpha"])[..., None]) - np.asarray(v["C"])[..., None] * X[:, 1])
@@ -400,6 +403,8 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
     if np.any(~np.isfinite(st) | (st <= 0)):
         raise ValueError("The 'steps' values must be positive (step 0 has no place on a power law).")
     loss = np.asarray(loss, dtype=np.float64).ravel()
+    if loss.size != st.size:
+        raise ValueError(f"'step' has {st.size} values but 'loss' has {loss.size}: lengths must match.")
     runs, ridx = None, np.zeros(st.size, dtype=np.int64)
     if has_schedule:
         runs, ridx = _runs_of(st, lr, schedule, run, schedules)
@@ -407,17 +412,18 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
         runs = None
     else:
         keep = st >= 2 * np.array([runs.schedules[r].warmup_end for r in ridx])  # warmup's transient: not the law's
-        if keep.sum() >= 6 and keep.size == loss.size:
+        if keep.sum() >= 6:
             st, loss, ridx = st[keep], loss[keep], ridx[keep]
     order = np.lexsort((st, ridx))  # by run, then step: blocks of the bootstrap are runs' stretches
-    st, ridx = st[order], ridx[order]
-    loss = loss[order] if loss.size == order.size else loss
+    st, ridx, loss = st[order], ridx[order], loss[order]
     min_points = {"power": 5, "tissue": 6, "multipower": 10}[kind]
     _, logy = validate_xy({"step": st}, loss, y_name="loss", min_points=min_points)
     X = _design(kind, runs, ridx, st)
+    Xt = None  # the Tissue law's inputs: its starts for the multi-power law, and the annealing areas fitted
+    if runs is not None:
+        Xt = X if kind == "tissue" else _design("tissue", runs, ridx, st)
     the_law = _law(kind, runs)
     if kind == "multipower":
-        Xt = _design("tissue", runs, ridx, st)
         tissue = fit_law(schedule_law(), Xt, logy, starts=_starts("tissue", Xt, logy), n_boot=0, keep_starts=24)
         starts = _starts(kind, X, logy, tissue.theta)
     else:
@@ -437,7 +443,7 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
     resid = logy - the_law.predict_log(fit.theta[None, :], X)[0]
     late = resid[st >= np.median(st)]  # one late observation's noise, not the early transient's misfit
     noise_var = float((1.4826 * np.median(np.abs(late - np.median(late)))) ** 2)
-    s2_max = float(_design("tissue", runs, ridx, st)[:, 1].max()) if runs is not None else 0.0
+    s2_max = float(Xt[:, 1].max()) if runs is not None else 0.0
     # the same law on the later half, and on the first three quarters: how much the answer leans on the window
     windows = []
     for sel in (st >= np.median(st), st <= st.min() + 0.75 * (st.max() - st.min())):
@@ -463,7 +469,7 @@ def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidenc
     sse = fit.rmse_log**2 * n
     sigma2 = sse / max(n - len(fit.theta), 1)
     limit = stats.chi2.ppf(confidence, 2) * sigma2 * block
-    etas = [sc.normalised(runs.reference) for sc in runs.schedules]
+    etas = runs.etas()
     kept = []
     for beta in (0.3, 0.6, 1.2):
         for gamma in (0.3, 0.6, 1.0):

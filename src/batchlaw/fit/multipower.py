@@ -89,7 +89,8 @@ class MultiPowerKernel:
 
     def parts(self, L0, A, alpha, B, C, beta, gamma):
         """The law's pieces for ``m`` parameter vectors (each argument shape ``(m,)``): the loss
-        ``(m, n)`` and what the derivatives need."""
+        ``(m, n)``, and what the derivatives need (the power term, the loss drop, ``x``, ``u``,
+        ``u^-beta``)."""
         col = [np.asarray(v, dtype=np.float64).reshape(-1, 1) for v in (L0, A, alpha, B, C, beta, gamma)]
         L0, A, alpha, B, C, beta, gamma = col
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -102,7 +103,7 @@ class MultiPowerKernel:
         u_beta = u ** -beta[:, :, None]
         G = np.where(self.mask[None], 1.0 - u_beta, 0.0)
         ld = B * (G @ self.delta)
-        return L0 + power - ld, power, x, u, u_beta
+        return L0 + power - ld, power, ld, x, u, u_beta
 
     def loss(self, values: dict) -> np.ndarray:
         """The loss ``(m, n)`` for reported values (scalars or arrays of ``m``)."""
@@ -137,17 +138,15 @@ def multipower_law(etas, *, fixed: dict | None = None) -> Law:
     def jac(theta, X):
         kn = kernel(X)
         L0, A, alpha, B, C, beta, gamma = unpack(theta)
-        L, power, x, u, u_beta = kn.parts(L0, A, alpha, B, C, beta, gamma)
+        L, power, ld, x, u, u_beta = kn.parts(L0, A, alpha, B, C, beta, gamma)
         L = np.maximum(L, 1e-300)
-        b = beta[:, None, None]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return _jac(kn, L0, B, L, power, x, u, u_beta, b)
+            return _jac(kn, L0, B, L, power, ld, x, u, u_beta, beta[:, None, None])
 
-    def _jac(kn, L0, B, L, power, x, u, u_beta, b):
+    def _jac(kn, L0, B, L, power, ld, x, u, u_beta, b):
         dG_dlogx = np.where(kn.mask[None], b * u_beta / u * x, 0.0)  # dG/dlog C; times -log eta for gamma
         dG_dbeta = np.where(kn.mask[None], u_beta * np.log(u), 0.0)
         Bc = B[:, None]
-        ld = Bc * (np.where(kn.mask[None], 1.0 - u_beta, 0.0) @ kn.delta)
         cols = [L0[:, None] + 0 * L, power, -power * np.log(kn.s1)[None, :], -ld,
                 -Bc * (dG_dlogx @ kn.delta), -Bc * (dG_dbeta @ kn.delta),
                 Bc * (dG_dlogx @ (kn.delta * kn.log_eta))]
