@@ -209,3 +209,53 @@ def test_compute_optimal_refuses_a_degenerate_law():
     for p in (dict(EPOCH_2024, alpha=0.0, beta=0.0), dict(EPOCH_2024, A=0.0), dict(EPOCH_2024, alpha=1e-9)):
         with pytest.raises(ValueError, match="alpha|overflows"):
             compute_optimal(1e21, p)
+
+
+# ------------------------------------------------------------------ profile likelihood of a prediction
+def _line_law():
+    from batchlaw.fit.engine import Law
+
+    def predict(theta, X):
+        return theta[:, :1] + theta[:, 1:2] * X[:, 0][None, :]
+
+    def jac(theta, X):
+        return np.broadcast_to(np.stack([np.ones(X.shape[0]), X[:, 0]], -1), (theta.shape[0], X.shape[0], 2)).copy()
+
+    return Law("line", ("a", "b"), predict, jac, lambda th: {"a": th[:, 0], "b": th[:, 1]}, ((None, None),) * 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_profile_prediction_equals_the_t_interval_of_a_straight_line(seed):
+    """For a straight line fitted by least squares (noise far inside the Huber threshold, so the
+    engine's loss is the squared error), the profile-likelihood interval of a prediction with the
+    limit ``t^2 s^2`` is the textbook t interval of the mean at ``x0``: ``t s sqrt(x0' (X'X)^-1 x0)``,
+    on both sides, even far outside the data."""
+    from scipy import stats
+
+    from batchlaw.fit.engine import fit_law, profile_prediction
+
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(0, 1, 25))
+    logy = 0.3 - 0.7 * x + 2e-5 * rng.standard_normal(x.size)
+    law, X = _line_law(), x[:, None]
+    fit = fit_law(law, X, logy, starts=np.zeros((1, 2)), n_boot=0)
+    D = np.column_stack([np.ones_like(x), x])
+    resid = logy - D @ np.linalg.lstsq(D, logy, rcond=None)[0]
+    s2, t = resid @ resid / (x.size - 2), stats.t.ppf(0.975, x.size - 2)
+    for x0 in (0.5, 3.0):
+        half = t * math.sqrt(s2 * np.array([1, x0]) @ np.linalg.inv(D.T @ D) @ np.array([1, x0]))
+        below, above = profile_prediction(law, X, logy, fit.theta, np.array([[x0]]), limit=t * t * s2,
+                                          shifts=tuple(half * np.array([0.3, 0.6, 0.9, 1.2, 2.0])))
+        assert below == pytest.approx(half, rel=0.02) and above == pytest.approx(half, rel=0.02), (x0, half)
+
+
+def test_profile_prediction_reports_an_unbounded_side_as_the_largest_shift():
+    """With a limit no refit can exceed, every shift fits: the side is the largest tried, not 0."""
+    from batchlaw.fit.engine import fit_law, profile_prediction
+
+    x = np.linspace(0, 1, 10)
+    law, X = _line_law(), x[:, None]
+    logy = 0.1 * x
+    fit = fit_law(law, X, logy, starts=np.zeros((1, 2)), n_boot=0)
+    below, above = profile_prediction(law, X, logy, fit.theta, np.array([[2.0]]), limit=1e9, shifts=(0.01, 0.1))
+    assert below == pytest.approx(0.1, rel=1e-3) and above == pytest.approx(0.1, rel=1e-3)

@@ -30,7 +30,7 @@ from scipy import optimize, stats
 from .._validation import check_positive_int, check_probability
 from ..errors import InsufficientDataError
 
-__all__ = ["Law", "LawFit", "fit_law", "huber", "validate_xy", "widened_interval"]
+__all__ = ["Law", "LawFit", "fit_law", "huber", "profile_prediction", "validate_xy", "widened_interval"]
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,7 @@ def fit_law(
     if n <= p:
         raise InsufficientDataError(f"The {law.name} law has {p} parameters and needs more than {p} points; got {n}.")
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
-    lo = np.array([-np.inf if b[0] is None else b[0] for b in law.bounds])
-    hi = np.array([np.inf if b[1] is None else b[1] for b in law.bounds])
+    lo, hi = _bounds(law)
     starts = np.clip(starts, lo, hi)
     ones = np.ones((1, n))
     init_r = law.predict_log(starts, X) - logy[None, :]
@@ -267,3 +266,69 @@ def fit_law(
                       "median_abs_rel_error": float(np.median(np.abs(rel))),
                       "max_abs_rel_error": float(np.max(np.abs(rel)))}
     return LawFit(law.name, values, ci, theta, n, rmse, r2, confidence, n_boot, extrap, boot)
+
+
+def _bounds(law: Law) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([-np.inf if b[0] is None else b[0] for b in law.bounds]),
+            np.array([np.inf if b[1] is None else b[1] for b in law.bounds]))
+
+
+#: Shifts of the log prediction tried by :func:`profile_prediction`, on each side.
+PROFILE_SHIFTS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+
+
+def profile_prediction(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, x_new: np.ndarray, *,
+                       limit: float, starts: np.ndarray | None = None, delta: float = 1e-3,
+                       weight: float = 1e4, shifts: tuple = PROFILE_SHIFTS) -> tuple[float, float]:
+    """Profile-likelihood interval of one prediction ``log y(x_new)``, as shifts below and above
+    the fitted one (Venzon & Moolgavkar 1988; Bates & Watts 1988, sec. 6.1).
+
+    For each trial shift ``d`` in ``shifts`` (increasing) the law is refitted with a pseudo-point at
+    ``x_new`` on ``log y + d`` and weight ``weight`` (an exact penalty: the Huber loss is linear
+    there, so a large enough weight holds the prediction at the shift), from ``theta`` and ``starts``
+    for the first shift and from each one's solution for the previous shift after that (all are
+    kept: a basin that fits worse at a small shift can be the best at a larger one).
+    A shift is inside while the sum of squared log residuals of the real points exceeds that of
+    ``theta`` by at most ``limit`` (e.g. ``F_{1, dof} sigma^2``); the edge is interpolated
+    between the last shift inside and the first outside on the square root of that excess, which
+    is linear in the shift near the optimum. The profile explores other basins of a weakly
+    identified law (e.g. a floor traded against the exponent) that a bootstrap started at
+    ``theta`` stays away from.
+
+    Returns:
+        ``(below, above)``: distances in log space (``>= 0``); the largest shift tried when every
+        one fits (the data do not bound the prediction on that side).
+    """
+    n = logy.size
+    lo, hi = _bounds(law)
+    xa = np.vstack([X, np.atleast_2d(x_new)])
+    th0 = np.atleast_2d(theta)
+    cand = th0 if starts is None else np.vstack([th0, np.atleast_2d(starts)])
+    cand = np.clip(cand, lo, hi)
+    sse0 = float(((logy - law.predict_log(th0, X)[0]) ** 2).sum())
+    lp = float(law.predict_log(th0, xa[-1:])[0, 0])
+    out = []
+    for sign in (-1.0, 1.0):
+        prev = (0.0, 0.0)  # (shift reached, sqrt of the excess) of the last shift inside
+        edge = None
+        at = cand
+        for d in shifts:
+            W = np.ones((len(at), n + 1))
+            W[:, -1] = weight
+            th, losses = _solve_irls(law, xa, np.append(logy, lp + sign * d), W, at.copy(), delta, lo, hi)
+            best = th[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
+            at = th  # continuation: each start's solution starts the next, larger shift
+            with np.errstate(invalid="ignore", over="ignore"):
+                got = abs(float(law.predict_log(best[None, :], xa[-1:])[0, 0]) - lp)
+                excess = math.sqrt(max(float(((logy - law.predict_log(best[None, :], X)[0]) ** 2).sum()) - sse0, 0.0))
+            if not (math.isfinite(got) and math.isfinite(excess)):
+                edge = prev[0]
+                break
+            if excess * excess > limit:
+                s0, e0 = prev
+                frac = (math.sqrt(limit) - e0) / (excess - e0) if excess > e0 else 0.0
+                edge = s0 + min(max(frac, 0.0), 1.0) * max(got - s0, 0.0)
+                break
+            prev = (max(got, prev[0]), excess)
+        out.append(prev[0] if edge is None else edge)
+    return out[0], out[1]

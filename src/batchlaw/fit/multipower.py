@@ -105,6 +105,13 @@ class MultiPowerKernel:
         ld = B * (G @ self.delta)
         return L0 + power - ld, power, ld, x, u, u_beta
 
+    def saturation(self, values: dict) -> float:
+        """The largest ``C eta_k^-gamma S_k(t)`` among the points' drops, for reported ``values``:
+        where it stays below about 0.1, ``G`` is still linear over what was fitted (the decay seen
+        shows no saturation of its gain, and a longer one is extrapolated linearly)."""
+        x = self.parts(*(values[k] for k in MULTIPOWER_PARAMS))[3]
+        return float(np.max(np.where(self.mask[None], x, 0.0), initial=0.0))
+
     def loss(self, values: dict) -> np.ndarray:
         """The loss ``(m, n)`` for reported values (scalars or arrays of ``m``)."""
         return self.parts(*(values[k] for k in MULTIPOWER_PARAMS))[0]
