@@ -24,6 +24,7 @@ error of this is second order in the bin width (tested against the exact sum).
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from .engine import Law
 
@@ -82,15 +83,26 @@ class MultiPowerKernel:
             full_mask, full_area = np.zeros((n, delta.size), bool), np.zeros((n, delta.size))
             full_mask[at], full_area[at] = mask, area
             deltas.append(delta), log_etas.append(log_eta), masks.append(full_mask), areas.append(full_area)
-        self.delta = np.concatenate(deltas) if deltas else np.zeros(0)
-        self.log_eta = np.concatenate(log_etas) if deltas else np.zeros(0)
-        self.mask = np.concatenate(masks, axis=1) if deltas else np.zeros((n, 0), bool)
-        self.area = np.concatenate(areas, axis=1) if deltas else np.zeros((n, 0))
+        delta = np.concatenate(deltas) if deltas else np.zeros(0)
+        log_eta = np.concatenate(log_etas) if deltas else np.zeros(0)
+        mask = np.concatenate(masks, axis=1) if deltas else np.zeros((n, 0), bool)
+        area = np.concatenate(areas, axis=1) if deltas else np.zeros((n, 0))
+        # only the (point, bin) pairs where the bin's drops came before the point enter the sums:
+        # kept as flat lists, and the sums over bins as one sparse (n, pairs) matrix product
+        rows, cols = np.nonzero(mask)
+        self.cols, self.log_eta, self.area = cols, log_eta, area[rows, cols]
+        self.delta = delta[cols]
+        self.delta_log_eta = self.delta * log_eta[cols]
+        self.by_point = sparse.csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(n, rows.size))
+
+    def per_point(self, values: np.ndarray) -> np.ndarray:
+        """Sums of ``values (m, pairs)`` over each point's pairs: ``(m, n)``."""
+        return np.asarray(self.by_point @ values.T).T
 
     def parts(self, L0, A, alpha, B, C, beta, gamma):
         """The law's pieces for ``m`` parameter vectors (each argument shape ``(m,)``): the loss
-        ``(m, n)``, and what the derivatives need (the power term, the loss drop, ``x``, ``u``,
-        ``u^-beta``)."""
+        ``(m, n)``, and what the derivatives need (the power term, the loss drop, and per (point,
+        bin) pair ``x``, ``u = 1 + x``, ``u^-beta``, ``log u``: ``(m, pairs)``)."""
         col = [np.asarray(v, dtype=np.float64).reshape(-1, 1) for v in (L0, A, alpha, B, C, beta, gamma)]
         L0, A, alpha, B, C, beta, gamma = col
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -98,19 +110,18 @@ class MultiPowerKernel:
 
     def _parts(self, L0, A, alpha, B, C, beta, gamma):
         power = A * self.s1[None, :] ** -alpha  # (m, n)
-        x = (C * np.exp(-gamma * self.log_eta[None, :]))[:, None, :] * self.area[None, :, :]  # (m, n, K)
-        u = 1.0 + x
-        u_beta = u ** -beta[:, :, None]
-        G = np.where(self.mask[None], 1.0 - u_beta, 0.0)
-        ld = B * (G @ self.delta)
-        return L0 + power - ld, power, ld, x, u, u_beta
+        x = (C * np.exp(-gamma * self.log_eta[None, :]))[:, self.cols] * self.area[None, :]  # (m, pairs)
+        log_u = np.log1p(x)
+        G = -np.expm1(-beta * log_u)  # 1 - u^-beta, accurate where the drop is still linear (x << 1)
+        ld = B * self.per_point(G * self.delta)
+        return L0 + power - ld, power, ld, x, 1.0 + x, 1.0 - G, log_u
 
     def saturation(self, values: dict) -> float:
         """The largest ``C eta_k^-gamma S_k(t)`` among the points' drops, for reported ``values``:
         where it stays below about 0.1, ``G`` is still linear over what was fitted (the decay seen
         shows no saturation of its gain, and a longer one is extrapolated linearly)."""
         x = self.parts(*(values[k] for k in MULTIPOWER_PARAMS))[3]
-        return float(np.max(np.where(self.mask[None], x, 0.0), initial=0.0))
+        return float(np.max(x, initial=0.0))
 
     def loss(self, values: dict) -> np.ndarray:
         """The loss ``(m, n)`` for reported values (scalars or arrays of ``m``)."""
@@ -137,27 +148,33 @@ def multipower_law(etas, *, fixed: dict | None = None) -> Law:
             return (np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 2], np.exp(theta[:, 3]), np.exp(theta[:, 4]),
                     theta[:, 5], theta[:, 6])
 
+    last: dict = {}
+
+    def parts(theta, X):
+        """The kernel's parts at ``theta``; the last result is kept, as the engine asks for the
+        prediction and then the Jacobian at the same parameters."""
+        key = (theta.tobytes(), theta.shape, X.tobytes())
+        if last.get("key") != key:
+            last["key"], last["value"] = key, kernel(X).parts(*unpack(theta))
+        return last["value"]
+
     def predict(theta, X):
-        L = kernel(X).parts(*unpack(theta))[0]
+        L = parts(theta, X)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(L > 0, np.log(np.maximum(L, 1e-300)), np.nan)
 
     def jac(theta, X):
         kn = kernel(X)
         L0, A, alpha, B, C, beta, gamma = unpack(theta)
-        L, power, ld, x, u, u_beta = kn.parts(L0, A, alpha, B, C, beta, gamma)
+        L, power, ld, x, u, u_beta, log_u = parts(theta, X)
         L = np.maximum(L, 1e-300)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return _jac(kn, L0, B, L, power, ld, x, u, u_beta, beta[:, None, None])
-
-    def _jac(kn, L0, B, L, power, ld, x, u, u_beta, b):
-        dG_dlogx = np.where(kn.mask[None], b * u_beta / u * x, 0.0)  # dG/dlog C; times -log eta for gamma
-        dG_dbeta = np.where(kn.mask[None], u_beta * np.log(u), 0.0)
-        Bc = B[:, None]
-        cols = [L0[:, None] + 0 * L, power, -power * np.log(kn.s1)[None, :], -ld,
-                -Bc * (dG_dlogx @ kn.delta), -Bc * (dG_dbeta @ kn.delta),
-                Bc * (dG_dlogx @ (kn.delta * kn.log_eta))]
-        return np.stack(cols, axis=-1) / L[..., None]
+            dG_dlogx = beta[:, None] * u_beta / u * x  # dG/dlog C; times -log eta for gamma
+            Bc = B[:, None]
+            cols = [L0[:, None] + 0 * L, power, -power * np.log(kn.s1)[None, :], -ld,
+                    -Bc * kn.per_point(dG_dlogx * kn.delta), -Bc * kn.per_point(u_beta * log_u * kn.delta),
+                    Bc * kn.per_point(dG_dlogx * kn.delta_log_eta)]
+            return np.stack(cols, axis=-1) / L[..., None]
 
     def report(theta):
         return dict(zip(MULTIPOWER_PARAMS, unpack(theta)))
