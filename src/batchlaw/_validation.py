@@ -10,7 +10,9 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
-__all__ = ["check_positive_int", "check_positive_float", "check_probability", "check_choice"]
+import numpy as np
+
+__all__ = ["check_positive_int", "check_positive_float", "check_probability", "check_choice", "check_positive_values"]
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -52,3 +54,15 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"The '{name}' parameter must be one of {allowed}. Got {value!r} instead.")
     return value
+
+
+def check_positive_values(name: str, values, *, of: str = ""):
+    """Return ``values`` as a flat float array if every entry is finite and > 0, else raise
+    ValueError naming the first offending values and their positions (``of``: e.g. ``" of the
+    schedule"``, after "values" in the message)."""
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if bad.any():
+        raise ValueError(f"The '{name}' values{of} must be finite and positive. Got {arr[bad][:5].tolist()} at "
+                         f"positions {np.flatnonzero(bad)[:5].tolist()}.")
+    return arr

@@ -477,7 +477,7 @@ def _cmd_fit_powerlaw(args) -> int:
 def _cmd_fit_curve(args) -> int:
     from .._csv import read_columns
     from ..errors import InsufficientDataError
-    from ..fit.curves import Schedule, backtest_curve, fit_curve, predict_curve
+    from ..fit.curves import PROFILED_LAWS, Schedule, backtest_curve, fit_curve, predict_curve
 
     law = args.curve_law
     if law in ("tissue", "multipower") and not args.lr_col:
@@ -550,7 +550,8 @@ def _cmd_fit_curve(args) -> int:
               + ", ".join(f"{k} = {_ci_text(fit, k)}" for k in fit.values))
         print(f"  drop shape: {len(fit.profile_thetas)} of 9 fits with beta, gamma pinned on a grid match the points "
               "as well (the spread of their predictions is in the interval)")
-    print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points")
+    profiled = "; predictions also by their profile likelihood" if fit.kind in PROFILED_LAWS else ""
+    print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points{profiled}")
     if "prediction" in out:
         pr = out["prediction"]
         of = f" of run {pr['run']}" if "run" in pr else ""

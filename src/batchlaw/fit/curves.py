@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal, stats
 
-from .._validation import check_positive_int, check_probability
+from .._validation import check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
 from .engine import Law, LawFit, fit_law, profile_prediction, validate_xy
 from .laws import saturating_law
@@ -65,10 +65,7 @@ class Schedule:
         if st.shape != lv.shape:
             raise ValueError(f"'steps' has {st.size} values but 'lr' has {lv.size}: lengths must match.")
         for name, arr in (("steps", st), ("lr", lv)):
-            bad = ~np.isfinite(arr) | (arr <= 0)
-            if bad.any():
-                raise ValueError(f"The '{name}' values of the schedule must be finite and positive. Got "
-                                 f"{arr[bad][:5].tolist()} at positions {np.flatnonzero(bad)[:5].tolist()}.")
+            check_positive_values(name, arr, of=" of the schedule")
         order = np.argsort(st)
         self.steps, self.lr = st[order], lv[order]
         self.peak = float(self.lr.max())
@@ -108,8 +105,8 @@ def schedule_law() -> Law:
 
     def predict(theta, X):
         t0, t1 = terms(theta, X)
-        inner = np.exp(t0) + np.exp(t1) - theta[:, 3:4] * X[:, 1][None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a trial step far out: inf, refused
+            inner = np.exp(t0) + np.exp(t1) - theta[:, 3:4] * X[:, 1][None, :]
             return np.where(inner > 0, np.log(np.maximum(inner, 1e-300)), np.nan)
 
     def jac(theta, X):

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from scipy import optimize, stats
 
-from .._validation import check_positive_int, check_probability
+from .._validation import check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
 
 __all__ = ["Law", "LawFit", "fit_law", "huber", "profile_prediction", "validate_xy", "widened_interval"]
@@ -110,7 +110,8 @@ def _objective(flat, law, X, logy, W, delta, m, p):
 
 def _losses(law, X, logy, W, theta, delta):
     r = law.predict_log(theta, X) - logy[None, :]
-    out = (W * huber(r, delta)).sum(1)
+    with np.errstate(invalid="ignore"):  # a zero weight on a point the trial cannot predict: refused below
+        out = (W * huber(r, delta)).sum(1)
     return np.where(np.isfinite(out), out, np.inf)
 
 
@@ -170,12 +171,7 @@ def validate_xy(columns: dict, y, *, y_name: str, min_points: int) -> tuple[np.n
     for name, arr in [*arrays.items(), (y_name, yv)]:
         if arr.shape != yv.shape:
             raise ValueError(f"'{name}' has {arr.size} values but '{y_name}' has {yv.size}: lengths must match.")
-        bad = ~np.isfinite(arr) | (arr <= 0)
-        if bad.any():
-            raise ValueError(
-                f"The '{name}' values must be finite and positive. Got {arr[bad][:5].tolist()} at positions "
-                f"{np.flatnonzero(bad)[:5].tolist()}."
-            )
+        check_positive_values(name, arr)
     if yv.size < min_points:
         raise InsufficientDataError(f"At least {min_points} points are needed for this fit; got {yv.size}.")
     X = np.column_stack([np.log(a) for a in arrays.values()]) if arrays else np.zeros((yv.size, 0))

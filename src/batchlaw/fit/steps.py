@@ -41,7 +41,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from .._format import fmt_num
-from .._validation import check_positive_float, check_positive_int, check_probability
+from .._validation import check_positive_float, check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
 from .engine import huber, widened_interval
 
@@ -179,12 +179,7 @@ def _validate(batch_sizes, steps) -> tuple[np.ndarray, np.ndarray]:
     if b.shape != s.shape:
         raise ValueError(f"'batch_sizes' and 'steps' must have the same length. Got {b.size} and {s.size}.")
     for name, arr in (("batch_sizes", b), ("steps", s)):
-        bad = ~np.isfinite(arr) | (arr <= 0)
-        if bad.any():
-            raise ValueError(
-                f"The '{name}' values must be finite and positive. Got {arr[bad][:5].tolist()} "
-                f"at positions {np.flatnonzero(bad)[:5].tolist()}."
-            )
+        check_positive_values(name, arr)
     n_distinct = np.unique(b).size
     if n_distinct < 3:
         raise InsufficientDataError(
