@@ -7,7 +7,8 @@ and WSD schedules (8,000 steps, 300 warmup, logged every 25), AR(1) noise (coeff
 relative) as an EMA-smoothed loss has.
 
 - Single runs (:func:`realistic_curve`): each law is fitted on the first 25% or 50% of the steps
-  and predicts the final loss.
+  and predicts the final loss. Points before twice the warmup are left out (the power law is told
+  the warmup's length; the others read it from the schedule).
 - Stable phase plus a cooldown (:func:`cooldown_fit_inputs`): a WSD run logged to step 4,000
   (stable phase only) and an 800-step cooldown branched from its step-2,000 checkpoint, fitted
   together; predicted: the final loss of the full WSD run (decay over its last 1,600 steps).
@@ -15,7 +16,7 @@ relative) as an EMA-smoothed loss has.
 Printed: the median signed and mean absolute relative error, the coverage of the 95% predictive
 interval, its mean half-width, how often the law refused (no LR decay in the fitted part), and
 the seconds per fit. The multi-power law is slower (seven parameters, a sum over every LR drop,
-profiled over its shape parameters), so it runs on ``--multipower-seeds`` seeds.
+profiled over its shape parameters and its prediction), so it runs on ``--multipower-seeds`` seeds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from realistic import cooldown_fit_inputs, realistic_curve  # noqa: E402
 
 from batchlaw.errors import InsufficientDataError  # noqa: E402
 from batchlaw.fit.curves import Schedule, backtest_curve, fit_curve, predict_curve  # noqa: E402
+
+WARMUP = 300  # realistic_curve's warmup (tests/realistic.py lr_schedule)
 
 
 def _cooldown(seed: int, law: str, n_boot: int) -> dict:
@@ -73,8 +76,10 @@ def main() -> None:
                 for seed in range(seeds):
                     st, lr, loss = realistic_curve(np.random.default_rng(seed), kind)
                     try:
+                        # the power law gets no LR column, only the warmup's length (as --warmup-steps)
                         results.append(backtest_curve(st, loss, lr=None if law == "power" else lr, law=law,
-                                                      fraction=frac, n_boot=args.bootstrap))
+                                                      fraction=frac, n_boot=args.bootstrap,
+                                                      warmup_steps=WARMUP if law == "power" else None))
                     except InsufficientDataError:
                         refused += 1
                 print(_row(f"{kind} | {law} | first {frac:.0%}", results, refused, time.perf_counter() - t0),

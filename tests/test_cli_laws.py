@@ -68,6 +68,16 @@ def test_fit_curve_json(capsys):
     assert "rel_error" in out["backtest"]
 
 
+def test_fit_curve_warmup_steps_leave_out_the_rows_before_twice_the_warmup(capsys):
+    base = ["fit", "curve", str(EX / "learning_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+            "--bootstrap", "50", "--json"]
+    assert _json(capsys, base)["n_points"] == 100
+    out = _json(capsys, base + ["--warmup-steps", "200"])  # rows at steps 100, 200, 300 are left out
+    assert out["n_points"] == 97 and out["backtest"]["fit_points"] == 47
+    assert main(base + ["--warmup-steps", "-5"]) == 2
+    assert "--warmup-steps must be a finite number of steps >= 0; got -5" in capsys.readouterr().err
+
+
 def test_plan_answers_the_doubling_question(capsys):
     argv = ["plan", "--b-crit", "1000", "--gpus", "16,32", "--micro-batch", "128", "--tokens", "2e10",
             "--seq-len", "2048", "--tokens-per-sec", "3000", "--price", "2.5"]

@@ -135,6 +135,9 @@ def _add_fit_parser(sub) -> None:
     cu.add_argument("--run-col", default=None,
                     help="column naming each row's run: fit several runs with one schedule-aware law (each run's "
                     "schedule must start at step 1; give earlier steps as rows with an empty loss)")
+    cu.add_argument("--warmup-steps", type=float, default=None,
+                    help="steps of learning-rate warmup: rows before twice this step are left out of the fit, as "
+                    "the warmup's transient is not the law's (default: from --lr-col, else 0)")
     cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
     cu.add_argument("--predict-run", default=None,
                     help="with --run-col: the run to predict (default: the last run in the file)")
@@ -487,6 +490,8 @@ def _cmd_fit_curve(args) -> int:
     if args.run_col and law == "power":
         raise ValueError("--law power fits one run; several runs (--run-col) share a law only through their "
                          "schedules: use --law tissue or multipower.")
+    if args.warmup_steps is not None and not (math.isfinite(args.warmup_steps) and args.warmup_steps >= 0):
+        raise ValueError(f"--warmup-steps must be a finite number of steps >= 0; got {args.warmup_steps:g}.")
     if args.predict_run is not None and not args.run_col:
         raise ValueError("--predict-run names a run of --run-col; give --run-col.")
     num = [args.step_col] + ([args.lr_col] if args.lr_col else [])
@@ -517,7 +522,7 @@ def _cmd_fit_curve(args) -> int:
     elif args.lr_col:
         kw["schedule"] = Schedule(t[args.step_col], t[args.lr_col])
         kw["lr"] = lr
-    fit = fit_curve(steps, loss, law=law, n_boot=args.bootstrap, **kw)
+    fit = fit_curve(steps, loss, law=law, n_boot=args.bootstrap, warmup_steps=args.warmup_steps, **kw)
     names = {"y_inf": "L_inf", "alpha": "b"} if fit.kind == "power" else {}
     out = {"schema": "batchlaw.fit.curve/2", "law": fit.kind,
            **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
@@ -531,7 +536,8 @@ def _cmd_fit_curve(args) -> int:
                                     "you know, or backtest each run alone"}
     else:
         try:
-            out["backtest"] = backtest_curve(steps, loss, lr=lr, law=law, n_boot=min(args.bootstrap, 500))
+            out["backtest"] = backtest_curve(steps, loss, lr=lr, law=law, n_boot=min(args.bootstrap, 500),
+                                             warmup_steps=args.warmup_steps)
         except InsufficientDataError as err:
             out["backtest"] = {"error": str(err)}
     if args.json:
