@@ -303,14 +303,14 @@ def profile_prediction(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndar
     cand = np.clip(cand, lo, hi)
     sse0 = float(((logy - law.predict_log(th0, X)[0]) ** 2).sum())
     lp = float(law.predict_log(th0, xa[-1:])[0, 0])
+    W = np.ones((len(cand), n + 1))
+    W[:, -1] = weight
     out = []
     for sign in (-1.0, 1.0):
         prev = (0.0, 0.0)  # (shift reached, sqrt of the excess) of the last shift inside
         edge = None
         at = cand
         for d in shifts:
-            W = np.ones((len(at), n + 1))
-            W[:, -1] = weight
             th, losses = _solve_irls(law, xa, np.append(logy, lp + sign * d), W, at.copy(), delta, lo, hi)
             best = th[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
             at = th  # continuation: each start's solution starts the next, larger shift
