@@ -56,8 +56,8 @@ def test_multipower_predicts_a_wsd_decay_from_its_stable_phase_and_a_short_coold
     """A WSD run's stable phase (to step 4,000) and an 800-step cooldown from its step-2,000
     checkpoint, fitted together, predict the full run's final loss after a 1,600-step decay:
     median error under 1.5%, and the interval holds the truth in at least 5 of 6 seeds (measured:
-    6 of 6 here, 18 of 20 over seeds 0-19 in bench/curve_backtest.py; with the bootstrap, window
-    and shape terms alone, before the profile likelihood of the prediction, 16 or 17 of 20 and 5 of
+    6 of 6 here, 17 of 20 over seeds 0-19 in bench/curve_backtest.py; with the bootstrap, window
+    and shape terms alone, before the profile likelihood of the prediction, 16 of 20 and 5 of
     these 6). A warning appears exactly where the fitted drop has not saturated (seed 1 here)."""
     errs, inside = [], 0
     for seed in range(6):
