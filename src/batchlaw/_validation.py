@@ -56,13 +56,13 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_positive_values(name: str, values, *, of: str = ""):
+def check_positive_values(name: str, values, *, where: str = ""):
     """Return ``values`` as a flat float array if every entry is finite and > 0, else raise
-    ValueError naming the first offending values and their positions (``of``: e.g. ``" of the
-    schedule"``, after "values" in the message)."""
+    ValueError naming the first offending values and their positions (``where``: e.g. ``" in the
+    schedule"``, after the rule in the message)."""
     arr = np.asarray(values, dtype=np.float64).ravel()
     bad = ~np.isfinite(arr) | (arr <= 0)
     if bad.any():
-        raise ValueError(f"The '{name}' values{of} must be finite and positive. Got {arr[bad][:5].tolist()} at "
+        raise ValueError(f"The '{name}' values must be finite and positive{where}. Got {arr[bad][:5].tolist()} at "
                          f"positions {np.flatnonzero(bad)[:5].tolist()}.")
     return arr

@@ -65,7 +65,7 @@ class Schedule:
         if st.shape != lv.shape:
             raise ValueError(f"'steps' has {st.size} values but 'lr' has {lv.size}: lengths must match.")
         for name, arr in (("steps", st), ("lr", lv)):
-            check_positive_values(name, arr, of=" of the schedule")
+            check_positive_values(name, arr, where=" in the schedule")
         order = np.argsort(st)
         self.steps, self.lr = st[order], lv[order]
         self.peak = float(self.lr.max())
@@ -598,7 +598,8 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
     hi = math.hypot(max(q_hi - lp, 0.0), noise) * t / z
     if fit.kind in PROFILED_LAWS and fit.inputs:
         below, above = _profile_prediction(fit, step, run, t)
-        lo, hi = max(lo, math.hypot(below, z * math.sqrt(fit.resid_var))), max(hi, math.hypot(above, z * math.sqrt(fit.resid_var)))
+        one = z * math.sqrt(fit.resid_var)  # one observation's noise
+        lo, hi = max(lo, math.hypot(below, one)), max(hi, math.hypot(above, one))
     out["interval"] = [point * math.exp(-lo), point * math.exp(hi)]
     return out
 

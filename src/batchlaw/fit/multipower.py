@@ -117,9 +117,10 @@ class MultiPowerKernel:
         return L0 + power - ld, power, ld, x, 1.0 + x, 1.0 - G, log_u
 
     def saturation(self, values: dict) -> float:
-        """The largest ``C eta_k^-gamma S_k(t)`` among the points' drops, for reported ``values``:
-        where it stays below about 0.1, ``G`` is still linear over what was fitted (the decay seen
-        shows no saturation of its gain, and a longer one is extrapolated linearly)."""
+        """The largest ``x = C eta_k^-gamma S_k(t)`` among the points' drops, for reported
+        ``values``: where it stays small (a few units at most), ``G`` is still close to linear over
+        what was fitted (the decay seen shows little saturation of its gain, and a longer one is
+        extrapolated from that; ``batchlaw.fit.curves.MULTIPOWER_SATURATION`` flags it)."""
         x = self.parts(*(values[k] for k in MULTIPOWER_PARAMS))[3]
         return float(np.max(x, initial=0.0))
 
