@@ -578,7 +578,8 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
                               "the lower rate), and the annealing area at step "
                               f"{step:g} is {s2 / fit.s2_fitted:.1f}x the largest fitted: the prediction leans on a "
                               "saturation the data did not show (in backtests such fits came out 1-7% too low). "
-                              "Fit a longer cooldown, or one to a lower learning rate, as another run.")
+                              "Fit more of a decay: later steps of this run, or a longer cooldown (or one to a lower "
+                              "learning rate) from a checkpoint as another run.")
     if fit.runs is not None and len(fit.runs.names) > 1:
         out["run"] = fit.runs.names[fit.runs.index(run)]
     if not fit.boot:
