@@ -55,6 +55,12 @@ def test_examples_law():
     assert fit.predict_steps(128.0) == pytest.approx(2 * fit.s_min, rel=0.01)
 
 
+def test_reference_batch_above_every_measured_batch_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"'reference_batch' \(B0 = 1e\+308\) is above every batch size measured"):
+        fit_steps_law(B, steps_law(B, 1000.0, 128.0), reference_batch=1e308)
+    assert fit_steps_law(B, steps_law(B, 1000.0, 128.0), reference_batch=float(B.max())).reference_batch == B.max()
+
+
 def test_refusals():
     with pytest.raises(InsufficientDataError, match="at least 3 distinct batch sizes"):
         fit_steps_law([8, 8, 16], [100, 90, 50])

@@ -264,6 +264,11 @@ def fit_steps_law(
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=100)
     b0 = float(b_all.min()) if reference_batch is None else check_positive_float("reference_batch", reference_batch)
+    if b0 > b_all.max():
+        raise ValueError(
+            f"The 'reference_batch' (B0 = {fmt_num(b0)}) is above every batch size measured (largest "
+            f"{fmt_num(float(b_all.max()))}): the CBS, 20% over linear scaling from B0, would lie beyond the data. "
+            "Give a batch size where scaling is still close to linear (the smallest measured, the default).")
     keep = _inliers(b_all, s_all)
     outliers = tuple((float(bb), float(ss), float(ff)) for bb, ss, ff in zip(
         b_all[~keep], s_all[~keep], s_all[~keep] / _point_fit(b_all[keep], s_all[keep], b_all[~keep])))
