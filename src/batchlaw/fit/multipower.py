@@ -18,7 +18,9 @@ Evaluation. The sum over drops is over every step of a decay (thousands for a co
 logged step and every parameter vector the engine tries at once. Drops are merged into at most
 :data:`DROP_BINS` bins between knots that include every evaluated step (so a bin lies wholly
 before or after each of them), each bin at its drop-weighted mean step and learning rate; the
-error of this is second order in the bin width (tested against the exact sum).
+error of this is second order in the bin width (tested against the exact sum). Only the (point,
+bin) pairs with the bin before the point are evaluated, and summed per point by one sparse
+product.
 """
 
 from __future__ import annotations
