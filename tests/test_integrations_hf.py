@@ -16,13 +16,13 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
+from monitor_reference import WL, plain_loop, sample  # noqa: E402
+
 from batchlaw.integrations.hf import NoiseScaleCallback  # noqa: E402
 from batchlaw.noise import GradientNoiseMonitor  # noqa: E402
-from batchlaw.workloads import LinearRegression  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
-WL = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)  # B_simple = 33 examples at init
 
 
 class Net(torch.nn.Module):
@@ -54,10 +54,6 @@ def _fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def _data(n, seed=0):
-    return WL.sample_batch(n, torch.Generator().manual_seed(seed))
-
-
 def _args(tmp_path, b, k, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=b, gradient_accumulation_steps=k,
                 learning_rate=0.0, num_train_epochs=1, logging_steps=10, report_to=[], use_cpu=True,
@@ -67,28 +63,16 @@ def _args(tmp_path, b, k, **kw):
     return TrainingArguments(**base)
 
 
-def _plain(x, y, b, k, steps):
-    model = WL.make_model(0)
-    monitor = GradientNoiseMonitor(model, micro_batch_size=b)
-    for s in range(steps):
-        for j in range(k):
-            i = (s * k + j) * b
-            (WL.loss(model, (x[i:i + b], y[i:i + b])) / k).backward()
-        monitor.step()
-        model.zero_grad(set_to_none=True)
-    return monitor
-
-
 def test_trainer_estimate_matches_plain_loop_and_analytic_value(tmp_path):
     """Fixed weights (learning_rate=0), the Trainer clipping at 1e-3: the callback must measure
     before the clipping and see the same micro-batches as the plain loop."""
     steps, k, b = 250, 4, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     args = _args(tmp_path, b, k, max_grad_norm=1e-3, logging_steps=5)
     trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y))
     cb = NoiseScaleCallback().attach(trainer)
     trainer.train()
-    ours, ref = cb.monitor.estimate(), _plain(x, y, b, k, steps).estimate()
+    ours, ref = cb.monitor.estimate(), plain_loop(x, y, b, k, steps).estimate()
     assert ours.b_simple == pytest.approx(ref.b_simple, rel=0.10)
     assert ours.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
     truth = WL.b_simple(WL.make_model(0))
@@ -108,7 +92,7 @@ def test_short_last_step_and_batch_size_from_inputs(tmp_path):
     """10 micro-batches with gradient_accumulation_steps=4: steps of 4, 4, 2 (the Trainer divides
     the last step's losses by 2); the last micro-batch holds 5 examples, not 8."""
     b, k = 8, 4
-    x, y = _data(9 * b + 5)
+    x, y = sample(9 * b + 5)
     trainer = Trainer(model=Net(), args=_args(tmp_path, b, k), train_dataset=Rows(x, y))
     cb = NoiseScaleCallback().attach(trainer)
     trainer.train()
@@ -120,7 +104,7 @@ def test_short_last_step_and_batch_size_from_inputs(tmp_path):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_training_is_bit_for_bit_unchanged(tmp_path, bf16):
     steps, k, b = 8, 3, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     params = []
     for with_cb in (False, True):
         model = Net()
@@ -139,7 +123,7 @@ def test_report_to_tensorboard_receives_the_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     steps, k, b = 40, 2, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     logdir = tmp_path / "out"  # the Trainer's TensorBoard logs go under output_dir
     args = _args(tmp_path, b, k, report_to=["tensorboard"], logging_steps=5)
     trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y))
@@ -157,7 +141,7 @@ def test_report_to_tensorboard_receives_the_metrics(tmp_path):
 
 def test_added_without_attach_warns_and_still_fills_log_history(tmp_path):
     steps, k, b = 20, 2, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     cb = NoiseScaleCallback()
     args = _args(tmp_path, b, k, report_to=["tensorboard"])
     trainer = Trainer(model=Net(), args=args, train_dataset=Rows(x, y), callbacks=[cb])
@@ -181,7 +165,7 @@ def test_unsupported_setups_are_refused_by_name(tmp_path):
 
 
 def test_single_micro_batch_warns(tmp_path):
-    x, y = _data(32)
+    x, y = sample(32)
     trainer = Trainer(model=Net(), args=_args(tmp_path, 8, 1), train_dataset=Rows(x, y))
     NoiseScaleCallback().attach(trainer)
     with pytest.warns(UserWarning, match="gradient_accumulation_steps=1"):
@@ -222,9 +206,9 @@ def _accelerate_loop(x, y, b, k, steps, lr, mixed_precision="no", with_monitor=T
 
 def test_accelerate_pattern_matches_plain_loop():
     steps, k, b = 250, 4, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     _, monitor = _accelerate_loop(x, y, b, k, steps, lr=0.0)
-    ours, ref = monitor.estimate(), _plain(x, y, b, k, steps).estimate()
+    ours, ref = monitor.estimate(), plain_loop(x, y, b, k, steps).estimate()
     assert ours.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
     assert ours.g_sq == pytest.approx(ref.g_sq, rel=1e-5)  # the loss division by k is accounted for
     truth = WL.b_simple(WL.make_model(0))
@@ -234,7 +218,7 @@ def test_accelerate_pattern_matches_plain_loop():
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 def test_accelerate_pattern_leaves_training_unchanged(mixed_precision):
     steps, k, b = 10, 3, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain, _ = _accelerate_loop(x, y, b, k, steps, 0.05, mixed_precision, with_monitor=False)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,17 +17,15 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
+from monitor_reference import WL, plain_loop, sample  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from batchlaw.integrations.lightning import NoiseScaleCallback  # noqa: E402
-from batchlaw.noise import GradientNoiseMonitor  # noqa: E402
-from batchlaw.workloads import LinearRegression  # noqa: E402
+from batchlaw.schedule import BatchChoice  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-
-WL = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)  # B_simple = 33 examples at init
 
 
 class LinReg(pl.LightningModule):
@@ -42,10 +39,6 @@ class LinReg(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def _data(n: int, seed: int = 0):
-    return WL.sample_batch(n, torch.Generator().manual_seed(seed))  # x (n, 16), y (n,)
 
 
 def _trainer(callbacks=(), **kw):
@@ -63,28 +56,15 @@ def _fit(module, x, y, b, callbacks=(), **kw):
     return trainer
 
 
-def _plain_loop(x, y, b, k, steps):
-    model = WL.make_model(0)
-    monitor = GradientNoiseMonitor(model, micro_batch_size=b)
-    for s in range(steps):
-        for j in range(k):
-            i = (s * k + j) * b
-            (WL.loss(model, (x[i:i + b], y[i:i + b])) / k).backward()
-        monitor.step()
-        model.zero_grad(set_to_none=True)
-    monitor.remove()
-    return monitor
-
-
 # ---------------------------------------------------------------- known answers
 def test_estimate_matches_plain_loop_and_analytic_value_with_clipping():
     """Fixed weights (lr=0): the callback sees the same micro-batches as a plain loop, so the
     estimates agree; clipping at 1e-3 on the Trainer must not reach the measurement."""
     steps, k, b = 300, 4, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     cb = NoiseScaleCallback()
     _fit(LinReg(), x, y, b, [cb], accumulate_grad_batches=k, gradient_clip_val=1e-3)
-    plain = _plain_loop(x, y, b, k, steps)
+    plain = plain_loop(x, y, b, k, steps)
     ours, ref = cb.monitor.estimate(), plain.estimate()
     assert ours.b_simple == pytest.approx(ref.b_simple, rel=0.10)
     assert ours.b_simple == pytest.approx(ref.b_simple, rel=1e-5)  # in fact the same numbers
@@ -100,7 +80,7 @@ def test_short_last_step_of_each_epoch_keeps_absolute_values_right():
     """10 batches per epoch with accumulate_grad_batches=4: steps of 4, 4 and 2 micro-batches;
     Lightning divides every loss by 4. |G|^2 = |delta|^2, tr(Sigma) = d(|delta|^2 + s^2) + |delta|^2."""
     k, b, epochs = 4, 8, 60
-    x, y = _data(10 * b, seed=1)
+    x, y = sample(10 * b, seed=1)
     gen = torch.Generator().manual_seed(2)
 
     class Fresh(LinReg):  # fresh i.i.d. data every batch: the estimate is then unbiased
@@ -126,7 +106,7 @@ def test_precisions_measure_the_same_norms(precision):
     and divides the plugin scaler's scale out. (Lightning turns 16-mixed into bf16-mixed on a CPU,
     so the fp16 path runs with an explicit CPU MixedPrecision plugin and a real GradScaler.)"""
     steps, k, b = 12, 3, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     ref = NoiseScaleCallback()
     _fit(LinReg(), x, y, b, [ref], accumulate_grad_batches=k)
     cb = NoiseScaleCallback()
@@ -144,7 +124,7 @@ def test_precisions_measure_the_same_norms(precision):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 def test_training_is_bit_for_bit_unchanged(precision):
     steps, k, b = 10, 3, 8
-    x, y = _data(steps * k * b + 2 * b)  # a short last step too
+    x, y = sample(steps * k * b + 2 * b)  # a short last step too
     kw = {"plugins": [_cpu_fp16()]} if precision == "16-mixed" else {"precision": precision}
     params = []
     for callbacks in ([], [NoiseScaleCallback()]):
@@ -167,7 +147,7 @@ def test_csv_tensorboard_and_wandb_loggers_receive_the_metrics(tmp_path, monkeyp
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     steps, k, b = 40, 2, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     wandb_logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="batchlaw-test")
     loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb"), wandb_logger]
     cb = NoiseScaleCallback()
@@ -218,7 +198,7 @@ def test_manual_optimization_is_refused_by_name():
             opt.step()
             opt.zero_grad()
 
-    x, y = _data(32)
+    x, y = sample(32)
     with pytest.raises(ValueError, match="automatic optimization only"):
         _fit(Manual(), x, y, 8, [NoiseScaleCallback()])
 
@@ -230,7 +210,7 @@ def test_unsupported_strategy_is_refused_by_name():
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    x, y = _data(32)
+    x, y = sample(32)
     with pytest.raises(ValueError, match="fsdp"):
         _fit(LinReg(), x, y, 8, [NoiseScaleCallback()], strategy=FSDPStrategy())
     stand_in = SimpleNamespace(strategy=FSDPStrategy(), precision_plugin=pl.plugins.precision.Precision())
@@ -242,7 +222,7 @@ def test_unsupported_precision_is_refused_by_name():
     class OtherPrecision(pl.plugins.precision.Precision):  # a third-party plugin the callback does not know
         pass
 
-    x, y = _data(32)
+    x, y = sample(32)
     with pytest.raises(ValueError, match="OtherPrecision precision plugin"):
         _fit(LinReg(), x, y, 8, [NoiseScaleCallback()], plugins=[OtherPrecision()])
     with pytest.raises(ValueError, match="DoublePrecision precision plugin(.|\n)*'64-true'"):
@@ -270,7 +250,7 @@ def test_batch_without_tensor_asks_for_micro_batch_size():
 
 
 def test_single_micro_batch_warns():
-    x, y = _data(64)
+    x, y = sample(64)
     with pytest.warns(UserWarning, match="accumulate_grad_batches=1"):
         _trainer([NoiseScaleCallback()]).fit(LinReg(), DataLoader(TensorDataset(x, y), batch_size=8))
 
@@ -293,16 +273,6 @@ def test_missing_lightning_names_the_extra():
 
 
 # ---------------------------------------------------------------- batch-size schedule
-@dataclass(frozen=True)
-class Choice:
-    micro_batch_size: int
-    accumulation: int
-    world_size: int
-    global_batch: int
-    lr: float
-    changed: bool
-
-
 class StageSchedule:
     """A small schedule that follows the batchlaw.schedule contract: global batch by examples seen."""
 
@@ -311,13 +281,13 @@ class StageSchedule:
         self.calls: list[tuple[int, object]] = []
         self._last = None
 
-    def step(self, examples_seen: int, monitor=None) -> Choice:
+    def step(self, examples_seen: int, monitor=None) -> BatchChoice:
         self.calls.append((examples_seen, monitor))
         batch = [bb for start, bb in self.stages if examples_seen >= start][-1]
         k = batch // self.b
         changed = self._last is not None and batch != self._last
         self._last = batch
-        return Choice(self.b, k, 1, batch, self.lr_per_example * batch, changed)
+        return BatchChoice(self.b, k, 1, batch, self.lr_per_example * batch, changed)
 
     def state_dict(self):
         return {"last": self._last, "calls": len(self.calls)}
@@ -328,7 +298,7 @@ class StageSchedule:
 
 def test_schedule_drives_accumulation_and_lr():
     b = 4
-    x, y = _data(4 * 64)  # 64 micro-batches in one epoch
+    x, y = sample(4 * 64)  # 64 micro-batches in one epoch
     schedule = StageSchedule([(0, 8), (40, 16), (100, 48)], micro_batch_size=b, lr_per_example=1e-4)
     cb = NoiseScaleCallback(schedule=schedule)
     trainer = _fit(LinReg(lr=0.0), x, y, b, [cb])
@@ -349,7 +319,7 @@ def test_schedule_drives_accumulation_and_lr():
 
 
 def test_schedule_with_another_micro_batch_is_refused():
-    x, y = _data(64)
+    x, y = sample(64)
     schedule = StageSchedule([(0, 12)], micro_batch_size=6, lr_per_example=1e-3)
     with pytest.raises(ValueError, match="micro_batch_size=6 but the training DataLoader gives 8"):
         _fit(LinReg(), x, y, 8, [NoiseScaleCallback(schedule=schedule)])
@@ -364,7 +334,7 @@ def test_import_batchlaw_needs_neither_lightning_nor_transformers():
 
 def test_state_dict_round_trip_resumes_the_measurement(tmp_path):
     steps, k, b = 20, 2, 8
-    x, y = _data(steps * k * b)
+    x, y = sample(steps * k * b)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     cb = NoiseScaleCallback()
     _fit(LinReg(), x, y, b, [cb, ckpt], accumulate_grad_batches=k, enable_checkpointing=True)
@@ -389,7 +359,7 @@ def _real_schedule():
 def test_real_fixed_ramp_drives_accumulation_and_lr():
     schedule = _real_schedule()
     b = 4
-    x, y = _data(4 * 64)
+    x, y = sample(4 * 64)
     ramp = schedule.FixedRamp([(0, 8), (40, 16), (100, 48)], lr=1e-3, lr_rule="linear", max_micro_batch=b)
     cb = NoiseScaleCallback(schedule=ramp)
     trainer = _fit(LinReg(), x, y, b, [cb])
@@ -406,7 +376,7 @@ def test_noise_scale_ramp_grows_the_batch_towards_b_simple():
     towards the measured value (at most x2 per change), in micro-batches of 4."""
     schedule = _real_schedule()
     b = 4
-    x, y = _data(b * 8 * 120, seed=3)
+    x, y = sample(b * 8 * 120, seed=3)
     ramp = schedule.NoiseScaleRamp(8, lr=1e-4, max_batch=64, max_micro_batch=b, cooldown=10, min_records=10)
     cb = NoiseScaleCallback(schedule=ramp)
     trainer = _fit(LinReg(), x, y, b, [cb])

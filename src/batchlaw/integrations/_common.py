@@ -13,7 +13,8 @@ __all__ = ["require", "batch_size_of", "step_batch_size", "set_monitor_options"]
 
 def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_example: int | None, every: int,
                         window: int | None, ema_beta: float, prefix: str) -> None:
-    """Validate the monitor options both framework callbacks take, and set them on ``obj``."""
+    """Validate the monitor options both framework callbacks take, and set them on ``obj``, with
+    the unit its estimates are in (``"tokens"`` given ``tokens_per_example``, else ``"examples"``)."""
     from .._validation import check_positive_int
 
     obj.micro_batch_size = (None if micro_batch_size is None
@@ -28,6 +29,7 @@ def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_ex
     if not isinstance(prefix, str):
         raise TypeError(f"The 'prefix' parameter must be a string. Got {prefix!r} instead.")
     obj.prefix = prefix
+    obj.unit = "tokens" if obj.tokens_per_example else "examples"
 
 
 def require(module: str, extra: str, what: str):

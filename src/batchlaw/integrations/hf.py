@@ -111,7 +111,6 @@ class NoiseScaleCallback(TrainerCallback):
                  every: int = 1, window: int | None = 200, ema_beta: float = 0.95, prefix: str = "gns/") -> None:
         set_monitor_options(self, micro_batch_size=micro_batch_size, tokens_per_example=tokens_per_example,
                             every=every, window=window, ema_beta=ema_beta, prefix=prefix)
-        self.unit = "tokens" if tokens_per_example else "examples"
         self.monitor: GradientNoiseMonitor | None = None
         self._attached = False
         self._trainer = None

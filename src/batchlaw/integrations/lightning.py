@@ -152,7 +152,6 @@ class NoiseScaleCallback(Callback):
                 f"batchlaw.schedule batch-size schedule). Got {type(schedule).__name__} instead."
             )
         self.schedule = schedule
-        self.unit = "tokens" if tokens_per_example else "examples"
         self.monitor: GradientNoiseMonitor | None = None
         self.examples_seen = 0
         self.choices: list[dict] = []
