@@ -170,7 +170,8 @@ def test_plan_serve_poisson_and_errors(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("b,latency\n1,0.01\n")
     assert main(["plan", "serve", "--latency-csv", str(bad), "--rate", "10", "--slo-p99-ms", "50"]) == 2
-    assert "lacks column(s) batch, latency_s" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Column(s) 'batch', 'latency_s' not found" in err and "Columns that exist: 'b', 'latency'" in err
 
 
 def _run(capsys, argv):

@@ -272,34 +272,8 @@ def _add_serve_parser(sub) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
-def _read_csv_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    import csv
-
-    fp = Path(path)
-    if not fp.is_file():
-        raise ValueError(f"The CSV {path!r} does not exist or is not a file.")
-    with open(fp, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        missing = [c for c in required if c not in cols]
-        if missing:
-            raise ValueError(f"The CSV {path!r} lacks column(s) {', '.join(missing)}; it has {', '.join(cols) or 'none'}.")
-        out = {c: [] for c in (*required, *[o for o in optional if o in cols])}
-        for line, row in enumerate(reader, start=2):
-            for c in out:
-                try:
-                    v = float(row[c])
-                except (TypeError, ValueError):
-                    raise ValueError(f"The CSV {path!r}, line {line}, column {c!r}: {row[c]!r} is not a number.") from None
-                if not math.isfinite(v):
-                    raise ValueError(f"The CSV {path!r}, line {line}, column {c!r}: {row[c]!r} is not finite.")
-                out[c].append(v)
-    if not out[required[0]]:
-        raise ValueError(f"The CSV {path!r} has no rows.")
-    return out
-
-
 def _cmd_serve(args) -> int:
+    from .._csv import read_columns, read_header
     from ..plan import SLO, LatencyCurve, load_profile, padding_waste, poisson_arrivals, recommend_buckets
     from ..plan import recommend_serving
 
@@ -325,13 +299,14 @@ def _cmd_serve(args) -> int:
     if args.profile:
         curve, source = load_profile(args.profile).forward_latency(), args.profile
     else:
-        cols = _read_csv_columns(args.latency_csv, ("batch", "latency_s"))
+        cols = read_columns(args.latency_csv, ["batch", "latency_s"], numeric=["batch", "latency_s"])
         curve, source = LatencyCurve(cols["batch"], cols["latency_s"]), args.latency_csv
     lengths = None
     if args.rate is not None:
         arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests, args.seed), f"Poisson, {args.rate:g}/s"
     else:
-        cols = _read_csv_columns(args.trace, ("arrival_s",), ("length",))
+        want = ["arrival_s"] + (["length"] if "length" in read_header(args.trace) else [])
+        cols = read_columns(args.trace, want, numeric=want)
         arrivals, arrival_desc = cols["arrival_s"], f"trace {args.trace}"
         lengths = cols.get("length")
     if (args.buckets or args.recommend_buckets) and lengths is None:
