@@ -7,10 +7,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from store_polling import finished_trials
 
 from batchlaw.cli import main
 from batchlaw.measure import measure_noise
@@ -171,18 +171,7 @@ def test_cli_sweep_resumes_after_sigkill_and_reports(tmp_path):
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             env=_env(), cwd=tmp_path)
-    finished = {}
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    finished = dict(con.execute("SELECT key, finished_at FROM trials").fetchall())
-            except sqlite3.OperationalError:
-                pass
-        if len(finished) >= 1:
-            break
-        time.sleep(0.05)
+    finished = finished_trials(proc, db, 1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert 1 <= len(finished) < 6, (len(finished), proc.stderr.read())

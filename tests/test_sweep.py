@@ -6,9 +6,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
+from store_polling import finished_trials
 
 from batchlaw.sweep import (
     LocalExecutor,
@@ -104,18 +104,7 @@ def test_resume_after_kill_or_ctrl_c_loses_no_finished_trial(tmp_path, sig, jobs
            "--batch-sizes", "4,8,16,32,64,128", "--target-loss", "0.01", "--max-steps", "4000", "--eval-every", "50",
            "--lr-points", "2", "--max-extensions", "0", "--store", str(db), "--jobs", str(jobs), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    finished = {}
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    finished = dict(con.execute("SELECT key, finished_at FROM trials").fetchall())
-            except sqlite3.OperationalError:
-                pass
-        if len(finished) >= 2:
-            break
-        time.sleep(0.1)
+    finished = finished_trials(proc, db, 2)
     os.killpg(proc.pid, sig)  # SIGINT to the process group is what Ctrl-C in a terminal sends
     rc = proc.wait(timeout=60)
     if sig == signal.SIGINT:
