@@ -118,27 +118,25 @@ def akima_optimum(log_n, loss, *, loss_noise: float, n_boot: int = 1000, rng=Non
         return f"{x.size} model size(s); 3 are needed"
     grid = np.linspace(x[0], x[-1], (x.size - 1) * AKIMA_POINTS_PER_GAP)
 
-    def argmins(losses):  # (sizes, r) -> grid index of each column's minimum, (r,)
-        return np.argmin(Akima1DInterpolator(x, np.log(losses), axis=0)(grid), axis=0)
-
-    i0 = int(argmins(y[:, None])[0])
+    spline = Akima1DInterpolator(x, np.log(y))
+    i0 = int(np.argmin(spline(grid)))
     if i0 in (0, grid.size - 1):
         return _edge_reason("the interpolated loss", grid[i0], i0 == 0)
     floor = AKIMA_SE_FLOOR * (x[-1] - x[0]) / (x.size - 1)
-    spline_loss = float(np.exp(Akima1DInterpolator(x, np.log(y))(grid[i0])))
     if not n_boot:
-        return {"log_n": float(grid[i0]), "loss": spline_loss, "se": floor, "draws": np.empty(0), "n_sizes": x.size}
+        return {"log_n": float(grid[i0]), "loss": float(np.exp(spline(grid[i0]))), "se": floor, "draws": np.empty(0),
+                "n_sizes": x.size}
     rng = np.random.default_rng(rng)
     noisy = y[:, None] + loss_noise * rng.standard_normal((x.size, n_boot))  # (sizes, n_boot)
-    idx = argmins(np.maximum(noisy, 1e-3 * y.min()))
+    noisy = np.maximum(noisy, 1e-3 * y.min())  # the log needs positive losses (loss_noise < min loss / 5)
+    idx = np.argmin(Akima1DInterpolator(x, np.log(noisy), axis=0)(grid), axis=0)  # (n_boot,) grid indices
     draws = grid[idx[(idx > 0) & (idx < grid.size - 1)]]
     if 2 * draws.size < n_boot:
         return (f"the minimum falls at an edge of the profile in {n_boot - draws.size} of {n_boot} seed-noise "
                 f"resamples (loss_noise {loss_noise:.3g}): extend the profile on both sides")
     point = float(np.median(draws))
     se = max(float(np.std(draws)), floor) * n_boot / draws.size
-    return {"log_n": point, "loss": float(np.exp(Akima1DInterpolator(x, np.log(y))(point))), "se": se,
-            "draws": draws, "n_sizes": x.size}
+    return {"log_n": point, "loss": float(np.exp(spline(point))), "se": se, "draws": draws, "n_sizes": x.size}
 
 
 def _edge_reason(what: str, log_n: float, smallest: bool) -> str:
