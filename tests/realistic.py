@@ -8,7 +8,8 @@ Real grids of training runs are not the smooth symmetric bowls of ``examples/``:
   placed around a practitioner's guess, so the optimum often sits near an edge.
 - :func:`lopsided_isoflop`: isoFLOP profiles from ``L = E + A/N^alpha + B/D^beta`` with exponents
   away from 0.5 (``N_opt ~ C^0.38``), model sizes from one fixed family (unevenly spaced
-  around each budget's optimum, more points on one side), heteroscedastic noise.
+  around each budget's optimum, more points on one side), heteroscedastic noise; optionally
+  windows of sizes placed off the optimum (``shift``) and runs that spiked (``diverged``).
 - :func:`realistic_curve`: learning curves with warmup, a constant, cosine or WSD learning-rate
   schedule, the multi-timescale late descent of real runs and autocorrelated (EMA-smoothed)
   noise.
@@ -82,21 +83,32 @@ def n_opt(c, p=ISO_TRUTH):
     return g * (c / 6) ** (b / (a + b))
 
 
-def lopsided_isoflop(rng, *, budgets=(1e20, 6e20, 3.6e21, 2.16e22, 1.3e23), noise=0.004, p=ISO_TRUTH):
+def lopsided_isoflop(rng, *, budgets=(1e20, 6e20, 3.6e21, 2.16e22, 1.3e23), noise=0.004, p=ISO_TRUTH,
+                     shift=0.0, diverged=0):
     """IsoFLOP runs ``(params, tokens, budget, loss)``: per budget the family's sizes from about
     1/6 to 6 times ``N_opt``, with the sizes on one side (chosen at random) thinned, so profiles
-    are lopsided; noise ``noise * (1 + |log(N / N_opt)| / 2)`` relative."""
+    are lopsided; noise ``noise * (1 + |log(N / N_opt)| / 2)`` relative.
+
+    ``shift``: each budget's window of sizes is moved by a factor ``exp(u)``, ``u`` uniform in
+    ``[-shift, shift]`` (a practitioner's guess of ``N_opt`` that is off), so the optimum often
+    sits near, or beyond, an edge of the profile. ``diverged``: that many runs, drawn at random,
+    end 5% to 20% above their loss (a loss spike never recovered from)."""
     rows = []
     for c in budgets:
         no = n_opt(c, p)
-        sizes = FAMILY[(FAMILY > no / 6) & (FAMILY < no * 6)]
+        centre = no * math.exp(rng.uniform(-shift, shift)) if shift else no
+        sizes = FAMILY[(FAMILY > centre / 6) & (FAMILY < centre * 6)]
         side = rng.choice([-1, 1])
-        keep = [s for s in sizes if np.sign(math.log(s / no)) != side or rng.random() < 0.5 or abs(math.log(s / no)) < 0.4]
+        keep = [s for s in sizes if np.sign(math.log(s / centre)) != side or rng.random() < 0.5
+                or abs(math.log(s / centre)) < 0.4]
         for s in keep:
             d = c / (6 * s)
             loss = p["E"] + p["A"] / s ** p["alpha"] + p["B"] / d ** p["beta"]
             loss *= math.exp(noise * (1 + abs(math.log(s / no)) / 2) * rng.standard_normal())
             rows.append((s, d, c, loss))
+    for i in (rng.choice(len(rows), diverged, replace=False) if diverged else ()):
+        s, d, c, loss = rows[i]
+        rows[i] = (s, d, c, loss * rng.uniform(1.05, 1.2))
     return tuple(np.array(c) for c in zip(*rows))
 
 

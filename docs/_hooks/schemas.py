@@ -210,14 +210,20 @@ SCHEMAS: list[Schema] = [
     ),
     Schema(
         "batchlaw.fit.isoflop/1", "batchlaw fit isoflop CSV ... --json",
-        "Approach 2 (a local parabola per isoFLOP profile) and Approach 3 (variable projection) on the same runs.",
+        "Approach 2 (a local parabola, or Porian et al.'s Akima spline, per isoFLOP profile) and Approach 3 "
+        "(variable projection) on the same runs.",
         [("schema", "`batchlaw.fit.isoflop/1`"),
+         ("method", "how each budget's optimum was found (`--method`): `parabola` or `akima`"),
          ("optima", "one object per budget fitted: `compute`, `params`, `tokens`, `loss`, `n_runs`, `n_used` (runs in "
-                    "its parabola), `params_ci`"),
+                    "its parabola; sizes in its spline), `params_ci`; with `akima` also `log_params_se` (the standard "
+                    "error of log N_opt that weights the power-law fit)"),
          ("skipped", "one object per budget skipped: `compute`, `reason`"),
-         ("window", "runs on each side of a profile's minimum used by its parabola"),
-         ("params_law", "N_opt = coef * C^exponent: `coef`, `exponent`, `ci`"),
-         ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci`"),
+         ("window", "runs on each side of a profile's minimum used by its parabola (null with `akima`)"),
+         ("loss_noise", "the seed-to-seed standard deviation of the loss (`--loss-noise`), in loss units (null with "
+                        "`parabola`)"),
+         ("params_law", "N_opt = coef * C^exponent: `coef`, `exponent`, `ci`; with `akima` also `noise_ci`, the "
+                        "interval from seed noise alone (the published one)"),
+         ("tokens_law", "D_opt = coef * C^exponent: `coef`, `exponent`, `ci` (and `noise_ci` with `akima`)"),
          ("approach3", "L = E + A/N^alpha + B/D^beta by variable projection: `E`, `A`, `B`, `alpha`, `beta`, "
                        "`params_exponent`, `tokens_exponent`, `ci`, `n_points`, `rmse_log`, `method`; or `error`"),
          ("comparison", "`params_exponent` (`approach2`, `approach2_ci`, `approach3`, `approach3_ci`) and `budgets` "
