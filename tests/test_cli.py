@@ -251,3 +251,15 @@ def test_help_on_every_option_and_no_literal_percent(command):
         if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
             assert a.help, f"{command}: {a.option_strings or a.dest} has no help"
     assert "%%" not in parser.format_help()
+
+
+def test_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
+    """``batchlaw ... | head``: the reader goes away before batchlaw writes; no message, exit 141 (128 + SIGPIPE)."""
+    rows = [(b, 2000.0 * (1 + 100.0 / b), "m") for b in (16, 32, 64, 128, 256, 512, 1024)]
+    csv = tmp_path / "runs.csv"
+    _write_csv(csv, rows)
+    proc = subprocess.Popen([sys.executable, "-m", "batchlaw", "fit", "cbs", str(csv), "--batch-col", "batch",
+                             "--steps-col", "steps", "--bootstrap", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before a byte is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         output went away (``batchlaw ... | head``).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # usage errors exit 2 from here (SystemExit), --help and --version 0
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return code
