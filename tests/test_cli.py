@@ -1,6 +1,7 @@
 """The command line, run as a user runs it."""
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -216,15 +217,31 @@ def test_csv_with_bom_directory_and_bad_encoding(tmp_path, capsys):
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     from batchlaw.cli import fit as fit_cli
 
-    def boom(args):
-        raise ZeroDivisionError("float division by zero")
-
-    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", boom)
+    # a bug in batchlaw: the failing function's code lives in batchlaw's own file
+    namespace: dict = {}
+    exec(compile("def boom(args):\n    raise ZeroDivisionError('float division by zero')\n", fit_cli.__file__, "exec"),
+         namespace)
+    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", namespace["boom"])
     monkeypatch.delenv("BATCHLAW_DEBUG", raising=False)
     assert main(["fit", "curve", "x.csv", "--step-col", "s", "--loss-col", "l"]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "internal error: ZeroDivisionError: float division by zero" in err and "BATCHLAW_DEBUG=1" in err
+
+
+def test_errors_raised_in_the_users_own_file_are_theirs_not_batchlaws(monkeypatch, capsys):
+    from batchlaw.cli import fit as fit_cli
+
+    def boom(args):
+        return {}["missing"]  # the user's line
+
+    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", boom)
+    monkeypatch.delenv("BATCHLAW_DEBUG", raising=False)
+    assert main(["fit", "curve", "x.csv", "--step-col", "s", "--loss-col", "l"]) == 4
+    err = capsys.readouterr().err
+    line = boom.__code__.co_firstlineno + 1
+    assert err.startswith(f"batchlaw: error in your workload or model ({os.path.relpath(__file__)}:{line}): "
+                          "KeyError: 'missing'. This is not a bug in batchlaw") and err.count("\n") == 1, err
 
 
 def _all_parsers():

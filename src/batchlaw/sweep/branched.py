@@ -273,8 +273,8 @@ class BranchedCBS:
     def to_dict(self) -> dict:
         """The ``batchlaw.branch/1`` document: valid JSON, with ``null`` for a loss that is not
         finite (its branch's ``status`` says ``"diverged"``)."""
-        return _finite_or_none({"schema": SCHEMA, "unit": "examples", "config": self.config, "points": self.points,
-                                "trace": self.trace})
+        return _finite_or_none({"schema": "batchlaw.branch/1", "unit": "examples", "config": self.config,
+                                "points": self.points, "trace": self.trace})
 
 
 def _finite_or_none(value):
