@@ -280,3 +280,17 @@ def test_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
     proc.stdout.close()  # the reader is gone before a byte is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("option,path,message", [
+    ("--out", "{tmp}/missing/compare.json", "The directory of the '--out' path"),
+    ("--out", "{tmp}", "The '--out' path '{tmp}' is a directory"),
+    ("--store", "{tmp}/missing/b.db", "The directory of the '--store' path"),
+])
+def test_schedule_compare_checks_its_output_paths_before_training(tmp_path, capsys, option, path, message):
+    argv = ["schedule", "compare", "--workload", "linreg", "--target-loss", "0.01", "--seeds", "0",
+            "--schedules", "constant_small", "--max-examples", "2048", option, path.format(tmp=tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written: refused before the runs

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .._format import fmt_num  # noqa: E402
 
-__all__ = ["branch_summary", "branch_section", "cbs_cell", "write_branch_report", "plot_branch"]
+__all__ = ["branch_summary", "branch_section", "write_branch_report", "plot_branch"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; line-height: 1.45; }
@@ -72,12 +72,12 @@ def _caveats(pts: list[dict]) -> str:
                 "more seeds (--seeds) or use a larger tolerance before trusting the CBS there.")
     gone = [f"x{r['k']} at {fmt_num(p['t_examples'])}" for p in pts for r in p["branches"] if _diverged(r)]
     if gone:
-        out += (f" Diverged (a non-finite loss, counted as outside the tolerance): {', '.join(gone)}; a lower "
-                "learning rate at large k (--lr-rule) may keep them stable.")
+        out += (f" Diverged (a non-finite loss, counted as outside the tolerance): {', '.join(gone)}; a gentler "
+                "learning-rate rule at large k (--lr-rule sqrt or none) may keep them stable.")
     return out
 
 
-def cbs_cell(p: dict) -> str:
+def _cbs_cell(p: dict) -> str:
     """The CBS of one checkpoint as shown in tables: ``'8 to 16'``, ``'>= 32'``, with ``' !'`` when not monotone."""
     return _cbs_text(p) + (" !" if p.get("non_monotone") else "")
 
@@ -161,7 +161,7 @@ def branch_section(result, title: str = "Critical batch size over the run") -> s
         losses = ", ".join(f"x{r['k']}: {'diverged' if _diverged(r) else format(r['loss'], '.4g')}"
                            f"{'' if r['within'] else '*'}" for r in p["branches"])
         rows.append(f"<tr><td>{fmt_num(p['t_examples'])}</td><td>{fmt_num(p.get('trunk_loss'))}</td>"
-                    f"<td>{p['reference_loss']:.4g}</td><td>{html.escape(cbs_cell(p))}</td><td>{b}</td>"
+                    f"<td>{p['reference_loss']:.4g}</td><td>{html.escape(_cbs_cell(p))}</td><td>{b}</td>"
                     f"<td>{html.escape(_ratio(p)[0])}</td><td style='text-align:left'>{losses}</td></tr>")
     png = base64.b64encode(plot_branch(d)).decode()
     tpe = d["config"].get("tokens_per_example")
