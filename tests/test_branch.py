@@ -167,3 +167,129 @@ def test_cbs_rule_edges():
     assert r["cbs"] == 8 and r["censored"] == "upper"
     r = cbs_from_losses({1: [2.0], 2: [float("nan")]}, 8)
     assert r["cbs"] == 8 and r["branches"][1]["loss"] == float("inf")
+
+
+# ------------------------------------------------------------------ what the user reads
+def _result(losses_by_t: dict[int, dict[int, list[float]]], *, budget: int, base_batch: int = 4):
+    from batchlaw.sweep.branched import BranchedCBS
+
+    points = [{"t_examples": t, "t_tokens": None, **cbs_from_losses(losses, base_batch)}
+              for t, losses in losses_by_t.items()]
+    config = {"base_batch": base_batch, "multipliers": sorted(next(iter(losses_by_t.values()))), "budget": budget,
+              "tolerance": 0.01, "tolerance_kind": "relative"}
+    return BranchedCBS(points, config)
+
+
+def test_counts_print_exactly_in_the_summary_and_the_page():
+    from batchlaw.report.branch import branch_section, branch_summary
+
+    res = _result({1028: {1: [2.0], 2: [2.001], 4: [2.5]}}, budget=1024)
+    text = branch_summary(res)
+    assert "loss after 1,024 examples" in text and "at 1,028" in text, text
+    page = branch_section(res)
+    assert "<td>1,028</td>" in page and "4 to 8" not in text.replace("8 to 16", "")  # CBS 8, next 16
+    assert "8 to 16 at 1,028" in text
+
+
+def test_non_monotone_checkpoints_are_flagged_in_the_table_the_summary_and_the_page():
+    from batchlaw.cli.branch import format_branch
+    from batchlaw.report.branch import branch_section, branch_summary
+
+    res = _result({0: {1: [1.0], 2: [1.0], 4: [1.3], 8: [1.0]}, 400: {1: [1.0], 2: [1.0], 4: [1.0], 8: [1.3]}},
+                  budget=64)
+    assert [p["non_monotone"] for p in res.points] == [True, False]
+    table = format_branch(res).splitlines()
+    assert table[1].split()[2:4] == ["8-16", "!"] and "!" not in table[2], table
+    assert table[3].startswith("! not monotone")
+    assert "Not monotone at 0 examples seen" in branch_summary(res)
+    page = branch_section(res)
+    assert "<td>8 to 16 !</td>" in page and "! : not monotone" in page
+
+
+def test_diverged_branches_are_null_with_a_status_in_valid_json():
+    import json
+
+    from batchlaw.report.branch import branch_section, branch_summary
+
+    res = _result({0: {1: [1.0], 2: [1.005], 4: [float("inf")], 8: [float("nan")]}}, budget=64)
+    assert res.points[0]["cbs"] == 8 and res.points[0]["branches"][2]["loss"] == float("inf")  # in memory
+    doc = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    rows = doc["points"][0]["branches"]
+    assert [(r["loss"], r["status"]) for r in rows[2:]] == [(None, "diverged"), (None, "diverged")]
+    assert [r["status"] for r in rows[:2]] == ["ok", "ok"] and rows[0]["loss"] == 1.0
+    assert "Diverged (a non-finite loss, counted as outside the tolerance): x4 at 0, x8 at 0" in branch_summary(doc)
+    assert "x4: diverged*" in branch_section(doc)
+
+
+def test_changing_only_the_tolerance_reanalyses_the_stored_branches(tmp_path):
+    def train(state, *, batch_size, lr, steps, seed):
+        return {4: 1.0, 8: 1.02, 16: 1.04, 32: 1.2}[batch_size]
+
+    def boom(*a, **k):
+        raise AssertionError("a stored branch was trained again")
+
+    kw = dict(base_batch=4, lr=0.1, budget=64, multipliers=(1, 2, 4, 8), store=tmp_path / "b.db", name="tol")
+    first = measure_branched_cbs([(0, "a")], str, train, tolerance=0.01, **kw)
+    wider = measure_branched_cbs([(0, "a")], str, boom, tolerance=0.05, **kw)
+    assert (first.points[0]["cbs"], wider.points[0]["cbs"]) == (4, 16)
+    assert wider.config["tolerance"] == 0.05
+    absolute = measure_branched_cbs([(0, "a")], str, boom, tolerance=0.03, tolerance_kind="absolute", **kw)
+    assert absolute.points[0]["cbs"] == 8
+    with pytest.raises(ValueError, match=r"another configuration \(budget: 64 stored, 128 now\)"):
+        measure_branched_cbs([(0, "a")], str, boom, **{**kw, "budget": 128})
+
+
+def test_a_file_that_is_not_a_store_is_refused_by_name(tmp_path):
+    from batchlaw.sweep.store import StoreError
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a database, just text that is long enough to be read as a header" * 20)
+    with pytest.raises(StoreError, match="notes.txt' cannot be used as a branch store"):
+        BranchStore(bad)
+    with pytest.raises(ValueError, match="is a directory"):
+        BranchStore(tmp_path)
+
+
+@pytest.mark.slow  # a CLI process with two workers that import torch
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")
+def test_branch_workers_die_with_their_parent(tmp_path):
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    markers = tmp_path / "started"
+    markers.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent / "src"), str(tests),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    # every branch takes >= 100 steps x 0.05 s: the workers are mid-branch when the parent dies
+    cmd = [sys.executable, "-m", "batchlaw", "branch", "--workload", "custom_wl.faulty:Slow", "--workload-arg",
+           f"marker_dir={markers}", "--base-batch", "4", "--checkpoints", "0", "--budget", "800",
+           "--multipliers", "1,2", "--store", str(tmp_path / "b.db"), "--jobs", "2", "--no-progress"]
+    parent = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        def started() -> list[int]:  # the parent leaves a marker too, checking the workload
+            return [int(p.name) for p in markers.iterdir() if int(p.name) != parent.pid]
+
+        while time.time() < deadline and parent.poll() is None and len(started()) < 2:
+            time.sleep(0.2)
+        workers = started()
+        assert len(workers) == 2 and parent.poll() is None, (workers, parent.poll(), parent.stderr.read())
+        os.kill(parent.pid, signal.SIGKILL)
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        return state not in ("Z", "X")  # a zombie has ended
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.2)
+    survivors = [w for w in workers if alive(w)]
+    for w in survivors:  # do not leave them behind
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, "workers outlived their parent by 10 s"

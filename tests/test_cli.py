@@ -1,6 +1,7 @@
 """The command line, run as a user runs it."""
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -216,15 +217,31 @@ def test_csv_with_bom_directory_and_bad_encoding(tmp_path, capsys):
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     from batchlaw.cli import fit as fit_cli
 
-    def boom(args):
-        raise ZeroDivisionError("float division by zero")
-
-    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", boom)
+    # a bug in batchlaw: the failing function's code lives in batchlaw's own file
+    namespace: dict = {}
+    exec(compile("def boom(args):\n    raise ZeroDivisionError('float division by zero')\n", fit_cli.__file__, "exec"),
+         namespace)
+    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", namespace["boom"])
     monkeypatch.delenv("BATCHLAW_DEBUG", raising=False)
     assert main(["fit", "curve", "x.csv", "--step-col", "s", "--loss-col", "l"]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "internal error: ZeroDivisionError: float division by zero" in err and "BATCHLAW_DEBUG=1" in err
+
+
+def test_errors_raised_in_the_users_own_file_are_theirs_not_batchlaws(monkeypatch, capsys):
+    from batchlaw.cli import fit as fit_cli
+
+    def boom(args):
+        return {}["missing"]  # the user's line
+
+    monkeypatch.setattr(fit_cli, "_cmd_fit_curve", boom)
+    monkeypatch.delenv("BATCHLAW_DEBUG", raising=False)
+    assert main(["fit", "curve", "x.csv", "--step-col", "s", "--loss-col", "l"]) == 4
+    err = capsys.readouterr().err
+    line = boom.__code__.co_firstlineno + 1
+    assert err.startswith(f"batchlaw: error in your workload or model ({os.path.relpath(__file__)}:{line}): "
+                          "KeyError: 'missing'. This is not a bug in batchlaw") and err.count("\n") == 1, err
 
 
 def _all_parsers():
@@ -251,3 +268,29 @@ def test_help_on_every_option_and_no_literal_percent(command):
         if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
             assert a.help, f"{command}: {a.option_strings or a.dest} has no help"
     assert "%%" not in parser.format_help()
+
+
+def test_a_closed_pipe_ends_quietly_like_a_unix_tool(tmp_path):
+    """``batchlaw ... | head``: the reader goes away before batchlaw writes; no message, exit 141 (128 + SIGPIPE)."""
+    rows = [(b, 2000.0 * (1 + 100.0 / b), "m") for b in (16, 32, 64, 128, 256, 512, 1024)]
+    csv = tmp_path / "runs.csv"
+    _write_csv(csv, rows)
+    proc = subprocess.Popen([sys.executable, "-m", "batchlaw", "fit", "cbs", str(csv), "--batch-col", "batch",
+                             "--steps-col", "steps", "--bootstrap", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before a byte is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("option,path,message", [
+    ("--out", "{tmp}/missing/compare.json", "The directory of the '--out' path"),
+    ("--out", "{tmp}", "The '--out' path '{tmp}' is a directory"),
+    ("--store", "{tmp}/missing/b.db", "The directory of the '--store' path"),
+])
+def test_schedule_compare_checks_its_output_paths_before_training(tmp_path, capsys, option, path, message):
+    argv = ["schedule", "compare", "--workload", "linreg", "--target-loss", "0.01", "--seeds", "0",
+            "--schedules", "constant_small", "--max-examples", "2048", option, path.format(tmp=tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written: refused before the runs

@@ -225,3 +225,83 @@ def test_ray_workers_import_by_reference_or_say_how_to_ship_it(tmp_path):
     assert not ray.is_initialized()
     key = lambda rs: sorted((r["key"], r["status"], r["steps_to_target"]) for r in rs)  # noqa: E731
     assert key(local) == key(remote)
+
+
+# ------------------------------------------------------------------ errors in the user's own code
+FAULTY = TESTS / "custom_wl" / "faulty.py"
+
+
+def _line(path: Path, marker: str) -> str:
+    """``custom_wl/file.py:LINE``: the line of ``path`` that carries ``# BUG: marker``."""
+    for i, text in enumerate(path.read_text().splitlines(), 1):
+        if f"# BUG: {marker}" in text:
+            return f"custom_wl{os.sep}{path.name}:{i}"
+    raise AssertionError(f"no marker {marker!r} in {path}")
+
+
+def _user_error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 4, (rc, err)
+    assert err.count("\n") == 1 and err.startswith("batchlaw: error in your workload or model (")
+    assert "internal error" not in err and "This is not a bug in batchlaw" in err
+    return err
+
+
+@pytest.mark.parametrize("cls,marker,message", [
+    ("CtorRaises", "ctor", "The constructor of workload 'custom_wl.faulty:CtorRaises' raised RuntimeError: no GPU found"),
+    ("NoModel", "make_model", "make_model() returned None, not a torch.nn.Module"),
+    ("VectorLoss", "loss", "loss() returned a tensor of shape (2,) (torch.float32), not a scalar"),
+    ("Frozen", "frozen", "make_model() returned a model with no trainable parameter"),
+    ("Sparse", "sparse", "parameters ['emb.weight'] get sparse gradients"),
+    ("FailsLater", "later", "KeyError: 'missing'"),
+])
+def test_errors_in_the_users_workload_exit_4_with_its_file_and_line(capsys, cls, marker, message):
+    err = _user_error(capsys, ["measure", "--workload", f"custom_wl.faulty:{cls}", "--steps", "12", "--no-progress"])
+    assert message in err and f"{_line(FAULTY, marker)})" in err, err
+
+
+@pytest.mark.parametrize("module,marker,said", [
+    ("exits_on_import", "exit", "sys.exit('run me as a script')"),
+    ("parses_argv", "argv", "the following arguments are required: --data"),
+])
+def test_a_workload_module_that_exits_on_import_is_the_users_error(capsys, module, marker, said):
+    argv = list(sys.argv)
+    for command in (["measure", "--steps", "12"], ["branch", "--base-batch", "4", "--checkpoints", "0",
+                                                  "--budget", "8", "--multipliers", "1,2", "--store", "unused.db"]):
+        err = _user_error(capsys, [command[0], "--workload", f"custom_wl.{module}:W", *command[1:]])
+        assert f"The workload module 'custom_wl.{module}' exited while being imported" in err and said in err
+        assert f"{_line(TESTS / 'custom_wl' / f'{module}.py', marker)})" in err
+    assert sys.argv == argv  # the module saw no arguments; batchlaw's are back
+
+
+def test_check_workload_accepts_a_good_workload_and_keeps_the_random_state():
+    import torch
+
+    from batchlaw.workloads import check_workload
+
+    state = torch.random.get_rng_state()
+    check_workload(TinyRegression(dim=3))
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_branch_and_schedule_compare_find_a_workload_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_cwd_workload.py").write_text(
+        "from custom_wl.quadratic import TinyRegression\n\nclass Here(TinyRegression):\n    name = 'here'\n")
+    monkeypatch.chdir(tmp_path)
+    # as the `batchlaw` console script runs: neither '' nor the current directory on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_cwd_workload", raising=False)
+    rc = main(["branch", "--workload", "my_cwd_workload:Here", "--base-batch", "4", "--checkpoints", "0",
+               "--budget", "16", "--multipliers", "1,2", "--store", "b.db", "--no-progress", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert json.loads(out.out)["config"]["workload"] == "my_cwd_workload:Here"
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_cwd_workload", raising=False)
+    rc = main(["schedule", "compare", "--workload", "my_cwd_workload:Here", "--target-loss", "100", "--seeds", "0",
+               "--small-batch", "4", "--large-batch", "8", "--schedules", "constant_small", "--eval-every", "8",
+               "--max-examples", "64", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert json.loads(out.out)["schedules"]["constant_small"]["reached"] == 1

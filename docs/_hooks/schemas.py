@@ -284,8 +284,10 @@ SCHEMAS: list[Schema] = [
         [("schema", "`\"batchlaw.branch/1\"`"),
          ("unit", "unit of the batch sizes (`examples`)"),
          ("config", "the trunk and branch settings: workload, base batch, factors k, branch budget, tolerance"),
-         ("points", "one object per checkpoint: examples seen, the branches' losses per k, CBS(t) and whether it is "
-                    "a lower or upper bound, and B_simple(t) from the monitor on the trunk with its interval"),
+         ("points", "one object per checkpoint: examples seen, the branches' losses per k (each with a `status`, "
+                    "`ok` or `diverged`; a diverged loss is `null`), CBS(t) and whether it is a lower or upper "
+                    "bound, `non_monotone` (a larger batch passed after a smaller one failed: noise), and "
+                    "B_simple(t) from the monitor on the trunk with its interval"),
          ("trace", "the trunk's noise-scale trace between checkpoints (null when not measured)")],
     ),
     Schema(

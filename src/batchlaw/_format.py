@@ -1,21 +1,30 @@
-"""Number formatting for people: three significant figures, thousands separators, inf."""
+"""Number formatting for people: counts exact, estimates to three significant figures."""
 
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
-__all__ = ["fmt_num"]
+__all__ = ["fmt_num", "fmt_count"]
 
 
 def fmt_num(x: float | None) -> str:
-    """``1234.5 -> '1,230'``, ``0.01234 -> '0.0123'``, ``2.5e7 -> '2.5e+07'``, ``None -> '-'``.
+    """An integer exactly, with thousands separators; any other number to three significant figures.
+
+    An ``int`` is a count (examples, steps, tokens, a batch size) and is never rounded; a
+    ``float`` is an estimate and keeps three significant figures (an integer-valued float that
+    is a count goes through :func:`fmt_count`).
 
     Examples:
-        >>> fmt_num(1234.5), fmt_num(0.01234), fmt_num(float('inf')), fmt_num(None)
-        ('1,230', '0.0123', 'inf', '-')
+        >>> fmt_num(1024), fmt_num(1028), fmt_num(2_500_000_000)
+        ('1,024', '1,028', '2,500,000,000')
+        >>> fmt_num(1234.5), fmt_num(0.01234), fmt_num(2.5e7), fmt_num(float('inf')), fmt_num(None)
+        ('1,230', '0.0123', '2.5e+07', 'inf', '-')
     """
     if x is None:
         return "-"
+    if isinstance(x, Integral) and not isinstance(x, bool):
+        return f"{int(x):,}"
     x = float(x)
     if math.isnan(x):
         return "nan"
@@ -26,3 +35,16 @@ def fmt_num(x: float | None) -> str:
     if abs(x) >= 1000:
         return f"{float(f'{x:.3g}'):,.0f}"
     return f"{x:.3g}"
+
+
+def fmt_count(x: float | None) -> str:
+    """A count (examples, steps, tokens) that may arrive as a float: exact when it is a whole
+    number, else as :func:`fmt_num` (a mean over seeds, say).
+
+    Examples:
+        >>> fmt_count(1028.0), fmt_count(1028.4), fmt_count(None)
+        ('1,028', '1,030', '-')
+    """
+    if isinstance(x, float) and math.isfinite(x) and x.is_integer():
+        return fmt_num(int(x))
+    return fmt_num(x)

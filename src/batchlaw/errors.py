@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["InsufficientDataError"]
+__all__ = ["InsufficientDataError", "UserCodeError"]
 
 
 class InsufficientDataError(ValueError):
@@ -25,3 +25,24 @@ class InsufficientDataError(ValueError):
     def __init__(self, message: str, provisional: Any = None) -> None:
         super().__init__(message)
         self.provisional = provisional
+
+
+class UserCodeError(Exception):
+    """An error in the user's own code that batchlaw runs: a workload (its module, constructor or
+    hooks) or a model factory.
+
+    Not a bug in batchlaw and not a bad option: the message says what went wrong and
+    :attr:`where` points at the user's file and line, the innermost frame of the user's code in
+    the traceback (or the definition of the hook that broke the contract). The original
+    exception is the ``__cause__``. ``batchlaw`` exits with status 4 on it.
+
+    Attributes:
+        where: ``"path/to/file.py:LINE"`` in the user's code, or ``None`` when unknown.
+    """
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def __reduce__(self):  # survive pickling across processes (process pools, Ray)
+        return (type(self), (str(self), self.where))

@@ -7,7 +7,10 @@ import os
 import sys
 
 from .. import __version__
+from .._usercode import user_location
+from ..errors import UserCodeError
 from . import branch, demo, fit, measure, plan, profile, schedule, sweep
+from ._common import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER_CODE
 
 __all__ = ["main", "build_parser"]
 
@@ -41,30 +44,63 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 on success; 1 when no result could be computed (e.g. ``fit cbs`` when every group
         fails; said in the output); 2 on a bad argument or input, with a message naming it;
-        3 on an internal error (a bug: set ``BATCHLAW_DEBUG=1`` to see the traceback); 130
-        when interrupted.
+        3 on an internal error (a bug: set ``BATCHLAW_DEBUG=1`` to see the traceback); 4 on an
+        error in the user's own code (a workload, a model, a module imported by reference),
+        with its file and line; 130 when interrupted; 141, quietly, when the reader of the
+        output went away (``batchlaw ... | head``).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)  # usage errors exit 2 from here (SystemExit), --help and --version 0
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except KeyboardInterrupt:
         print("batchlaw: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError) as err:  # InsufficientDataError and StoreError are ValueErrors
-        print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        where = f"{err.filename!r}: " if err.filename else ""
-        print(f"batchlaw: error: {where}{_one_line(err.strerror or err)}. Check the path and its permissions.",
-              file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
-        if os.environ.get("BATCHLAW_DEBUG"):
-            raise
-        print(f"batchlaw: internal error: {type(err).__name__}: {_one_line(err)} (a bug in batchlaw: rerun with "
-              "BATCHLAW_DEBUG=1 for the traceback and report it)", file=sys.stderr)
-        return 3
+        return _report(err)
+
+
+def _report(err: Exception) -> int:
+    """Print the one line that says what went wrong and return the exit status (see :func:`main`)."""
+    debug = bool(os.environ.get("BATCHLAW_DEBUG"))
+    if isinstance(err, UserCodeError):
+        where, what = err.where, _one_line(err)
+    else:
+        where, what = user_location(err), f"{type(err).__name__}: {_one_line(err)}"
+    if isinstance(err, UserCodeError) or where is not None:
+        if debug:
+            raise err
+        at = f" ({where})" if where else ""
+        print(f"batchlaw: error in your workload or model{at}: {what.rstrip('.')}. This is not a bug in batchlaw: fix "
+              "it there (BATCHLAW_DEBUG=1 shows the traceback).", file=sys.stderr)
+        return EXIT_USER_CODE
+    if isinstance(err, (ValueError, TypeError)):  # InsufficientDataError and StoreError are ValueErrors
+        print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if isinstance(err, OSError):
+        name = f"{err.filename!r}: " if err.filename else ""
+        print(f"batchlaw: error: {name}{_one_line(err.strerror or err)}. Check the path and its permissions.",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if debug:
+        raise err
+    print(f"batchlaw: internal error: {what} (a bug in batchlaw: rerun with BATCHLAW_DEBUG=1 for the traceback and "
+          "report it)", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout is gone (``| head``): stop quietly, as Unix tools do."""
+    try:  # the interpreter flushes stdout at exit: point it at /dev/null so that flush cannot fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,21 @@
-"""Argument types shared by the commands."""
+"""Argument types, checks and exit statuses shared by the commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+#: Exit statuses of every command (documented in docs/reference-cli.md).
+EXIT_OK = 0
+EXIT_NO_RESULT = 1  # no result could be computed (said in the output)
+EXIT_BAD_INPUT = 2  # a bad option, file or value, named in the message
+EXIT_INTERNAL = 3  # a bug in batchlaw
+EXIT_USER_CODE = 4  # an error in the user's own workload, model or module, with its file and line
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away, e.g. `| head` (128 + SIGPIPE, as Unix tools)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -89,14 +99,19 @@ def add_workload_arguments(p: argparse.ArgumentParser, default: str = "bytemlp")
 
 
 def workload_from_args(args: argparse.Namespace):
-    """``(ref, kwargs, workload)`` from ``--workload`` / ``--workload-arg``: imports and builds the
-    workload, so a bad reference fails here with a one-line error."""
-    import os
-    import sys
+    """``(ref, kwargs, workload)`` from ``--workload`` / ``--workload-arg``, for every command that trains.
 
-    from ..workloads import resolve_workload, workload_spec
+    Imports and builds the workload (a ``module:Class`` reference is found in the current
+    directory too, as ``python -m`` would), and runs a workload of the user's once on a tiny
+    batch (:func:`~batchlaw.workloads.check_workload`), so a bad reference or a broken workload
+    fails here, before any work, with a one-line error.
+    """
+    from ..workloads import WORKLOADS, check_workload, resolve_workload, workload_spec
 
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: modules here are importable
         sys.path.insert(0, os.getcwd())
     ref, kwargs = workload_spec(args.workload, dict(args.workload_arg))
-    return ref, kwargs, resolve_workload(ref, kwargs)
+    workload = resolve_workload(ref, kwargs)
+    if ref not in WORKLOADS:
+        check_workload(workload)
+    return ref, kwargs, workload

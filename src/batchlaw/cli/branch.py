@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .._format import fmt_num
-from ._common import _int_list, add_workload_arguments
+from ._common import _int_list, add_workload_arguments, check_output_file, workload_from_args
 
 
 def add_parsers(sub) -> None:
@@ -49,11 +49,13 @@ def add_parsers(sub) -> None:
 def _cmd_branch(args) -> int:
     from ..sweep.branched import make_branch_executor
     from ..sweep.branched_workload import WorkloadBranchConfig, measure_workload_cbs
-    from ..workloads import get_workload
 
-    kwargs = dict(args.workload_arg)
-    lr = args.lr if args.lr is not None else get_workload(args.workload, **kwargs).default_lr
-    cfg = WorkloadBranchConfig(workload=args.workload, base_batch=args.base_batch, lr=lr,
+    # every option and output path is checked here, before the trunk trains
+    store = check_output_file("--store", args.store)
+    html = None if args.html is None else check_output_file("--html", args.html)
+    ref, kwargs, workload = workload_from_args(args)
+    lr = args.lr if args.lr is not None else workload.default_lr
+    cfg = WorkloadBranchConfig(workload=ref, base_batch=args.base_batch, lr=lr,
                                checkpoints=tuple(args.checkpoints), budget=args.budget,
                                multipliers=tuple(args.multipliers), tolerance=args.tolerance,
                                tolerance_kind=args.tolerance_kind, lr_rule=args.lr_rule, seeds=tuple(args.seeds),
@@ -61,26 +63,36 @@ def _cmd_branch(args) -> int:
     executor = None if args.executor == "local" and args.jobs == 1 else make_branch_executor(
         args.executor, args.jobs, args.ray_address)
     try:
-        res = measure_workload_cbs(cfg, args.store, executor=executor, progress=not args.no_progress and not args.json)
+        res = measure_workload_cbs(cfg, store, executor=executor, progress=not args.no_progress and not args.json)
     finally:
         if executor is not None:
             executor.close()
-    if args.html:
+    if html is not None:
         from ..report.branch import write_branch_report
 
-        write_branch_report(res, args.html)
+        write_branch_report(res, html)
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2, default=str))
+        print(json.dumps(res.to_dict(), indent=2, allow_nan=False))
         return 0
+    print(format_branch(res))
+    if html is not None:
+        print(f"\nHTML: {html}")
+    return 0
+
+
+def format_branch(res) -> str:
+    """The human table and summary of a branched measurement; ``!`` marks a checkpoint whose
+    losses are not monotone in ``k``."""
     from ..report.branch import branch_summary
 
-    print(f"{'examples seen':>14} {'k=1 loss':>9} {'CBS (examples)':>16} {'B_simple':>10} {'CBS/B_simple':>13}")
+    lines = [f"{'examples seen':>14} {'k=1 loss':>9} {'CBS (examples)':>16} {'B_simple':>10} {'CBS/B_simple':>13}"]
     for p in res.points:
-        cbs = {"lower": f">={p['cbs']}", "upper": f"<={p['cbs']}"}.get(p["censored"], f"{p['cbs']}-{p['cbs_upper']}")
+        cbs = {"lower": f">={fmt_num(p['cbs'])}", "upper": f"<={fmt_num(p['cbs'])}"}.get(
+            p["censored"], f"{fmt_num(p['cbs'])}-{fmt_num(p['cbs_upper'])}") + (" !" if p.get("non_monotone") else "")
         ratio = "-" if p.get("cbs_over_b_simple") is None else f"{p['cbs_over_b_simple']:.2g}"
-        print(f"{p['t_examples']:>14} {p['reference_loss']:>9.4g} {cbs:>16} {fmt_num(p.get('b_simple')):>10} {ratio:>13}")
-    print()
-    print(branch_summary(res))
-    if args.html:
-        print(f"\nHTML: {args.html}")
-    return 0
+        lines.append(f"{fmt_num(p['t_examples']):>14} {p['reference_loss']:>9.4g} {cbs:>16} "
+                     f"{fmt_num(p.get('b_simple')):>10} {ratio:>13}")
+    if any(p.get("non_monotone") for p in res.points):
+        lines.append("! not monotone: a larger batch passed after a smaller one failed, so the CBS there is noise-limited")
+    lines += ["", branch_summary(res)]
+    return "\n".join(lines)

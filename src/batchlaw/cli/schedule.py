@@ -6,7 +6,7 @@ import json
 import sys
 
 from .._format import fmt_num
-from ._common import _int_list, add_workload_arguments
+from ._common import _int_list, add_workload_arguments, check_output_file, workload_from_args
 
 
 def add_parsers(sub) -> None:
@@ -51,16 +51,19 @@ def add_parsers(sub) -> None:
 def _cmd_compare(args) -> int:
     from ..schedule.compare import CompareConfig, compare_schedules
 
-    cfg = CompareConfig(workload=args.workload, workload_kwargs=dict(args.workload_arg), target_loss=args.target_loss,
+    out = None if args.out is None else check_output_file("--out", args.out)  # before any training
+    store = None if args.store is None else check_output_file("--store", args.store)
+    ref, kwargs, _ = workload_from_args(args)
+    cfg = CompareConfig(workload=ref, workload_kwargs=kwargs, target_loss=args.target_loss,
                         seeds=tuple(args.seeds), small_batch=args.small_batch, large_batch=args.large_batch, lr=args.lr,
                         lr_rule=args.lr_rule, warmup=args.warmup, max_examples=args.max_examples,
                         eval_every=args.eval_every, noise_c=args.noise_c, hysteresis=args.hysteresis,
                         cbs_tolerance=args.cbs_tolerance, cbs_budget=args.cbs_budget, cbs_factor=args.cbs_factor,
                         schedules=tuple(s.strip() for s in args.schedules.split(",") if s.strip()))
-    doc = compare_schedules(cfg, store=args.store,
+    doc = compare_schedules(cfg, store=store,
                             progress=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
-    if args.out:
-        with open(args.out, "w") as fh:
+    if out is not None:
+        with open(out, "w") as fh:
             json.dump(doc, fh, indent=2)
     if args.json:
         print(json.dumps(doc, indent=2))

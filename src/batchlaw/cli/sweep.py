@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from .._format import fmt_num
+from .._format import fmt_count, fmt_num
 from ._common import _int_list, _json_object, add_workload_arguments, check_output_dir, check_output_file, workload_from_args
 
 
@@ -80,7 +80,7 @@ def _print_analysis(a) -> None:
         ex = None if steps is None else steps * p["batch_size"]
         edge = f" (best at the {p['lr_at_edge']} edge)" if p["lr_at_edge"] else ""
         lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}"
-        print(f"{p['batch_size']:>8} {fmt_num(steps):>16} {fmt_num(ex):>12} {lr:>10}  {len(p['lrs_tried'])}"
+        print(f"{p['batch_size']:>8} {fmt_count(steps):>16} {fmt_count(ex):>12} {lr:>10}  {len(p['lrs_tried'])}"
               f"{'' if steps is not None else ' none reached the target'}{edge}")
     if a.fit is not None:
         print(f"\n{a.fit}")

@@ -57,6 +57,31 @@ def _ratio(p: dict) -> tuple[str, float | None]:
     return f"{r:.2g} to {p['cbs_upper'] / b:.2g}", r
 
 
+def _diverged(row: dict) -> bool:
+    loss = row.get("loss")
+    return row.get("status") == "diverged" or loss is None or not math.isfinite(loss)
+
+
+def _caveats(pts: list[dict]) -> str:
+    """Sentences on the checkpoints whose reading is noisy (not monotone) and on diverged branches."""
+    out = ""
+    noisy = [fmt_num(p["t_examples"]) for p in pts if p.get("non_monotone")]
+    if noisy:
+        out += (f" Not monotone at {', '.join(noisy)} examples seen (marked !): a larger batch came within the "
+                "tolerance after a smaller one had not, so the losses there are noisier than the tolerance; average "
+                "more seeds (--seeds) or use a larger tolerance before trusting the CBS there.")
+    gone = [f"x{r['k']} at {fmt_num(p['t_examples'])}" for p in pts for r in p["branches"] if _diverged(r)]
+    if gone:
+        out += (f" Diverged (a non-finite loss, counted as outside the tolerance): {', '.join(gone)}; a gentler "
+                "learning-rate rule at large k (--lr-rule sqrt or none) may keep them stable.")
+    return out
+
+
+def _cbs_cell(p: dict) -> str:
+    """The CBS of one checkpoint as shown in tables: ``'8 to 16'``, ``'>= 32'``, with ``' !'`` when not monotone."""
+    return _cbs_text(p) + (" !" if p.get("non_monotone") else "")
+
+
 def branch_summary(result) -> str:
     """One paragraph: how the CBS moves over the run, and whether ``B_simple`` tracks it."""
     d = _as_dict(result)
@@ -68,6 +93,7 @@ def branch_summary(result) -> str:
             f"while its loss after {fmt_num(cfg['budget'])} examples is within {tol_text}; a larger tolerance gives a "
             f"larger CBS. The grid of k (x{', x'.join(str(k) for k in cfg['multipliers'])}) limits the resolution: "
             "'a to b' means the CBS lies between a and b.")
+    text += _caveats(pts)
     ratios = [(p, _ratio(p)[1]) for p in pts if _ratio(p)[1] is not None]
     if not ratios:
         return text + " The noise scale was not measured on this run."
@@ -132,17 +158,19 @@ def branch_section(result, title: str = "Critical batch size over the run") -> s
     for p in d["points"]:
         ci = p.get("b_simple_ci") or [None, None]
         b = "-" if not p.get("b_simple") else f"{fmt_num(p['b_simple'])} ({fmt_num(ci[0])} to {fmt_num(ci[1])})"
-        losses = ", ".join(f"x{r['k']}: {r['loss']:.4g}{'' if r['within'] else '*'}" for r in p["branches"])
+        losses = ", ".join(f"x{r['k']}: {'diverged' if _diverged(r) else format(r['loss'], '.4g')}"
+                           f"{'' if r['within'] else '*'}" for r in p["branches"])
         rows.append(f"<tr><td>{fmt_num(p['t_examples'])}</td><td>{fmt_num(p.get('trunk_loss'))}</td>"
-                    f"<td>{p['reference_loss']:.4g}</td><td>{html.escape(_cbs_text(p))}</td><td>{b}</td>"
+                    f"<td>{p['reference_loss']:.4g}</td><td>{html.escape(_cbs_cell(p))}</td><td>{b}</td>"
                     f"<td>{html.escape(_ratio(p)[0])}</td><td style='text-align:left'>{losses}</td></tr>")
     png = base64.b64encode(plot_branch(d)).decode()
     tpe = d["config"].get("tokens_per_example")
     note = f" One example is {tpe} tokens." if tpe else ""
     return (f"<h2>{html.escape(title)}</h2><p class='headline'>{html.escape(branch_summary(d))}</p>"
             f"<img alt='CBS and B_simple' src='data:image/png;base64,{png}'><table>{''.join(rows)}</table>"
-            f"<p class='note'>* : outside the tolerance. B_simple is measured on the trunk over the steps since the "
-            f"previous checkpoint.{note}</p>")
+            f"<p class='note'>* : outside the tolerance. ! : not monotone (a larger batch within the tolerance after "
+            f"a smaller one was not: noise). B_simple is measured on the trunk over the steps since the previous "
+            f"checkpoint.{note}</p>")
 
 
 def write_branch_report(result, path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from .._format import fmt_num
+from .._format import fmt_count, fmt_num
 from .plots import plot_sweep
 
 __all__ = ["write_report", "headline", "file_stem"]
@@ -90,8 +90,8 @@ def _points(a) -> list[dict]:
         s = p["steps_to_target"]
         noise = [t["noise"]["b_simple"] for t in p["best_trials"] if t.get("noise") and t["noise"].get("b_simple")]
         lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}" + (f" ({p['lr_at_edge']} edge)" if p["lr_at_edge"] else "")
-        out.append({"batch": p["batch_size"], "steps": fmt_num(s) if s is not None else "not reached",
-                    "examples": fmt_num(None if s is None else s * p["batch_size"]), "lr": lr,
+        out.append({"batch": p["batch_size"], "steps": fmt_count(s) if s is not None else "not reached",
+                    "examples": fmt_count(None if s is None else s * p["batch_size"]), "lr": lr,
                     "n_lrs": len(p["lrs_tried"]), "b_simple": fmt_num(noise[0] / tpe) if noise else "-"})
     return out
 

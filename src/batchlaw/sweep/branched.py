@@ -33,19 +33,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 import sqlite3
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .._validation import check_choice, check_positive_float, check_positive_int
 from .runner import LocalExecutor, RayExecutor
+from .store import StoreError
 
 __all__ = ["BranchSpec", "BranchStore", "BranchedCBS", "cbs_from_losses", "measure_branched_cbs", "run_trunk",
-           "make_branch_executor", "BRANCH_LR_EXPONENT", "SCHEMA"]
+           "make_branch_executor", "ANALYSIS_KEYS", "BRANCH_LR_EXPONENT", "SCHEMA"]
 
 SCHEMA = "batchlaw.branch/1"
+
+#: Settings that only change how stored branches are analysed, not which branches run: a
+#: measurement rerun with other values re-analyses its stored branches.
+ANALYSIS_KEYS = ("tolerance", "tolerance_kind")
 
 #: How the learning rate moves with ``k``: ``lr * k ** exponent`` (square root for Adam,
 #: Malladi et al. 2022; linear for SGD, Goyal et al. 2017; the same rules as
@@ -100,11 +109,19 @@ class BranchStore:
         self.path = Path(path)
         if not self.path.parent.exists():
             raise ValueError(f"The directory of the store {str(self.path)!r} does not exist.")
+        if self.path.is_dir():
+            raise ValueError(f"The store {str(self.path)!r} is a directory. Pass a file path.")
         self._conn = sqlite3.connect(self.path, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self._conn:
-            self._conn.executescript(_SQL)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._conn:
+                self._conn.executescript(_SQL)
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise StoreError(f"The store {str(self.path)!r} cannot be used as a branch store ({err}): it is not "
+                             "SQLite, or it is damaged or locked. Pass the file 'batchlaw branch' wrote, or a new "
+                             "path to start a new store.") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -116,16 +133,30 @@ class BranchStore:
         self.close()
 
     def save_measurement(self, name: str, config: dict) -> None:
-        """Record a measurement's configuration; another configuration under the same name is an error."""
+        """Record a measurement's configuration.
+
+        A measurement of the same name whose configuration differs only in how the branches are
+        analysed (:data:`ANALYSIS_KEYS`: the tolerance) is the same measurement: its stored
+        branches are reused and the new configuration is recorded. Any other difference is an
+        error that names the settings that differ.
+        """
         blob = json.dumps(config, sort_keys=True)
         row = self._conn.execute("SELECT config FROM branch_measurements WHERE name = ?", (name,)).fetchone()
-        if row is not None:
-            if row[0] != blob:
-                raise ValueError(f"The store {str(self.path)!r} already holds a branched measurement named {name!r} "
-                                 "with another configuration. Use another --name or another store file.")
+        if row is None:
+            with self._conn:
+                self._conn.execute("INSERT INTO branch_measurements VALUES (?, ?, NULL, ?)", (name, blob, time.time()))
             return
+        if row[0] == blob:
+            return
+        old = json.loads(row[0])
+        changed = sorted(k for k in set(old) | set(config) if k not in ANALYSIS_KEYS and old.get(k) != config.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {old.get(k)!r} stored, {config.get(k)!r} now" for k in changed)
+            raise ValueError(f"The store {str(self.path)!r} already holds a branched measurement named {name!r} "
+                             f"with another configuration ({diff}). Use another --name or another store file "
+                             f"(only {', '.join(ANALYSIS_KEYS)} may change: they re-analyse the stored branches).")
         with self._conn:
-            self._conn.execute("INSERT INTO branch_measurements VALUES (?, ?, NULL, ?)", (name, blob, time.time()))
+            self._conn.execute("UPDATE branch_measurements SET config = ? WHERE name = ?", (blob, name))
 
     def measurements(self) -> dict[str, dict]:
         rows = self._conn.execute("SELECT name, config FROM branch_measurements ORDER BY created_at")
@@ -178,7 +209,9 @@ def cbs_from_losses(losses: dict[int, list[float]], base_batch: int, *, toleranc
         ``cbs`` (examples), ``cbs_upper`` (the next batch tried, which failed; ``None`` when
         every batch passed), ``censored`` (``"lower"``, ``"upper"`` or ``None``), ``threshold``,
         ``non_monotone`` (a larger batch passed after a smaller one failed: noise), and per ``k``
-        the mean and spread of the losses.
+        (``branches``) the mean and spread of the losses, ``within``, and ``status``: ``"ok"``,
+        or ``"diverged"`` when a seed's loss is not finite (the mean is then ``inf`` here and
+        ``null`` in :meth:`BranchedCBS.to_dict`).
 
     Examples:
         >>> r = cbs_from_losses({1: [2.0], 2: [2.01], 4: [2.05], 8: [2.3]}, 16, tolerance=0.01)
@@ -186,8 +219,7 @@ def cbs_from_losses(losses: dict[int, list[float]], base_batch: int, *, toleranc
         (32, 64, None)
     """
     check_positive_int("base_batch", base_batch)
-    check_positive_float("tolerance", tolerance, allow_zero=True)
-    check_choice("tolerance_kind", tolerance_kind, ("relative", "absolute"))
+    _check_rule(tolerance, tolerance_kind)
     if 1 not in losses:
         raise ValueError("The branch losses must include the k = 1 branch (the reference).")
     ks = sorted(losses)
@@ -197,7 +229,8 @@ def cbs_from_losses(losses: dict[int, list[float]], base_batch: int, *, toleranc
         finite = [v for v in vals if math.isfinite(v)]
         mean = sum(finite) / len(finite) if len(finite) == len(vals) and vals else math.inf
         sd = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 and math.isfinite(mean) else None
-        table[k] = {"k": k, "batch": k * base_batch, "loss": mean, "loss_sd": sd, "n": len(vals)}
+        table[k] = {"k": k, "batch": k * base_batch, "loss": mean, "loss_sd": sd, "n": len(vals),
+                    "n_diverged": len(vals) - len(finite), "status": "ok" if math.isfinite(mean) else "diverged"}
     ref = table[1]["loss"]
     if not math.isfinite(ref):
         raise ValueError("The k = 1 branch diverged (non-finite loss): lower the learning rate.")
@@ -238,8 +271,21 @@ class BranchedCBS:
     trace: list | None = None
 
     def to_dict(self) -> dict:
-        return {"schema": "batchlaw.branch/1", "unit": "examples", "config": self.config, "points": self.points,
-                "trace": self.trace}
+        """The ``batchlaw.branch/1`` document: valid JSON, with ``null`` for a loss that is not
+        finite (its branch's ``status`` says ``"diverged"``)."""
+        return _finite_or_none({"schema": "batchlaw.branch/1", "unit": "examples", "config": self.config,
+                                "points": self.points, "trace": self.trace})
+
+
+def _finite_or_none(value):
+    """``value`` with every non-finite float (a diverged loss, an unbounded interval) as ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------ running branches
@@ -279,10 +325,44 @@ class _BranchRayExecutor(RayExecutor):
                 self.ray.cancel(ref)
 
 
+class _LocalBranchExecutor(LocalExecutor):
+    """:class:`~batchlaw.sweep.runner.LocalExecutor` whose workers end with this process.
+
+    A worker of a plain process pool killed from outside its parent (SIGKILL, the OOM killer)
+    would go on training, then wait for work forever. Each worker here watches its parent's
+    pid (:func:`_die_with_parent`) and exits within a second of the parent's death.
+    """
+
+    def map_unordered(self, fn: Callable, items: list):
+        if self.jobs > 1 and self._pool is None:
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
+        return super().map_unordered(fn, items)
+
+
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: exit once ``parent``, the process that started this one, is gone.
+
+    A daemon thread polls ``os.getppid()`` (an orphan is re-parented). Not Linux's
+    ``prctl(PR_SET_PDEATHSIG)``: that signal follows the parent *thread* that spawned the
+    worker, which may end while the parent process lives on; polling works on every platform.
+    """
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="batchlaw-parent-watch", daemon=True).start()
+
+
 def make_branch_executor(kind: str = "local", jobs: int = 1, address: str | None = None):
-    """``"local"`` (a process pool of ``jobs``; 1 runs in this process) or ``"ray"``."""
+    """``"local"`` (a process pool of ``jobs`` whose workers end with this process; 1 runs in
+    this process) or ``"ray"``."""
     kind = check_choice("executor", kind, ("local", "ray"))
-    return LocalExecutor(jobs) if kind == "local" else _BranchRayExecutor(address, jobs)
+    return _LocalBranchExecutor(jobs) if kind == "local" else _BranchRayExecutor(address, jobs)
 
 
 def _run_specs(specs: list[BranchSpec], fn: Callable, store: BranchStore | None, executor, progress: bool) -> dict:
@@ -340,6 +420,12 @@ def _check_grid(base_batch, multipliers, budget, seeds):
     return base_batch, ks, budget, [int(s) for s in seeds]
 
 
+def _check_rule(tolerance, tolerance_kind) -> None:
+    """The decision rule's settings, checked before any branch runs."""
+    check_positive_float("tolerance", tolerance, allow_zero=True)
+    check_choice("tolerance_kind", tolerance_kind, ("relative", "absolute"))
+
+
 def _summarize(specs, results, *, base_batch, tolerance, tolerance_kind, tokens_per_example, config, extra=None):
     points = []
     for t in sorted({s.t_examples for s in specs}):
@@ -395,6 +481,7 @@ def measure_branched_cbs(checkpoints, load_checkpoint: Callable, train_steps: Ca
         Empirical Approach to Large-Batch Language Model Training", arXiv:2505.23971.
     """
     base_batch, ks, budget, seeds = _check_grid(base_batch, multipliers, budget, seeds)
+    _check_rule(tolerance, tolerance_kind)
     checkpoints = [(check_positive_int("checkpoint t", int(t), minimum=0), ref) for t, ref in checkpoints]
     if not checkpoints:
         raise ValueError("The 'checkpoints' parameter must list at least one (t, ref) pair.")

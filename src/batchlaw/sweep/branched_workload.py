@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 from .._validation import check_choice, check_positive_float, check_positive_int
-from .branched import BranchedCBS, BranchStore, _branch_specs, _check_grid, _run_specs, _summarize
+from .branched import BranchedCBS, BranchStore, _branch_specs, _check_grid, _check_rule, _run_specs, _summarize
 
 __all__ = ["WorkloadBranchConfig", "measure_workload_cbs", "run_workload_branch", "run_workload_trunk"]
 
@@ -60,6 +61,13 @@ class WorkloadBranchConfig:
 
     def __post_init__(self) -> None:
         _check_grid(self.base_batch, self.multipliers, self.budget, self.seeds)
+        _check_rule(self.tolerance, self.tolerance_kind)
+        _check_name(self.name)
+        for label, values in (("seeds", self.seeds), ("trunk_seed", (self.trunk_seed,))):
+            for seed in values:
+                if isinstance(seed, bool) or not isinstance(seed, Integral) or not -_MAX_SEED <= seed < _MAX_SEED:
+                    raise ValueError(f"The '{label}' parameter must be an integer from -2**31 to 2**31 - 1 (seeds "
+                                     f"are spread over torch's 64-bit seeds). Got {seed!r} instead.")
         check_positive_float("lr", self.lr)
         if not self.checkpoints:
             raise ValueError("The 'checkpoints' parameter must list at least one point (examples).")
@@ -78,6 +86,17 @@ class WorkloadBranchConfig:
         d = asdict(self)
         d["checkpoints"], d["multipliers"], d["seeds"] = list(self.checkpoints), list(self.multipliers), list(self.seeds)
         return d
+
+
+_MAX_SEED = 2**31  # branch seeds are spread as 1_000_003 * (seed + 1) + t: stay within torch's 64-bit seeds
+
+
+def _check_name(name) -> str:
+    """The measurement's name: it also names the trunk's checkpoint files, so no path separators."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or any(c in name for c in "/\\\0"):
+        raise ValueError(f"The 'name' parameter must be 1 to 200 characters without '/', '\\' or NUL (it names "
+                         f"the checkpoint files). Got {name!r} instead.")
+    return name
 
 
 def _rule_for(workload) -> str:
@@ -190,6 +209,9 @@ def measure_workload_cbs(cfg: WorkloadBranchConfig, store: str | Path, *, ckpt_d
 
     store = Path(store)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else store.with_name(store.name + ".ckpt")
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise ValueError(f"The checkpoint directory {str(ckpt_dir)!r} is a file: move it away or pass another "
+                         "store path (the trunk's checkpoints go in <store>.ckpt/).")
     wl = get_workload(cfg.workload, **cfg.workload_kwargs)
     rule = cfg.lr_rule or _rule_for(wl)
     config = {**cfg.to_dict(), "lr_rule": rule, "tokens_per_example": wl.tokens_per_example}

@@ -6,11 +6,11 @@ from .base import Workload
 from .bytegpt import ByteGPT
 from .bytemlp import ByteMLP
 from .linreg import LinearRegression, linreg_b_simple
-from .loader import WorkloadImportError, resolve_workload, workload_ref, workload_spec
+from .loader import WorkloadImportError, check_workload, resolve_workload, workload_ref, workload_spec
 from .nqm import NoisyQuadratic
 
 __all__ = ["Workload", "ByteGPT", "ByteMLP", "LinearRegression", "NoisyQuadratic", "linreg_b_simple", "WORKLOADS",
-           "get_workload", "resolve_workload", "workload_ref", "workload_spec", "WorkloadImportError"]
+           "get_workload", "check_workload", "resolve_workload", "workload_ref", "workload_spec", "WorkloadImportError"]
 
 #: Built-in workloads by command-line name.
 WORKLOADS: dict[str, type[Workload]] = {"linreg": LinearRegression, "bytemlp": ByteMLP, "bytegpt": ByteGPT,

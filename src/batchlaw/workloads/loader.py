@@ -8,14 +8,18 @@ instance) into that pair. Bad references fail at the boundary with a one-line er
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import sys
 from typing import Any
 
+from .._usercode import definition, user_code_error, user_location
+from ..errors import UserCodeError
 from .base import Workload
 
-__all__ = ["WorkloadImportError", "resolve_workload", "workload_ref", "workload_spec"]
+__all__ = ["WorkloadImportError", "check_workload", "resolve_workload", "workload_ref", "workload_spec"]
 
 
 class WorkloadImportError(ValueError):
@@ -49,7 +53,7 @@ def _import_class(ref: str) -> type[Workload]:
             f"'package.module:ClassName'. Got {ref!r} instead."
         )
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
     except ImportError as err:
         missing = getattr(err, "name", None)
         if missing and not (module_name == missing or module_name.startswith(missing + ".")):
@@ -58,9 +62,10 @@ def _import_class(ref: str) -> type[Workload]:
         raise WorkloadImportError(
             f"The workload module {module_name!r} cannot be imported ({type(err).__name__}: {err}): install it "
             "or add its directory to PYTHONPATH.", module_name, ref) from None
-    except Exception as err:  # a module that raises while importing
-        msg = str(err).splitlines()[0] if str(err) else ""
-        raise ValueError(f"Importing workload module {module_name!r} failed: {type(err).__name__}: {msg}") from None
+    except UserCodeError:
+        raise
+    except Exception as err:  # a module that raises while importing: its own code
+        raise user_code_error(f"Importing workload module {module_name!r}", err) from err
     obj: Any = module
     for part in qualname.split("."):
         try:
@@ -74,7 +79,42 @@ def _import_class(ref: str) -> type[Workload]:
     return obj
 
 
+def _import_user_module(module_name: str):
+    """Import the module of a workload reference as a library, not as a script.
+
+    Its module-level code sees no command-line arguments (batchlaw's are not for it), and what
+    it writes to stderr is held back and replayed after the import; a module that calls
+    ``sys.exit`` or parses the command line on import raises :class:`UserCodeError` quoting
+    the last line it wrote (argparse's message).
+
+    Raises:
+        UserCodeError: the module exited (``SystemExit``) while being imported.
+    """
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            module = importlib.import_module(module_name)
+    except SystemExit as err:
+        said = [line.strip() for line in held.getvalue().splitlines() if line.strip()]
+        code = err.code if err.code is None or isinstance(err.code, int) else repr(str(err.code))
+        quote = f"; it printed {said[-1]!r}" if said else ""
+        raise UserCodeError(
+            f"The workload module {module_name!r} exited while being imported (sys.exit({code}){quote}): module-level "
+            "code must not parse the command line or call sys.exit; put that under `if __name__ == \"__main__\":`.",
+            user_location(err)) from None
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    finally:
+        sys.argv = argv
+    sys.stderr.write(held.getvalue())
+    return module
+
+
 def _what(obj: Any) -> str:
+    if obj is None:
+        return "None"
     if isinstance(obj, type):
         return f"the class {obj.__name__!r}"
     return f"a {type(obj).__name__}"
@@ -188,7 +228,9 @@ def resolve_workload(workload: str | type[Workload] | Workload, kwargs: dict | N
     Raises:
         WorkloadImportError: the module cannot be imported here (a ``ValueError``).
         ValueError: no such attribute, not a Workload subclass, or the constructor rejected the
-            arguments; each with a one-line message.
+            arguments (a ``TypeError`` or ``ValueError``); each with a one-line message.
+        UserCodeError: the module or the constructor failed in the user's own code (another
+            exception, or ``sys.exit`` on import), with the file and line.
 
     Examples:
         >>> resolve_workload("nqm", {"dim": 4}).dim
@@ -214,10 +256,75 @@ def resolve_workload(workload: str | type[Workload] | Workload, kwargs: dict | N
         raise ValueError(f"The 'workload_kwargs' parameter must be a dict. Got {kwargs!r} instead.")
     try:
         return cls(**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"The workload {ref!r} rejected the arguments {kwargs!r}: {_one_line(err)}") from None
-    except ValueError as err:
-        raise ValueError(f"The workload {ref!r} rejected the arguments {kwargs!r}: {_one_line(err)}") from None
+    except Exception as err:  # a bug in the constructor: the user's code, not their arguments
+        raise user_code_error(f"The constructor of workload {ref!r}", err, definition(cls.__init__)) from err
+
+
+def check_workload(workload: Workload, *, batch_size: int = 2) -> None:
+    """Run each hook of ``workload`` once on a tiny batch and check what it returns.
+
+    Done by every command that trains a workload given by reference, before any work, so a
+    workload that breaks the contract of :class:`~batchlaw.workloads.Workload` fails at once
+    with its file and line, not hours in (or as a confusing error inside batchlaw). Checks:
+    :meth:`~Workload.make_model` returns a ``torch.nn.Module`` with trainable parameters;
+    :meth:`~Workload.sample_batch` and :meth:`~Workload.loss` run, and the loss is a
+    one-element floating tensor that depends on the parameters; backpropagating it gives dense
+    gradients (the noise monitor takes their norms); :meth:`~Workload.make_optimizer` returns
+    an object with ``param_groups``. The global random state is left as it was.
+
+    Args:
+        workload: the workload instance.
+        batch_size: examples in the test batch.
+
+    Raises:
+        UserCodeError: a hook raised, or returned something the contract does not allow; with
+            the user's file and line.
+    """
+    import torch
+
+    cls = type(workload)
+    label = f"The workload {cls.__module__}:{cls.__qualname__}"
+
+    def call(hook: str, *args):
+        fn = getattr(workload, hook)
+        try:
+            return fn(*args)
+        except (Exception, SystemExit) as err:
+            raise user_code_error(f"{label}.{hook}()", err, definition(fn)) from err
+
+    def refuse(hook: str, problem: str) -> UserCodeError:
+        return UserCodeError(f"{label}.{hook}() {problem}", definition(getattr(workload, hook)))
+
+    with torch.random.fork_rng(devices=[]):
+        model = call("make_model", 0)
+        if not isinstance(model, torch.nn.Module):
+            raise refuse("make_model", f"returned {_what(model)}, not a torch.nn.Module: return the model.")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise refuse("make_model", "returned a model with no trainable parameter (every parameter has "
+                         "requires_grad=False, or there are none): there is no gradient to train or measure.")
+        batch = call("sample_batch", batch_size, torch.Generator().manual_seed(0))
+        loss = call("loss", model, batch)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+            shape = f"a tensor of shape {tuple(loss.shape)} ({loss.dtype})" if isinstance(loss, torch.Tensor) else _what(loss)
+            raise refuse("loss", f"returned {shape}, not a scalar: return the mean loss over the batch as a 0-d "
+                         "floating tensor (e.g. losses.mean()).")
+        if not loss.requires_grad:
+            raise refuse("loss", "returned a loss that does not depend on the model's trainable parameters "
+                         "(requires_grad=False): compute it from model(batch), outside torch.no_grad().")
+        try:
+            loss.backward()
+        except Exception as err:
+            raise user_code_error(f"Backpropagating the loss of {label}", err, definition(workload.loss)) from err
+        sparse = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
+        if sparse:
+            raise refuse("make_model", f"returned a model whose parameters {sparse} get sparse gradients (e.g. "
+                         "nn.Embedding(sparse=True)): batchlaw measures gradient norms and needs dense gradients; "
+                         "build those layers with sparse=False.")
+        opt = call("make_optimizer", model, workload.default_lr)
+        if not hasattr(opt, "param_groups"):
+            raise refuse("make_optimizer", f"returned {_what(opt)}, not an optimizer (no param_groups).")
 
 
 def _one_line(err: BaseException) -> str:
