@@ -252,7 +252,8 @@ def test_a_file_that_is_not_a_store_is_refused_by_name(tmp_path):
 
 @pytest.mark.slow  # a CLI process with two workers that import torch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")
-def test_branch_workers_die_with_their_parent(tmp_path):
+@pytest.mark.parametrize("command", ["branch", "sweep"])
+def test_pool_workers_die_with_their_parent(tmp_path, command):
     from pathlib import Path
 
     tests = Path(__file__).resolve().parent
@@ -261,9 +262,14 @@ def test_branch_workers_die_with_their_parent(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent / "src"), str(tests),
                                                        os.environ.get("PYTHONPATH", "")]))
     # every branch takes >= 100 steps x 0.05 s: the workers are mid-branch when the parent dies
-    cmd = [sys.executable, "-m", "batchlaw", "branch", "--workload", "custom_wl.faulty:Slow", "--workload-arg",
-           f"marker_dir={markers}", "--base-batch", "4", "--checkpoints", "0", "--budget", "800",
-           "--multipliers", "1,2", "--store", str(tmp_path / "b.db"), "--jobs", "2", "--no-progress"]
+    workload = ["--workload", "custom_wl.faulty:Slow", "--workload-arg", f"marker_dir={markers}"]
+    if command == "branch":
+        args = ["--base-batch", "4", "--checkpoints", "0", "--budget", "800", "--multipliers", "1,2"]
+    else:  # every trial takes >= 100 steps x 0.05 s
+        args = ["--batch-sizes", "4,8", "--target-loss", "1e-9", "--max-steps", "400", "--lr-points", "1",
+                "--max-extensions", "0", "--lr-refine", "0"]
+    cmd = [sys.executable, "-m", "batchlaw", command, *workload, *args, "--store", str(tmp_path / "b.db"),
+           "--jobs", "2", "--no-progress"]
     parent = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240

@@ -33,12 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
-import os
 import sqlite3
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -325,44 +321,11 @@ class _BranchRayExecutor(RayExecutor):
                 self.ray.cancel(ref)
 
 
-class _LocalBranchExecutor(LocalExecutor):
-    """:class:`~batchlaw.sweep.runner.LocalExecutor` whose workers end with this process.
-
-    A worker of a plain process pool killed from outside its parent (SIGKILL, the OOM killer)
-    would go on training, then wait for work forever. Each worker here watches its parent's
-    pid (:func:`_die_with_parent`) and exits within a second of the parent's death.
-    """
-
-    def map_unordered(self, fn: Callable, items: list):
-        if self.jobs > 1 and self._pool is None:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_die_with_parent, initargs=(os.getpid(),))
-        return super().map_unordered(fn, items)
-
-
-def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
-    """Worker initializer: exit once ``parent``, the process that started this one, is gone.
-
-    A daemon thread polls ``os.getppid()`` (an orphan is re-parented). Not Linux's
-    ``prctl(PR_SET_PDEATHSIG)``: that signal follows the parent *thread* that spawned the
-    worker, which may end while the parent process lives on; polling works on every platform.
-    """
-    if os.getppid() != parent:
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="batchlaw-parent-watch", daemon=True).start()
-
-
 def make_branch_executor(kind: str = "local", jobs: int = 1, address: str | None = None):
     """``"local"`` (a process pool of ``jobs`` whose workers end with this process; 1 runs in
     this process) or ``"ray"``."""
     kind = check_choice("executor", kind, ("local", "ray"))
-    return _LocalBranchExecutor(jobs) if kind == "local" else _BranchRayExecutor(address, jobs)
+    return LocalExecutor(jobs) if kind == "local" else _BranchRayExecutor(address, jobs)
 
 
 def _run_specs(specs: list[BranchSpec], fn: Callable, store: BranchStore | None, executor, progress: bool) -> dict:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -198,7 +200,12 @@ def _round_lr(lr: float) -> float:
 
 # ------------------------------------------------------------------ executors
 class LocalExecutor:
-    """Runs trials in a local process pool (``jobs`` processes; 1 runs them in this process)."""
+    """Runs trials in a local process pool (``jobs`` processes; 1 runs them in this process).
+
+    A worker of a plain process pool whose parent is killed from outside (SIGKILL, the OOM
+    killer) would go on training, then wait for work forever. Each worker here watches its
+    parent's pid (:func:`_die_with_parent`) and exits within a second of the parent's death.
+    """
 
     def __init__(self, jobs: int = 2) -> None:
         self.jobs = check_positive_int("jobs", jobs)
@@ -210,7 +217,8 @@ class LocalExecutor:
                 yield fn(item)
             return
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
         futures = [self._pool.submit(fn, item) for item in items]
         try:
             for fut in as_completed(futures):
@@ -229,6 +237,24 @@ class LocalExecutor:
                 if proc.is_alive():
                     proc.terminate()
             self._pool = None
+
+
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: exit once ``parent``, the process that started this one, is gone.
+
+    A daemon thread polls ``os.getppid()`` (an orphan is re-parented). Not Linux's
+    ``prctl(PR_SET_PDEATHSIG)``: that signal follows the parent *thread* that spawned the
+    worker, which may end while the parent process lives on; polling works on every platform.
+    """
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="batchlaw-parent-watch", daemon=True).start()
 
 
 class RayExecutor:
