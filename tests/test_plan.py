@@ -173,7 +173,7 @@ def test_b_crit_interval_from_a_store(tmp_path, capsys):
     assert d["b_crit_ci"] == pytest.approx(list(fit.b_crit_ci))
     assert d["b_crit_ci"][0] < d["b_crit"] < d["b_crit_ci"][1]
     assert all("speedup_range" in x for x in d["doubling"])
-    assert d["b_crit_source"] == {"store": str(path), "sweep": "syn"}
+    assert d["b_crit_source"] == {"option": "--b-crit-store", "store": str(path), "sweep": "syn"}
 
 
 def _file_state(path):

@@ -224,10 +224,10 @@ def _cmd_plan(args) -> int:
         b_crit, b_crit_ci, sweep = _b_crit_from_store(args.b_crit_store, args.sweep)
         if args.b_crit_ci is not None:
             b_crit_ci = args.b_crit_ci
+    option = next(o for o in ("--b-crit", "--b-crit-tokens", "--b-crit-law", "--b-crit-store")
+                  if getattr(args, o[2:].replace("-", "_")) is not None)
     if not math.isfinite(b_crit * seq_len):
-        opt = next(o for o in ("--b-crit", "--b-crit-tokens", "--b-crit-law", "--b-crit-store")
-                   if getattr(args, o[2:].replace("-", "_")) is not None)
-        raise ValueError(f"The '{opt}' option gives B_crit = {b_crit:g} sequences, which is {b_crit * seq_len:g} "
+        raise ValueError(f"The '{option}' option gives B_crit = {b_crit:g} sequences, which is {b_crit * seq_len:g} "
                          f"tokens at {seq_len} tokens per sequence: give a finite critical batch size.")
     tps = args.tokens_per_sec
     if tps is None and args.peak_flops is not None:
@@ -251,9 +251,8 @@ def _cmd_plan(args) -> int:
                     min_efficiency=args.min_efficiency, b_crit_ci=b_crit_ci, lr=args.lr, lr_rule=args.lr_rule,
                     unit=args.unit)
     if args.json:
-        out = {"schema": "batchlaw.plan/1", **plan.to_dict(), "seq_len_source": seq_len_source}
-        if sweep is not None:
-            out["b_crit_source"] = {"store": args.b_crit_store, "sweep": sweep}
+        source = {"option": option} if sweep is None else {"option": option, "store": args.b_crit_store, "sweep": sweep}
+        out = {"schema": "batchlaw.plan/1", **plan.to_dict(), "seq_len_source": seq_len_source, "b_crit_source": source}
         if grad_bytes is not None:
             out["all_reduce"] = {"grad_bytes": grad_bytes, "bus_bandwidth_bytes_per_s": bw, "latency_s": latency,
                                  "overlap": not args.no_overlap, "link": args.link}
