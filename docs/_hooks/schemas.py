@@ -150,6 +150,7 @@ SCHEMAS: list[Schema] = [
          ("slo", "`p50_s`, `p99_s` (null when not set)"), ("arrivals", "where the arrivals came from"),
          ("latency_source", "the profile or CSV of L(b)"), ("latency_curve", "`batch`, `latency_s` lists"),
          ("n_settings_simulated", "settings simulated by the search"),
+         ("n_settings_stopped_early", "of those, settings stopped once certain to miss the SLO or the best p99"),
          ("cost_per_hour", "replicas x `--price`, or null")],
         check_args=["plan", "serve", "--latency-csv", "{examples}/serve_latency.csv", "--rate", "300",
                     "--requests", "3000", "--slo-p99-ms", "60", "--json"],

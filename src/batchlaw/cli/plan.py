@@ -94,12 +94,15 @@ def _add_plan_parser(sub):
 
 
 def _check(name: str, value, *, kind: str = "pos") -> None:
-    """One-line range errors for plan options ('pos': > 0; 'nonneg': >= 0; 'frac': (0, 1]; 'int': integer >= 1)."""
+    """One-line range errors for plan options ('pos': > 0; 'nonneg': >= 0; 'frac': (0, 1]; 'int': integer >= 1;
+    'int0': integer >= 0)."""
     if value is None:
         return
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     if kind == "int":
         ok, what = ok and value >= 1, "an integer >= 1"
+    elif kind == "int0":
+        ok, what = ok and value >= 0, "an integer >= 0"
     elif kind == "nonneg":
         ok, what = ok and value >= 0, "a finite number >= 0"
     elif kind == "frac":
@@ -300,6 +303,9 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+_MAX_REQUESTS = 10_000_000
+
+
 def _add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve", help="serving: dynamic-batcher settings and replicas that meet a latency SLO at least cost",
@@ -314,9 +320,9 @@ def _add_serve_parser(sub) -> None:
     arr = p.add_mutually_exclusive_group(required=True)
     arr.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
     arr.add_argument("--trace", help="CSV of arrivals: column arrival_s (and optional length, tokens)")
-    p.add_argument("--requests", type=int, default=100_000,
-                   help="requests simulated with --rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests simulated with --rate, at most 10,000,000 (default: 100,000)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the Poisson arrivals, >= 0 (default: 0)")
     p.add_argument("--slo-p50-ms", type=float, default=None, help="p50 latency target, ms")
     p.add_argument("--slo-p99-ms", type=float, default=None, help="p99 latency target, ms")
     p.add_argument("--max-batches", type=_int_list, default=None,
@@ -339,8 +345,15 @@ def _cmd_serve(args) -> int:
     from ..plan import recommend_serving
 
     for name, kind in (("rate", "pos"), ("requests", "int"), ("slo_p50_ms", "pos"), ("slo_p99_ms", "pos"),
-                       ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int")):
+                       ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int"), ("seed", "int0")):
         _check("--" + name.replace("_", "-"), getattr(args, name), kind=kind)
+    if args.requests is not None and args.requests > _MAX_REQUESTS:
+        raise ValueError(f"The '--requests' option must be at most {_MAX_REQUESTS:,} (each setting simulates them "
+                         f"all; a p99 settles long before). Got {args.requests:,} instead.")
+    for opt, value in (("--seed", args.seed), ("--requests", args.requests)):
+        if args.rate is None and value is not None:
+            raise ValueError(f"The '{opt}' option goes with --rate (Poisson arrivals); a --trace gives its own "
+                             "arrivals. Drop it or use --rate.")
     for b in args.max_batches or ():
         _check("--max-batches", b, kind="int")
     for b in args.buckets or ():
@@ -357,6 +370,9 @@ def _cmd_serve(args) -> int:
             raise ValueError(f"--max-delays-ms must be comma-separated numbers. Got {args.max_delays_ms!r}.") from None
         for d in delays:
             _check("--max-delays-ms", d, kind="nonneg")
+        if not delays:
+            raise ValueError(f"The '--max-delays-ms' option must list at least one delay in ms, e.g. 0,5,10. "
+                             f"Got {args.max_delays_ms!r} instead.")
     if args.profile:
         curve, source = load_profile(args.profile).forward_latency(), args.profile
     else:
@@ -364,12 +380,16 @@ def _cmd_serve(args) -> int:
         curve, source = LatencyCurve(cols["batch"], cols["latency_s"]), args.latency_csv
     lengths = None
     if args.rate is not None:
-        arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests, args.seed), f"Poisson, {args.rate:g}/s"
+        arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests or 100_000, args.seed or 0), f"Poisson, {args.rate:g}/s"
     else:
         want = ["arrival_s"] + (["length"] if "length" in read_header(args.trace) else [])
         cols = read_columns(args.trace, want, numeric=want)
         arrivals, arrival_desc = cols["arrival_s"], f"trace {args.trace}"
         lengths = cols.get("length")
+        if len(arrivals) < 2 or min(arrivals) == max(arrivals):
+            raise ValueError(f"The '--trace' file {args.trace!r} has no arrival rate: {len(arrivals)} request(s), all "
+                             f"at {arrivals[0]:g} s. Give a trace of a load (at least 2 arrivals at different times), "
+                             "or --rate.")
     if (args.buckets or args.recommend_buckets) and lengths is None:
         raise ValueError("--buckets/--recommend-buckets need request lengths: a --trace CSV with a 'length' column.")
     rec = recommend_serving(arrivals, curve, slo, max_batches=args.max_batches, delays=delays,
@@ -377,7 +397,8 @@ def _cmd_serve(args) -> int:
     best = rec["best"]
     out = {"schema": "batchlaw.serve/1", **best.to_dict(), "slo": {"p50_s": slo.p50_s, "p99_s": slo.p99_s},
            "arrivals": arrival_desc, "latency_source": source, "latency_curve": curve.to_dict(),
-           "n_settings_simulated": len(rec["evaluated"]),
+           "n_settings_simulated": len(rec["evaluated"]) + rec["stopped_early"],
+           "n_settings_stopped_early": rec["stopped_early"],
            "cost_per_hour": None if args.price is None else best.replicas * args.price}
     if args.buckets:
         out["padding"] = padding_waste(lengths, args.buckets)
@@ -396,7 +417,9 @@ def _cmd_serve(args) -> int:
           f"utilisation {best.utilisation:.0%}")
     if out["cost_per_hour"] is not None:
         print(f"  cost: {fmt_num(out['cost_per_hour'])} per hour")
-    print(f"  ({len(rec['evaluated'])} settings simulated)")
+    early = (f", {rec['stopped_early']} of them stopped once certain to miss the SLO or the best p99"
+             if rec["stopped_early"] else "")
+    print(f"  ({out['n_settings_simulated']} settings simulated{early})")
     if "padding" in out:
         pw = out["padding"]
         print(f"padding with boundaries {', '.join(f'{b:g}' for b in pw['boundaries'])}: {pw['waste']:.1%} of tokens")
