@@ -44,8 +44,7 @@ def _add_plan_parser(sub):
                    "that disagrees with the profile's is refused; not with --unit examples)")
     p.add_argument("--unit", choices=("sequences", "examples", "tokens"), default="sequences",
                    help="how batch sizes are shown; 'examples' is for non-sequence data: --tokens and "
-                   "--tokens-per-sec then count examples, one 'token' per example, so --seq-len is refused "
-                   "(default: %(default)s)")
+                   "--tokens-per-sec then count examples, and --seq-len does not go with it (default: %(default)s)")
     crit = p.add_mutually_exclusive_group()
     crit.add_argument("--b-crit", type=float, help="critical batch size (or B_noise) in sequences (examples)")
     crit.add_argument("--b-crit-tokens", type=float, help="critical batch size in tokens")
@@ -218,7 +217,10 @@ def _cmd_plan(args) -> int:
             raise ValueError(f"--b-crit-law must be COEF:EXP, e.g. 0.58:0.571. Got {args.b_crit_law!r}.") from None
         if not (math.isfinite(coef) and coef > 0 and math.isfinite(exp)):
             raise ValueError(f"The '--b-crit-law' option must be COEF:EXP with COEF > 0 and EXP finite. Got {args.b_crit_law!r} instead.")
-        b_crit = coef * tokens**exp / seq_len
+        try:
+            b_crit = coef * tokens**exp / seq_len
+        except OverflowError:
+            b_crit = math.inf
         if not (math.isfinite(b_crit) and b_crit > 0):
             raise ValueError(f"The '--b-crit-law' option gives B_crit = {b_crit:g} sequences at D = {tokens:g} tokens: "
                              f"not a finite number > 0. Got {args.b_crit_law!r}; check COEF and EXP.")

@@ -8,9 +8,16 @@ comes first (at once if the queue filled or timed out while every replica was bu
 Latency of a request = completion - arrival.
 
 With one replica and ``max_batch = 1`` the queue is vectorised exactly (Lindley's recursion as a
-running maximum). Otherwise the simulation loops over *batches*, not events: with sorted arrival times, the time a batch starts
-is ``max(replica free, min(arrival[head + max_batch - 1], arrival[head] + max_queue_delay))`` and
-its size a bisection in the arrival times; latencies of a batch are set by one vector operation.
+running maximum). Otherwise the simulation loops over *batches*, not events: with sorted arrival
+times, the time a batch starts is ``max(replica free, min(arrival[head + max_batch - 1],
+arrival[head] + max_queue_delay))`` and its size a bisection in the arrival times; the loop keeps
+each batch's head and start, and every latency is set after it by one vector operation. ``L(b)`` is
+tabulated once for all the batch sizes a search can form (:func:`_service_table`).
+
+The search for the cheapest setting stops a simulation as soon as its p50 or p99 is certain to
+exceed a bound (the SLO, or the best p99 already met): more latencies above the bound than the
+quantile's lower order statistic leaves room for. That is exact: the stopped setting could be
+neither feasible nor the best, so the search returns what the full search returns.
 
 With ``max_batch = 1`` and a constant ``L`` under Poisson arrivals this is the M/D/1 queue, whose
 mean wait is ``rho L / (2 (1 - rho))`` (Pollaczek-Khinchine), the check in the tests.
@@ -142,9 +149,8 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
     max_batch = check_positive_int("max_batch", max_batch)
     delay = check_positive_float("max_queue_delay_s", max_queue_delay_s, allow_zero=True)
     replicas = check_positive_int("replicas", replicas)
-    latency(max_batch)  # refused beyond the curve
-    return _simulate(arr, _service_table(latency, min(max_batch, arr.size)), latency(max_batch), max_batch, delay,
-                     replicas)
+    l_max = float(latency(max_batch))  # refused beyond the curve
+    return _simulate(arr, _service_table(latency, min(max_batch, arr.size)), l_max, max_batch, delay, replicas)
 
 
 def _service_table(latency: LatencyCurve, largest: int) -> list[float]:
