@@ -217,7 +217,7 @@ def test_b_crit_store_never_writes(tmp_path, capsys):
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE t (x)")
     conn.close()
-    for p, msg in [(path, "holds only branched measurements"), (other, "not a batchlaw sweep store")]:
+    for p, msg in [(path, "holds only branched measurements"), (other, "not a batchlaw store")]:
         before = _file_state(p)
         assert main(["plan", "--b-crit-store", str(p), "--gpus", "2", "--micro-batch", "16"]) == 2
         err = capsys.readouterr().err.strip()
@@ -227,6 +227,17 @@ def test_b_crit_store_never_writes(tmp_path, capsys):
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         conn.close()
         assert "sweeps" not in tables and "trials" not in tables
+    # a store of the first layout: reading it may not migrate it
+    old = tmp_path / "old.db"
+    _synthetic_sweep(old, "syn", 64)
+    with sqlite3.connect(old) as conn:
+        conn.execute("DROP TABLE sweep_trials")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = _file_state(old)
+    assert main(["plan", "--b-crit-store", str(old), "--gpus", "2", "--micro-batch", "16"]) == 2
+    assert "older layout (1) that a read-only open cannot upgrade" in capsys.readouterr().err
+    assert _file_state(old) == before
 
 
 def test_learning_rate_at_the_new_batch(capsys):
@@ -427,6 +438,15 @@ def test_budget_checks_in_the_api():
     # S_min = 1 is allowed: 256 tokens of 2-token sequences at B_ref = B_crit = 64 give E_min = 64, S(64) = 2
     p = plan_run(gpus=[8], b_crit=64, seq_len=2, micro_batch=8, tokens=256, reference_batch=64)
     assert p.s_min == pytest.approx(1.0) and p.rows[0].steps == pytest.approx(1 + 64 / 64)
+
+
+def test_a_reference_batch_above_b_crit_is_flagged_for_the_learning_rate(capsys):
+    """The rule scaled down from a batch past B_crit (lr 3e-4 at 1e12 gives 2.4e-9 at 64): said, not hidden."""
+    p = plan_run(gpus=[8], b_crit=1000, seq_len=2048, micro_batch=8, lr=3e-4, reference_batch=1e12)
+    assert p.rows[0].lr == pytest.approx(3e-4 * (64 / 1e12) ** 0.5)
+    assert any("reference batch (1e+12) is above B_crit" in n for n in p.notes)
+    assert not any("reference batch" in n for n in plan_run(gpus=[8], b_crit=1000, seq_len=2048, micro_batch=8,
+                                                            lr=3e-4, reference_batch=512).notes)
 
 
 def test_the_gpu_search_cap_is_said(capsys):

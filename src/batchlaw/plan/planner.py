@@ -460,8 +460,12 @@ def plan_run(
     if compute_s is None:
         notes.append("no throughput given: times are relative (constant per-GPU throughput assumed); "
                      "give --tokens-per-sec or --profile for wall-clock.")
-    if lr is not None and (b_ref > b_crit or any(r.over_critical for r in rows)):
+    if lr is not None and any(r.over_critical for r in rows):
         notes.append("learning rates above B_crit follow the rule only as an upper bound: the optimal step "
                      "saturates there (McCandlish et al. 2018, eq. 2.6).")
+    if lr is not None and b_ref > b_crit and any(r.global_batch < b_ref for r in rows):
+        notes.append(f"the reference batch ({fmt_num(b_ref)}) is above B_crit, where the optimal step saturates "
+                     "(McCandlish et al. 2018, eq. 2.6): scaled down from there, the rule's learning rates underestimate "
+                     "the optimum at smaller batches, the more so the further below B_crit.")
     return Plan(rows, b_crit, b_crit_ci, e_min_tokens, s_min, seq_len, unit, min_efficiency, rec, rec_range,
                 rec_listed, reason, doubling, notes)

@@ -198,7 +198,7 @@ class TrialStore:
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not create and not {"sweeps", "trials"} <= tables:
             held = " (it holds only branched measurements, from 'batchlaw branch')" if "branches" in tables else ""
-            raise StoreError(f"The file {str(self.path)!r} is SQLite but not a batchlaw sweep store (tables sweeps "
+            raise StoreError(f"The file {str(self.path)!r} is SQLite but not a batchlaw store (tables sweeps "
                              f"and trials are missing){held}. Pass the file 'batchlaw sweep --store' wrote.")
         if readonly:
             self._check_readable_layout(tables)
