@@ -42,7 +42,8 @@ def test_should_we_double_to_32_gpus():
 
 
 def test_far_below_critical_scales_perfectly():
-    plan = plan_run(gpus=[1, 2, 4, 8], b_crit=1e7, tokens=1e9, seq_len=1024, micro_batch=8,
+    # 1e12 tokens: E_min ~ 1e9 sequences > B_crit = 1e7, so S_min >= 1 (a budget under one B_crit is refused)
+    plan = plan_run(gpus=[1, 2, 4, 8], b_crit=1e7, tokens=1e12, seq_len=1024, micro_batch=8,
                     tokens_per_sec_per_gpu=1e4)
     for r in plan.rows:
         assert r.efficiency == pytest.approx(1.0, abs=1e-4) and not r.over_critical
@@ -139,32 +140,104 @@ def test_b_crit_interval_gives_a_range_of_speedups():
         plan_run(b_crit=1000, b_crit_ci=(1200, 1800), **kw)
 
 
+def _synthetic_sweep(path, name, b_crit, seed=0):
+    """A sweep of steps S(B) = 200 (1 + b_crit / B) with 5% noise, stored under ``name``."""
+    from batchlaw.sweep import SweepConfig
+    from batchlaw.sweep.store import TrialStore
+
+    rng = np.random.default_rng(seed)
+    with TrialStore(path) as store:
+        config = SweepConfig(workload="linreg", batch_sizes=(4, 8, 16, 32, 64, 128, 256, 512), target_loss=0.5,
+                             max_steps=1000, lr_base=0.1, name=name)
+        store.save_sweep(name, config.to_dict())
+        for b in (4, 8, 16, 32, 64, 128, 256, 512):
+            steps = float(np.round(200 * (1 + b_crit / b) * np.exp(rng.normal(0, 0.05))))
+            spec = {"batch_size": b, "lr": 0.1, "seed": seed}
+            store.add(name, {"key": f"{name}{b}", "spec": spec, "status": "reached", "steps_to_target": steps,
+                             "examples_to_target": steps * b, "tokens_to_target": None, "wall_time_s": 1.0,
+                             "noise": None, "unit": "examples", "tokens_per_example": None, "final_loss": 1.0,
+                             "curve": [[0, 2.0, None], [steps, 1.0, None]]})
+
+
 def test_b_crit_interval_from_a_store(tmp_path, capsys):
     """--b-crit-store carries the sweep fit's bootstrap interval into the plan."""
     from batchlaw.sweep.analysis import analyze_sweep
     from batchlaw.sweep.store import TrialStore
 
-    rng = np.random.default_rng(0)
     path = tmp_path / "s.db"
+    _synthetic_sweep(path, "syn", 64)
     with TrialStore(path) as store:
-        from batchlaw.sweep import SweepConfig
-
-        config = SweepConfig(workload="linreg", batch_sizes=(4, 8, 16, 32, 64, 128, 256, 512), target_loss=0.5,
-                             max_steps=1000, lr_base=0.1, name="syn")
-        store.save_sweep("syn", config.to_dict())
-        for b in (4, 8, 16, 32, 64, 128, 256, 512):
-            steps = float(np.round(200 * (1 + 64 / b) * np.exp(rng.normal(0, 0.05))))
-            spec = {"batch_size": b, "lr": 0.1, "seed": 0}
-            store.add("syn", {"key": f"k{b}", "spec": spec, "status": "reached", "steps_to_target": steps,
-                              "examples_to_target": steps * b, "tokens_to_target": None, "wall_time_s": 1.0,
-                              "noise": None, "unit": "examples", "tokens_per_example": None, "final_loss": 1.0,
-                              "curve": [[0, 2.0, None], [steps, 1.0, None]]})
         fit = analyze_sweep("syn", {}, store.trials("syn")).fit
     d = _json(capsys, ["plan", "--b-crit-store", str(path), "--gpus", "2,4", "--micro-batch", "16", "--json"])
     assert d["b_crit"] == pytest.approx(fit.b_crit)
     assert d["b_crit_ci"] == pytest.approx(list(fit.b_crit_ci))
     assert d["b_crit_ci"][0] < d["b_crit"] < d["b_crit_ci"][1]
     assert all("speedup_range" in x for x in d["doubling"])
+    assert d["b_crit_source"] == {"option": "--b-crit-store", "store": str(path), "sweep": "syn"}
+
+
+def _file_state(path):
+    """The bytes of a store and the names beside it (a read must change neither)."""
+    return path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+
+
+def test_b_crit_store_with_two_sweeps_needs_sweep(tmp_path, capsys):
+    """Two sweeps: refused until --sweep names one; each named sweep gives its own fit; the file is not written."""
+    path = tmp_path / "two.db"
+    _synthetic_sweep(path, "small", 16, seed=1)
+    _synthetic_sweep(path, "large", 256, seed=2)
+    before = _file_state(path)
+    base = ["plan", "--b-crit-store", str(path), "--gpus", "2,4", "--micro-batch", "16"]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds 2 sweeps ('small', 'large')" in err and "--sweep" in err
+    small = _json(capsys, base + ["--sweep", "small", "--json"])
+    large = _json(capsys, base + ["--sweep", "large", "--json"])
+    assert small["b_crit_source"]["sweep"] == "small" and large["b_crit_source"]["sweep"] == "large"
+    assert 8 < small["b_crit"] < 32 and 128 < large["b_crit"] < 512
+    assert main(base + ["--sweep", "nope"]) == 2
+    assert "'--sweep' option names no sweep" in capsys.readouterr().err
+    assert main(["plan", "--b-crit", "100", "--sweep", "small", "--gpus", "2", "--micro-batch", "16"]) == 2
+    assert "goes with --b-crit-store" in capsys.readouterr().err
+    assert main(base + ["--sweep", "small"]) == 0
+    assert "from the fit of sweep 'small'" in capsys.readouterr().out
+    assert _file_state(path) == before
+
+
+def test_b_crit_store_never_writes(tmp_path, capsys):
+    """A read command leaves a branch-only store (and any SQLite file) as it was: no tables added."""
+    import sqlite3
+
+    from batchlaw.sweep.branched import BranchStore
+
+    path = tmp_path / "branch.db"
+    with BranchStore(path) as st:
+        st.save_measurement("m", {"k": 1})
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    for p, msg in [(path, "holds only branched measurements"), (other, "not a batchlaw store")]:
+        before = _file_state(p)
+        assert main(["plan", "--b-crit-store", str(p), "--gpus", "2", "--micro-batch", "16"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+        assert _file_state(p) == before
+        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn.close()
+        assert "sweeps" not in tables and "trials" not in tables
+    # a store of the first layout: reading it may not migrate it
+    old = tmp_path / "old.db"
+    _synthetic_sweep(old, "syn", 64)
+    with sqlite3.connect(old) as conn:
+        conn.execute("DROP TABLE sweep_trials")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = _file_state(old)
+    assert main(["plan", "--b-crit-store", str(old), "--gpus", "2", "--micro-batch", "16"]) == 2
+    assert "older layout (1) that a read-only open cannot upgrade" in capsys.readouterr().err
+    assert _file_state(old) == before
 
 
 def test_learning_rate_at_the_new_batch(capsys):
@@ -179,7 +252,7 @@ def test_learning_rate_at_the_new_batch(capsys):
 
 
 def test_all_reduce_cost_lowers_efficiency_and_names_communication():
-    kw = dict(gpus=[8, 64], b_crit=1e7, tokens=1e9, seq_len=1024, micro_batch=8, tokens_per_sec_per_gpu=1e4)
+    kw = dict(gpus=[8, 64], b_crit=1e7, tokens=1e12, seq_len=1024, micro_batch=8, tokens_per_sec_per_gpu=1e4)
     fast = plan_run(**kw)
     slow = plan_run(**kw, grad_bytes=4e9, bandwidth_bytes_per_s=1e9, overlap=False)
     assert slow.rows[1].efficiency < fast.rows[1].efficiency
@@ -287,3 +360,117 @@ def test_fit_and_plan_import_without_torch():
             "print('ok' if 'torch' not in sys.modules else 'torch was imported')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _profile_json(path, tokens_per_example=128, parameters=10_000_000):
+    """A profile whose step time is 0.01 + 0.001 b seconds for micro-batches 1 to 16."""
+    rows = [{"micro_batch": b, "status": "ok", "step_time_s": 0.01 + 0.001 * b, "peak_memory_bytes": 1e8 * b}
+            for b in (1, 2, 4, 8, 16)]
+    path.write_text(json.dumps({"schema": "batchlaw.profile/1", "parameters": parameters, "device": "cuda:0",
+                                "tokens_per_example": tokens_per_example, "train": rows, "forward": []}))
+    return str(path)
+
+
+def test_plan_takes_the_sequence_length_from_the_profile(tmp_path, capsys):
+    """A profile measured at 128 tokens per example: the steps are the budget over 128-token sequences.
+
+    At the reference batch (8 GPUs x 8 = 64 sequences) S(B_ref) = tokens / (seq_len B_ref) steps, by
+    definition of the budget: 1e9 / (128 x 64) = 122,070.3 steps of 0.018 s (the profile at micro-batch 8).
+    """
+    prof = _profile_json(tmp_path / "p.json")
+    base = ["plan", "--profile", prof, "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8", "--tokens", "1e9"]
+    d = _json(capsys, base + ["--json"])
+    assert d["seq_len"] == 128 and d["seq_len_source"] == "the profile"
+    steps = 1e9 / (128 * 64)
+    assert d["rows"][0]["steps"] == pytest.approx(steps)
+    assert d["rows"][0]["wall_clock_h"] == pytest.approx(steps * 0.018 / 3600)
+    assert _json(capsys, base + ["--seq-len", "128", "--json"])["rows"][0]["steps"] == pytest.approx(steps)
+    assert main(base) == 0
+    assert "128 tokens per sequence, the profile's" in capsys.readouterr().out
+    assert main(base + ["--seq-len", "2048"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'--seq-len' option (2048) disagrees with the profile" in err and "128" in err
+    # a profile without a sequence length (a non-sequence model): the default, and said so
+    d = _json(capsys, ["plan", "--profile", _profile_json(tmp_path / "q.json", None), "--b-crit", "1000", "--gpus", "8",
+                       "--micro-batch", "8", "--json"])
+    assert d["seq_len"] == 2048 and d["seq_len_source"] == "the default"
+
+
+def test_unit_examples_counts_the_budget_in_examples(capsys):
+    """--unit examples: --tokens counts examples, so at the reference batch of 64 examples the run takes
+    1e6 / 64 = 15,625 steps and S_min = E_min / B_crit = 1e6 / (1 + 64 / 2000) / 2000 = 484.5 steps.
+    --seq-len with --unit examples would count the budget in two units: refused by name."""
+    base = ["plan", "--unit", "examples", "--tokens", "1e6", "--b-crit", "2000", "--gpus", "8", "--micro-batch", "8"]
+    d = _json(capsys, base + ["--json"])
+    assert d["seq_len"] == 1 and d["rows"][0]["global_batch"] == 64
+    assert d["rows"][0]["steps"] == pytest.approx(1e6 / 64)
+    assert d["s_min"] == pytest.approx(1e6 / (1 + 64 / 2000) / 2000)
+    assert main(base) == 0
+    assert "S_min = 484 steps; 1e+06 examples at the reference batch" in capsys.readouterr().out
+    assert _json(capsys, base + ["--seq-len", "1", "--json"])["rows"][0]["steps"] == pytest.approx(1e6 / 64)
+    assert main(base + ["--seq-len", "2048"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'--seq-len' option cannot go with --unit examples" in err and "2048" in err
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--tokens", "1e9", "--reference-batch", "1e12"], "less than one step at the reference batch"),
+    (["--tokens", "1e9", "--b-crit", "1e300"], "S_min = 4.88e-295 steps, fewer than one"),
+    (["--b-crit", "1e308"], "which is inf tokens"),
+    (["--b-crit-law", "1e300:2", "--tokens", "1e9"], "not a finite number > 0"),
+])
+def test_absurd_inputs_are_refused(capsys, extra, msg):
+    """A budget under one step, B_crit above the whole run's examples, or a B_crit that overflows in tokens:
+    one-line errors, never a plan with 1e-7 steps or an 'inf tokens' head."""
+    argv = ["plan", "--gpus", "8", "--micro-batch", "8"] + extra
+    if not any(a.startswith("--b-crit") for a in extra):
+        argv += ["--b-crit", "1000"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err
+
+
+def test_budget_checks_in_the_api():
+    with pytest.raises(ValueError, match="less than one step at the reference batch"):
+        plan_run(gpus=[8], b_crit=1000, seq_len=2048, micro_batch=8, tokens=1e9, reference_batch=1e12)
+    with pytest.raises(ValueError, match="fewer than one"):
+        plan_run(gpus=[8], b_crit=2000, seq_len=2048, micro_batch=8, tokens=1e6)
+    # S_min = 1 is allowed: 256 tokens of 2-token sequences at B_ref = B_crit = 64 give E_min = 64, S(64) = 2
+    p = plan_run(gpus=[8], b_crit=64, seq_len=2, micro_batch=8, tokens=256, reference_batch=64)
+    assert p.s_min == pytest.approx(1.0) and p.rows[0].steps == pytest.approx(1 + 64 / 64)
+
+
+def test_a_reference_batch_above_b_crit_is_flagged_for_the_learning_rate(capsys):
+    """The rule scaled down from a batch past B_crit (lr 3e-4 at 1e12 gives 2.4e-9 at 64): said, not hidden."""
+    p = plan_run(gpus=[8], b_crit=1000, seq_len=2048, micro_batch=8, lr=3e-4, reference_batch=1e12)
+    assert p.rows[0].lr == pytest.approx(3e-4 * (64 / 1e12) ** 0.5)
+    assert any("reference batch (1e+12) is above B_crit" in n for n in p.notes)
+    assert not any("reference batch" in n for n in plan_run(gpus=[8], b_crit=1000, seq_len=2048, micro_batch=8,
+                                                            lr=3e-4, reference_batch=512).notes)
+
+
+def test_the_gpu_search_cap_is_said(capsys):
+    """Far below B_crit the efficiency never falls below the target within 2^24 GPUs: 'or more'."""
+    assert main(["plan", "--b-crit", "1e300", "--gpus", "8", "--micro-batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation: 16,777,216 GPUs or more" in out and "1.56e+298" in out
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--tokens-per-sec", "5000"], "--tokens-per-sec and --profile each set the throughput"),
+    (["--peak-flops", "1e15"], "--peak-flops and --profile each set the throughput"),
+    (["--params", "2e8"], "'--params' option (2e+08) disagrees with the profile"),
+])
+def test_profile_is_not_silently_overridden(tmp_path, capsys, extra, msg):
+    prof = _profile_json(tmp_path / "p.json")
+    assert main(["plan", "--profile", prof, "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8"] + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err
+    # within 1% of the profile's count (a rounded --params) is the same model
+    assert main(["plan", "--profile", prof, "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8",
+                 "--params", "1e7"]) == 0
+
+
+def test_throughput_given_twice_is_refused(capsys):
+    assert main(_BASE + ["--tokens-per-sec", "5000", "--peak-flops", "1e15", "--params", "1e8"]) == 2
+    assert "--tokens-per-sec and --peak-flops each set the throughput" in capsys.readouterr().err

@@ -234,3 +234,82 @@ def test_fit_link_refuses_times_that_do_not_grow_with_size():
     rows = [{"n_bytes": 2**18, "world": 2, "seconds": 1e-3}, {"n_bytes": 2**20, "world": 2, "seconds": 9e-4}]
     with pytest.raises(ValueError, match="do not grow with the message size"):
         fit_link(rows)
+
+
+@pytest.mark.parametrize("plot,msg", [("x.txt", "must end in .png, .pdf or .svg"), (".", "is a directory"),
+                                      ("nodir/x.png", "does not exist"), ("p.png", "is the '--out' path")])
+def test_profile_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys, plot, msg):
+    """A bad --plot fails at once, before the profile is written (not after the work, and never as ./.png)."""
+    monkeypatch.chdir(tmp_path)
+    out = "p.png" if plot == "p.png" else "p.json"
+    assert main(["profile", "--workload", "linreg", "--device", "cpu", "--max-batch", "2", "--repeats", "1",
+                 "--out", out, "--plot", plot]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "'--plot'" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sizes,msg", [("1", "at least 2 different sizes"), ("inf,1", "finite sizes"),
+                                       ("nan,1", "finite sizes"), ("-1,2", "finite sizes"), ("1,1", "1 MiB twice"),
+                                       ("1,1e30", "GiB of buffers"), ("1,x", "'x' is not a number")])
+def test_allreduce_sizes_are_checked_before_any_work(monkeypatch, capsys, sizes, msg):
+    """Refused in one line naming the option, before a process is started (the measurement is never called)."""
+    import batchlaw.profile
+
+    def measured(*a, **k):
+        raise AssertionError("the all-reduce was measured before the options were checked")
+
+    monkeypatch.setattr(batchlaw.profile, "measure_allreduce", measured)
+    assert main(["profile", "allreduce", f"--sizes-mb={sizes}", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "'--sizes-mb'" in err and len(err.splitlines()) == 1
+
+
+def _stored(tmp_path, capsys):
+    out = tmp_path / "prof.json"
+    base = ["profile", "--workload", "linreg", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--out", str(out),
+            "--no-forward"]
+    assert main(base + ["--max-batch", "2"]) == 0
+    capsys.readouterr()
+    return out, base + ["--max-batch", "4", "--resume"]
+
+
+@pytest.mark.parametrize("field,value", [("torch", "1.0.0"), ("threads", 97), ("device_name", "NVIDIA H100"),
+                                         ("tokens_per_example", 4)])
+def test_resume_refuses_a_profile_from_another_machine(tmp_path, capsys, field, value):
+    """Timings from another torch, thread count or GPU are not this run's: refused, the file untouched."""
+    out, resume = _stored(tmp_path, capsys)
+    data = json.loads(out.read_text())
+    data[field] = value
+    out.write_text(json.dumps(data))
+    before = out.read_text()
+    assert main(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Cannot resume: the stored profile differs in " + field in err and repr(value) in err
+    assert len(err.splitlines()) == 1 and out.read_text() == before
+
+
+@pytest.mark.parametrize("tamper,msg", [
+    (lambda d: d["train"][0].update(step_time_s=-5), "train row 0 (micro_batch 1): step_time_s = -5 is not"),
+    (lambda d: d["train"][1].update(step_time_s=[]), "step_time_s = [] is not a finite number > 0"),
+    (lambda d: d["train"][1].pop("status"), "status = None is not 'ok' or 'oom'"),
+    (lambda d: d.update(train={}), "'train' is dict, not a list"),
+    (lambda d: d["train"].append(dict(d["train"][0])), "micro_batch 1 appears twice"),
+    (lambda d: d["train"][0].update(status="oom", step_time_s=None), "2 fitted but the smaller 1 ran out of memory"),
+    (lambda d: d.update(parameters=-3), "parameters = -3 is not an integer >= 1"),
+])
+def test_resume_refuses_tampered_values(tmp_path, capsys, tamper, msg):
+    out, resume = _stored(tmp_path, capsys)
+    data = json.loads(out.read_text())
+    tamper(data)
+    out.write_text(json.dumps(data))
+    assert main(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "is malformed" in err and len(err.splitlines()) == 1
+    out.write_text("[]")
+    assert main(resume) == 2
+    assert "must have schema 'batchlaw.profile/1'. Got 'list'" in capsys.readouterr().err
+    # the planners read the same checks
+    out.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="is malformed"):
+        load_profile(out)

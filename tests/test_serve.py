@@ -11,7 +11,7 @@ import pytest
 from batchlaw.cli import main
 from batchlaw.plan import (SLO, LatencyCurve, padding_waste, poisson_arrivals, recommend_buckets,
                            recommend_serving, simulate_batcher)
-from batchlaw.plan.serve import _batch_loop, md1_mean_wait
+from batchlaw.plan.serve import _batch_loop, _single_server, md1_mean_wait
 
 CURVE = LatencyCurve([1, 2, 4, 8, 16], [0.010, 0.011, 0.013, 0.017, 0.025])
 
@@ -51,8 +51,9 @@ def test_md1_pollaczek_khinchine(rho):
     assert r.mean_wait_s == pytest.approx(md1_mean_wait(rho / s, s), rel=0.02)
     assert r.mean_latency_s == pytest.approx(r.mean_wait_s + s)
     assert r.utilisation == pytest.approx(rho, rel=0.01)
-    loop = _batch_loop(arr, [0.0, s], 1, 0.0, 1)  # the general batch loop, same queue
-    assert loop.mean_wait_s == pytest.approx(r.mean_wait_s, rel=1e-9)
+    lindley = _single_server(arr, s)[0]  # the vectorised path's latencies, request by request
+    loop = _batch_loop(arr, [0.0, s], 1, 0.0, 1)[0]  # the general batch loop, same queue
+    np.testing.assert_allclose(loop, lindley, rtol=0, atol=1e-9)  # Lindley sums s k: 1e-11 s of rounding
 
 
 @pytest.mark.parametrize("max_batch,delay,replicas", [(1, 0.0, 1), (4, 0.0, 1), (4, 0.004, 1), (16, 0.02, 1),
@@ -177,3 +178,87 @@ def test_plan_serve_poisson_and_errors(tmp_path, capsys):
 def _run(capsys, argv):
     assert main(argv) == 0, capsys.readouterr().err
     return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("max_batch,delay,replicas", [(4, 0.002, 1), (16, 0.01, 1), (8, 0.003, 2), (1, 0.0, 2)])
+def test_a_simulation_stops_exactly_when_its_quantile_must_exceed_the_bound(max_batch, delay, replicas):
+    """The early stop is exact: with a bound t on the q-quantile the simulation stops iff the full run's
+    lower order statistic of that quantile is above t (so the quantile is too), for t at, just below and
+    just above it; stopping never depends on where in the run the large latencies fall."""
+    from batchlaw.plan.serve import _Stop, _quantile_index, _service_table, _simulate
+
+    arr = poisson_arrivals(250.0 * replicas, 4000, seed=max_batch)
+    svc = _service_table(CURVE, max_batch)
+    full = _simulate(arr, svc, CURVE(max_batch), max_batch, delay, replicas)
+    lat = np.sort(_reference(arr.tolist(), CURVE, max_batch, delay, replicas))
+    assert full.p99_latency_s == pytest.approx(np.percentile(lat, 99), rel=1e-9)
+    for q in (0.5, 0.99):
+        order = lat[_quantile_index(lat.size, q)]
+        for t in (order, np.nextafter(order, 0), order * 0.999, order * 1.001):
+            stops = order > t
+            try:
+                _simulate(arr, svc, CURVE(max_batch), max_batch, delay, replicas, ((q, t),))
+                stopped = False
+            except _Stop:
+                stopped = True
+            assert stopped == stops, (q, t, order)
+
+
+def test_a_long_latency_curve_is_evaluated_once():
+    """A curve up to batch 2^20: L(b) is tabulated once per search, not once per setting per batch size
+    (the search took minutes for 1,000 requests when each setting rebuilt the table)."""
+    class Counted(LatencyCurve):
+        calls = 0
+
+        def __call__(self, b):
+            Counted.calls += 1
+            return super().__call__(b)
+
+    curve = Counted([1, 1 << 20], [0.01, 2.0])
+    arr = poisson_arrivals(100.0, 1000, seed=0)
+    rec = recommend_serving(arr, curve, SLO(p99_s=0.1))
+    assert rec["best"].p99_latency_s <= 0.1 and len(rec["evaluated"]) + rec["stopped_early"] >= 21
+    assert Counted.calls < 100  # one vector call for the table, one per candidate max batch
+
+
+@pytest.mark.parametrize("arrivals,msg", [([1.0], "no rate: 1 request"), ([2.0] * 500, "no rate: 500 request"),
+                                          (list(np.arange(50) / 10), "fewer than 100")])
+def test_recommendation_refuses_arrivals_without_a_load(arrivals, msg):
+    with pytest.raises(ValueError, match=msg):
+        recommend_serving(arrivals, CURVE, SLO(p99_s=0.05))
+
+
+def test_recommendation_refuses_empty_candidates():
+    arr = poisson_arrivals(100.0, 2000, seed=0)
+    with pytest.raises(ValueError, match="'delays' parameter must list at least one"):
+        recommend_serving(arr, CURVE, SLO(p99_s=0.05), delays=[])
+    with pytest.raises(ValueError, match="'max_batches' parameter must list at least one"):
+        recommend_serving(arr, CURVE, SLO(p99_s=0.05), max_batches=[])
+
+
+def test_no_stable_setting_is_said_as_such():
+    """Overload: the message says no setting is stable and gives the capacity, not 'best stable p99: inf'."""
+    arr = poisson_arrivals(5000.0, 5000, seed=0)
+    with pytest.raises(ValueError, match=r"none is stable, the requests arrive at 4927/s and the most 2 replicas serve is 1280/s") as err:
+        recommend_serving(arr, CURVE, SLO(p99_s=0.05), max_replicas=2)
+    assert "inf" not in str(err.value)
+
+
+@pytest.mark.parametrize("rows,argv,msg", [
+    ("arrival_s\n1.0\n1.0\n1.0\n", [], "'--trace' file"),
+    ("arrival_s\n1.0\n", [], "'--trace' file"),
+    (None, ["--rate", "100", "--max-delays-ms", ",,,"], "'--max-delays-ms' option must list at least one"),
+    (None, ["--rate", "100", "--seed", "-1"], "'--seed' option must be an integer >= 0. Got -1"),
+    (None, ["--rate", "100", "--requests", "50"], "fewer than 100"),
+    (None, ["--rate", "100", "--requests", "20000000"], "'--requests' option must be at most 10,000,000"),
+    ("arrival_s\n0.5\n1.0\n", ["--seed", "3"], "'--seed' option goes with --rate"),
+])
+def test_plan_serve_refuses_what_has_no_answer(tmp_path, capsys, rows, argv, msg):
+    lat = tmp_path / "lat.csv"
+    lat.write_text("batch,latency_s\n1,0.010\n8,0.017\n")
+    if rows is not None:
+        (tmp_path / "t.csv").write_text(rows)
+        argv = ["--trace", str(tmp_path / "t.csv")] + argv
+    assert main(["plan", "serve", "--latency-csv", str(lat), "--slo-p99-ms", "50"] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "inf" not in err

@@ -107,7 +107,10 @@ SCHEMAS: list[Schema] = [
          ("b_crit_ci", "interval [low, high] of `b_crit` (from `--b-crit-ci` or the sweep's fit), or null"),
          ("s_min", "minimum steps to the target (S_min); null without `--tokens`"),
          ("e_min_tokens", "minimum tokens to the target (E_min); null without `--tokens`"),
-         ("seq_len", "tokens per sequence"),
+         ("seq_len", "tokens per sequence (1 with `--unit examples`)"),
+         ("seq_len_source", "where `seq_len` came from: `--seq-len`, `the profile`, `the default` or "
+                            "`--unit examples`"),
+         ("b_crit_source", "`option` that gave B_crit; with `--b-crit-store` also `store` and `sweep`"),
          ("unit", "how batch sizes are shown: `sequences`, `examples` or `tokens`"),
          ("min_efficiency", "the efficiency threshold of the recommendation"),
          ("rows", "one object per GPU count listed: `gpus`, `global_batch`, `global_batch_tokens`, `micro_batch`, "
@@ -147,6 +150,7 @@ SCHEMAS: list[Schema] = [
          ("slo", "`p50_s`, `p99_s` (null when not set)"), ("arrivals", "where the arrivals came from"),
          ("latency_source", "the profile or CSV of L(b)"), ("latency_curve", "`batch`, `latency_s` lists"),
          ("n_settings_simulated", "settings simulated by the search"),
+         ("n_settings_stopped_early", "of those, settings stopped once certain to miss the SLO or the best p99"),
          ("cost_per_hour", "replicas x `--price`, or null")],
         check_args=["plan", "serve", "--latency-csv", "{examples}/serve_latency.csv", "--rate", "300",
                     "--requests", "3000", "--slo-p99-ms", "60", "--json"],

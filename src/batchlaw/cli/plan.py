@@ -40,15 +40,19 @@ def _add_plan_parser(sub):
     p.add_argument("--micro-batch", type=int, help="sequences (examples) per GPU per micro-batch (required)")
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per sequence (default: 2048; 1 with --unit examples)")
+                   help="tokens per sequence (default: the profile's tokens_per_example, else 2048; a value "
+                   "that disagrees with the profile's is refused; not with --unit examples)")
     p.add_argument("--unit", choices=("sequences", "examples", "tokens"), default="sequences",
                    help="how batch sizes are shown; 'examples' is for non-sequence data: --tokens and "
-                   "--tokens-per-sec then count examples (default: %(default)s)")
+                   "--tokens-per-sec then count examples, and --seq-len does not go with it (default: %(default)s)")
     crit = p.add_mutually_exclusive_group()
     crit.add_argument("--b-crit", type=float, help="critical batch size (or B_noise) in sequences (examples)")
     crit.add_argument("--b-crit-tokens", type=float, help="critical batch size in tokens")
-    crit.add_argument("--b-crit-store", help="a sweep store: use its fitted B_crit and interval (examples = sequences)")
+    crit.add_argument("--b-crit-store", help="a sweep store: use its fitted B_crit and interval (examples = "
+                      "sequences); read only, never written")
     crit.add_argument("--b-crit-law", help="COEF:EXP: B_crit = COEF * D^EXP tokens (D = --tokens)")
+    p.add_argument("--sweep", default=None,
+                   help="with --b-crit-store: the sweep whose fit to use (required when the store holds several)")
     p.add_argument("--b-crit-ci", type=_float_pair, default=None,
                    help="LO,HI interval of B_crit, in the unit of --b-crit or --b-crit-tokens: gives ranges of "
                    "speed-up and efficiency")
@@ -59,9 +63,11 @@ def _add_plan_parser(sub):
     p.add_argument("--inference-tokens", type=float, default=None, help="with --compute: inference-aware allocation")
     p.add_argument("--reference-batch", type=float, default=None,
                    help="global batch (sequences) at which --tokens and --lr hold (default: that of the smallest count)")
-    p.add_argument("--tokens-per-sec", type=float, default=None, help="training throughput per GPU, tokens/s")
+    p.add_argument("--tokens-per-sec", type=float, default=None,
+                   help="training throughput per GPU, tokens/s (not with --profile or --peak-flops)")
     p.add_argument("--profile", default=None,
-                   help="a `batchlaw profile` JSON: step time per micro-batch, memory ceiling, parameters")
+                   help="a `batchlaw profile` JSON: step time per micro-batch, memory ceiling, parameters, "
+                   "tokens per sequence")
     p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s per GPU (with --mfu and --params)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation, in (0, 1] (default: %(default)s)")
     p.add_argument("--comm-overhead", type=float, default=0.0,
@@ -87,12 +93,15 @@ def _add_plan_parser(sub):
 
 
 def _check(name: str, value, *, kind: str = "pos") -> None:
-    """One-line range errors for plan options ('pos': > 0; 'nonneg': >= 0; 'frac': (0, 1]; 'int': integer >= 1)."""
+    """One-line range errors for plan options ('pos': > 0; 'nonneg': >= 0; 'frac': (0, 1]; 'int': integer >= 1;
+    'int0': integer >= 0)."""
     if value is None:
         return
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     if kind == "int":
         ok, what = ok and value >= 1, "an integer >= 1"
+    elif kind == "int0":
+        ok, what = ok and value >= 0, "an integer >= 0"
     elif kind == "nonneg":
         ok, what = ok and value >= 0, "a finite number >= 0"
     elif kind == "frac":
@@ -103,18 +112,49 @@ def _check(name: str, value, *, kind: str = "pos") -> None:
         raise ValueError(f"The '{name}' option must be {what}. Got {value!r} instead.")
 
 
-def _b_crit_from_store(path: str):
+def _b_crit_from_store(path: str, sweep: str | None) -> tuple[float, tuple[float, float], str]:
+    """``(B_crit, interval, sweep name)`` from a sweep store, opened read-only (the file is never written)."""
     from ..sweep.analysis import analyze_sweep
     from ..sweep.store import TrialStore
 
     if not Path(path).is_file():
         raise ValueError(f"The store {path!r} does not exist or is not a file.")
-    with TrialStore(path) as store:
-        fits = [analyze_sweep(n, c, store.trials(n)).fit for n, c in store.sweeps().items()]
-    fits = [f for f in fits if f is not None]
-    if not fits:
-        raise ValueError(f"No sweep in {path!r} supports a B_crit fit.")
-    return fits[-1].b_crit, tuple(fits[-1].b_crit_ci)
+    with TrialStore(path, readonly=True) as store:
+        sweeps = store.sweeps()
+        if not sweeps:
+            raise ValueError(f"The store {path!r} holds no sweep: --b-crit-store reads a sweep's B_crit fit.")
+        names = ", ".join(map(repr, sweeps))
+        if sweep is None and len(sweeps) > 1:
+            raise ValueError(f"The store {path!r} holds {len(sweeps)} sweeps ({names}): name the one to use with "
+                             "--sweep NAME.")
+        if sweep is not None and sweep not in sweeps:
+            raise ValueError(f"The '--sweep' option names no sweep of {path!r}. Got {sweep!r}; it holds {names}.")
+        name = sweep if sweep is not None else next(iter(sweeps))
+        analysis = analyze_sweep(name, sweeps[name], store.trials(name))
+    if analysis.fit is None:
+        raise ValueError(f"The sweep {name!r} in {path!r} does not support a B_crit fit: {analysis.fit_error}")
+    return analysis.fit.b_crit, tuple(analysis.fit.b_crit_ci), name
+
+
+def _seq_len(args, profile) -> tuple[int, str]:
+    """Tokens per example and where that number came from; a value given twice must agree."""
+    from_profile = None if profile is None else profile.tokens_per_example
+    if args.unit == "examples":
+        if args.seq_len not in (None, 1):
+            raise ValueError(f"The '--seq-len' option cannot go with --unit examples: there --tokens and "
+                             f"--tokens-per-sec count examples, not tokens. Got --seq-len {args.seq_len}: for "
+                             f"sequences of {args.seq_len} tokens use --unit sequences (or tokens); for data that "
+                             "are not sequences drop --seq-len.")
+        return 1, "--unit examples"
+    if args.seq_len is not None:
+        if from_profile is not None and args.seq_len != from_profile:
+            raise ValueError(f"The '--seq-len' option ({args.seq_len}) disagrees with the profile {args.profile!r}, "
+                             f"measured at {from_profile} tokens per example: drop --seq-len, or profile at "
+                             f"{args.seq_len} tokens.")
+        return args.seq_len, "--seq-len"
+    if from_profile is not None:
+        return from_profile, "the profile"
+    return 2048, "the default"
 
 
 def _cmd_plan(args) -> int:
@@ -137,7 +177,19 @@ def _cmd_plan(args) -> int:
     if args.b_crit_ci is not None:
         for v in args.b_crit_ci:
             _check("--b-crit-ci", v)
-    seq_len = args.seq_len if args.seq_len is not None else (1 if args.unit == "examples" else 2048)
+    if args.sweep is not None and args.b_crit_store is None:
+        raise ValueError("The '--sweep' option goes with --b-crit-store (it names the store's sweep to read).")
+    throughputs = [o for o, v in (("--tokens-per-sec", args.tokens_per_sec), ("--peak-flops", args.peak_flops),
+                                  ("--profile", args.profile)) if v is not None]
+    if len(throughputs) > 1:
+        raise ValueError(f"{' and '.join(throughputs)} each set the throughput: give one of them (a profile's "
+                         "measured step times, or tokens/s, or peak FLOP/s with --mfu).")
+    profile = load_profile(args.profile) if args.profile else None
+    seq_len, seq_len_source = _seq_len(args, profile)
+    if profile is not None and args.params is not None and abs(args.params - profile.parameters) > 0.01 * profile.parameters:
+        raise ValueError(f"The '--params' option ({args.params:g}) disagrees with the profile {args.profile!r}, "
+                         f"measured on a model of {profile.parameters:,} parameters: drop --params, or profile the "
+                         "model you plan.")
 
     alloc = infer = None
     tokens, params = args.tokens, args.params
@@ -148,10 +200,9 @@ def _cmd_plan(args) -> int:
         chosen = infer or alloc
         tokens = tokens or chosen["tokens"]
         params = params or chosen["params"]
-    profile = load_profile(args.profile) if args.profile else None
     if profile is not None and params is None:
         params = profile.parameters
-    b_crit_ci = None
+    b_crit_ci = sweep = None
     if args.b_crit is not None:
         b_crit, b_crit_ci = args.b_crit, args.b_crit_ci
     elif args.b_crit_tokens is not None:
@@ -166,12 +217,23 @@ def _cmd_plan(args) -> int:
             raise ValueError(f"--b-crit-law must be COEF:EXP, e.g. 0.58:0.571. Got {args.b_crit_law!r}.") from None
         if not (math.isfinite(coef) and coef > 0 and math.isfinite(exp)):
             raise ValueError(f"The '--b-crit-law' option must be COEF:EXP with COEF > 0 and EXP finite. Got {args.b_crit_law!r} instead.")
-        b_crit = coef * tokens**exp / seq_len
+        try:
+            b_crit = coef * tokens**exp / seq_len
+        except OverflowError:
+            b_crit = math.inf
+        if not (math.isfinite(b_crit) and b_crit > 0):
+            raise ValueError(f"The '--b-crit-law' option gives B_crit = {b_crit:g} sequences at D = {tokens:g} tokens: "
+                             f"not a finite number > 0. Got {args.b_crit_law!r}; check COEF and EXP.")
         b_crit_ci = args.b_crit_ci
     else:
-        b_crit, b_crit_ci = _b_crit_from_store(args.b_crit_store)
+        b_crit, b_crit_ci, sweep = _b_crit_from_store(args.b_crit_store, args.sweep)
         if args.b_crit_ci is not None:
             b_crit_ci = args.b_crit_ci
+    option = next(o for o in ("--b-crit", "--b-crit-tokens", "--b-crit-law", "--b-crit-store")
+                  if getattr(args, o[2:].replace("-", "_")) is not None)
+    if not math.isfinite(b_crit * seq_len):
+        raise ValueError(f"The '{option}' option gives B_crit = {b_crit:g} sequences, which is {b_crit * seq_len:g} "
+                         f"tokens at {seq_len} tokens per sequence: give a finite critical batch size.")
     tps = args.tokens_per_sec
     if tps is None and args.peak_flops is not None:
         if params is None:
@@ -194,7 +256,8 @@ def _cmd_plan(args) -> int:
                     min_efficiency=args.min_efficiency, b_crit_ci=b_crit_ci, lr=args.lr, lr_rule=args.lr_rule,
                     unit=args.unit)
     if args.json:
-        out = {"schema": "batchlaw.plan/1", **plan.to_dict()}
+        source = {"option": option} if sweep is None else {"option": option, "store": args.b_crit_store, "sweep": sweep}
+        out = {"schema": "batchlaw.plan/1", **plan.to_dict(), "seq_len_source": seq_len_source, "b_crit_source": source}
         if grad_bytes is not None:
             out["all_reduce"] = {"grad_bytes": grad_bytes, "bus_bandwidth_bytes_per_s": bw, "latency_s": latency,
                                  "overlap": not args.no_overlap, "link": args.link}
@@ -207,7 +270,10 @@ def _cmd_plan(args) -> int:
     unit_word = "examples" if args.unit == "examples" else "sequences"
     head = f"B_crit = {fmt_num(b_crit)} {unit_word}"
     if args.unit != "examples":
-        head += f" ({fmt_num(b_crit * seq_len)} tokens)"
+        src = {"the default": ", the default --seq-len", "the profile": ", the profile's"}.get(seq_len_source, "")
+        head += f" ({fmt_num(b_crit * seq_len)} tokens at {seq_len:,} tokens per sequence{src})"
+    if sweep is not None:
+        head += f" from the fit of sweep {sweep!r} in {args.b_crit_store}"
     if b_crit_ci is not None:
         head += f", interval {fmt_num(b_crit_ci[0])} to {fmt_num(b_crit_ci[1])} {unit_word}"
     if plan.s_min is not None:
@@ -239,6 +305,9 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+_MAX_REQUESTS = 10_000_000
+
+
 def _add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve", help="serving: dynamic-batcher settings and replicas that meet a latency SLO at least cost",
@@ -253,9 +322,9 @@ def _add_serve_parser(sub) -> None:
     arr = p.add_mutually_exclusive_group(required=True)
     arr.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
     arr.add_argument("--trace", help="CSV of arrivals: column arrival_s (and optional length, tokens)")
-    p.add_argument("--requests", type=int, default=100_000,
-                   help="requests simulated with --rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests simulated with --rate, at most 10,000,000 (default: 100,000)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the Poisson arrivals, >= 0 (default: 0)")
     p.add_argument("--slo-p50-ms", type=float, default=None, help="p50 latency target, ms")
     p.add_argument("--slo-p99-ms", type=float, default=None, help="p99 latency target, ms")
     p.add_argument("--max-batches", type=_int_list, default=None,
@@ -278,8 +347,15 @@ def _cmd_serve(args) -> int:
     from ..plan import recommend_serving
 
     for name, kind in (("rate", "pos"), ("requests", "int"), ("slo_p50_ms", "pos"), ("slo_p99_ms", "pos"),
-                       ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int")):
+                       ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int"), ("seed", "int0")):
         _check("--" + name.replace("_", "-"), getattr(args, name), kind=kind)
+    if args.requests is not None and args.requests > _MAX_REQUESTS:
+        raise ValueError(f"The '--requests' option must be at most {_MAX_REQUESTS:,} (each setting simulates them "
+                         f"all; a p99 settles long before). Got {args.requests:,} instead.")
+    for opt, value in (("--seed", args.seed), ("--requests", args.requests)):
+        if args.rate is None and value is not None:
+            raise ValueError(f"The '{opt}' option goes with --rate (Poisson arrivals); a --trace gives its own "
+                             "arrivals. Drop it or use --rate.")
     for b in args.max_batches or ():
         _check("--max-batches", b, kind="int")
     for b in args.buckets or ():
@@ -296,6 +372,9 @@ def _cmd_serve(args) -> int:
             raise ValueError(f"--max-delays-ms must be comma-separated numbers. Got {args.max_delays_ms!r}.") from None
         for d in delays:
             _check("--max-delays-ms", d, kind="nonneg")
+        if not delays:
+            raise ValueError(f"The '--max-delays-ms' option must list at least one delay in ms, e.g. 0,5,10. "
+                             f"Got {args.max_delays_ms!r} instead.")
     if args.profile:
         curve, source = load_profile(args.profile).forward_latency(), args.profile
     else:
@@ -303,12 +382,16 @@ def _cmd_serve(args) -> int:
         curve, source = LatencyCurve(cols["batch"], cols["latency_s"]), args.latency_csv
     lengths = None
     if args.rate is not None:
-        arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests, args.seed), f"Poisson, {args.rate:g}/s"
+        arrivals, arrival_desc = poisson_arrivals(args.rate, args.requests or 100_000, args.seed or 0), f"Poisson, {args.rate:g}/s"
     else:
         want = ["arrival_s"] + (["length"] if "length" in read_header(args.trace) else [])
         cols = read_columns(args.trace, want, numeric=want)
         arrivals, arrival_desc = cols["arrival_s"], f"trace {args.trace}"
         lengths = cols.get("length")
+        if len(arrivals) < 2 or min(arrivals) == max(arrivals):
+            raise ValueError(f"The '--trace' file {args.trace!r} has no arrival rate: {len(arrivals)} request(s), all "
+                             f"at {arrivals[0]:g} s. Give a trace of a load (at least 2 arrivals at different times), "
+                             "or --rate.")
     if (args.buckets or args.recommend_buckets) and lengths is None:
         raise ValueError("--buckets/--recommend-buckets need request lengths: a --trace CSV with a 'length' column.")
     rec = recommend_serving(arrivals, curve, slo, max_batches=args.max_batches, delays=delays,
@@ -316,7 +399,8 @@ def _cmd_serve(args) -> int:
     best = rec["best"]
     out = {"schema": "batchlaw.serve/1", **best.to_dict(), "slo": {"p50_s": slo.p50_s, "p99_s": slo.p99_s},
            "arrivals": arrival_desc, "latency_source": source, "latency_curve": curve.to_dict(),
-           "n_settings_simulated": len(rec["evaluated"]),
+           "n_settings_simulated": len(rec["evaluated"]) + rec["stopped_early"],
+           "n_settings_stopped_early": rec["stopped_early"],
            "cost_per_hour": None if args.price is None else best.replicas * args.price}
     if args.buckets:
         out["padding"] = padding_waste(lengths, args.buckets)
@@ -335,7 +419,9 @@ def _cmd_serve(args) -> int:
           f"utilisation {best.utilisation:.0%}")
     if out["cost_per_hour"] is not None:
         print(f"  cost: {fmt_num(out['cost_per_hour'])} per hour")
-    print(f"  ({len(rec['evaluated'])} settings simulated)")
+    early = (f", {rec['stopped_early']} of them stopped once certain to miss the SLO or the best p99"
+             if rec["stopped_early"] else "")
+    print(f"  ({out['n_settings_simulated']} settings simulated{early})")
     if "padding" in out:
         pw = out["padding"]
         print(f"padding with boundaries {', '.join(f'{b:g}' for b in pw['boundaries'])}: {pw['waste']:.1%} of tokens")

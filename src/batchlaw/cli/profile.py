@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
-from ._common import _int_list, _key_value
+from ._common import _int_list, _key_value, check_output_file
+
+_PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 def add_parsers(sub) -> None:
@@ -35,7 +39,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="profile.json", help="JSON written as it goes (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="keep the sizes already measured in --out (same model, device, checkpointing) and run the rest")
-    p.add_argument("--plot", default=None, help="also write a PNG of throughput and memory vs micro-batch")
+    p.add_argument("--plot", default=None,
+                   help="also write a figure of throughput and memory vs micro-batch: a .png, .pdf or .svg path")
     p.add_argument("--json", action="store_true", help="print the profile JSON (schema batchlaw.profile/1)")
     p.set_defaults(func=_cmd_profile)
     psub = p.add_subparsers(dest="profile_command", metavar="SUBCOMMAND")
@@ -52,8 +57,9 @@ def add_parsers(sub) -> None:
     a.set_defaults(func=_cmd_allreduce)
 
 
-def _cmd_profile(args) -> int:
-    from ..profile import profile_hardware, save_profile, user_target, workload_target
+def _check_profile_args(args) -> tuple[Path, dict | None]:
+    """Every option and path checked before torch is imported or a model built: ``(out, resume_from)``."""
+    from ..plan import check_profile
 
     for name in ("max_batch", "repeats"):
         v = getattr(args, name)
@@ -63,30 +69,44 @@ def _cmd_profile(args) -> int:
         raise ValueError(f"The '--forward-max-batch' option must be an integer >= 1. Got {args.forward_max_batch} instead.")
     if args.warmup < 0:
         raise ValueError(f"The '--warmup' option must be an integer >= 0. Got {args.warmup} instead.")
-    if not args.time_budget > 0:
-        raise ValueError(f"The '--time-budget' option must be > 0. Got {args.time_budget} instead.")
-    out = Path(args.out)
-    if not out.parent.is_dir() or out.is_dir():
-        raise ValueError(f"The '--out' path {args.out!r} is not a writable file path.")
-    if args.plot is not None and not Path(args.plot).parent.is_dir():
-        raise ValueError(f"The directory of '--plot' {args.plot!r} does not exist.")
+    if not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise ValueError(f"The '--time-budget' option must be a finite number of seconds > 0. Got {args.time_budget} instead.")
+    out = check_output_file("--out", args.out)
+    if args.plot is not None:
+        plot = check_output_file("--plot", args.plot)
+        if plot.suffix.lower() not in _PLOT_FORMATS:
+            raise ValueError(f"The '--plot' path {args.plot!r} must end in .png, .pdf or .svg. "
+                             f"Got {plot.suffix or 'no suffix'!r} instead.")
+        if plot.resolve() == out.resolve():
+            raise ValueError(f"The '--plot' path {args.plot!r} is the '--out' path: the figure would overwrite the "
+                             "profile. Choose another path.")
+    previous = None
+    if args.resume and out.is_file():
+        try:
+            previous = json.loads(out.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"Cannot resume from {args.out!r}: not JSON ({err}).") from None
+        previous = check_profile(previous, args.out)
+    return out, previous
+
+
+def _cmd_profile(args) -> int:
+    out, previous = _check_profile_args(args)
     import torch
+
+    from ..profile import profile_hardware, save_profile, user_target, workload_target
 
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("The '--device' option is 'cuda' but no CUDA device is available. Use --device cpu.")
     if args.model:
         if args.workload_arg:
             raise ValueError("--workload-arg goes with --workload, not --model.")
         target = user_target(args.model)
     else:
         target = workload_target(args.workload or "bytegpt", device=device, **dict(args.workload_arg))
-    previous = None
-    if args.resume and out.is_file():
-        try:
-            previous = json.loads(out.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"Cannot resume from {args.out!r}: not JSON ({err}).") from None
     prof = profile_hardware(target, device=device, resume_from=previous, max_batch=args.max_batch, forward_max_batch=args.forward_max_batch,
                             checkpointing=args.checkpointing, forward=not args.no_forward, repeats=args.repeats,
                             warmup=args.warmup, time_budget_s=args.time_budget,
@@ -117,21 +137,49 @@ def _cmd_profile(args) -> int:
     return 0
 
 
-def _cmd_allreduce(args) -> int:
-    from ..plan import fit_link, ring_allreduce_time
-    from ..profile import measure_allreduce
+def _sizes_bytes(text: str, world_sizes) -> list[int]:
+    """``--sizes-mb`` as bytes: finite positive sizes, none repeated, at least two (the fit has a latency and
+    a bandwidth), and buffers that fit in this machine's memory on every rank of the largest world."""
+    sizes = []
+    for v in (t.strip() for t in text.split(",")):
+        if not v:
+            continue
+        try:
+            mb = float(v)
+        except ValueError:
+            raise ValueError(f"The '--sizes-mb' option must be comma-separated numbers of MiB. Got {text!r} "
+                             f"({v!r} is not a number).") from None
+        n = int(mb * 2**20) if math.isfinite(mb) else 0
+        if n < 4:
+            raise ValueError(f"The '--sizes-mb' option must list finite sizes of at least 4 bytes "
+                             f"({4 / 2**20:.2g} MiB). Got {v!r} in {text!r}.")
+        if n in sizes:
+            raise ValueError(f"The '--sizes-mb' option lists {v} MiB twice. Got {text!r}: list each size once.")
+        sizes.append(n)
+    if len(sizes) < 2:
+        raise ValueError(f"The '--sizes-mb' option must list at least 2 different sizes: the ring model has a latency "
+                         f"and a bandwidth to fit. Got {text!r}; e.g. --sizes-mb 1,8.")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    need = 2 * sum(sizes) * max(world_sizes)  # each rank holds every buffer, and a copy in flight
+    if memory and need > memory:
+        raise ValueError(f"The '--sizes-mb' option asks for {need / 2**30:.3g} GiB of buffers ({max(world_sizes)} ranks "
+                         f"x 2 x {sum(sizes) / 2**20:g} MiB) on a machine of {memory / 2**30:.3g} GiB. Got {text!r}: "
+                         "time smaller sizes.")
+    return sizes
 
-    try:
-        sizes = [int(float(v) * 2**20) for v in args.sizes_mb.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--sizes-mb must be comma-separated numbers. Got {args.sizes_mb!r}.") from None
-    if not sizes or min(sizes) < 4:
-        raise ValueError(f"--sizes-mb must list positive sizes. Got {args.sizes_mb!r}.")
+
+def _cmd_allreduce(args) -> int:
     for w in args.world_sizes:
         if w < 2:
             raise ValueError(f"The '--world-sizes' option must list integers >= 2. Got {w} instead.")
+    if len(set(args.world_sizes)) != len(args.world_sizes):
+        raise ValueError(f"The '--world-sizes' option lists a world size twice. Got {args.world_sizes}.")
     if args.repeats < 1:
         raise ValueError(f"The '--repeats' option must be an integer >= 1. Got {args.repeats} instead.")
+    sizes = _sizes_bytes(args.sizes_mb, args.world_sizes)
+    from ..plan import fit_link, ring_allreduce_time
+    from ..profile import measure_allreduce
+
     rows = measure_allreduce(sizes, list(args.world_sizes), repeats=args.repeats, backend=args.backend)
     link = fit_link(rows)
     for r in rows:

@@ -135,7 +135,7 @@ class Plan:
             dbl = "-" if r.doubling_efficiency is None else f"{r.doubling_efficiency:.0%}"
             lim = _limit_text(r, self.b_crit)
             lines.append(f"{r.gpus:>5} {self._batch(r):>16} {f'{r.micro_batch}x{r.accumulation}':>11} "
-                         f"{r.steps_vs_min:>7.2f} {fmt_num(r.steps):>9} {wall:>10} {fmt_num(r.gpu_hours):>9} "
+                         f"{_ratio(r.steps_vs_min):>7} {fmt_num(r.steps):>9} {wall:>10} {fmt_num(r.gpu_hours):>9} "
                          f"{fmt_num(r.cost):>9} {r.speedup_vs_1:>7.2f}x {eff:>15} {dbl:>8}  {ok}; {lim}")
         return "\n".join(lines)
 
@@ -154,6 +154,48 @@ class Plan:
             out.append(f"{line}: {verdict} ({d['doubling_efficiency']:.0%} of a perfect doubling {cmp} "
                        f"{self.min_efficiency:.0%}; {d['limit_to']} limit at {d['to']}).")
         return out
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if x < 1e4 else f"{x:.3g}"
+
+
+def _budget(tokens: float, seq_len: int, b_ref: float, b_crit: float, unit: str) -> tuple[float, float]:
+    """``(S_min, E_min in tokens)`` from the data budget at the reference batch, refusing budgets that
+    give less than one step: ``E_min = tokens / seq_len / (1 + B_ref / B_crit)`` examples and
+    ``S_min = E_min / B_crit`` (McCandlish et al. 2018, eq. 2.11: ``E_min = B_crit S_min``)."""
+    word = "examples" if unit == "examples" else "sequences"
+    what = "examples" if unit == "examples" else "tokens"
+    per_step = b_ref * seq_len
+    if tokens < per_step:
+        raise ValueError(
+            f"The data budget 'tokens' (--tokens) = {fmt_num(tokens)} {what} is less than one step at the reference "
+            f"batch ({fmt_num(b_ref)} {word}" + ("" if seq_len == 1 else f" x {seq_len:,} tokens") +
+            f" = {fmt_num(per_step)} {what} per step): raise the budget or lower 'reference_batch' (--reference-batch).")
+    e_min = tokens / seq_len / (1.0 + b_ref / b_crit)  # examples
+    s_min = e_min / b_crit
+    if s_min < 1:
+        raise ValueError(
+            f"The inputs give S_min = {fmt_num(s_min)} steps, fewer than one: B_crit = {fmt_num(b_crit)} {word} is "
+            f"more than the {fmt_num(e_min)} {word} the whole run needs at its most efficient (E_min = tokens / "
+            f"seq_len / (1 + B_ref / B_crit), with tokens = {fmt_num(tokens)} {what}" +
+            ("" if seq_len == 1 else f", seq_len = {seq_len:,}") +
+            f"). Check 'b_crit' (--b-crit) and the budget 'tokens' (--tokens).")
+    return s_min, e_min * seq_len
+
+
+def _check_finite(rows: list[PlanRow], doubling: list[dict]) -> None:
+    """Refuse a plan with a non-finite or negative number: inputs at the edge of floating point."""
+    for r in rows:
+        for name, v in asdict(r).items():
+            if isinstance(v, float) and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"The plan's {name} at {r.gpus} GPUs is {v!r}: an input is out of the range the "
+                                 "model can compute (check B_crit, the budget and the throughput).")
+    for d in doubling:
+        for name in ("speedup", "doubling_efficiency", "steps_ratio", "gpu_hours_ratio"):
+            if not math.isfinite(d[name]) or d[name] <= 0:
+                raise ValueError(f"The plan's {name} from {d['from']} to {d['to']} GPUs is {d[name]!r}: an input is "
+                                 "out of the range the model can compute (check B_crit and the throughput).")
 
 
 def _limit_text(r: PlanRow, b_crit: float) -> str:
@@ -352,8 +394,7 @@ def plan_run(
     b_ref = reference_batch if reference_batch is not None else m.batch(gpus[0])
     s_min = e_min_tokens = None
     if tokens is not None:
-        e_min = tokens / seq_len / (1.0 + b_ref / b_crit)  # examples
-        s_min, e_min_tokens = e_min / b_crit, e_min * seq_len
+        s_min, e_min_tokens = _budget(tokens, seq_len, b_ref, b_crit, unit)
 
     rows = []
     for g in gpus:
@@ -393,12 +434,14 @@ def plan_run(
             d["gpu_hours_ratio_range"] = sorted(2.0 / s for s in d["speedup_range"])
         doubling.append(d)
 
+    _check_finite(rows, doubling)
     rec = m.largest_efficient(min_efficiency)
     rec_range = None if ms is None else tuple(sorted(mm.largest_efficient(min_efficiency) for mm in ms))
     listed = [g for g in gpus if g <= rec]
     rec_listed = listed[-1] if listed else None
     word = "examples" if unit == "examples" else "sequences"
-    reason = (f"{rec} GPUs: the largest count that keeps at least {min_efficiency:.0%} of perfect linear scaling "
+    count = f"{rec} GPUs" if rec < _MAX_GPUS else f"{rec:,} GPUs or more (the most the search tries)"
+    reason = (f"{count}: the largest count that keeps at least {min_efficiency:.0%} of perfect linear scaling "
               f"(global batch {m.batch(rec):,} {word} vs B_crit = {fmt_num(b_crit)}; limit there: {m.limit(rec)})")
     if rec_range is not None:
         reason += f"; {rec_range[0]} to {rec_range[1]} GPUs over the B_crit interval"
@@ -420,5 +463,9 @@ def plan_run(
     if lr is not None and any(r.over_critical for r in rows):
         notes.append("learning rates above B_crit follow the rule only as an upper bound: the optimal step "
                      "saturates there (McCandlish et al. 2018, eq. 2.6).")
+    if lr is not None and b_ref > b_crit and any(r.global_batch < b_ref for r in rows):
+        notes.append(f"the reference batch ({fmt_num(b_ref)}) is above B_crit, where the optimal step saturates "
+                     "(McCandlish et al. 2018, eq. 2.6): scaled down from there, the rule's learning rates underestimate "
+                     "the optimum at smaller batches, the more so the further below B_crit.")
     return Plan(rows, b_crit, b_crit_ci, e_min_tokens, s_min, seq_len, unit, min_efficiency, rec, rec_range,
                 rec_listed, reason, doubling, notes)

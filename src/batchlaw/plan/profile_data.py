@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_positive_float
 
-__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "LatencyCurve"]
+__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "check_profile", "LatencyCurve"]
 
 PROFILE_SCHEMA = "batchlaw.profile/1"
 
@@ -124,11 +123,91 @@ class HardwareProfile:
         return LatencyCurve(*zip(*ok))
 
 
+def _integer(value, minimum: int = 1) -> int | None:
+    """``value`` as an int if it is an integer (an integral float too) >= ``minimum``, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if value == int(value) and value >= minimum else None
+
+
+def _positive(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_rows(rows, key: str, time_key: str, table: str) -> list[dict]:
+    """The rows of one table of a profile, each checked; the message names the row and the field."""
+    if not isinstance(rows, list):
+        raise ValueError(f"'{table}' is {type(rows).__name__}, not a list of rows")
+    out, seen = [], set()
+    for i, r in enumerate(rows):
+        where = f"{table} row {i}"
+        if not isinstance(r, dict):
+            raise ValueError(f"{where} is {type(r).__name__}, not an object")
+        b = _integer(r.get(key))
+        if b is None:
+            raise ValueError(f"{where}: {key} = {r.get(key)!r} is not an integer >= 1")
+        where = f"{table} row {i} ({key} {b})"
+        if b in seen:
+            raise ValueError(f"{where}: {key} {b} appears twice")
+        seen.add(b)
+        status = r.get("status")
+        if status not in ("ok", "oom"):
+            raise ValueError(f"{where}: status = {status!r} is not 'ok' or 'oom'")
+        t = r.get(time_key)
+        if status == "ok" and not _positive(t):
+            raise ValueError(f"{where}: {time_key} = {t!r} is not a finite number > 0")
+        if status == "oom" and t is not None:
+            raise ValueError(f"{where}: an out-of-memory row has {time_key} = {t!r} (should be null)")
+        mem = r.get("peak_memory_bytes")
+        if mem is not None and not (_positive(mem) or mem == 0):
+            raise ValueError(f"{where}: peak_memory_bytes = {mem!r} is not a finite number >= 0")
+        row = {**r, key: b}
+        if table == "train" and status == "ok":
+            rate = r.get("throughput_per_s")
+            if rate is not None and not (_positive(rate) and math.isclose(rate, b / t, rel_tol=1e-6)):
+                raise ValueError(f"{where}: throughput_per_s = {rate!r} is not micro_batch / step_time_s = {b / t:.6g}")
+            row["throughput_per_s"] = b / t
+        out.append(row)
+    ok = [r[key] for r in out if r["status"] == "ok"]
+    oom = [r[key] for r in out if r["status"] == "oom"]
+    if ok and oom and max(ok) > min(oom):
+        raise ValueError(f"{table}: {key} {max(ok)} fitted but the smaller {min(oom)} ran out of memory")
+    return out
+
+
+def check_profile(data, source: str) -> dict:
+    """A ``batchlaw.profile/1`` dict, checked field by field (a copy, rows with integer sizes and each
+    training row's ``throughput_per_s``), or a one-line ValueError naming the file, the row and the field.
+
+    Checked: the schema; ``parameters`` (integer >= 1); ``tokens_per_example`` (``null`` or integer >= 1);
+    each ``train`` / ``forward`` row (an integer size >= 1 that appears once, ``status`` "ok" or "oom",
+    a finite positive time for "ok" rows and none for "oom" rows, a memory >= 0); no size that fitted
+    above one that ran out of memory.
+    """
+    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"The profile {source!r} must have schema {PROFILE_SCHEMA!r}. Got {got!r} instead.")
+    try:
+        params = _integer(data.get("parameters"))
+        if params is None:
+            raise ValueError(f"parameters = {data.get('parameters')!r} is not an integer >= 1")
+        tpe = data.get("tokens_per_example")
+        if tpe is not None and _integer(tpe) is None:
+            raise ValueError(f"tokens_per_example = {tpe!r} is not null or an integer >= 1")
+        train = _check_rows(data.get("train", []), "micro_batch", "step_time_s", "train")
+        forward = _check_rows(data.get("forward", []), "batch", "latency_s", "forward")
+    except ValueError as err:
+        raise ValueError(f"The profile {source!r} is malformed: {err}. Write it again with `batchlaw profile`.") from None
+    return {**data, "parameters": params, "tokens_per_example": None if tpe is None else int(tpe),
+            "train": train, "forward": forward}
+
+
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read a ``batchlaw.profile/1`` JSON file, with one-line errors for anything else.
 
     Raises:
-        ValueError: missing file, not JSON, another schema, or missing fields.
+        ValueError: missing file, not JSON, another schema, or a field out of range (see
+            :func:`check_profile`).
     """
     p = Path(path)
     if not p.is_file():
@@ -137,18 +216,6 @@ def load_profile(path: str | Path) -> HardwareProfile:
         data = json.loads(p.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"The profile {str(path)!r} is not JSON ({err}).") from None
-    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA:
-        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"The profile {str(path)!r} must have schema {PROFILE_SCHEMA!r}. Got {got!r} instead.")
-    try:
-        train = [{"micro_batch": int(r["micro_batch"]), "status": str(r["status"]),
-                  "step_time_s": None if r.get("step_time_s") is None else check_positive_float("step_time_s", r["step_time_s"]),
-                  "peak_memory_bytes": r.get("peak_memory_bytes")} for r in data.get("train", [])]
-        forward = [{"batch": int(r["batch"]), "status": str(r["status"]),
-                    "latency_s": None if r.get("latency_s") is None else check_positive_float("latency_s", r["latency_s"])}
-                   for r in data.get("forward", [])]
-        params = int(data["parameters"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"The profile {str(path)!r} is malformed: {err}.") from None
-    return HardwareProfile(train, forward, params, data.get("tokens_per_example"), str(data.get("device", "?")),
-                           str(path))
+    data = check_profile(data, str(path))
+    return HardwareProfile(data["train"], data["forward"], data["parameters"], data["tokens_per_example"],
+                           str(data.get("device", "?")), str(path))

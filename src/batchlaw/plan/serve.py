@@ -8,9 +8,16 @@ comes first (at once if the queue filled or timed out while every replica was bu
 Latency of a request = completion - arrival.
 
 With one replica and ``max_batch = 1`` the queue is vectorised exactly (Lindley's recursion as a
-running maximum). Otherwise the simulation loops over *batches*, not events: with sorted arrival times, the time a batch starts
-is ``max(replica free, min(arrival[head + max_batch - 1], arrival[head] + max_queue_delay))`` and
-its size a bisection in the arrival times; latencies of a batch are set by one vector operation.
+running maximum). Otherwise the simulation loops over *batches*, not events: with sorted arrival
+times, the time a batch starts is ``max(replica free, min(arrival[head + max_batch - 1],
+arrival[head] + max_queue_delay))`` and its size a bisection in the arrival times; the loop keeps
+each batch's head and start, and every latency is set after it by one vector operation. ``L(b)`` is
+tabulated once for all the batch sizes a search can form (:func:`_service_table`).
+
+The search for the cheapest setting stops a simulation as soon as its p50 or p99 is certain to
+exceed a bound (the SLO, or the best p99 already met): more latencies above the bound than the
+quantile's lower order statistic leaves room for. That is exact: the stopped setting could be
+neither feasible nor the best, so the search returns what the full search returns.
 
 With ``max_batch = 1`` and a constant ``L`` under Poisson arrivals this is the M/D/1 queue, whose
 mean wait is ``rho L / (2 (1 - rho))`` (Pollaczek-Khinchine), the check in the tests.
@@ -31,11 +38,15 @@ from .profile_data import LatencyCurve
 __all__ = ["SLO", "ServeResult", "poisson_arrivals", "simulate_batcher", "recommend_serving", "md1_mean_wait",
            "default_max_batches", "default_delays"]
 
+#: the quantiles a result reports, as fractions
+_P50, _P99 = 0.5, 0.99
+
 
 def poisson_arrivals(rate_per_s: float, n: int, seed: int = 0) -> np.ndarray:
     """``n`` arrival times (s) of a Poisson process of rate ``rate_per_s``, starting near 0."""
     rate = check_positive_float("rate_per_s", rate_per_s)
     n = check_positive_int("n", n)
+    seed = check_positive_int("seed", seed, minimum=0)
     return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
 
 
@@ -138,76 +149,137 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
     max_batch = check_positive_int("max_batch", max_batch)
     delay = check_positive_float("max_queue_delay_s", max_queue_delay_s, allow_zero=True)
     replicas = check_positive_int("replicas", replicas)
-    svc = [0.0] + [float(latency(b)) for b in range(1, max_batch + 1)]  # svc[b] = L(b)
+    l_max = float(latency(max_batch))  # refused beyond the curve
+    return _simulate(arr, _service_table(latency, min(max_batch, arr.size)), l_max, max_batch, delay, replicas)
+
+
+def _service_table(latency: LatencyCurve, largest: int) -> list[float]:
+    """Seconds a replica is busy with a batch of ``b``, for ``b = 0 .. largest`` (``[0] = 0``): the curve
+    ``L(b)`` evaluated once, as one vector, for every batch a simulation can form.
+
+    This is where the service time of a batch is defined, so a richer latency model (an overhead per
+    batch, a length-dependent term) changes this function and nothing in the simulation.
+    """
+    return [0.0] + np.atleast_1d(latency(np.arange(1, largest + 1))).astype(float).tolist()
+
+
+class _Stop(Exception):
+    """A simulation abandoned once a latency quantile is certain to exceed its bound."""
+
+
+def _quantile_index(n: int, q: float) -> int:
+    """Lower index of the order statistics the ``q``-quantile of ``n`` values interpolates between."""
+    return min(math.floor(q * (n - 1)), n - 1)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The ``q``-quantile with linear interpolation between order statistics (numpy's default method).
+
+    Its lower order statistic is ``values[_quantile_index(n, q)]`` of the sorted values, and the
+    quantile is at least that: more than ``n - 1 - index`` values above ``t`` put it above ``t``
+    (the bound :func:`_simulate` stops on).
+    """
+    n = values.size
+    lo = _quantile_index(n, q)
+    frac = q * (n - 1) - lo
+    part = np.partition(values, (lo, min(lo + 1, n - 1)))
+    a, b = float(part[lo]), float(part[min(lo + 1, n - 1)])
+    return a + (b - a) * frac if frac > 0 else a
+
+
+def _simulate(arr: np.ndarray, svc: list[float], l_max: float, max_batch: int, delay: float, replicas: int,
+              bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None) -> ServeResult:
+    """One setting; ``svc[b] = L(b)`` for every batch it can form, ``l_max = L(max_batch)``.
+
+    ``bounds``: ``(q, t)`` pairs: raise :class:`_Stop` as soon as the ``q``-quantile of the latencies
+    is certain to exceed ``t`` (more than ``n - 1 - index`` latencies above ``t``), which no later
+    request can undo. ``a``: ``arr.tolist()``, when the caller simulates several settings.
+    """
     if max_batch == 1 and replicas == 1:  # one queue, one server, constant service: Lindley, vectorised
-        return _single_server(arr, svc[1], delay)
-    return _batch_loop(arr, svc, max_batch, delay, replicas)
-
-
-def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float, replicas: int) -> ServeResult:
-    """The general case, one Python step per batch (``svc[b] = L(b)``)."""
+        lat, wait, n_batches, busy, last_finish = _single_server(arr, svc[1])
+    else:
+        lat, wait, n_batches, busy, last_finish = _batch_loop(arr, svc, max_batch, delay, replicas, bounds, a)
     n = arr.size
-    a = arr.tolist()
-    lat = np.empty(n)
-    wait = np.empty(n)
-    free = [0.0] * replicas  # heap of times each replica is next free
-    head, n_batches, busy = 0, 0, 0.0
-    last_finish = 0.0
-    while head < n:
-        f = heapq.heappop(free) if replicas > 1 else free[0]
-        a0 = a[head]
-        ready = a0 + delay
-        if head + max_batch - 1 < n and a[head + max_batch - 1] < ready:
-            ready = a[head + max_batch - 1]
-        start = f if f > ready else ready
-        hi = head + max_batch if head + max_batch < n else n
-        k = bisect.bisect_right(a, start, head, hi) - head
-        s = svc[k]
-        finish = start + s
-        if k == 1:
-            lat[head] = finish - a0
-            wait[head] = start - a0
-        else:
-            seg = arr[head:head + k]
-            lat[head:head + k] = finish - seg
-            wait[head:head + k] = start - seg
-        if replicas > 1:
-            heapq.heappush(free, finish)
-        else:
-            free[0] = finish
-        if finish > last_finish:
-            last_finish = finish
-        busy += s
-        head += k
-        n_batches += 1
     span_in = arr[-1] - arr[0]
     rate = (n - 1) / span_in if n > 1 and span_in > 0 else math.inf
-    capacity = replicas * max_batch / svc[max_batch]
+    capacity = replicas * max_batch / l_max
     span_out = last_finish - arr[0]
-    p50, p99 = np.percentile(lat, [50, 99])
     return ServeResult(
         max_batch=max_batch, max_queue_delay_s=delay, replicas=replicas, n_requests=n, offered_rate_per_s=float(rate),
         capacity_per_s=capacity, stable=bool(rate < capacity),
         throughput_per_s=float(n / span_out) if span_out > 0 else math.inf,
-        mean_latency_s=float(lat.mean()), p50_latency_s=float(p50), p99_latency_s=float(p99),
-        mean_wait_s=float(wait.mean()), mean_batch=n / n_batches, utilisation=float(busy / (replicas * span_out)))
+        mean_latency_s=float(lat.mean()), p50_latency_s=_quantile(lat, _P50), p99_latency_s=_quantile(lat, _P99),
+        mean_wait_s=float(wait.mean()), mean_batch=n / n_batches,
+        utilisation=float(busy / (replicas * span_out)) if span_out > 0 else 1.0)
 
 
-def _single_server(arr: np.ndarray, s: float, delay: float) -> ServeResult:
+def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float, replicas: int,
+                bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None):
+    """The general case, one Python step per batch: ``(latencies, waits, batches, busy time, last finish)``.
+
+    The loop keeps only each batch's head and start; the latencies are set afterwards by one vector
+    operation (``finish - arrival``, the same floating-point subtraction the loop would do).
+    """
+    n = arr.size
+    a = arr.tolist() if a is None else a
+    heads: list[int] = []
+    starts: list[float] = []
+    free = [0.0] * replicas  # heap of the times each replica is next free
+    f = 0.0  # one replica: when it is next free
+    many = replicas > 1
+    # (bound t, latencies above t that make the quantile exceed t, latencies above t so far)
+    checks = [[t, n - _quantile_index(n, q), 0] for q, t in bounds]
+    watch = min((c[0] for c in checks), default=math.inf)
+    head, last = 0, max_batch - 1
+    while head < n:
+        if many:
+            f = heapq.heappop(free)
+        a0 = a[head]
+        ready = a0 + delay
+        full = head + last
+        if full < n and a[full] < ready:  # max_batch waiting before the delay runs out
+            ready = a[full]
+            start = f if f > ready else ready
+            k = max_batch
+        else:
+            start = f if f > ready else ready
+            if head + 1 < n and a[head + 1] > start:  # alone (light load): no search
+                k = 1
+            else:
+                k = bisect.bisect_right(a, start, head, full + 1 if full < n else n) - head
+        finish = start + svc[k]
+        heads.append(head)
+        starts.append(start)
+        if finish - a0 > watch:  # the oldest request of the batch is over a bound: count those that are
+            for c in checks:
+                t, j, end = c[0], head, head + k
+                while j < end and finish - a[j] > t:
+                    j += 1
+                c[2] += j - head
+                if c[2] >= c[1]:
+                    raise _Stop
+        if many:
+            heapq.heappush(free, finish)
+        else:
+            f = finish
+        head += k
+    sizes = np.diff(np.append(np.asarray(heads, dtype=np.int64), n))
+    service = np.asarray(svc)[sizes]
+    start_t = np.asarray(starts)
+    finish_t = start_t + service
+    lat = np.repeat(finish_t, sizes) - arr
+    wait = np.repeat(start_t, sizes) - arr
+    return lat, wait, sizes.size, float(service.sum()), float(finish_t.max())
+
+
+def _single_server(arr: np.ndarray, s: float):
     """Max batch 1, one replica: start_n = max(finish_{n-1}, a_n), finish_n = start_n + s, so
     ``finish_n = s (n + 1) + max_{k <= n} (a_k - s k)`` (a running maximum; the delay never binds)."""
     n = arr.size
     idx = np.arange(n)
     finish = np.maximum.accumulate(arr - s * idx) + s * (idx + 1)
     lat = finish - arr
-    span_in, span_out = arr[-1] - arr[0], finish[-1] - arr[0]
-    rate = (n - 1) / span_in if n > 1 and span_in > 0 else math.inf
-    p50, p99 = np.percentile(lat, [50, 99])
-    return ServeResult(
-        max_batch=1, max_queue_delay_s=delay, replicas=1, n_requests=n, offered_rate_per_s=float(rate),
-        capacity_per_s=1.0 / s, stable=bool(rate < 1.0 / s), throughput_per_s=float(n / span_out),
-        mean_latency_s=float(lat.mean()), p50_latency_s=float(p50), p99_latency_s=float(p99),
-        mean_wait_s=float(lat.mean() - s), mean_batch=1.0, utilisation=float(n * s / span_out))
+    return lat, lat - s, n, n * s, float(finish[-1])
 
 
 def default_max_batches(latency: LatencyCurve) -> list[int]:
@@ -225,6 +297,40 @@ def _sort_key(r: ServeResult):
     return (r.replicas, r.p99_latency_s, r.mean_latency_s, r.max_batch, r.max_queue_delay_s)
 
 
+#: fewest requests whose empirical p99 is a 99th percentile at all (with fewer it is the largest latency)
+MIN_REQUESTS_P99 = 100
+#: the search orders a replica count's settings by a simulation of the first 1/_PREFIX_SHARE of the
+#: requests (at least _PREFIX_MIN): the order changes only how soon the others stop, never the answer
+_PREFIX_SHARE, _PREFIX_MIN = 50, 2000
+
+
+def _check_candidates(latency: LatencyCurve, slo: SLO, max_batches, delays) -> tuple[list[int], list[float]]:
+    max_batches = default_max_batches(latency) if max_batches is None else sorted(
+        {check_positive_int("max_batch", b) for b in max_batches})
+    if not max_batches:
+        raise ValueError("The 'max_batches' parameter must list at least one candidate max batch size.")
+    if max_batches[-1] > latency.max_batch:
+        raise ValueError(f"The 'max_batch' candidates go to {max_batches[-1]} but the latency curve stops at "
+                         f"{latency.max_batch}: profile larger batches or lower them.")
+    delays = default_delays(slo) if delays is None else sorted(
+        {check_positive_float("max_queue_delay_s", d, allow_zero=True) for d in delays})
+    if not delays:
+        raise ValueError("The 'delays' parameter must list at least one candidate max queue delay (seconds).")
+    return max_batches, delays
+
+
+def _check_load(arr: np.ndarray, slo: SLO) -> float:
+    """The offered rate of the arrivals, refusing those that have none or too few for the p99."""
+    n, span = arr.size, float(arr[-1] - arr[0])
+    if n < 2 or span <= 0:
+        raise ValueError(f"The arrivals have no rate: {n} request(s), all at t = {arr[0]:g} s. A serving plan needs "
+                         "at least 2 arrivals at different times (a trace of a load, or a Poisson rate).")
+    if slo.p99_s is not None and n < MIN_REQUESTS_P99:
+        raise ValueError(f"The arrivals hold {n} requests: fewer than {MIN_REQUESTS_P99}, whose p99 is only the "
+                         "largest latency. Simulate more requests (--requests) or give a longer trace.")
+    return (n - 1) / span
+
+
 def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches: list[int] | None = None,
                       delays: list[float] | None = None, max_replicas: int = 64) -> dict:
     """The fewest replicas, and the batcher settings, that meet the SLO on these arrivals.
@@ -239,8 +345,13 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
     the lowest mean latency, then the smaller batch and delay. An SLO below the fastest batch
     latency is refused at once.
 
+    A simulation stops as soon as its p50 or p99 is certain to miss the SLO, or its p99 to exceed
+    the lowest p99 already met at that replica count (more latencies above the bound than the
+    quantile leaves room for): such a setting can be neither feasible nor best, so the answer is
+    the one of the full search, found with less work.
+
     Args:
-        arrivals: arrival times in seconds.
+        arrivals: arrival times in seconds (at least 2 at different times; at least 100 with a p99 target).
         latency: forward latency curve ``L(b)``.
         slo: the latency targets.
         max_batches: candidate max batch sizes (default: powers of two up to the curve's largest).
@@ -248,40 +359,47 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
         max_replicas: most replicas tried.
 
     Returns:
-        ``{"best": ServeResult, "evaluated": [ServeResult, ...]}``.
+        ``{"best": ServeResult, "evaluated": [ServeResult, ...], "stopped_early": int}``: the
+        settings simulated to the end, and how many more were stopped early.
 
     Raises:
-        ValueError: no setting meets the SLO within ``max_replicas`` (the message says what the
-            best setting reached).
+        ValueError: arrivals without a rate, empty candidate lists, or no setting that meets the SLO
+            within ``max_replicas`` (the message says why: no stable setting, or the closest p99).
     """
     arr = _as_arrivals(arrivals)
-    max_batches = default_max_batches(latency) if max_batches is None else sorted(
-        {check_positive_int("max_batch", b) for b in max_batches})
-    if max_batches[-1] > latency.max_batch:
-        raise ValueError(f"The 'max_batch' candidates go to {max_batches[-1]} but the latency curve stops at "
-                         f"{latency.max_batch}: profile larger batches or lower them.")
-    delays = default_delays(slo) if delays is None else sorted(
-        {check_positive_float("max_queue_delay_s", d, allow_zero=True) for d in delays})
+    max_batches, delays = _check_candidates(latency, slo, max_batches, delays)
     max_replicas = check_positive_int("max_replicas", max_replicas)
-    rate = (arr.size - 1) / (arr[-1] - arr[0]) if arr.size > 1 and arr[-1] > arr[0] else math.inf
+    rate = _check_load(arr, slo)
     floor = min(float(latency(b)) for b in max_batches)
     if slo.tightest < floor:  # every request takes at least one batch's latency
         raise ValueError(f"No setting meets the SLO: its tightest target ({slo.tightest:.4g} s) is below the fastest "
                          f"batch latency ({floor:.4g} s). Relax the SLO or profile a faster model.")
+    svc = _service_table(latency, min(max_batches[-1], arr.size))
+    l_of = {b: float(latency(b)) for b in max_batches}
+    a = arr.tolist()
+    head = arr[:max(_PREFIX_MIN, arr.size // _PREFIX_SHARE)]
     evaluated: list[ServeResult] = []
+    stopped = [0]
     cache: dict[int, list[ServeResult]] = {}
 
     def feasible(r: int) -> list[ServeResult]:
         if r not in cache:
-            ok = []
-            for b in max_batches:
-                if rate >= r * b / float(latency(b)):
+            stable = [(b, d) for b in max_batches if rate < r * b / l_of[b] for d in delays]
+            if len(stable) > 1 and head.size < arr.size:  # likely best first, so that the bound below is tight
+                stable.sort(key=lambda s: _sort_key(_simulate(head, svc, l_of[s[0]], s[0], s[1], r)))
+            ok: list[ServeResult] = []
+            for b, d in stable:
+                p99_bound = min([o.p99_latency_s for o in ok] + ([slo.p99_s] if slo.p99_s is not None else []),
+                                default=None)
+                bounds = tuple((q, t) for q, t in ((_P50, slo.p50_s), (_P99, p99_bound)) if t is not None)
+                try:
+                    res = _simulate(arr, svc, l_of[b], b, d, r, bounds, a)
+                except _Stop:
+                    stopped[0] += 1
                     continue
-                for d in delays:
-                    res = simulate_batcher(arr, latency, max_batch=b, max_queue_delay_s=d, replicas=r)
-                    evaluated.append(res)
-                    if slo.met_by(res):
-                        ok.append(res)
+                evaluated.append(res)
+                if slo.met_by(res):
+                    ok.append(res)
             cache[r] = ok
         return cache[r]
 
@@ -289,13 +407,32 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
     hi = 1
     while not feasible(hi):
         if hi >= max_replicas:
-            best_p99 = min((e.p99_latency_s for e in evaluated if e.stable), default=math.inf)
-            raise ValueError(f"No setting meets the SLO (p50 <= {slo.p50_s}, p99 <= {slo.p99_s} s) with up to "
-                             f"{max_replicas} replicas (best stable p99: {best_p99:.4g} s): raise --max-replicas, "
-                             "relax the SLO, or profile a faster model.")
+            raise ValueError(_no_setting_message(slo, rate, max_replicas, max_batches, l_of, evaluated))
         hi = min(2 * hi, max_replicas)
     lo = hi // 2  # infeasible (or 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
-    return {"best": min(feasible(hi), key=_sort_key), "evaluated": evaluated}
+    return {"best": min(feasible(hi), key=_sort_key), "evaluated": evaluated, "stopped_early": stopped[0]}
+
+
+def _no_setting_message(slo: SLO, rate: float, replicas: int, max_batches, l_of, evaluated) -> str:
+    targets = " and ".join(f"{name} <= {v * 1e3:.4g} ms" for name, v in (("p50", slo.p50_s), ("p99", slo.p99_s))
+                           if v is not None)
+    head = f"No setting meets the SLO ({targets}) with up to {replicas} replicas"
+    best_b = max(max_batches, key=lambda b: b / l_of[b])
+    capacity = replicas * best_b / l_of[best_b]
+    if rate >= capacity:
+        return (f"{head}: none is stable, the requests arrive at {rate:.4g}/s and the most {replicas} replicas serve "
+                f"is {capacity:.4g}/s (max batch {best_b}, {l_of[best_b] * 1e3:.4g} ms a batch). Raise --max-replicas, "
+                "allow larger batches, or profile a faster model.")
+    done = [e for e in evaluated if e.replicas == replicas and e.stable]
+    if done:
+        c = min(done, key=_sort_key)
+        closest = (f"the closest at {replicas} replicas: max batch {c.max_batch}, max queue delay "
+                   f"{c.max_queue_delay_s * 1e3:.3g} ms, p50 {c.p50_latency_s * 1e3:.4g} ms, p99 "
+                   f"{c.p99_latency_s * 1e3:.4g} ms")
+    else:
+        closest = (f"at {replicas} replicas every stable setting was stopped as soon as its latencies were certain to "
+                   "miss the SLO")
+    return f"{head} ({closest}): raise --max-replicas, relax the SLO, or profile a faster model."

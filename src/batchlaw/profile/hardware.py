@@ -37,6 +37,11 @@ __all__ = ["PROFILE_SCHEMA", "Target", "profile_hardware", "save_profile", "is_o
 
 PROFILE_SCHEMA = "batchlaw.profile/1"
 
+#: fields of a stored profile that must equal this run's for ``resume_from`` to be merged: the model,
+#: the hardware and the software that timed it
+_SAME_TO_RESUME = ("schema", "name", "device", "device_name", "torch", "threads", "parameters", "tokens_per_example",
+                   "checkpointing", "memory_kind")
+
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
              "defaultcpuallocator")
 
@@ -195,8 +200,9 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         warmup: untimed repetitions per size.
         time_budget_s: stop starting new sizes after this long (the curve so far is returned).
         on_row: called with the profile so far after each size (to store it as it goes).
-        resume_from: a profile stored earlier (by ``on_row``) of the same model, device and
-            checkpointing: its measured sizes are kept and only the others are run.
+        resume_from: a profile stored earlier (by ``on_row``) of the same model, device, GPU name,
+            torch version, CPU threads and checkpointing: its measured sizes are kept and only the
+            others are run. Check a file read back with :func:`batchlaw.plan.check_profile` first.
 
     Returns:
         A ``batchlaw.profile/1`` dict: ``train`` rows (``micro_batch``, ``status`` "ok"/"oom",
@@ -204,7 +210,7 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         rows (``batch``, ``status``, ``latency_s``), ``max_micro_batch``, ``stopped_by``.
 
     Raises:
-        ValueError: bad arguments, or ``resume_from`` of another model or setting. Out of memory is
+        ValueError: bad arguments, or ``resume_from`` of another model, machine or setting. Out of memory is
             caught and recorded, never raised.
     """
     device = check_choice("device", device, ("cpu", "cuda", "auto"))
@@ -231,11 +237,12 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
     done_train: dict[int, dict] = {}
     done_fwd: dict[int, dict] = {}
     if resume_from is not None:
-        keys = ("schema", "name", "device", "parameters", "checkpointing")
-        diff = [k for k in keys if resume_from.get(k) != out[k]]
+        diff = [k for k in _SAME_TO_RESUME + tuple(target.extra) if resume_from.get(k) != out.get(k)]
         if diff:
             raise ValueError(f"Cannot resume: the stored profile differs in {', '.join(diff)} "
-                             f"({', '.join(f'{k}={resume_from.get(k)!r}' for k in diff)}). Use another --out.")
+                             f"(stored {', '.join(f'{k}={resume_from.get(k)!r}' for k in diff)}; this run "
+                             f"{', '.join(f'{k}={out.get(k)!r}' for k in diff)}): its timings are not this "
+                             "setting's. Use another --out, or rerun without --resume.")
         done_train = {r["micro_batch"]: r for r in resume_from.get("train", [])}
         done_fwd = {r["batch"]: r for r in resume_from.get("forward", [])}
 

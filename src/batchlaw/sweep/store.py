@@ -161,14 +161,18 @@ class TrialStore:
         path: the database file.
         create: create the file if it is missing (``False``: a missing file, or a SQLite file
             without batchlaw's tables, is an error).
+        readonly: open for reading only (SQLite ``mode=ro``): nothing is created, migrated or
+            written, so a read command leaves the file as it was; implies ``create=False``. A
+            store of an older layout is refused (opening it for writing once upgrades it).
 
     Raises:
         StoreError: the path is a directory, its directory does not exist, or the file is not
             a batchlaw store (see the module docstring).
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(path)
+        create = create and not readonly
         if self.path.is_dir():
             raise StoreError(f"The store {str(self.path)!r} is a directory. Pass a file path such as "
                              f"{str(self.path / 'sweeps.db')!r}.")
@@ -179,15 +183,26 @@ class TrialStore:
             if not self.path.parent.is_dir():
                 raise StoreError(f"The directory of the store {str(self.path)!r} does not exist. Create it first.")
         self._conn = None
-        self._open(create)
+        self._open(create, readonly)
 
     @_guard
-    def _open(self, create: bool) -> None:
-        self._conn = sqlite3.connect(self.path, timeout=30.0)
+    def _open(self, create: bool, readonly: bool) -> None:
+        if readonly:
+            # a read-only connection to a WAL file creates the -wal and -shm files if they are missing; without
+            # them no writer holds pages not yet in the file, which can then be read as immutable (creating nothing)
+            wal = self.path.with_name(self.path.name + "-wal").exists()
+            uri = f"{self.path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+        else:
+            self._conn = sqlite3.connect(self.path, timeout=30.0)
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not create and not {"sweeps", "trials"} <= tables:
-            raise StoreError(f"The file {str(self.path)!r} is SQLite but not a batchlaw store (tables sweeps and "
-                             "trials are missing). Pass the file 'batchlaw sweep --store' wrote.")
+            held = " (it holds only branched measurements, from 'batchlaw branch')" if "branches" in tables else ""
+            raise StoreError(f"The file {str(self.path)!r} is SQLite but not a batchlaw store (tables sweeps "
+                             f"and trials are missing){held}. Pass the file 'batchlaw sweep --store' wrote.")
+        if readonly:
+            self._check_readable_layout(tables)
+            return
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -198,6 +213,17 @@ class TrialStore:
             self._conn.executescript(_SCHEMA)
         if version < SCHEMA_VERSION:
             self._migrate()
+
+    def _check_readable_layout(self, tables: set[str]) -> None:
+        """A read-only store must be of this layout: reading may not migrate it."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"The store {str(self.path)!r} was written by a newer batchlaw (layout {version}, this "
+                             f"one reads up to {SCHEMA_VERSION}). Upgrade batchlaw.")
+        if version < SCHEMA_VERSION or "sweep_trials" not in tables:
+            raise StoreError(f"The store {str(self.path)!r} has an older layout ({version}) that a read-only open "
+                             f"cannot upgrade: run 'batchlaw report {self.path} --out DIR' once (it upgrades the "
+                             "file in place), then read it again.")
 
     def _migrate(self) -> None:
         """Layout 1 -> 2: each trial joins its owner and every sweep that would have asked for it."""
