@@ -5,8 +5,8 @@
 For each curve and evaluation spacing, 60 targets are placed so that the true crossing falls at
 log-uniform steps from 20 to 2,000; each rule reads the crossing from the evaluations up to the
 first at or below the target (crossings in the first interval after step 0 are left out: every
-rule is linear there). Printed: the mean relative error (a positive error reads the crossing
-late) and, in brackets, the largest absolute relative error, as a Markdown table.
+rule is linear there). Printed as a Markdown table, per rule: the mean relative error (positive:
+the crossing is read late), the mean absolute relative error and the largest one.
 
 Rules: linear in steps; linear in log-steps (batchlaw's trials before 2026-12); log-loss linear
 in log-steps (a power law without offset through two points); ``a + b t^p`` through three
@@ -97,7 +97,7 @@ def main() -> None:
         for kind in SPACINGS:
             e = errors(curve, kind)
             print(f"| {cname} | {kind} | " + " | ".join(
-                f"{v.mean():+.2%} ({np.abs(v).max():.1%})" for v in e.values()) + " |")
+                f"{v.mean():+.2%} / {np.abs(v).mean():.2%} / {np.abs(v).max():.1%}" for v in e.values()) + " |")
 
 
 if __name__ == "__main__":

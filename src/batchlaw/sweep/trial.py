@@ -59,7 +59,8 @@ class TrialSpec:
         target_loss: the loss to reach.
         max_steps: budget in optimizer steps.
         eval_every: evaluation period in steps; ``None`` evaluates every ``max(1, step // 10)``
-            steps (10% of the steps so far; with the crossing read in log-steps, a few percent).
+            steps (10% of the steps so far; the crossing between two readings is read to a
+            fraction of a percent, ``bench/crossing_bias.py``).
         target_on: ``"heldout"`` (the workload's held-out loss) or ``"train"`` (the training
             loss, averaged over a centred window: see the module docstring).
         micro_batches: micro-batches per step for the noise-scale measurement (1 = off).
