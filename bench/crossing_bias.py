@@ -52,7 +52,8 @@ CURVES = {
     "1 + 3 / (1 + t/20)": lambda t: 1 + 3 / (1 + t / 20),
     "exp(-t/100)": lambda t: math.exp(-t / 100),
     "0.5 + exp(-t/100)": lambda t: 0.5 + math.exp(-t / 100),
-    "NQM-like: sum_i exp(-t/(25 i)) / (5 i), i <= 64": lambda t: sum(math.exp(-t / 25 / i) / i for i in range(1, 65)) / 5,
+    "NQM-like: sum_i exp(-t/(25 i)) / (5 i), i <= 64":
+        lambda t: sum(math.exp(-t / 25 / i) / i for i in range(1, 65)) / 5,
 }
 
 

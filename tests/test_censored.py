@@ -74,7 +74,8 @@ def test_best_lr_follows_the_median_rule_with_an_even_number_of_seeds():
     trials = [_trial(16, 0, 0.1, 100, 500), _trial(16, 1, 0.2, 120, 500), _trial(16, 2, 0.4, 130, 500),
               _trial(16, 3, 0.1, 900, 500), _trial(16, 3, 0.2, 900, 500), _trial(16, 3, 0.4, 900, 500)]
     p = batch_summary(trials)[0]
-    assert (p["steps_to_target"], p["best_lr"], p["censored"], p["n_censored"], p["n_seeds"]) == (125.0, 0.4, False, 1, 4)
+    got = (p["steps_to_target"], p["best_lr"], p["censored"], p["n_censored"], p["n_seeds"])
+    assert got == (125.0, 0.4, False, 1, 4)
     two = batch_summary([_trial(16, 0, 0.1, 100, 500), _trial(16, 1, 0.2, 900, 500, status="diverged")])[0]
     assert two["steps_to_target"] is None and two["censored"] and two["steps_lower_bound"] == 300.0
     assert two["best_lr"] == 0.1  # the slowest measured seed at or below the median's place
@@ -156,7 +157,7 @@ def test_report_plot_and_table_mark_the_lower_bound(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("8 "))
     assert "> 250" in row and "censored: 2 of 3 seeds did not reach the target within the budget" in row
-    assert "lower bounds (no median run reached the target): batch 8 examples > 250 steps" in out
+    assert "lower bounds (the median over seeds did not reach the target): batch 8 examples > 250 steps" in out
     labels = []
     real_save = plots._save
 

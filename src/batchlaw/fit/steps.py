@@ -143,7 +143,8 @@ class StepsFit:
             f"B_crit = {iv(self.b_crit, self.b_crit_ci)} {self.unit}; S_min = {iv(self.s_min, self.s_min_ci)} steps; "
             f"E_min = {iv(self.e_min, self.e_min_ci)} {self.unit}; "
             f"CBS (20% over linear from B0 = {fmt_num(self.reference_batch)}) = {iv(self.cbs, self.cbs_ci)} {self.unit}"
-            + (f"; lower bounds (no median run reached the target): {_bound_text(self.lower_bounds, self.unit)}"
+            + (f"; lower bounds (the median over seeds did not reach the target): "
+               f"{_bound_text(self.lower_bounds, self.unit)}"
                if self.lower_bounds else "")
             + (f"; excluded as outliers: {_outlier_text(self.outliers, self.unit, self.lower_bounds)}"
                if self.outliers else "")

@@ -91,7 +91,8 @@ def _points(a) -> list[dict]:
         noise = [t["noise"]["b_simple"] for t in p["best_trials"] if t.get("noise") and t["noise"].get("b_simple")]
         lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}" + (f" ({p['lr_at_edge']} edge)" if p["lr_at_edge"] else "")
         steps, examples, note = steps_text(p)
-        out.append({"batch": p["batch_size"], "steps": f"{steps} ({note})" if note else steps, "examples": examples, "lr": lr,
+        out.append({"batch": p["batch_size"], "steps": f"{steps} ({note})" if note else steps, "examples": examples,
+                    "lr": lr,
                     "n_lrs": len(p["lrs_tried"]), "b_simple": fmt_num(noise[0] / tpe) if noise else "-"})
     return out
 

@@ -69,9 +69,13 @@ def _steps_figure(a, pts, bounds, stem, out_dir, paths):
         y = s * b if examples else s
         yb = sb * bb if examples else sb
         ax.loglog(b, y, "o", color="k", label="measured (best LR, median over seeds)")
-        if bounds:
-            ax.loglog(bb, yb, ls="none", marker="$\\uparrow$", ms=16, color="tab:orange",
-                      label="lower bound (median over seeds did not reach the target)")
+        if bounds:  # a bar at the bound and an arrow up from it
+            ax.loglog(bb, yb, ls="none", marker="_", ms=14, mew=2.5, color="tab:orange")
+            for x, v in zip(bb, yb):
+                ax.annotate("", xy=(x, v * 1.45), xytext=(x, v),
+                            arrowprops={"arrowstyle": "-|>", "color": "tab:orange", "lw": 2.0})
+            ax.plot([], [], ls="none", marker="$\\uparrow$", ms=12, color="tab:orange",
+                    label="lower bound (median over seeds did not reach the target)")
         if a.fit is not None:
             fy = a.fit.predict_examples(grid) if examples else a.fit.predict_steps(grid)
             ax.loglog(grid, fy, "-", color="tab:blue",
@@ -81,14 +85,14 @@ def _steps_figure(a, pts, bounds, stem, out_dir, paths):
                 ax.loglog(grid, a.fit.predict_steps(b0) * b0 / grid, ":", color="gray", label="perfect scaling from B0")
         _marks(ax, a, xlim)
         ax.set_xlim(*xlim)
-        ys = np.concatenate([y, yb] + ([fy] if a.fit is not None else []))
+        ys = np.concatenate([y, yb * 1.45] + ([fy] if a.fit is not None else []))
         ax.set_ylim(ys.min() / 1.3, ys.max() * 1.3)
         ax.set_xlabel("batch size (examples)")
         ax.set_ylabel(ylab)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax, fontsize=8)
     target = a.config["target_loss"]
-    censored = f", {len(bounds)} lower bounds" if bounds else ""
+    censored = f", {len(bounds)} lower bound{'s' if len(bounds) > 1 else ''}" if bounds else ""
     if a.fit is not None:
         title = (f"{a.name}: steps and examples to loss {target:g}; B_crit = {a.fit.b_crit:.3g} examples, "
                  f"S_min = {a.fit.s_min:.3g} steps ({len(pts)} batch sizes{censored})")

@@ -14,8 +14,9 @@ held-out loss reaches ``target_loss``:
 
 Steps to the target are read between the last evaluation above it and the first at or below it
 by :func:`batchlaw._crossing.crossing_step` (the rule of the sweep trials); examples and
-wall-clock are interpolated linearly in steps between the same two evaluations. Wall-clock excludes evaluation. Intervals over seeds are
-Student-t 95% intervals of the mean, clipped at 0 (with 3 seeds they are wide: t = 4.30).
+wall-clock are interpolated linearly in steps between the same two evaluations. Wall-clock
+excludes evaluation. Intervals over seeds are Student-t 95% intervals of the mean, clipped at 0
+(with 3 seeds they are wide: t = 4.30).
 """
 
 from __future__ import annotations

@@ -13,14 +13,16 @@ that crossing: a reading under ~3 intervals is coarse.
 ``target_on="train"`` reads the training loss instead, without lag. The loss computed in step
 ``t`` is that of the weights after ``t - 1`` updates, so it belongs to step ``t - 1``; the loss at
 step ``s`` is the mean of those losses over the centred window ``[s - h, s + h]``,
-``h = max(2, floor(train_window * s))`` (``train_window = 0.1`` by default), read once step
-``s + h + 1`` has run. A centred mean has no lag on a straight stretch of the curve; on a convex
-one it reads high by about ``L'' h^2 / 6``, i.e. late by ``(c + 1) train_window^2 / 6`` of the
-steps on ``L ~ t^-c`` (0.3% for ``c = 1``). The exponential moving average used before
-(``beta = 0.9``, of a loss one step stale) lagged by about 10 steps, which took a quarter off
-``B_crit`` where ``S_min`` is some 30 steps. Training losses are noisy: the first reading below
-the target comes early by about the window's noise over the slope, so the held-out loss stays
-the better target where it is cheap to evaluate.
+``h = max(4, floor(train_window * s))`` (``train_window = 0.2`` by default; never before step
+0), read once step ``s + h + 1`` has run, so crossings after the last such step of the budget
+are not seen. A centred mean has no lag on a straight stretch of the curve; on a convex one it
+reads high by about ``L'' h^2 / 6``, i.e. late by ``(c + 1) train_window^2 / 6`` of the steps on
+``L ~ t^-c`` (1.3% for ``c = 1``), a constant factor that leaves ``B_crit`` unchanged. The
+exponential moving average used before (``beta = 0.9``, of a loss one step stale) lagged by
+about 11 steps, which took a quarter off ``B_crit`` where ``S_min`` is some 30 steps. Training
+losses are noisy: the first reading below the target comes early by about the window's noise
+over the slope (the window of +-20% is a compromise between that noise and the curvature bias),
+so the held-out loss stays the better target where it is cheap to evaluate.
 
 The gradient noise scale is measured on the way: the batch is backpropagated as
 ``micro_batches`` equal micro-batches (the optimizer sees the same mean gradient) and a
