@@ -170,3 +170,24 @@ def test_report_plot_and_table_mark_the_lower_bound(tmp_path, monkeypatch, capsy
     assert "&gt; 250 (censored: 2 of 3 seeds did not reach the target within the budget)" in html
     assert "1 lower bound(s)" in html
     assert "lower bound (median over seeds did not reach the target)" in labels
+
+
+def test_a_batch_size_where_every_learning_rate_diverged_is_a_bound_far_above_the_law():
+    """Batch 1024, every trial diverged: a lower bound at the budget (no learning rate reached the target),
+    far above the law, so it is excluded and named as an outlier; the fit of the others is unchanged."""
+    base = _sweep(400)
+    results = list(base.trials) + [_trial(1024, s, 0.8, 1e9, 400, status="diverged") for s in range(3)]
+    a = analyze_sweep("diverged", base.config, results, n_boot=200)
+    p = a.points[-1]
+    assert p["batch_size"] == 1024 and p["censored"] and p["steps_lower_bound"] == 400.0
+    assert a.fit.b_crit == pytest.approx(B_CRIT, rel=1e-3) and [o[0] for o in a.fit.outliers] == [1024.0]
+
+
+def test_train_target_trials_read_with_the_lagged_average_are_left_out_and_said_so():
+    old = _sweep(400)
+    lagged = [{**t, "key": t["key"] + "-old", "spec": {**t["spec"], "target_on": "train"},
+               "steps_to_target": t["steps_to_target"] + 11} for t in old.trials]
+    current = [{**t, "spec": {**t["spec"], "target_on": "train", "train_window": 0.2}} for t in old.trials]
+    a = analyze_sweep("train", {**old.config, "target_on": "train"}, lagged + current, n_boot=200)
+    assert len(a.trials) == len(current) and a.fit.b_crit == pytest.approx(B_CRIT, rel=1e-3)
+    assert any(w.startswith(f"{len(lagged)} train-target trials were read with the lagged") for w in a.warnings)

@@ -171,7 +171,9 @@ def test_train_target_sweep_recovers_the_exact_critical_batch_size():
                          lr_base=0.4, lr_scaling=0.5, lr_factor=2.0, max_extensions=4, lr_refine=2, seeds=(0, 1),
                          target_on="train")
     results = run_sweep(config, TrialStore(":memory:"), progress=False)
-    fit = analyze_sweep(config.name, config.to_dict(), results, n_boot=300).fit
+    a = analyze_sweep(config.name, config.to_dict(), results, n_boot=300)
+    assert a.fit is not None, a.fit_error
+    fit = a.fit
     print(f"train target: B_crit {fit.b_crit:.1f} ({fit.b_crit_ci[0]:.1f} to {fit.b_crit_ci[1]:.1f}), exact "
           f"{exact_fit.b_crit:.1f}, ratio {fit.b_crit / exact_fit.b_crit:.3f}")
     assert fit.b_crit_ci[0] <= exact_fit.b_crit <= fit.b_crit_ci[1]

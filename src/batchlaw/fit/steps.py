@@ -230,7 +230,8 @@ def _validate(batch_sizes, steps, censored) -> tuple[np.ndarray, np.ndarray, np.
             f"The steps-vs-batch law needs at least 3 distinct batch sizes that reached the target; got {n_distinct} "
             f"({sorted(set(b[~cens].tolist()))}){bounds}. Add batch sizes to the sweep."
         )
-    rho = stats.spearmanr(b, s).statistic if np.ptp(s) > 0 else 0.0
+    bm, sm = b[~cens], s[~cens]  # measured points: a bound far off the law is judged as an outlier later
+    rho = stats.spearmanr(bm, sm).statistic if np.ptp(sm) > 0 else 0.0
     if not rho < 0:
         raise InsufficientDataError(
             f"Steps to target do not decrease with batch size (Spearman correlation {rho:.2f}): "

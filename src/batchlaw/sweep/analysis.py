@@ -25,7 +25,6 @@ train-target trials stored before the lag-free reading are left out, and said so
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,12 +204,12 @@ def _censored_notes(points: list[dict]) -> list[str]:
             continue
         seeds = f"{k} of {n} seeds" if n > 1 else "the seed"
         if p["censored"]:
-            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget, "
-                       f"so the median over seeds is only a lower bound (> {fmt_num(p['steps_lower_bound'])} steps); "
-                       "it enters the fit as a lower bound.")
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
+                       f"(out of steps or diverged), so the median over seeds is only a lower bound "
+                       f"(> {fmt_num(p['steps_lower_bound'])} steps); it enters the fit as a lower bound.")
         else:
-            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget; "
-                       "counted as above the budget in the median over seeds.")
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
+                       "(out of steps or diverged); counted as above the budget in the median over seeds.")
     return out
 
 
