@@ -33,13 +33,17 @@ _ESTIMATE = ("an estimate: `b_simple`, `ci` [low, high] (`high` is null when unb
              "`n_steps`, `unit` (`examples` or `tokens`), `confidence`, `method`")
 _STEPS_FIT = ("the fit of S(B) = S_min (1 + B_crit/B): `s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, "
               "`reference_batch`, `n_points`, `residual_std`, `batch_range`, `unit`, `confidence`, `n_boot`, "
-              "`outliers` ([batch, steps, steps over the law] of each point excluded as an outlier); "
-              "null when the data cannot support a fit")
+              "`outliers` ([batch, steps, steps over the law] of each point excluded as an outlier), "
+              "`lower_bounds` ([batch, steps] of each point fitted as a lower bound: a censored median; "
+              "`n_points` counts the others); null when the data cannot support a fit")
 _SWEEP_FIELDS = [
     ("name", "the sweep's name inside the store"),
     ("config", "the sweep configuration (workload, batch_sizes, target_loss, max_steps, LR search settings, seeds)"),
-    ("points", "one object per batch size: `batch_size`, `steps_to_target` (null if no trial reached it), "
-               "`best_lr`, `lrs_tried`, `lr_at_edge` (`low`/`high`/null)"),
+    ("points", "one object per batch size: `batch_size`, `steps_to_target` (the median over seeds of each "
+               "seed's fewest steps, a seed that reached the target at no learning rate counting as +inf; null "
+               "when that median is censored), `censored` (true when it is), `steps_lower_bound` (the censored "
+               "median's lower bound, else null), `n_seeds`, `n_censored` (seeds over the budget), `best_lr` "
+               "(of the seed the median picks), `lrs_tried`, `lr_at_edge` (`low`/`high`/null)"),
     ("fit", _STEPS_FIT),
     ("fit_error", "why there is no fit (empty string when there is one)"),
     ("b_simple", "run-averaged noise scale pooled over the best trial of each batch size: `b_simple`, `ci`, "

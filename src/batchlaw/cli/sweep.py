@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from .._format import fmt_count, fmt_num
+from .._format import fmt_num
 from ._common import _int_list, _json_object, add_workload_arguments, check_output_dir, check_output_file, workload_from_args
 
 
@@ -71,17 +71,18 @@ def _add_report_parser(sub) -> None:
 
 
 def _print_analysis(a) -> None:
+    from ..sweep.analysis import steps_text
+
     unit = "examples"
     print(f"sweep {a.name!r}: {len(a.trials)} trials, workload {a.config['workload']}, target loss "
           f"{a.config['target_loss']:g} ({a.config['target_on']})")
     print(f"{'batch':>8} {'steps to target':>16} {'examples':>12} {'best lr':>10}  lrs tried")
     for p in a.points:
-        steps = p["steps_to_target"]
-        ex = None if steps is None else steps * p["batch_size"]
+        steps, ex, note = steps_text(p)
+        note = f" ({note})" if note else ""
         edge = f" (best at the {p['lr_at_edge']} edge)" if p["lr_at_edge"] else ""
         lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}"
-        print(f"{p['batch_size']:>8} {fmt_count(steps):>16} {fmt_count(ex):>12} {lr:>10}  {len(p['lrs_tried'])}"
-              f"{'' if steps is not None else ' none reached the target'}{edge}")
+        print(f"{p['batch_size']:>8} {steps:>16} {ex:>12} {lr:>10}  {len(p['lrs_tried'])}{note}{edge}")
     if a.fit is not None:
         print(f"\n{a.fit}")
     else:

@@ -30,6 +30,16 @@ intervals 60 orders of magnitude away from the estimate. So a point whose log re
 ``max(5 sigma, log 2)`` (``sigma`` = 1.4826 MAD of the residuals) is excluded and named in
 ``StepsFit.outliers`` (the fit is repeated until the set is stable); when that would leave
 fewer than 3 batch sizes or under half the points, the fit is refused by name.
+
+Lower bounds: a batch size whose runs did not reach the target within the budget (the median
+over seeds is censored, science: "Censored runs") gives only ``S(B) > bound``. Passed with
+``censored=True``, such a point has a one-sided residual ``max(0, log bound - log S(B))``: it
+costs nothing while the law lies above the bound and pulls the law up when it would pass below.
+Leaving it out would lose that information; entering the bound as a measurement would bias
+``S(B)`` low exactly where the batch struggles. Lower bounds keep their value in every bootstrap
+resample (the budget is fixed), residual scale and resampled residuals come from the measured
+points, and the fit needs 3 measured batch sizes; a bound far above the law (by the outlier
+rule above) is excluded as an outlier like any point.
 """
 
 from __future__ import annotations
@@ -90,6 +100,8 @@ class StepsFit:
         batch_range: smallest and largest batch size fitted.
         outliers: ``(batch_size, steps, factor)`` of each point excluded as an outlier, where
             ``factor`` is its steps over the law's prediction.
+        lower_bounds: ``(batch_size, steps)`` of each point given as a lower bound
+            (``censored``), outliers among them included; ``n_points`` counts the others.
     """
 
     s_min: float
@@ -108,6 +120,7 @@ class StepsFit:
     confidence: float
     n_boot: int
     outliers: tuple = ()
+    lower_bounds: tuple = ()
 
     def predict_steps(self, batch_size):
         return steps_law(batch_size, self.s_min, self.b_crit)
@@ -130,33 +143,56 @@ class StepsFit:
             f"B_crit = {iv(self.b_crit, self.b_crit_ci)} {self.unit}; S_min = {iv(self.s_min, self.s_min_ci)} steps; "
             f"E_min = {iv(self.e_min, self.e_min_ci)} {self.unit}; "
             f"CBS (20% over linear from B0 = {fmt_num(self.reference_batch)}) = {iv(self.cbs, self.cbs_ci)} {self.unit}"
-            + (f"; excluded as outliers: {_outlier_text(self.outliers, self.unit)}" if self.outliers else "")
+            + (f"; lower bounds (the median over seeds did not reach the target): "
+               f"{_bound_text(self.lower_bounds, self.unit)}"
+               if self.lower_bounds else "")
+            + (f"; excluded as outliers: {_outlier_text(self.outliers, self.unit, self.lower_bounds)}"
+               if self.outliers else "")
         )
 
 
-def _outlier_text(outliers, unit: str) -> str:
-    return ", ".join(f"batch {fmt_num(b)} {unit} ({fmt_num(s)} steps, {fmt_num(f)}x the law)" for b, s, f in outliers)
+def _bound_text(bounds, unit: str) -> str:
+    return ", ".join(f"batch {fmt_num(b)} {unit} > {fmt_num(s)} steps" for b, s in bounds)
 
 
-def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+def _outlier_text(outliers, unit: str, bounds=()) -> str:
+    bound = {(float(b), float(s)) for b, s in bounds}
+    return ", ".join(f"batch {fmt_num(b)} {unit} ({'> ' if (b, s) in bound else ''}{fmt_num(s)} steps, "
+                     f"{fmt_num(f)}x the law)" for b, s, f in outliers)
+
+
+def _one_sided(r: np.ndarray, cens: np.ndarray) -> np.ndarray:
+    """Residuals with those of lower bounds (``cens``, last axis) kept only where positive."""
+    return np.where(cens, np.maximum(r, 0.0), r)
+
+
+def _weights(r: np.ndarray, cens: np.ndarray, delta: float) -> np.ndarray:
+    """IRLS weights ``psi(r) / r`` of the Huber loss; a lower bound the law lies above weighs nothing."""
+    w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
+    return np.where(cens & (r <= 0.0), 0.0, w)
+
+
+def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: float,
+                 cens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Huber fit of ``y = c + log(1 + exp(g - log_b))`` for many datasets at once.
 
     Args:
         log_b: (n,) log batch sizes.
         y: (m, n) log steps, one row per dataset.
         grid: (G,) candidate ``log B_crit``.
+        cens: (n,) ``True`` where ``y`` is a lower bound (one-sided residual); default none.
 
     Returns:
         ``(log_s_min, log_b_crit)``, each (m,), refined by a parabola through the grid minimum.
     """
+    cens = np.zeros(log_b.size, dtype=bool) if cens is None else cens
     f = np.logaddexp(0.0, grid[:, None] - log_b[None, :])  # (G, n): log(1 + B_crit/B)
     r0 = y[:, None, :] - f[None, :, :]  # (m, G, n) = log S_min + residual
-    c = np.median(r0, axis=2)  # (m, G)
-    for _ in range(8):  # IRLS for the Huber location
-        r = r0 - c[..., None]
-        w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
+    c = np.median(r0[..., ~cens], axis=2)  # (m, G)
+    for _ in range(8 if not cens.any() else 20):  # IRLS for the Huber location
+        w = _weights(r0 - c[..., None], cens, delta)
         c = (w * r0).sum(2) / w.sum(2)
-    loss = huber(r0 - c[..., None], delta).sum(2)  # (m, G)
+    loss = huber(_one_sided(r0 - c[..., None], cens), delta).sum(2)  # (m, G)
     j = np.clip(loss.argmin(axis=1), 1, grid.size - 2)
     rows = np.arange(y.shape[0])
     l0, l1, l2 = loss[rows, j - 1], loss[rows, j], loss[rows, j + 1]
@@ -167,55 +203,67 @@ def _profile_fit(log_b: np.ndarray, y: np.ndarray, grid: np.ndarray, delta: floa
     f_best = np.logaddexp(0.0, g_best[:, None] - log_b[None, :])
     c_best = c[rows, j]
     for _ in range(20):
-        r = y - f_best - c_best[:, None]
-        w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-12))
+        w = _weights(y - f_best - c_best[:, None], cens, delta)
         c_best = (w * (y - f_best)).sum(1) / w.sum(1)
     return c_best, g_best
 
 
-def _validate(batch_sizes, steps) -> tuple[np.ndarray, np.ndarray]:
+def _validate(batch_sizes, steps, censored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     b = np.asarray(batch_sizes, dtype=np.float64).ravel()
     s = np.asarray(steps, dtype=np.float64).ravel()
     if b.shape != s.shape:
         raise ValueError(f"'batch_sizes' and 'steps' must have the same length. Got {b.size} and {s.size}.")
+    if censored is None:
+        cens = np.zeros(b.size, dtype=bool)
+    else:
+        cens = np.asarray(censored).ravel()
+        if cens.shape != b.shape or cens.dtype != bool:
+            raise ValueError(f"The 'censored' parameter must hold one boolean per batch size ({b.size}). "
+                             f"Got {censored!r} instead.")
     for name, arr in (("batch_sizes", b), ("steps", s)):
         check_positive_values(name, arr)
-    n_distinct = np.unique(b).size
+    n_distinct = np.unique(b[~cens]).size
     if n_distinct < 3:
+        bounds = (f" besides {int(cens.sum())} lower bound(s), which cannot fix the law alone: raise --max-steps "
+                  "so that more batch sizes reach the target" if cens.any() else "")
         raise InsufficientDataError(
-            f"The steps-vs-batch law needs at least 3 distinct batch sizes; got {n_distinct} "
-            f"({sorted(set(b.tolist()))}). Add batch sizes to the sweep."
+            f"The steps-vs-batch law needs at least 3 distinct batch sizes that reached the target; got {n_distinct} "
+            f"({sorted(set(b[~cens].tolist()))}){bounds}. Add batch sizes to the sweep."
         )
-    rho = stats.spearmanr(b, s).statistic if np.ptp(s) > 0 else 0.0
+    bm, sm = b[~cens], s[~cens]  # measured points: a bound far off the law is judged as an outlier later
+    rho = stats.spearmanr(bm, sm).statistic if np.ptp(sm) > 0 else 0.0
     if not rho < 0:
         raise InsufficientDataError(
             f"Steps to target do not decrease with batch size (Spearman correlation {rho:.2f}): "
             "every batch measured is past the critical batch size, or the runs did not reach a "
             "comparable target. Measure smaller batch sizes or check the target loss."
         )
-    return b, s
+    return b, s, cens
 
 
-def _point_fit(b: np.ndarray, s: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+def _point_fit(b: np.ndarray, s: np.ndarray, cens: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
     """Huber fit of the law (profile grid only); returns the predicted steps at ``at`` (default ``b``)."""
     log_b = np.log(b)
     grid = np.linspace(log_b.min() - _GRID_DECADES * math.log(10), log_b.max() + _GRID_DECADES * math.log(10),
                        _GRID_POINTS)
-    c, g = _profile_fit(log_b, np.log(s)[None, :], grid, HUBER_DELTA)
+    c, g = _profile_fit(log_b, np.log(s)[None, :], grid, HUBER_DELTA, cens)
     at = b if at is None else at
     with np.errstate(over="ignore"):
         return np.exp(c[0] + np.logaddexp(0.0, g[0] - np.log(at)))
 
 
-def _inliers(b: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Mask of the points that are not outliers (see the module docstring)."""
+def _inliers(b: np.ndarray, s: np.ndarray, cens: np.ndarray) -> np.ndarray:
+    """Mask of the points that are not outliers (see the module docstring); a lower bound is one
+    only when it lies far above the law."""
     keep = np.ones(b.size, dtype=bool)
     for _ in range(5):
-        if np.unique(b[keep]).size < 3:
+        if np.unique(b[keep & ~cens]).size < 3:
             break
-        r = np.log(s) - np.log(_point_fit(b[keep], s[keep], b))
-        center = np.median(r[keep])
-        sigma = 1.4826 * np.median(np.abs(r[keep] - center))
+        r = np.log(s) - np.log(_point_fit(b[keep], s[keep], cens[keep], b))
+        measured = keep & ~cens
+        center = np.median(r[measured])
+        sigma = 1.4826 * np.median(np.abs(r[measured] - center))
+        r = np.where(cens, np.maximum(r, center), r)
         new = np.abs(r - center) <= max(5.0 * sigma, OUTLIER_LOG_FACTOR)
         if (new == keep).all():
             break
@@ -227,6 +275,7 @@ def fit_steps_law(
     batch_sizes,
     steps,
     *,
+    censored=None,
     reference_batch: float | None = None,
     unit: str = "examples",
     confidence: float = 0.95,
@@ -238,6 +287,9 @@ def fit_steps_law(
     Args:
         batch_sizes: batch size of each run (examples or tokens: ``unit``).
         steps: optimizer steps each run took to reach the target.
+        censored: one boolean per point, ``True`` where ``steps`` is only a lower bound (the run,
+            or the median over seeds, did not reach the target within that many steps); see the
+            module docstring. Default: every point measured.
         reference_batch: ``B0`` for Zhang et al.'s CBS (default: the smallest batch size).
         unit: unit of ``batch_sizes``.
         confidence: interval level.
@@ -249,7 +301,7 @@ def fit_steps_law(
 
     Raises:
         ValueError: non-positive or non-finite values, lengths that differ.
-        InsufficientDataError: fewer than 3 batch sizes, steps that do not fall with batch, a
+        InsufficientDataError: fewer than 3 measured batch sizes, steps that do not fall with batch, a
             ``B_crit`` outside the measured range by more than a factor of 10 (the data show no
             bend), or outliers that leave too few points; ``provisional`` carries the fit where
             there is one.
@@ -260,7 +312,7 @@ def fit_steps_law(
         >>> round(fit.b_crit), round(fit.s_min)
         (64, 1000)
     """
-    b_all, s_all = _validate(batch_sizes, steps)
+    b_all, s_all, c_all = _validate(batch_sizes, steps, censored)
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=100)
     b0 = float(b_all.min()) if reference_batch is None else check_positive_float("reference_batch", reference_batch)
@@ -269,33 +321,35 @@ def fit_steps_law(
             f"The 'reference_batch' (B0 = {fmt_num(b0)}) is above every batch size measured (largest "
             f"{fmt_num(float(b_all.max()))}): the CBS, 20% over linear scaling from B0, would lie beyond the data. "
             "Give a batch size where scaling is still close to linear (the smallest measured, the default).")
-    keep = _inliers(b_all, s_all)
+    keep = _inliers(b_all, s_all, c_all)
     outliers = tuple((float(bb), float(ss), float(ff)) for bb, ss, ff in zip(
-        b_all[~keep], s_all[~keep], s_all[~keep] / _point_fit(b_all[keep], s_all[keep], b_all[~keep])))
-    if outliers and (np.unique(b_all[keep]).size < 3 or 2 * keep.sum() < keep.size):
+        b_all[~keep], s_all[~keep], s_all[~keep] / _point_fit(b_all[keep], s_all[keep], c_all[keep], b_all[~keep])))
+    bounds = tuple((float(bb), float(ss)) for bb, ss in zip(b_all[c_all], s_all[c_all]))
+    if outliers and (np.unique(b_all[keep & ~c_all]).size < 3 or 2 * keep.sum() < keep.size):
         raise InsufficientDataError(
             f"Too many points lie far from S(B) = S_min (1 + B_crit/B) to tell outliers from the law: "
-            f"{_outlier_text(outliers, unit)}. Check those runs (a stalled or mis-logged run?) or measure more "
-            "batch sizes.")
-    b, s = b_all[keep], s_all[keep]
+            f"{_outlier_text(outliers, unit, bounds)}. Check those runs (a stalled or mis-logged run?) or measure "
+            "more batch sizes.")
+    b, s, cens = b_all[keep], s_all[keep], c_all[keep]
     log_b, y = np.log(b), np.log(s)
     grid = np.linspace(log_b.min() - _GRID_DECADES * math.log(10), log_b.max() + _GRID_DECADES * math.log(10),
                        _GRID_POINTS)
-    c0, g0 = _profile_fit(log_b, y[None, :], grid, HUBER_DELTA)
+    c0, g0 = _profile_fit(log_b, y[None, :], grid, HUBER_DELTA, cens)
     sol = optimize.least_squares(
-        lambda p: y - p[0] - np.logaddexp(0.0, p[1] - log_b), x0=[c0[0], float(np.clip(g0[0], grid[0] + 1e-9, grid[-1] - 1e-9))],
+        lambda p: _one_sided(y - p[0] - np.logaddexp(0.0, p[1] - log_b), cens),
+        x0=[c0[0], float(np.clip(g0[0], grid[0] + 1e-9, grid[-1] - 1e-9))],
         loss="huber", f_scale=HUBER_DELTA, bounds=([-np.inf, grid[0]], [np.inf, grid[-1]]),
     )
     log_s_min, log_b_crit = sol.x
     s_min, b_crit = math.exp(log_s_min), math.exp(log_b_crit)
     fitted = log_s_min + np.logaddexp(0.0, log_b_crit - log_b)
-    resid = y - fitted
-    n = y.size
+    resid = (y - fitted)[~cens]
+    n = resid.size
     resid_std = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
 
     def make(ci_s, ci_b, ci_e, ci_c, nb):
         return StepsFit(s_min, b_crit, s_min * b_crit, float(zhang_cbs(b_crit, b0)), ci_s, ci_b, ci_e, ci_c,
-                        b0, n, resid_std, (float(b.min()), float(b.max())), unit, confidence, nb, outliers)
+                        b0, n, resid_std, (float(b.min()), float(b.max())), unit, confidence, nb, outliers, bounds)
 
     nan2 = (math.nan, math.nan)
     if b_crit > 10 * b.max() or b_crit < b.min() / 10:
@@ -309,8 +363,9 @@ def fit_steps_law(
 
     rng = np.random.default_rng(seed)
     scaled = (resid - resid.mean()) * math.sqrt(n / max(n - 2, 1))
-    y_boot = fitted[None, :] + rng.choice(scaled, size=(n_boot, n), replace=True)
-    c_b, g_b = _profile_fit(log_b, y_boot, grid, HUBER_DELTA)
+    y_boot = np.broadcast_to(y, (n_boot, y.size)).copy()  # lower bounds keep their value
+    y_boot[:, ~cens] = fitted[~cens][None, :] + rng.choice(scaled, size=(n_boot, n), replace=True)
+    c_b, g_b = _profile_fit(log_b, y_boot, grid, HUBER_DELTA, cens)
     s_b, bc_b = np.exp(c_b), np.exp(g_b)
 
     def ci(x, point):

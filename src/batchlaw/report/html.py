@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from .._format import fmt_count, fmt_num
+from .._format import fmt_num
+from ..sweep.analysis import steps_text
 from .plots import plot_sweep
 
 __all__ = ["write_report", "headline", "file_stem"]
@@ -87,11 +88,11 @@ def _points(a) -> list[dict]:
     out = []
     tpe = a.tokens_per_example or 1
     for p in a.points:
-        s = p["steps_to_target"]
         noise = [t["noise"]["b_simple"] for t in p["best_trials"] if t.get("noise") and t["noise"].get("b_simple")]
         lr = "-" if p["best_lr"] is None else f"{p['best_lr']:.3g}" + (f" ({p['lr_at_edge']} edge)" if p["lr_at_edge"] else "")
-        out.append({"batch": p["batch_size"], "steps": fmt_count(s) if s is not None else "not reached",
-                    "examples": fmt_count(None if s is None else s * p["batch_size"]), "lr": lr,
+        steps, examples, note = steps_text(p)
+        out.append({"batch": p["batch_size"], "steps": f"{steps} ({note})" if note else steps, "examples": examples,
+                    "lr": lr,
                     "n_lrs": len(p["lrs_tried"]), "b_simple": fmt_num(noise[0] / tpe) if noise else "-"})
     return out
 
@@ -102,9 +103,11 @@ def _sweep_context(a, out: Path) -> dict:
               for p in plot_sweep(a, out, file_stem(a.name))]
     warnings = list(a.warnings)
     if a.fit is not None and a.fit.outliers:
+        bounds = {(b, st) for b, st in a.fit.lower_bounds}
         warnings.append("Excluded from the fit as outliers (more than a factor 2 and 5 robust standard deviations off "
                         "the law fitted to the others; check those runs): " + "; ".join(
-                            f"batch {fmt_num(b)}: {fmt_num(st)} steps, {fmt_num(r)}x the law" for b, st, r in a.fit.outliers))
+                            f"batch {fmt_num(b)}: {'> ' if (b, st) in bounds else ''}{fmt_num(st)} steps, "
+                            f"{fmt_num(r)}x the law" for b, st, r in a.fit.outliers))
     ctx = {"name": a.name, "workload": c.get("workload"), "headline": headline(a), "warnings": warnings,
            "n_trials": len(a.trials), "target_loss": f"{c['target_loss']:g}", "target_on": c.get("target_on"),
            "max_steps": c.get("max_steps"), "eval_text": _eval_text(c.get("eval_every")),
@@ -113,7 +116,9 @@ def _sweep_context(a, out: Path) -> dict:
     if a.fit is not None:
         f = a.fit
         ctx["fit_rows"] = _fit_rows(a)
-        ctx["fit_note"] = (f"Fit of S(B) = S_min (1 + B_crit / B) to {f.n_points} batch sizes; residual scale "
+        bounds = (f" and {len(f.lower_bounds)} lower bound(s) (batch sizes whose median over seeds did not reach "
+                  "the target: the law may lie above them, not below)" if f.lower_bounds else "")
+        ctx["fit_note"] = (f"Fit of S(B) = S_min (1 + B_crit / B) to {f.n_points} batch sizes{bounds}; residual scale "
                            f"{f.residual_std:.3f} in log steps; intervals from {f.n_boot} residual-bootstrap resamples.")
         if a.tokens_per_example:
             ctx["tokens_note"] = (f"One example is {a.tokens_per_example} tokens: B_crit = "

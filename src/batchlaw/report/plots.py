@@ -2,7 +2,9 @@
 
 A figure is drawn only when there is something to draw (no empty axes), the batch axes span
 the measured batch sizes (a mark beyond them is named in the legend, not allowed to stretch the
-axis), legends list only the series drawn, and titles state what the data show.
+axis), legends list only the series drawn, and titles state what the data show. A batch size
+whose median over seeds did not reach the target is drawn at its lower bound with an upward
+arrow.
 """
 
 from __future__ import annotations
@@ -55,15 +57,25 @@ def _save(fig, path: Path, paths: list[Path]) -> None:
     paths.append(path)
 
 
-def _steps_figure(a, pts, stem, out_dir, paths):
+def _steps_figure(a, pts, bounds, stem, out_dir, paths):
     b = np.array([p["batch_size"] for p in pts], dtype=float)
     s = np.array([p["steps_to_target"] for p in pts], dtype=float)
-    xlim = (b.min() / 1.5, b.max() * 1.5)
+    bb = np.array([p["batch_size"] for p in bounds], dtype=float)
+    sb = np.array([p["steps_lower_bound"] for p in bounds], dtype=float)
+    xlim = (min(b.min(), bb.min(initial=np.inf)) / 1.5, max(b.max(), bb.max(initial=0.0)) * 1.5)
     grid = np.geomspace(*xlim, 200)
     fig, axes = plt.subplots(1, 2, figsize=(_WIDTH, 4.4))
     for ax, ylab, examples in ((axes[0], "steps to target", False), (axes[1], "examples to target", True)):
         y = s * b if examples else s
-        ax.loglog(b, y, "o", color="k", label="measured (best LR)")
+        yb = sb * bb if examples else sb
+        ax.loglog(b, y, "o", color="k", label="measured (best LR, median over seeds)")
+        if bounds:  # a bar at the bound and an arrow up from it
+            ax.loglog(bb, yb, ls="none", marker="_", ms=14, mew=2.5, color="tab:orange")
+            for x, v in zip(bb, yb):
+                ax.annotate("", xy=(x, v * 1.45), xytext=(x, v),
+                            arrowprops={"arrowstyle": "-|>", "color": "tab:orange", "lw": 2.0})
+            ax.plot([], [], ls="none", marker="$\\uparrow$", ms=12, color="tab:orange",
+                    label="lower bound (median over seeds did not reach the target)")
         if a.fit is not None:
             fy = a.fit.predict_examples(grid) if examples else a.fit.predict_steps(grid)
             ax.loglog(grid, fy, "-", color="tab:blue",
@@ -73,18 +85,19 @@ def _steps_figure(a, pts, stem, out_dir, paths):
                 ax.loglog(grid, a.fit.predict_steps(b0) * b0 / grid, ":", color="gray", label="perfect scaling from B0")
         _marks(ax, a, xlim)
         ax.set_xlim(*xlim)
-        ys = np.concatenate([y, fy]) if a.fit is not None else y
+        ys = np.concatenate([y, yb * 1.45] + ([fy] if a.fit is not None else []))
         ax.set_ylim(ys.min() / 1.3, ys.max() * 1.3)
         ax.set_xlabel("batch size (examples)")
         ax.set_ylabel(ylab)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax, fontsize=8)
     target = a.config["target_loss"]
+    censored = f", {len(bounds)} lower bound{'s' if len(bounds) > 1 else ''}" if bounds else ""
     if a.fit is not None:
         title = (f"{a.name}: steps and examples to loss {target:g}; B_crit = {a.fit.b_crit:.3g} examples, "
-                 f"S_min = {a.fit.s_min:.3g} steps ({len(pts)} batch sizes)")
+                 f"S_min = {a.fit.s_min:.3g} steps ({len(pts)} batch sizes{censored})")
     else:
-        title = f"{a.name}: steps and examples to loss {target:g} ({len(pts)} batch sizes reached it; no fit)"
+        title = f"{a.name}: steps and examples to loss {target:g} ({len(pts)} batch sizes reached it{censored}; no fit)"
     fig.suptitle(title)
     _save(fig, out_dir / f"{stem}_steps_vs_batch.png", paths)
 
@@ -185,8 +198,9 @@ def plot_sweep(a, out_dir: Path, stem: str | None = None) -> list[Path]:
     if not a.trials:
         return paths
     pts = [p for p in a.points if p["steps_to_target"] is not None]
+    bounds = [p for p in a.points if p.get("steps_lower_bound") is not None]
     if pts:
-        _steps_figure(a, pts, stem, out_dir, paths)
+        _steps_figure(a, pts, bounds, stem, out_dir, paths)
     _lr_figure(a, pts, stem, out_dir, paths)
     _curves_figure(a, stem, out_dir, paths)
     return paths

@@ -12,9 +12,11 @@ held-out loss reaches ``target_loss``:
   checkpointed at fractions of that run's examples-to-target (its cost is reported apart);
 * ``seesaw``: :class:`~batchlaw.schedule.Seesaw` with milestones at fractions of the same.
 
-Steps and examples to the target are interpolated linearly between the last evaluation above
-it and the first at or below it. Wall-clock excludes evaluation. Intervals over seeds are
-Student-t 95% intervals of the mean, clipped at 0 (with 3 seeds they are wide: t = 4.30).
+Steps to the target are read between the last evaluation above it and the first at or below it
+by :func:`batchlaw._crossing.crossing_step` (the rule of the sweep trials); examples and
+wall-clock are interpolated linearly in steps between the same two evaluations. Wall-clock
+excludes evaluation. Intervals over seeds are Student-t 95% intervals of the mean, clipped at 0
+(with 3 seeds they are wide: t = 4.30).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._crossing import crossing_step
 from .._validation import check_positive_float, check_positive_int
 from .batch import apply_choice
 from .ramps import CBSRamp, ConstantBatch, NoiseScaleRamp, Seesaw
@@ -103,11 +106,16 @@ class CompareConfig:
         return d
 
 
-def _interp(prev, cur, target):
-    """Linear crossing between two evaluations ``(steps, examples, seconds, loss)``."""
-    (s0, e0, w0, l0), (s1, e1, w1, l1) = prev, cur
-    f = 1.0 if l0 <= target or l0 == l1 else (l0 - target) / (l0 - l1)
-    return s0 + f * (s1 - s0), e0 + f * (e1 - e0), w0 + f * (w1 - w0)
+def _interp(curve, target):
+    """The crossing of ``target`` after the evaluations ``[steps, examples, seconds, loss]`` of ``curve``:
+    steps by :func:`batchlaw._crossing.crossing_step`, examples and seconds linear in steps between the
+    last two evaluations."""
+    (s0, e0, w0, l0), (s1, e1, w1, _) = curve[-2], curve[-1]
+    if l0 <= target:
+        return s1, e1, w1
+    s = crossing_step([c[0] for c in curve[-3:]], [c[3] for c in curve[-3:]], target)
+    f = (s - s0) / (s1 - s0)
+    return s, e0 + f * (e1 - e0), w0 + f * (w1 - w0)
 
 
 def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_examples: int, eval_every: int,
@@ -168,7 +176,7 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
                 cur = (steps, seen, wall, workload.eval_loss(model))
                 curve.append(list(cur))
                 if cur[3] <= target_loss:
-                    status, hit = "reached", _interp(prev, cur, target_loss)
+                    status, hit = "reached", _interp(curve, target_loss)
                     break
                 prev = cur
     finally:

@@ -8,35 +8,79 @@ interval treating each trial as one batch mean), so the direct measurement and t
 prediction can be compared (McCandlish et al. 2018: ``B_crit`` is roughly ``B_noise`` averaged
 over the run).
 
+Censored seeds: a seed that reached the target at no learning rate within the budget is
+censored, not missing: its steps exceed the last step read (the budget). It counts as ``+inf``
+in the median over seeds (science: "Censored runs"); dropping it would bias ``S(B)`` low exactly
+where the batch size struggles (reached in 100 and 120 steps plus one seed over the budget: the
+median is 120, not 110). Where a censored seed takes part in the median (half the seeds or
+more), the median is itself censored: the batch gets ``steps_lower_bound``, the median with each
+censored seed at its bound, and enters the fit as a lower bound. The learning rate reported is
+that of the seed the median rule picks (the upper middle for an even count), in the same order.
+
 The analysis says what it cannot do: a target that no batch size reached names the best loss
-seen and where; a steps-to-target reading under 3 evaluation intervals is flagged as coarse.
+seen and where; a steps-to-target reading under 3 evaluation intervals is flagged as coarse;
+train-target trials stored before the lag-free reading are left out, and said so.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._format import fmt_num
+from .._format import fmt_count, fmt_num
 from ..errors import InsufficientDataError
 from ..fit import StepsFit, fit_steps_law
 from ..noise.estimators import fieller_interval
 
-__all__ = ["SweepAnalysis", "batch_summary", "analyze_sweep", "pooled_b_simple", "COARSE_INTERVALS"]
+__all__ = ["SweepAnalysis", "batch_summary", "censored_median", "analyze_sweep", "pooled_b_simple", "steps_text",
+           "COARSE_INTERVALS"]
 
 #: a steps-to-target reading under this many evaluation intervals is flagged as coarse.
 COARSE_INTERVALS = 3
 
 
-def batch_summary(results: list[dict]) -> list[dict]:
-    """Best learning rate per batch size; ``steps_to_target`` is ``None`` where nothing reached it.
+def _seed_bound(trials: list[dict]) -> float:
+    """A lower bound on the steps of a seed that reached the target at no learning rate: the
+    fewest steps any of its trials read before the budget ended (a diverged trial: its budget)."""
+    out = math.inf
+    for t in trials:
+        read = t["curve"][-1][0] if t["status"] == "budget" and t.get("curve") else None
+        out = min(out, float(read if read is not None else t["spec"]["max_steps"]))
+    return out
 
-    Returns one dict per batch size (ascending) with ``batch_size``, ``steps_to_target``
-    (median over seeds of each seed's fewest), ``best_lr``, ``lrs_tried``, ``lr_at_edge``
-    (``"low"``/``"high"`` when the best was the smallest/largest tried) and ``best_trials``.
+
+def censored_median(values: list[float], censored: list[bool]) -> tuple[float, bool]:
+    """Median of per-seed steps where censored seeds count as ``+inf``.
+
+    A censored value is a lower bound (the seed's steps exceed it); every censored value is taken
+    to exceed every measured one (they share the budget). Returns ``(median, is_censored)``: when
+    a censored value takes part in the median, the median is only a lower bound, computed with
+    each censored seed at its bound.
+
+    Examples:
+        >>> censored_median([100, 120, 300], [False, False, True])  # the third seed hit the budget
+        (120.0, False)
+        >>> censored_median([100, 300], [False, True])
+        (200.0, True)
+    """
+    order = sorted(zip(censored, values))  # measured first (False < True), then by value
+    n = len(order)
+    mid = [order[(n - 1) // 2], order[n // 2]]
+    return float(sum(v for _, v in mid) / 2), any(c for c, _ in mid)
+
+
+def batch_summary(results: list[dict]) -> list[dict]:
+    """Best learning rate per batch size, with censored seeds counted as ``+inf`` (module docstring).
+
+    Returns one dict per batch size (ascending) with ``batch_size``, ``steps_to_target`` (median
+    over seeds of each seed's fewest; ``None`` when that median is censored), ``censored``,
+    ``steps_lower_bound`` (the censored median's bound, else ``None``), ``n_seeds``,
+    ``n_censored`` (seeds that reached the target at no learning rate), ``best_lr`` (that of
+    the seed the median picks; when it is censored, of the slowest measured seed below it),
+    ``lrs_tried``, ``lr_at_edge`` (``"low"``/``"high"`` when the best was the smallest/largest
+    tried) and ``best_trials`` (each measured seed's best trial, fewest steps first).
     """
     by_b: dict[int, dict[int, list[dict]]] = {}
     for r in results:
@@ -45,21 +89,51 @@ def batch_summary(results: list[dict]) -> list[dict]:
     out = []
     for b, seeds in sorted(by_b.items()):
         tried = sorted({t["spec"]["lr"] for ts in seeds.values() for t in ts})
-        bests = []
+        per_seed = []  # (censored, steps or bound, best trial or None)
         for trials in seeds.values():
             reached = [t for t in trials if t["status"] == "reached"]
             if reached:
-                bests.append(min(reached, key=lambda t: t["steps_to_target"]))
-        row = {"batch_size": b, "steps_to_target": None, "best_lr": None, "lrs_tried": tried,
-               "lr_at_edge": None, "best_trials": bests}
-        if bests:
-            bests.sort(key=lambda t: t["steps_to_target"])
-            best_lr = bests[len(bests) // 2]["spec"]["lr"]
-            row.update(steps_to_target=float(statistics.median(t["steps_to_target"] for t in bests)),
-                       best_lr=best_lr,
-                       lr_at_edge="low" if best_lr == tried[0] else "high" if best_lr == tried[-1] else None)
-        out.append(row)
+                best = min(reached, key=lambda t: t["steps_to_target"])
+                per_seed.append((False, float(best["steps_to_target"]), best))
+            else:
+                per_seed.append((True, _seed_bound(trials), None))
+        per_seed.sort(key=lambda x: (x[0], x[1]))
+        median, censored = censored_median([v for _, v, _ in per_seed], [c for c, _, _ in per_seed])
+        n = len(per_seed)
+        picked = [t for c, _, t in per_seed[: n // 2 + 1] if not c]  # the seeds up to the median's pick
+        best_lr = picked[-1]["spec"]["lr"] if picked else None
+        out.append({
+            "batch_size": b, "steps_to_target": None if censored else median, "censored": censored,
+            "steps_lower_bound": median if censored else None, "n_seeds": n,
+            "n_censored": sum(c for c, _, _ in per_seed), "best_lr": best_lr, "lrs_tried": tried,
+            "lr_at_edge": None if best_lr is None else "low" if best_lr == tried[0] else "high" if best_lr == tried[-1]
+            else None,
+            "best_trials": [t for c, _, t in per_seed if not c]})
     return out
+
+
+def steps_text(p: dict) -> tuple[str, str, str]:
+    """Steps and examples to target of a sweep point, and a note on its censored seeds.
+
+    Examples:
+        >>> steps_text({"batch_size": 8, "steps_to_target": None, "steps_lower_bound": 3000.0,
+        ...             "n_censored": 2, "n_seeds": 3})
+        ('> 3,000', '> 24,000', 'censored: 2 of 3 seeds did not reach the target within the budget')
+    """
+    s, bound, b = p["steps_to_target"], p.get("steps_lower_bound"), p["batch_size"]
+    k, n = p.get("n_censored", 0), p.get("n_seeds", 1)
+    seeds = f"{k} of {n} seeds" if n > 1 else "the seed"
+    if s is not None:
+        return fmt_count(s), fmt_count(s * b), f"{seeds} did not reach the target within the budget" if k else ""
+    if bound is not None:
+        return (f"> {fmt_count(bound)}", f"> {fmt_count(bound * b)}",
+                f"censored: {seeds} did not reach the target within the budget")
+    return "not reached", "-", ""
+
+
+def _lagged_train_trials(results: list[dict]) -> list[dict]:
+    """Train-target trials read by the lagged EMA of batchlaw before the centred window."""
+    return [r for r in results if r["spec"].get("target_on") == "train" and r["spec"].get("train_window") is None]
 
 
 def pooled_b_simple(trials: list[dict], confidence: float = 0.95) -> dict | None:
@@ -122,6 +196,23 @@ def _not_reached(config: dict, results: list[dict], missing: list[int]) -> str:
     return f"{where}: raise the target loss (above {target:g}) or the budget (--max-steps, now {budget})."
 
 
+def _censored_notes(points: list[dict]) -> list[str]:
+    out = []
+    for p in points:
+        k, n = p["n_censored"], p["n_seeds"]
+        if not k:
+            continue
+        seeds = f"{k} of {n} seeds" if n > 1 else "the seed"
+        if p["censored"]:
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
+                       f"(out of steps or diverged), so the median over seeds is only a lower bound "
+                       f"(> {fmt_num(p['steps_lower_bound'])} steps); it enters the fit as a lower bound.")
+        else:
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
+                       "(out of steps or diverged); counted as above the budget in the median over seeds.")
+    return out
+
+
 def _coarse_readings(points: list[dict]) -> list[str]:
     out = []
     for p in points:
@@ -156,9 +247,13 @@ def analyze_sweep(name: str, config: dict, results: list[dict], *, reference_bat
         A :class:`SweepAnalysis`; ``fit_error`` says why there is no fit (a target no batch size
         reached names the best loss seen and its batch), ``warnings`` lists coarse readings.
     """
+    lagged = _lagged_train_trials(results)
+    if lagged:
+        results = [r for r in results if r not in lagged]
     points = batch_summary(results)
     ok = [p for p in points if p["steps_to_target"] is not None]
-    missing = [p["batch_size"] for p in points if p["steps_to_target"] is None]
+    fitted = [p for p in points if p["steps_to_target"] is not None or p["steps_lower_bound"] is not None]
+    missing = [p["batch_size"] for p in points if p["n_censored"] == p["n_seeds"]]
     fit, error = None, ""
     if not results:
         error = "the sweep has no finished trial yet: run (or resume) it with 'batchlaw sweep'."
@@ -167,7 +262,9 @@ def analyze_sweep(name: str, config: dict, results: list[dict], *, reference_bat
                  + _not_reached(config, results, missing))
     else:
         try:
-            fit = fit_steps_law([p["batch_size"] for p in ok], [p["steps_to_target"] for p in ok],
+            fit = fit_steps_law([p["batch_size"] for p in fitted],
+                                [p["steps_to_target"] if not p["censored"] else p["steps_lower_bound"] for p in fitted],
+                                censored=[p["censored"] for p in fitted],
                                 reference_batch=reference_batch, unit="examples", n_boot=n_boot)
         except InsufficientDataError as err:
             error = str(err)
@@ -180,4 +277,9 @@ def analyze_sweep(name: str, config: dict, results: list[dict], *, reference_bat
     if pooled is not None and pooled["unit"] == "tokens" and tpe:
         pooled = {**pooled, "b_simple_tokens": pooled["b_simple"], "b_simple": pooled["b_simple"] / tpe,
                   "ci": [None if c is None else c / tpe for c in pooled["ci"]], "unit": "examples"}
-    return SweepAnalysis(name, config, points, fit, error, pooled, tpe, results, _coarse_readings(ok))
+    warnings = _censored_notes(points) + _coarse_readings(ok)
+    if lagged:
+        warnings.append(f"{len(lagged)} train-target trials were read with the lagged training-loss average of "
+                        "earlier batchlaw versions (about 10 steps late) and are left out; run the sweep again to "
+                        "measure them with the centred window.")
+    return SweepAnalysis(name, config, points, fit, error, pooled, tpe, results, warnings)
