@@ -104,10 +104,11 @@ def check_identifiable(X: np.ndarray, names: list[str]) -> None:
 
     Examples:
         >>> X = np.log(np.array([[1e9, 1e8], [1e10, 1e8], [1e11, 1e8]]))
-        >>> check_identifiable(X, ["tokens", "params"])  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        batchlaw.errors.InsufficientDataError: Column 'params' is constant (1e+08 in every row) ...
+        >>> try:
+        ...     check_identifiable(X, ["tokens", "params"])
+        ... except InsufficientDataError as err:
+        ...     print(str(err)[:44])
+        Column 'params' is constant (1e+08 in every
     """
     for j, name in enumerate(names):
         col = X[:, j]
