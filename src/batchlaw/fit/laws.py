@@ -107,7 +107,7 @@ def check_identifiable(X: np.ndarray, names: list[str]) -> None:
         >>> try:
         ...     check_identifiable(X, ["tokens", "params"])
         ... except InsufficientDataError as err:
-        ...     print(str(err)[:44])
+        ...     print(str(err)[:43])
         Column 'params' is constant (1e+08 in every
     """
     for j, name in enumerate(names):
