@@ -113,7 +113,11 @@ def test_several_runs_are_named_and_refused_clearly():
         fit_curve(st, loss, law="multipower", n_boot=0)
     with pytest.raises(ValueError, match="'run' has 3 values"):
         fit_curve(st, loss, lr=lr, run=["a", "b", "c"], n_boot=0)
-    fit = fit_curve(st, loss, lr=lr, run=run, n_boot=0)
+    with pytest.raises(ValueError, match="learning rate of run 'b' is known from step 2025 on"):
+        fit_curve(st, loss, lr=lr, run=run, n_boot=0)  # the branch's rows only: its trunk's steps are missing
+    schedules = {"a": Schedule(np.arange(1, main_run[3].size + 1), main_run[3]),
+                 "b": Schedule(np.arange(1, branch[3].size + 1), branch[3])}
+    fit = fit_curve(st, loss, run=run, schedules=schedules, n_boot=0)
     with pytest.raises(ValueError, match="say which run to predict"):
         predict_curve(fit, 2000)
     with pytest.raises(ValueError, match="Unknown run 'c'"):
@@ -179,19 +183,17 @@ def test_schedule_refuses_negative_or_missing_learning_rates(lr, match):
 
 
 def test_schedule_aware_laws_need_the_learning_rate_from_step_1():
-    """A branch given without its trunk (its rows start at step 2,001): the summed LR before it is
-    unknown, and it was taken as 2,000 steps at the branch's first LR. Refused, naming the run; a
-    log that starts at its first logging step (step 50 of rows 50 apart) is fine."""
-    main_run, branch, _ = realistic_cooldown_runs(np.random.default_rng(0))
-    keep = branch[0] > 2000  # the cooldown's own rows, without the trunk's
-    st = np.concatenate([main_run[0], branch[0][keep]])
-    loss = np.concatenate([main_run[2], branch[2][keep]])
-    lr = np.concatenate([main_run[1], branch[1][keep]])
-    run = ["main"] * main_run[0].size + ["branch"] * int(keep.sum())
-    with pytest.raises(ValueError, match="learning rate of run 'branch' is known from step 20"):
-        fit_curve(st, loss, lr=lr, run=run, n_boot=0)
+    """A log that starts at its first logging step (step 50 of rows 50 apart) is known from the
+    start; one whose rows start at step 11 one step apart, or a branch given without its trunk (see
+    test_several_runs_are_named_and_refused_clearly), is not: the summed LR before it was taken as
+    that many steps at its first LR. A single row stands for a constant LR from step 1."""
     assert Schedule(np.arange(50, 1001, 50), np.ones(20)).known_from_start()
+    assert Schedule([1, 2000], [1.0, 0.1]).known_from_start() and Schedule([500], [1.0]).known_from_start()
     assert not Schedule(np.arange(11, 1001), np.ones(990)).known_from_start()
+    st = np.arange(11, 1001.0)
+    with pytest.raises(ValueError, match="The learning rate is known from step 11 on \\(its first rows are 1 step apart"):
+        fit_curve(st, 2 + st**-0.3, lr=np.ones(st.size), n_boot=0)
+    assert fit_curve(st, 2 + st**-0.3, lr=np.ones(st.size), law="power", n_boot=0).n_points == st.size
 
 
 def test_warmup_that_leaves_too_few_points_is_refused():
