@@ -235,3 +235,15 @@ def test_a_rising_curve_is_flagged_and_a_falling_one_is_not():
         st, lr, loss = realistic_curve(np.random.default_rng(seed), "cosine")
         assert fit_curve(st, loss, lr=lr, n_boot=0).warnings == ()
     assert fit_curve(t, (2 + 5 * t**-0.3) * np.exp(0.002 * rng.standard_normal(t.size)), n_boot=0).warnings == ()
+
+
+def test_points_before_any_learning_are_refused():
+    """A warmup from lr = 0 at step 1 (allowed now) gives a summed LR of 0 there: a point fitted at
+    that step made log S1 = -inf and the fit returned A = 0 (a flat law) without a word."""
+    st = np.arange(1, 2001, 20.0)
+    lr = np.minimum((st - 1) / 300, 1.0)
+    loss = _tissue_truth(Schedule(st, lr), np.maximum(st, 21))
+    with pytest.raises(ValueError, match="learning rate is 0 up to step 1, where a point is fitted"):
+        fit_curve(st, loss, lr=lr, warmup_steps=0, n_boot=0)
+    fit = fit_curve(st, loss, lr=lr, n_boot=0)  # the default leaves out the points before twice the warmup
+    assert fit.values["alpha"] == pytest.approx(0.3, rel=1e-3)

@@ -231,7 +231,8 @@ def _design(kind: str, runs: _Runs | None, run_idx, steps) -> np.ndarray:
         if at.any():
             s1[at], s2[at] = sched.areas(steps[at], runs.reference)
     if kind == "tissue":
-        return np.column_stack([np.log(s1), s2])
+        with np.errstate(divide="ignore"):  # S_1 = 0 before any learning rate: -inf, refused by fit_curve
+            return np.column_stack([np.log(s1), s2])
     return np.column_stack([run_idx.astype(np.float64), steps])
 
 
@@ -407,7 +408,7 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
         schedules: with ``run``: ``{run: Schedule}``, the planned schedules (default: from each
             run's ``steps`` and ``lr``); a run with a schedule but no points can be predicted.
         warmup_steps: steps of learning-rate warmup; points before twice this are left out of the
-            fit (if 6 remain). Default: from the schedule (the first step at the peak LR, if the LR
+            fit; too few left for the law is refused. Default: from the schedule (the first step at the peak LR, if the LR
             rose to it), else 0. On constant-LR curves fitted on their first quarter, leaving out a
             300-step warmup took the power law's median error from -3.5% to +0.7%.
         n_boot: moving-block bootstrap resamples (0: none); blocks stay within a run.
@@ -421,8 +422,15 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
 
     Raises:
         ValueError: non-positive steps or losses, lengths that differ, an unknown law, a
-            schedule-aware law without a schedule, ``run`` with the power law.
-        InsufficientDataError: fewer than 5 points (power), 6 (tissue) or 10 (multipower).
+            schedule-aware law without a schedule, ``run`` with the power law, a schedule-aware
+            law with a schedule not known from step 1 (:meth:`Schedule.known_from_start`; named
+            by run), or fitted points before any learning rate was applied (summed LR 0).
+        InsufficientDataError: fewer than 5 points (power), 6 (tissue) or 10 (multipower), also
+            after the points before twice the warmup are left out.
+
+    Warns:
+        UserWarning: the loss rises over the fitted steps, or the power law comes out flat
+            (also in :attr:`CurveFit.warnings`).
 
     Examples:
         >>> t = np.arange(100, 5001, 100.0)
@@ -473,6 +481,11 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
     Xt = None  # the Tissue law's inputs: its starts for the multi-power law, and the annealing areas fitted
     if runs is not None:
         Xt = X if kind == "tissue" else _design("tissue", runs, ridx, st)
+        unlearnt = ~np.isfinite(Xt[:, 0])  # log S_1 of a point before any learning rate was applied
+        if unlearnt.any():
+            raise ValueError(f"The learning rate is 0 up to step {st[unlearnt].max():g}, where a point is fitted: the "
+                             "schedule-aware laws describe the loss after some learning, from a summed learning rate "
+                             "> 0. Leave those points out (warmup_steps, --warmup-steps).")
     the_law = _law(kind, runs)
     if kind == "multipower":
         tissue = fit_law(schedule_law(), Xt, logy, starts=_starts("tissue", Xt, logy), n_boot=0, keep_starts=24)
@@ -516,12 +529,12 @@ def _check_known_from_start(runs: _Runs) -> None:
         if not sched.known_from_start():
             of = "" if name is None else f" of run {name!r}"
             gap = sched.steps[1] - sched.steps[0]  # known_from_start: a single row always is
+            power = "" if len(runs.names) > 1 else ", or fit law='power' (--law power), which needs only the steps"
             raise ValueError(
                 f"The learning rate{of} is known from step {sched.steps[0]:g} on (its first rows are {gap:g} "
-                f"step{'s' if gap != 1 else ''} apart): the schedule-aware "
-                "laws sum the learning rate from step 1, and the steps before are missing. Give them (their learning "
-                "rate, with an empty loss; for a branch, its trunk's steps), or fit law='power' (--law power), which "
-                "needs only the steps.")
+                f"step{'s' if gap != 1 else ''} apart): the schedule-aware laws sum the learning rate from step 1, and "
+                "the steps before are missing. Give them (their learning rate, with an empty loss; for a branch, its "
+                f"trunk's steps){power}.")
 
 
 def _refuse_warmup(warmup_steps, warm: np.ndarray, keep: np.ndarray, kind: str, min_points: int) -> None:
@@ -664,7 +677,7 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
             f"The fitted {fit.kind} law gives a loss of {point:.4g} at step {step:g}, not a positive number: the law does "
             "not reach that far"
             + (" (its annealing term, linear in the annealing area, has run past the floor; law='multipower' "
-               "saturates)." if fit.kind == "tissue" else ".") + " Predict nearer the fitted steps.")
+               "saturates)." if fit.kind == "tissue" and point < 0 else ".") + " Predict nearer the fitted steps.")
     out = {"step": step, "loss": point, "interval": [None, None]}
     if fit.kind == "tissue" and s2 > S2_REACH * fit.s2_fitted > 0:
         out["warning"] = (f"The annealing area at step {step:g} is {s2 / fit.s2_fitted:.1f}x the largest fitted: the "
