@@ -1,6 +1,7 @@
 """The scaling-law and plan commands on the example CSVs (synthetic runs from known laws)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,96 @@ def test_fit_cbs_plain_table_keeps_every_row_and_names_an_unreached_group(tmp_pa
     a, b = out["groups"]
     assert a["n_points"] == 12 and a["rows_ignored"] == 0  # no LR column: every row is a point
     assert "no run reached the target (2 rows did not)" in b["error"] and b["not_reached_batches"] == [16, 32]
+
+
+def test_fit_powerlaw_refuses_inputs_the_data_cannot_identify(tmp_path, capsys):
+    """A constant column once gave an exponent of 0.653 (95% CI 0.253 to 0.920); now it is named."""
+    rows = ["cbs,tokens,params,tokens_x20"] + [f"{0.02 * d**0.45:.5g},{d:.5g},1e8,{20 * d:.5g}"
+                                               for d in np.geomspace(1e9, 1e11, 6)]
+    (tmp_path / "cbs.csv").write_text("\n".join(rows) + "\n")
+    base = ["fit", "powerlaw", str(tmp_path / "cbs.csv"), "--y-col", "cbs", "--x-col", "tokens", "--bootstrap", "50"]
+    assert main([*base, "--x-col", "params"]) == 2
+    assert "Column 'params' is constant (1e+08 in every row)" in capsys.readouterr().err
+    assert main([*base, "--x-col", "tokens_x20"]) == 2
+    assert "Columns 'tokens' and 'tokens_x20' move together" in capsys.readouterr().err
+    assert _json(capsys, [*base, "--json"])["exponents"]["tokens"] == pytest.approx(0.45, abs=1e-3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("step,loss,loss\n" + "".join(f"{s},{2 + 5 * s**-0.3:.5f},9\n" for s in range(100, 1100, 100)),
+     "names column 'loss' twice in its header \\(fields 2 and 3\\)"),
+    ("step,loss\n" + "".join(f"{s},{2 + 5 * s**-0.3:.5f}\n" for s in range(100, 1100, 100)) + "1100,2,31\n",
+     "Line 12 of .* has 3 fields but the header has 2 \\(extra: '31'\\)"),
+])
+def test_csv_with_a_duplicate_header_or_extra_fields_is_refused_by_name(tmp_path, capsys, text, message):
+    """Before: the last of two 'loss' columns was read silently, and '2,31' (a decimal comma) was read as 2."""
+    (tmp_path / "c.csv").write_text(text)
+    assert main(["fit", "curve", str(tmp_path / "c.csv"), "--step-col", "step", "--loss-col", "loss",
+                 "--bootstrap", "20"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_csv_with_empty_trailing_fields_is_read(tmp_path, capsys):
+    """A spreadsheet's trailing commas (empty header cells, empty extra fields) are not an error."""
+    (tmp_path / "c.csv").write_text("step,loss,,\n" + "".join(f"{s},{2 + 5 * s**-0.3:.6f},,\n"
+                                                            for s in range(100, 2100, 100)) + "2100,2.5,,,\n")
+    out = _json(capsys, ["fit", "curve", str(tmp_path / "c.csv"), "--step-col", "step", "--loss-col", "loss",
+                         "--bootstrap", "20", "--json"])
+    assert out["n_points"] == 21
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "inf", "nan"])
+def test_fit_curve_predict_at_must_be_a_positive_step(capsys, value):
+    """-5 and nan were an IndexError (an internal error), inf printed a prediction at step inf, 0 was ignored."""
+    assert main(["fit", "curve", str(EX / "learning_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+                 "--bootstrap", "20", "--predict-at", value]) == 2
+    err = capsys.readouterr().err
+    assert f"--predict-at must be a step: a finite number > 0; got {value}" in err and "internal" not in err
+
+
+def test_fit_curve_without_bootstrap_gives_point_estimates(capsys):
+    """--bootstrap 0 was a TypeError shown as bad input."""
+    argv = ["fit", "curve", str(EX / "cosine_curve.csv"), "--step-col", "step", "--loss-col", "loss", "--lr-col", "lr",
+            "--predict-at", "8000", "--bootstrap", "0"]
+    out = _json(capsys, [*argv, "--json"])
+    assert out["ci"] == {} and out["prediction"]["interval"] == [None, None] and out["backtest"]["inside"] is None
+    assert out["prediction"]["loss"] == pytest.approx(2.83, rel=0.02)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "no interval: --bootstrap 0" in text and "L0 = 2." in text and "(- to -)" not in text
+    assert main([*argv[:-1], "-3"]) == 2
+    assert "--bootstrap must be a number of resamples >= 0" in capsys.readouterr().err
+
+
+def test_fit_curve_refuses_a_warmup_that_leaves_too_few_rows(capsys):
+    """--warmup-steps beyond the curve was ignored silently (all 100 rows fitted)."""
+    assert main(["fit", "curve", str(EX / "learning_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+                 "--bootstrap", "20", "--warmup-steps", "1e6"]) == 2
+    assert "--warmup-steps" in (err := capsys.readouterr().err) and "0 of the 100 points remain" in err
+
+
+def test_fit_curve_warns_when_the_loss_rises(tmp_path, capsys):
+    """A rising curve got a flat prediction (b = 0) and no word about it."""
+    (tmp_path / "c.csv").write_text("step,loss\n" + "".join(f"{s},{2 + 2e-4 * s:.5f}\n" for s in range(100, 5100, 100)))
+    argv = ["fit", "curve", str(tmp_path / "c.csv"), "--step-col", "step", "--loss-col", "loss", "--bootstrap", "20"]
+    out = _json(capsys, [*argv, "--json"])
+    assert len(out["warnings"]) == 1 and "The loss rises over the fitted steps" in out["warnings"][0]
+    assert main(argv) == 0
+    assert "warning: The loss rises" in capsys.readouterr().out
+    assert _json(capsys, ["fit", "curve", str(EX / "learning_curve.csv"), "--step-col", "step", "--loss-col", "loss",
+                          "--bootstrap", "20", "--json"])["warnings"] == []
+
+
+def test_fit_curve_from_a_later_step(tmp_path, capsys):
+    """A log that starts at step 3,001 (resumed logging): the power law fits it (steps are counted from the
+    run's start) and recovers the law; a schedule-aware law, which sums the learning rate from step 1, refuses
+    it by name. Before, both were accepted, and the Tissue law took the LR of step 3,001 for steps 1 to 3,000."""
+    rows = "".join(f"{s},1e-3,{2 + 5 * s**-0.3:.6f}\n" for s in range(3001, 20001, 100))
+    (tmp_path / "c.csv").write_text("step,lr,loss\n" + rows)
+    base = ["fit", "curve", str(tmp_path / "c.csv"), "--step-col", "step", "--loss-col", "loss", "--bootstrap", "50",
+            "--json"]
+    out = _json(capsys, base)
+    assert out["L_inf"] == pytest.approx(2.0, rel=0.01) and out["b"] == pytest.approx(0.3, rel=0.03)
+    assert main([*base, "--lr-col", "lr"]) == 2
+    assert "The learning rate is known from step 3001 on (its first rows are 100 steps apart)" in \
+        capsys.readouterr().err

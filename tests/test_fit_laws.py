@@ -108,6 +108,49 @@ def test_power_law_recovers_exponents_within_intervals():
     assert np.all(hits / seeds >= 0.85)
 
 
+def test_power_law_refuses_a_constant_column_by_name():
+    """One model size for every run: its exponent trades against the coefficient. Before the
+    check the fit gave params^-0.21 with a 95% CI of -0.219 to -0.197 (a confident wrong answer)."""
+    rng = np.random.default_rng(0)
+    d = np.geomspace(1e9, 1e11, 6)
+    y = 0.02 * d**0.45 * np.exp(0.05 * rng.standard_normal(6))
+    with pytest.raises(InsufficientDataError, match=r"Column 'params' is constant \(1e\+08 in every row\)"):
+        fit_power_law(y, inputs={"tokens": d, "params": np.full(6, 1e8)}, n_boot=50)
+    with pytest.raises(InsufficientDataError, match="'params' is constant .*a ratio of 1.002"):
+        fit_power_law(y, inputs={"tokens": d, "params": 1e8 * (1 + 0.002 * (np.arange(6) % 2))}, n_boot=0)
+
+
+@pytest.mark.parametrize("columns, named, relation", [
+    (lambda n, d: {"params": n, "tokens": 20 * n}, "'params' and 'tokens'", "= 20 \\* params\\^1 in every row"),
+    (lambda n, d: {"params": n, "tokens": d, "compute": 6 * n * d}, "'params', 'tokens' and 'compute'", "in every row"),
+    (lambda n, d: {"params": n, "tokens": 20 * n * np.exp(0.005 * np.sin(np.arange(n.size)))}, "'params' and 'tokens'",
+     "rms scatter"),
+])
+def test_power_law_refuses_collinear_columns_by_name(columns, named, relation):
+    """Inputs that move together (tokens = 20 x params on a Chinchilla frontier; compute = 6 N D
+    beside N and D): only a combination of their exponents is determined. Before the check,
+    tokens = 20 params gave exponents 1.349 and -0.917 (truth 0.45 and 0) with intervals 0.07 wide."""
+    n = np.geomspace(1e8, 1e10, 8)
+    d = np.geomspace(1e9, 1e11, 8)[[3, 0, 6, 1, 7, 2, 5, 4]]
+    inputs = columns(n, d)
+    y = 0.02 * np.prod([v ** 0.2 for v in inputs.values()], axis=0)
+    with pytest.raises(InsufficientDataError, match=f"Columns {named} move together: .*{relation}"):
+        fit_power_law(y, inputs=inputs, n_boot=50)
+
+
+def test_power_law_with_inputs_that_vary_together_but_not_in_lockstep_still_fits():
+    """The check refuses only what the data cannot tell apart: tokens = 20 x params with 10% scatter
+    (condition number about 30) is fitted, and the intervals hold the truth."""
+    rng = np.random.default_rng(3)
+    n = np.geomspace(1e8, 1e10, 16)
+    d = 20 * n * np.exp(0.1 * rng.standard_normal(16))
+    y = 0.02 * d**0.45 * n**0.1 * np.exp(0.02 * rng.standard_normal(16))
+    fit = fit_power_law(y, inputs={"tokens": d, "params": n}, n_boot=300)
+    for k, truth in (("exp_tokens", 0.45), ("exp_params", 0.1)):
+        lo, hi = fit.ci[k]
+        assert lo <= truth <= hi, (k, lo, hi)
+
+
 def test_power_law_agrees_with_curve_fit():
     x = np.geomspace(1e3, 1e8, 12)
     y = 0.3 * x**0.33 * np.exp(0.02 * np.sin(np.arange(12)))

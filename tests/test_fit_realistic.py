@@ -235,7 +235,7 @@ def test_schedule_areas():
     assert s1.tolist() == pytest.approx([10.0, 10.5, 15.0])  # in units of the peak LR
     # one drop of 0.5 at step 11, carried with momentum lambda: sum_{j=0}^{k} lambda^j
     assert s2.tolist() == pytest.approx([0.0, 0.5, 0.5 * sum(ANNEAL_DECAY**j for j in range(10))])
-    with pytest.raises(ValueError, match="'lr' values must be finite and positive in the schedule"):
+    with pytest.raises(ValueError, match="'lr' values must be finite and >= 0 in the schedule"):
         Schedule([1, 2], [1.0, -1.0])
 
 

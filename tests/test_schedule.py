@@ -262,3 +262,72 @@ def test_examples_seen_may_be_any_integer_type():
 def test_state_from_another_schedule_is_refused():
     with pytest.raises(ValueError, match="FixedRamp"):
         ConstantBatch(8, lr=0.1).load_state_dict(FixedRamp([(0, 8)], lr=0.1).state_dict())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: ConstantBatch(8, lr=0.1, adam_betas=(math.nan, 0.999)), "'adam_betas' parameter must be in \\[0, 1\\)"),
+    (lambda: ConstantBatch(8, lr=0.1, adam_betas=(1.5, 0.999)), "'adam_betas' parameter must be in \\[0, 1\\)"),
+    (lambda: ConstantBatch(8, lr=0.1, adam_betas=(0.9, 1.0)), "'adam_betas' parameter must be in \\[0, 1\\)"),
+    (lambda: ConstantBatch(8, lr=0.1, adam_betas=(0.9,)), "Adam's \\(beta1, beta2\\)"),
+    (lambda: sqrt_rule(1e-3, 2, eps=-1), "'eps' parameter must be a finite number > 0"),
+    (lambda: sqrt_rule(1e-3, 2, betas=(1.0, 2.0)), "'betas' parameter must be in \\[0, 1\\)"),
+    (lambda: CBSRamp([(0, 1e300)], 8, 1e-3), "at most 2\\^53 examples.*1e\\+300"),
+    (lambda: CBSRamp([(0, math.inf)], 8, 1e-3), "points cbs"),
+    (lambda: LRSchedule(1e-3)(math.nan), "'examples_seen' parameter must be a finite number >= 0"),
+    (lambda: LRSchedule(1e-3)(math.inf), "'examples_seen' parameter must be a finite number >= 0"),
+])
+def test_schedule_api_refuses_what_it_used_to_accept(bad, match):
+    """Each was accepted: beta1 = 1.5 became 2.0 after a doubling, eps = -1 a negative epsilon, a
+    CBS of 1e300 a batch of 1e300 examples, and LRSchedule(nan) the peak learning rate."""
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+@pytest.mark.parametrize("make, reach", [
+    (lambda: FixedRamp([(0, 8), (100, 128)], lr=0.1, adam_betas=(0.9, 0.999), max_micro_batch=8), "its largest stage"),
+    (lambda: CBSRamp([(0, 100), (10, 1000)], 8, 1e-3, adam_betas=(0.9, 0.999), max_micro_batch=8),
+     "factor x the largest CBS"),
+    (lambda: NoiseScaleRamp(8, 0.1, max_batch=80, adam_betas=(0.9, 0.999), max_micro_batch=8), "max_batch"),
+])
+def test_sqrt_rule_limit_is_stated_as_the_ratio_to_the_base_batch(make, reach):
+    """The limit is on batch / base_batch (the betas were tuned at base_batch), reached in any number of
+    changes: the message said 'scale the batch in smaller steps', which cannot help. It now gives the
+    largest batch allowed (79 < 10 x 8), checked when the schedule is built (the CBS ramp, without a
+    max_batch, failed at the step its CBS arrived)."""
+    with pytest.raises(ValueError, match=f"below 1 / \\(1 - 0.9\\) = 10 times base_batch=8: at most 79 examples.*"
+                                         f"\\({reach}"):
+        make()
+    assert NoiseScaleRamp(8, 0.1, max_batch=79, adam_betas=(0.9, 0.999), max_micro_batch=8).step(0).betas == (0.9, 0.999)
+    with pytest.raises(ValueError, match="needs k < 1 / \\(1 - beta\\) = 10 for beta = 0.9; got k = 10"):
+        sqrt_rule(1e-3, 10, betas=(0.9, 0.999))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("want", -5, "'want' must be a number of examples from base_batch=8 to max_batch=64"),
+    ("want", 1000.0, "'want' must be a number of examples from base_batch=8"),
+    ("step", -3, "'step' must be a whole number >= 0. Got -3"),
+    ("step", 2.5, "'step' must be a whole number"),
+    ("current", 0, "'current' must be None"),
+    ("last_change", 99, "'last_change' must be a whole number from 0 to the state's step \\(4\\)"),
+    ("last_b_simple", math.nan, "'last_b_simple' must be None or a finite number > 0"),
+    ("finite_readings", None, "'finite_readings' must be a whole number"),
+    ("want", KeyError, "has no 'want' entry"),
+])
+def test_tampered_state_dict_is_refused_by_key_and_leaves_the_schedule_as_it_was(key, value, match):
+    """want = -5 shrank the ramp below its base batch, step = -3 was restored as is, a missing key was a KeyError."""
+    s = NoiseScaleRamp(8, 0.1, max_batch=64, max_micro_batch=8, cooldown=0, min_records=1)
+    for seen in range(0, 32, 8):
+        s.step(seen)
+    good = s.state_dict()
+    state = dict(good)
+    if value is KeyError:
+        del state[key]
+    else:
+        state[key] = value
+    fresh = NoiseScaleRamp(8, 0.1, max_batch=64, max_micro_batch=8, cooldown=0, min_records=1)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.state_dict() == before
+    fresh.load_state_dict(good)
+    assert fresh.state_dict() == good

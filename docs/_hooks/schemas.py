@@ -277,12 +277,15 @@ SCHEMAS: list[Schema] = [
          ("L_inf", "the asymptote"), ("a", "the coefficient"), ("b", "the exponent"), ("n_points", "points fitted"),
          ("ci", "95% moving-block bootstrap intervals of the parameters"), ("goodness", "`rmse_log`, `r2_log`"),
          ("bootstrap_block", "block length (points) of the moving-block bootstrap"),
+         ("warnings", "why the law may not describe the points (the loss rises over the fitted steps, or the power "
+                      "law came out flat); empty when none"),
          ("runs", "with `--run-col`: the runs, in file order; else empty"),
-         ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive); `run` (with "
-                        "`--run-col`); `warning` when the Tissue law extrapolates its annealing term"),
+         ("prediction", "only with `--predict-at`: `step`, `loss`, `interval` (95% predictive; `[null, null]` with "
+                        "`--bootstrap 0`); `run` (with `--run-col`); `warning` when the Tissue law extrapolates its "
+                        "annealing term"),
          ("backtest", "fit on the first half, predict the last point: `fraction`, `law`, `fit_points`, `final_step`, "
-                      "`final_loss`, `predicted`, `interval`, `rel_error`, `inside`; or `error` (also for several "
-                      "runs)")],
+                      "`final_loss`, `predicted`, `interval`, `rel_error`, `inside` (null with `--bootstrap 0`); or "
+                      "`error` (also for several runs)")],
         check_args=["fit", "curve", "{examples}/learning_curve.csv", "--step-col", "step", "--loss-col", "loss",
                     "--predict-at", "20000", "--bootstrap", "100", "--json"],
     ),

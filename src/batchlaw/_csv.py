@@ -16,7 +16,18 @@ def read_header(path: str | Path) -> list[str]:
 
 def _header(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        return next(csv.reader(fh), [])
+        return _unique(next(csv.reader(fh), []), path)
+
+
+def _unique(header: list[str], path: Path) -> list[str]:
+    """``header``, unless a (non-empty) column name appears twice: which one would be meant?"""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name.strip() and name in seen:
+            raise ValueError(f"The CSV file {str(path)!r} names column {name!r} twice in its header (fields "
+                             f"{seen[name]} and {i}). Rename or remove one of them.")
+        seen.setdefault(name, i)
+    return header
 
 
 def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) -> dict[str, list]:
@@ -25,9 +36,12 @@ def read_columns(path: str | Path, columns: list[str], numeric: list[str] = ()) 
     The file is read as UTF-8; a byte-order mark (as Excel writes) is skipped.
 
     Raises:
-        ValueError: a missing file, a directory, a file that is not UTF-8 text, a column that
-            does not exist (the message lists those that do), or a non-numeric / non-finite
-            value in a ``numeric`` column (row and value named).
+        ValueError: a missing file, a directory, a file that is not UTF-8 text, a header that
+            names a column twice, a column that does not exist (the message lists those that
+            do), a row with fewer fields than the header (where a wanted column has no value) or
+            more (a non-empty field beyond the header: often a decimal comma or an unquoted
+            thousands separator that shifted the row), or a non-numeric / non-finite value in a
+            ``numeric`` column (line and value named).
     """
     return _checked(Path(path), lambda p: _read(p, columns, numeric))
 
@@ -52,7 +66,7 @@ def _checked(path: Path, read):
 def _read(path: Path, columns: list[str], numeric) -> dict[str, list]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
+        header = _unique(reader.fieldnames or [], path)
         missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(
@@ -60,7 +74,14 @@ def _read(path: Path, columns: list[str], numeric) -> dict[str, list]:
                 f"Columns that exist: {', '.join(map(repr, header)) or 'none (empty file)'}."
             )
         out: dict[str, list] = {c: [] for c in columns}
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
+            extra = [v for v in row.get(None, []) if v.strip()]
+            if extra:
+                raise ValueError(f"Line {line} of {str(path)!r} has {len(header) + len(row[None])} fields but the "
+                                 f"header has {len(header)} (extra: {', '.join(map(repr, extra[:3]))}). A decimal "
+                                 "comma or an unquoted thousands separator splits a value in two: use '.' for decimals "
+                                 "and quote or remove the rest.")
             for c in columns:
                 v = row[c]
                 if v is None:

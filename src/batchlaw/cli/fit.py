@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 from .._format import fmt_num
 
@@ -133,7 +134,11 @@ def _add_fit_parser(sub) -> None:
                          "several runs (e.g. a stable phase and a short cooldown from one of its checkpoints) share "
                          "one schedule-aware law, and a run with only empty losses is a planned run to predict.")
     cu.add_argument("csv", help="CSV file with a header row, one row per logged step")
-    cu.add_argument("--step-col", required=True, help="column with the optimizer step")
+    cu.add_argument("--step-col", required=True,
+                    help="column with the optimizer step, counted from the start of the run (a log may begin later, "
+                    "e.g. resumed logging: fine for the power law; the schedule-aware laws sum the learning rate from "
+                    "step 1, so with --lr-col the rows must start at step 1 or at the first step of a log kept every "
+                    "that many steps)")
     cu.add_argument("--loss-col", required=True, help="column with the (training or validation) loss")
     cu.add_argument("--lr-col", default=None,
                     help="column with the learning rate at each step: fit a schedule-aware law (rows with an empty "
@@ -143,14 +148,17 @@ def _add_fit_parser(sub) -> None:
                     "--lr-col)")
     cu.add_argument("--run-col", default=None,
                     help="column naming each row's run: fit several runs with one schedule-aware law (each run's "
-                    "schedule must start at step 1; give earlier steps as rows with an empty loss)")
+                    "schedule must start at step 1, or at its first logging step: give a branch's earlier steps as "
+                    "rows with an empty loss; a run that starts later is refused)")
     cu.add_argument("--warmup-steps", type=float, default=None,
                     help="steps of learning-rate warmup: rows before twice this step are left out of the fit, as "
-                    "the warmup's transient is not the law's (default: from --lr-col, else 0)")
-    cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at")
+                    "the warmup's transient is not the law's; refused when too few rows remain (default: from "
+                    "--lr-col, else 0)")
+    cu.add_argument("--predict-at", type=float, default=None, help="step to predict the loss at (a number > 0)")
     cu.add_argument("--predict-run", default=None,
                     help="with --run-col: the run to predict (default: the last run in the file)")
-    cu.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    cu.add_argument("--bootstrap", type=int, default=1000,
+                    help="bootstrap resamples (0: point estimates only, no intervals; default: %(default)s)")
     cu.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.fit.curve/2)")
     cu.set_defaults(func=_cmd_fit_curve)
 
@@ -282,7 +290,10 @@ def _finite(x):
 
 
 def _ci_text(fit, key) -> str:
-    lo, hi = fit.ci.get(key, (None, None))
+    """``value (lo to hi)``, or the value alone when the fit has no interval for it (no bootstrap)."""
+    if key not in fit.ci:
+        return fmt_num(fit.values[key])
+    lo, hi = fit.ci[key]
     return f"{fmt_num(fit.values[key])} ({fmt_num(lo)} to {fmt_num(hi)})"
 
 
@@ -514,6 +525,10 @@ def _cmd_fit_curve(args) -> int:
                          "schedules: use --law tissue or multipower.")
     if args.warmup_steps is not None and not (math.isfinite(args.warmup_steps) and args.warmup_steps >= 0):
         raise ValueError(f"--warmup-steps must be a finite number of steps >= 0; got {args.warmup_steps:g}.")
+    if args.predict_at is not None and not (math.isfinite(args.predict_at) and args.predict_at > 0):
+        raise ValueError(f"--predict-at must be a step: a finite number > 0; got {args.predict_at:g}.")
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be a number of resamples >= 0 (0: no intervals); got {args.bootstrap}.")
     if args.predict_run is not None and not args.run_col:
         raise ValueError("--predict-run names a run of --run-col; give --run-col.")
     num = [args.step_col] + ([args.lr_col] if args.lr_col else [])
@@ -544,24 +559,27 @@ def _cmd_fit_curve(args) -> int:
     elif args.lr_col:
         kw["schedule"] = Schedule(t[args.step_col], t[args.lr_col])
         kw["lr"] = lr
-    fit = fit_curve(steps, loss, law=law, n_boot=args.bootstrap, warmup_steps=args.warmup_steps, **kw)
-    names = {"y_inf": "L_inf", "alpha": "b"} if fit.kind == "power" else {}
-    out = {"schema": "batchlaw.fit.curve/2", "law": fit.kind,
-           **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
-           "ci": {names.get(k, k): list(v) for k, v in fit.ci.items()},
-           "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, "bootstrap_block": fit.block}
-    out["runs"] = [str(r) for r in fit.run_names] if args.run_col else []
-    if args.predict_at:
-        out["prediction"] = predict_curve(fit, args.predict_at, run=target)
-    if args.run_col:
-        out["backtest"] = {"error": "not run for several runs: compare --predict-at with a run whose final loss "
-                                    "you know, or backtest each run alone"}
-    else:
-        try:
-            out["backtest"] = backtest_curve(steps, loss, lr=lr, law=law, n_boot=min(args.bootstrap, 500),
-                                             warmup_steps=args.warmup_steps)
-        except InsufficientDataError as err:
-            out["backtest"] = {"error": str(err)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fit's warnings are in fit.warnings; the backtest's refit repeats them
+        fit = fit_curve(steps, loss, law=law, n_boot=args.bootstrap, warmup_steps=args.warmup_steps, **kw)
+        names = {"y_inf": "L_inf", "alpha": "b"} if fit.kind == "power" else {}
+        out = {"schema": "batchlaw.fit.curve/2", "law": fit.kind,
+               **{names.get(k, k): v for k, v in fit.values.items()}, "n_points": fit.n_points,
+               "ci": {names.get(k, k): list(v) for k, v in fit.ci.items()},
+               "goodness": {"rmse_log": fit.rmse_log, "r2_log": fit.r2_log}, "bootstrap_block": fit.block,
+               "warnings": list(fit.warnings)}
+        out["runs"] = [str(r) for r in fit.run_names] if args.run_col else []
+        if args.predict_at is not None:
+            out["prediction"] = predict_curve(fit, args.predict_at, run=target)
+        if args.run_col:
+            out["backtest"] = {"error": "not run for several runs: compare --predict-at with a run whose final loss "
+                                        "you know, or backtest each run alone"}
+        else:
+            try:
+                out["backtest"] = backtest_curve(steps, loss, lr=lr, law=law, n_boot=min(args.bootstrap, 500),
+                                                 warmup_steps=args.warmup_steps)
+            except InsufficientDataError as err:
+                out["backtest"] = {"error": str(err)}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return 0
@@ -579,19 +597,25 @@ def _cmd_fit_curve(args) -> int:
         print(f"  drop shape: {len(fit.profile_thetas)} of 9 fits with beta, gamma pinned on a grid match the points "
               "as well (the spread of their predictions is in the interval)")
     profiled = "; predictions also by their profile likelihood" if fit.kind in PROFILED_LAWS else ""
-    print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points{profiled}")
+    if fit.boot:
+        print(f"  intervals: moving-block bootstrap over the curve, blocks of {fit.block} points{profiled}")
+    else:
+        print("  no intervals (--bootstrap 0)")
+    for w in fit.warnings:
+        print(f"  warning: {w}")
     if "prediction" in out:
         pr = out["prediction"]
         of = f" of run {pr['run']}" if "run" in pr else ""
-        print(f"predicted loss at step {pr['step']:g}{of}: {pr['loss']:.4f} (95% predictive interval "
-              f"{pr['interval'][0]:.4f} to {pr['interval'][1]:.4f})")
+        lo, hi = pr["interval"]
+        iv = "no interval: --bootstrap 0" if lo is None else f"95% predictive interval {lo:.4f} to {hi:.4f}"
+        print(f"predicted loss at step {pr['step']:g}{of}: {pr['loss']:.4f} ({iv})")
         if "warning" in pr:
             print(f"  warning: {pr['warning']}")
     bt = out["backtest"]
     if "error" not in bt:
+        where = "" if bt["inside"] is None else f"; {'inside' if bt['inside'] else 'outside'} the interval"
         print(f"backtest: fitted on the first {bt['fraction']:.0%} ({bt['fit_points']} points), predicted the final "
-              f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}; "
-              f"{'inside' if bt['inside'] else 'outside'} the interval)")
+              f"loss {bt['final_loss']:.4f} as {bt['predicted']:.4f} ({bt['rel_error']:+.2%}{where})")
     else:
         print(f"backtest: {bt['error']}")
     return 0

@@ -27,6 +27,7 @@ freedom (:func:`predict_curve`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +49,14 @@ ANNEAL_DECAY = 0.999
 class Schedule:
     """A learning-rate schedule known at some steps, linearly interpolated to every step.
 
+    Before its first known step the learning rate is taken as the first known value (a log that
+    starts at its first logging step, e.g. step 50 of a run logged every 50, misses only those
+    steps; :meth:`known_from_start` says whether that is all it misses).
+
     Args:
         steps: steps at which the learning rate is known (positive, any order).
-        lr: the learning rate there (positive).
+        lr: the learning rate there (finite, ``>= 0``: a cosine or a linear decay ends at 0, a
+            warmup may start there; the peak must be positive).
 
     Examples:
         >>> s = Schedule([1, 100], [1.0, 1.0])
@@ -64,9 +70,14 @@ class Schedule:
         lv = np.asarray(lr, dtype=np.float64).ravel()
         if st.shape != lv.shape:
             raise ValueError(f"'steps' has {st.size} values but 'lr' has {lv.size}: lengths must match.")
-        for name, arr in (("steps", st), ("lr", lv)):
-            check_positive_values(name, arr, where=" in the schedule")
-        order = np.argsort(st)
+        check_positive_values("steps", st, where=" in the schedule")
+        bad = ~np.isfinite(lv) | (lv < 0)
+        if bad.any():
+            raise ValueError(f"The 'lr' values must be finite and >= 0 in the schedule. Got {lv[bad][:5].tolist()} at "
+                             f"positions {np.flatnonzero(bad)[:5].tolist()}.")
+        if st.size and not lv.max() > 0:
+            raise ValueError("The learning rate is 0 at every step of the schedule: give the learning rate of the run.")
+        order = np.argsort(st, kind="stable")
         self.steps, self.lr = st[order], lv[order]
         self.peak = float(self.lr.max())
         self.peak_step = float(self.steps[np.argmax(self.lr)])
@@ -79,6 +90,16 @@ class Schedule:
         self.eta = eta
         self._s1 = np.cumsum(eta)
         self._s2 = np.cumsum(signal.lfilter([1.0], [1.0, -ANNEAL_DECAY], drop))
+
+    def known_from_start(self) -> bool:
+        """Whether the learning rate is known from the run's start: its first known step is step 1,
+        or no later than the spacing of its first two known steps (the first row of a log kept every
+        that many steps). A schedule first known at step 3,001 of rows 50 apart (a log resumed
+        there, or a branch given without its trunk) is not: the summed learning rate before it is
+        unknown."""
+        first = float(self.steps[0])
+        gap = float(self.steps[1] - self.steps[0]) if self.steps.size > 1 else first
+        return first <= max(gap, 1.0)
 
     def areas(self, at, reference: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(S_1, S_2)`` at steps ``at`` (interpolated between integer steps), in steps at the
@@ -210,7 +231,8 @@ def _design(kind: str, runs: _Runs | None, run_idx, steps) -> np.ndarray:
         if at.any():
             s1[at], s2[at] = sched.areas(steps[at], runs.reference)
     if kind == "tissue":
-        return np.column_stack([np.log(s1), s2])
+        with np.errstate(divide="ignore"):  # S_1 = 0 before any learning rate: -inf, refused by fit_curve
+            return np.column_stack([np.log(s1), s2])
     return np.column_stack([run_idx.astype(np.float64), steps])
 
 
@@ -244,6 +266,8 @@ class CurveFit:
             is in the interval.
         inputs: ``(X, log loss)`` as fitted (the law's design and the points kept), for the
             profile likelihood of a prediction.
+        warnings: why the fitted law may not describe the points (the loss rises over the fitted
+            steps, or the power law came out flat); also issued with :func:`warnings.warn`.
     """
 
     kind: str
@@ -256,6 +280,7 @@ class CurveFit:
     runs: _Runs | None = None
     profile_thetas: tuple = ()
     inputs: tuple = ()
+    warnings: tuple = ()
 
     @property
     def values(self):
@@ -383,7 +408,7 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
         schedules: with ``run``: ``{run: Schedule}``, the planned schedules (default: from each
             run's ``steps`` and ``lr``); a run with a schedule but no points can be predicted.
         warmup_steps: steps of learning-rate warmup; points before twice this are left out of the
-            fit (if 6 remain). Default: from the schedule (the first step at the peak LR, if the LR
+            fit; too few left for the law is refused. Default: from the schedule (the first step at the peak LR, if the LR
             rose to it), else 0. On constant-LR curves fitted on their first quarter, leaving out a
             300-step warmup took the power law's median error from -3.5% to +0.7%.
         n_boot: moving-block bootstrap resamples (0: none); blocks stay within a run.
@@ -397,8 +422,15 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
 
     Raises:
         ValueError: non-positive steps or losses, lengths that differ, an unknown law, a
-            schedule-aware law without a schedule, ``run`` with the power law.
-        InsufficientDataError: fewer than 5 points (power), 6 (tissue) or 10 (multipower).
+            schedule-aware law without a schedule, ``run`` with the power law, a schedule-aware
+            law with a schedule not known from step 1 (:meth:`Schedule.known_from_start`; named
+            by run), or fitted points before any learning rate was applied (summed LR 0).
+        InsufficientDataError: fewer than 5 points (power), 6 (tissue) or 10 (multipower), also
+            after the points before twice the warmup are left out.
+
+    Warns:
+        UserWarning: the loss rises over the fitted steps, or the power law comes out flat
+            (also in :attr:`CurveFit.warnings`).
 
     Examples:
         >>> t = np.arange(100, 5001, 100.0)
@@ -408,6 +440,8 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
     """
     confidence = check_probability("confidence", confidence)
     n_boot = check_positive_int("n_boot", n_boot, minimum=0)
+    if warmup_steps is not None:
+        warmup_steps = check_positive_float("warmup_steps", warmup_steps, allow_zero=True)
     has_schedule = lr is not None or schedule is not None or schedules is not None
     kind = law if law is not None else ("tissue" if has_schedule else "power")
     if kind not in CURVE_LAWS:
@@ -427,23 +461,31 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
     runs, ridx = None, np.zeros(st.size, dtype=np.int64)
     if has_schedule:
         runs, ridx = _runs_of(st, lr, schedule, run, schedules)
+        if kind != "power":
+            _check_known_from_start(runs)
+    min_points = {"power": 5, "tissue": 6, "multipower": 10}[kind]
     if warmup_steps is not None:
-        warm = np.full(st.size, check_positive_float("warmup_steps", warmup_steps, allow_zero=True))
+        warm = np.full(st.size, warmup_steps)
     else:
         warm = np.array([runs.schedules[r].warmup_end for r in ridx]) if runs is not None else np.zeros(st.size)
     keep = st >= 2 * warm  # the warmup's transient is not the law's (a power law in steps reads it as curvature)
-    if keep.sum() >= 6:
-        st, loss, ridx = st[keep], loss[keep], ridx[keep]
+    if keep.sum() < min_points <= st.size:
+        _refuse_warmup(warmup_steps, warm, keep, kind, min_points)
+    st, loss, ridx = st[keep], loss[keep], ridx[keep]
     if kind == "power":
         runs = None
     order = np.lexsort((st, ridx))  # by run, then step: blocks of the bootstrap are runs' stretches
     st, ridx, loss = st[order], ridx[order], loss[order]
-    min_points = {"power": 5, "tissue": 6, "multipower": 10}[kind]
     _, logy = validate_xy({"step": st}, loss, y_name="loss", min_points=min_points)
     X = _design(kind, runs, ridx, st)
     Xt = None  # the Tissue law's inputs: its starts for the multi-power law, and the annealing areas fitted
     if runs is not None:
         Xt = X if kind == "tissue" else _design("tissue", runs, ridx, st)
+        unlearnt = ~np.isfinite(Xt[:, 0])  # log S_1 of a point before any learning rate was applied
+        if unlearnt.any():
+            raise ValueError(f"The learning rate is 0 up to step {st[unlearnt].max():g}, where a point is fitted: the "
+                             "schedule-aware laws describe the loss after some learning, from a summed learning rate "
+                             "> 0. Leave those points out (warmup_steps, --warmup-steps).")
     the_law = _law(kind, runs)
     if kind == "multipower":
         tissue = fit_law(schedule_law(), Xt, logy, starts=_starts("tissue", Xt, logy), n_boot=0, keep_starts=24)
@@ -473,8 +515,70 @@ def fit_curve(steps, loss, *, lr=None, schedule: Schedule | None = None, law: st
             windows.append(fit_law(the_law, X[sel], logy[sel], starts=np.vstack([fit.theta, starts]), n_boot=0,
                                    keep_starts=8).theta)
     profile = _profile_multipower(runs, X, logy, fit, blk, confidence) if kind == "multipower" else ()
+    notes = _trend_warnings(kind, fit, st, ridx, logy, resid, runs)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return CurveFit(kind, fit, runs.schedules[0] if runs is not None else None, blk, noise_var, s2_max,
-                    tuple(windows), runs, profile, (X, logy))
+                    tuple(windows), runs, profile, (X, logy), notes)
+
+
+def _check_known_from_start(runs: _Runs) -> None:
+    """Refuse, by run, a schedule not known from step 1 (:meth:`Schedule.known_from_start`): the
+    schedule-aware laws sum the learning rate from the run's first step."""
+    for name, sched in zip(runs.names, runs.schedules):
+        if not sched.known_from_start():
+            of = "" if name is None else f" of run {name!r}"
+            gap = sched.steps[1] - sched.steps[0]  # known_from_start: a single row always is
+            power = "" if len(runs.names) > 1 else ", or fit law='power' (--law power), which needs only the steps"
+            raise ValueError(
+                f"The learning rate{of} is known from step {sched.steps[0]:g} on (its first rows are {gap:g} "
+                f"step{'s' if gap != 1 else ''} apart): the schedule-aware laws sum the learning rate from step 1, and "
+                "the steps before are missing. Give them (their learning rate, with an empty loss; for a branch, its "
+                f"trunk's steps){power}.")
+
+
+def _refuse_warmup(warmup_steps, warm: np.ndarray, keep: np.ndarray, kind: str, min_points: int) -> None:
+    """Too few points left after twice the warmup: say so, rather than fit the warmup's transient."""
+    left = f"{int(keep.sum())} of the {keep.size} points remain"
+    if warmup_steps is not None:
+        raise InsufficientDataError(
+            f"warmup_steps={warmup_steps:g} (--warmup-steps) leaves out the points before step {2 * warmup_steps:g} "
+            f"(twice the warmup): {left}, and the {kind} law needs {min_points}. Give the warmup the run had, or a "
+            "longer curve.")
+    raise InsufficientDataError(
+        f"The learning rate rises to its peak until step {warm.max():g}, and the points before twice that are left "
+        f"out of the fit: {left}, and the {kind} law needs {min_points}. Log a longer curve, or pass "
+        "warmup_steps=0 (--warmup-steps 0) to fit the warmup's points too.")
+
+
+#: A curve whose last quarter of fitted points lies this many noise scales (and at least 0.1%) above
+#: its first quarter is called rising (see :func:`_trend_warnings`).
+RISE_NOISE = 2.0
+
+
+def _trend_warnings(kind: str, fit: LawFit, st, ridx, logy, resid, runs) -> tuple:
+    """Warnings for a curve the laws cannot describe: the loss rises over the fitted steps (every
+    law here decreases, or stays flat), or the fitted power law is flat (its exponent at 0)."""
+    out = []
+    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    for r in np.unique(ridx):
+        y = logy[ridx == r]
+        q = y.size // 4
+        if q < 2:
+            continue
+        rise = float(np.median(y[-q:]) - np.median(y[:q]))
+        if rise > max(RISE_NOISE * noise, 1e-3):
+            of = "" if runs is None or runs.names[r] is None else f" of run {runs.names[r]!r}"
+            t = st[ridx == r]
+            out.append(f"The loss{of} rises over the fitted steps: the median of its last quarter (steps {t[-q]:g} to "
+                       f"{t[-1]:g}) is {math.expm1(rise):.1%} above that of its first quarter. The {kind} law only "
+                       "decreases, so its curve and predictions do not follow these points: check for divergence, a "
+                       "rising validation loss (overfitting) or a learning rate raised mid-run.")
+    if kind == "power" and fit.values["alpha"] < 1e-6 and not out:
+        out.append("The fitted power law is flat (exponent b = 0): the points show no decrease for L_inf + a t^-b to "
+                   "follow, and every prediction is their level. Fit a curve that is still falling, or read the level "
+                   "as the plateau the points reached.")
+    return tuple(out)
 
 
 def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidence: float) -> tuple:
@@ -549,10 +653,14 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
     when its fitted drop has not saturated (:data:`MULTIPOWER_SATURATION`).
 
     Raises:
+        ValueError: ``step`` not a finite number > 0.
         InsufficientDataError: a schedule-aware fit asked to predict through an LR decay it saw
-            (almost) none of: its annealing term is not determined.
+            (almost) none of: its annealing term is not determined; or a fitted law whose loss at
+            ``step`` is not a positive number (the Tissue law's linear annealing term can run
+            below zero far along a decay).
     """
     confidence = check_probability("confidence", confidence or fit.confidence)
+    step = check_positive_float("step", step)
     if fit.runs is not None:
         r = fit.runs.index(run)
         s2 = float(fit.runs.schedules[r].areas([step], fit.runs.reference)[1][0])
@@ -562,7 +670,14 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
                 f"{fit.s2_fitted:.3g} fitted vs {s2:.3g} at step {step:g}): the law's annealing term is not "
                 "determined. Fit a curve that includes part of the decay (e.g. a short cooldown from a checkpoint, "
                 "given as a second run).")
-    point = float(fit.curve(step, run=run))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        point = float(fit.curve(step, run=run))
+    if not (math.isfinite(point) and point > 0):
+        raise InsufficientDataError(
+            f"The fitted {fit.kind} law gives a loss of {point:.4g} at step {step:g}, not a positive number: the law does "
+            "not reach that far"
+            + (" (its annealing term, linear in the annealing area, has run past the floor; law='multipower' "
+               "saturates)." if fit.kind == "tissue" and point < 0 else ".") + " Predict nearer the fitted steps.")
     out = {"step": step, "loss": point, "interval": [None, None]}
     if fit.kind == "tissue" and s2 > S2_REACH * fit.s2_fitted > 0:
         out["warning"] = (f"The annealing area at step {step:g} is {s2 / fit.s2_fitted:.1f}x the largest fitted: the "
@@ -587,6 +702,9 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         curves = np.log(fit.curve(step, fit.boot, run=run))
     curves = curves[np.isfinite(curves)]
+    if curves.size < 0.5 * len(next(iter(fit.boot.values()))):
+        raise InsufficientDataError(f"Most bootstrap fits of the {fit.kind} law give no finite loss at step {step:g}: "
+                                    "its interval cannot be computed there. Predict nearer the fitted steps.")
     a = 1 - confidence
     dof = max(fit.n_points / fit.block - len(fit.values), 1)
     z, t = stats.norm.ppf(1 - a / 2), stats.t.ppf(1 - a / 2, dof)
@@ -601,7 +719,7 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
         below, above = _profile_prediction(fit, step, run, t)
         one = z * math.sqrt(fit.resid_var)  # one observation's noise
         lo, hi = max(lo, math.hypot(below, one)), max(hi, math.hypot(above, one))
-    out["interval"] = [point * math.exp(-lo), point * math.exp(hi)]
+    out["interval"] = [point * math.exp(-lo), point * math.exp(hi) if hi < 700 else math.inf]
     return out
 
 
@@ -609,6 +727,7 @@ def backtest_curve(steps, loss, *, lr=None, law: str | None = None, fraction: fl
                    confidence: float = 0.95, warmup_steps: float | None = None) -> dict:
     """Fit on the first ``fraction`` of the curve (by step), predict the last point, report the error.
 
+    Without a bootstrap (``n_boot=0``) the interval is ``[None, None]`` and ``inside`` is ``None``.
     With ``lr`` (the learning rate at every logged step) a schedule-aware law is used (``law``, as
     in :func:`fit_curve`) and the whole schedule is known to the prediction, as it is when a run is
     planned. ``warmup_steps``: as in :func:`fit_curve`.
@@ -634,4 +753,5 @@ def backtest_curve(steps, loss, *, lr=None, law: str | None = None, fraction: fl
     lo, hi = pred["interval"]
     return {"fraction": fraction, "law": fit.kind, "fit_points": int(fit.n_points), "final_step": float(steps[-1]),
             "final_loss": float(loss[-1]), "predicted": pred["loss"], "interval": [lo, hi],
-            "rel_error": float(pred["loss"] / loss[-1] - 1), "inside": bool(lo <= loss[-1] <= hi)}
+            "rel_error": float(pred["loss"] / loss[-1] - 1),
+            "inside": None if lo is None else bool(lo <= loss[-1] <= hi)}

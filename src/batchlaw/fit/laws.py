@@ -13,9 +13,19 @@ import numpy as np
 from scipy import stats
 from scipy.special import softmax
 
+from ..errors import InsufficientDataError
 from .engine import Law, LawFit, fit_law, validate_xy
 
-__all__ = ["power_law", "fit_power_law", "saturating_law", "fit_saturating", "t_intervals"]
+__all__ = ["power_law", "fit_power_law", "saturating_law", "fit_saturating", "t_intervals", "check_identifiable",
+           "MIN_LOG_SPREAD", "MAX_CONDITION"]
+
+#: An input whose values span less than this in log space (1%: ``max / min < 1.01``) is constant
+#: to the fit: its exponent trades off against the coefficient and the data cannot say how.
+MIN_LOG_SPREAD = 0.01
+#: An input design whose log columns, centred and scaled to unit variance, have a condition number
+#: above this is collinear: one column follows the others to within 1% of its spread (two columns
+#: with correlation 0.9998), so only a combination of their exponents is determined.
+MAX_CONDITION = 100.0
 
 
 def power_law(k: int) -> Law:
@@ -42,6 +52,11 @@ def fit_power_law(y, *, inputs: dict, y_name: str = "y", delta: float = 0.1, n_b
     """Fit ``y = coef * prod_j x_j^exp_j``; ``inputs`` maps names to arrays (exponents are reported
     as ``exp_<name>``). Huber ``delta`` 0.1 on log residuals (optima from grids are noisy).
 
+    Raises:
+        InsufficientDataError: too few points, or inputs the data cannot identify
+            (:func:`check_identifiable`): a column that is constant, or columns that move
+            together.
+
     Examples:
         >>> x = np.array([1e6, 1e7, 1e8, 1e9])
         >>> fit = fit_power_law(2.0 * x**0.5, inputs={"x": x}, n_boot=0)
@@ -49,6 +64,7 @@ def fit_power_law(y, *, inputs: dict, y_name: str = "y", delta: float = 0.1, n_b
         (2.0, 0.5)
     """
     X, logy = validate_xy(inputs, y, y_name=y_name, min_points=len(inputs) + 2)
+    check_identifiable(X, list(inputs))
     law = power_law(len(inputs))
     A = np.column_stack([np.ones(len(logy)), X])
     start = np.linalg.lstsq(A, logy, rcond=None)[0]  # ordinary least squares in log space
@@ -61,6 +77,70 @@ def fit_power_law(y, *, inputs: dict, y_name: str = "y", delta: float = 0.1, n_b
 
     return LawFit(fit.law, rename(fit.values), rename(fit.ci), fit.theta, fit.n_points, fit.rmse_log, fit.r2_log,
                   fit.confidence, fit.n_boot, fit.extrapolation, rename(fit.boot))
+
+
+def check_identifiable(X: np.ndarray, names: list[str]) -> None:
+    """Refuse, by name, inputs of ``log y = log c + sum_j a_j log x_j`` that the data cannot identify.
+
+    Two ways the exponents are not determined, however many points there are:
+
+    - a column that (almost) does not vary: its spread in log space is below
+      :data:`MIN_LOG_SPREAD`, so ``a_j log x_j`` is a constant the coefficient absorbs;
+    - columns that move together: the log columns, centred and scaled to unit variance, have a
+      condition number above :data:`MAX_CONDITION` (the singular value decomposition's smallest
+      direction names the columns involved), so only a combination of their exponents is fixed
+      (e.g. tokens = 20 x params for every run: ``a_D + a_N`` is known, not each).
+
+    A fit would still return numbers for both, with narrow bootstrap intervals (the resampled rows
+    keep the same degeneracy): a confident wrong answer.
+
+    Args:
+        X: ``(n, k)`` logs of the inputs.
+        names: the inputs' names, in column order.
+
+    Raises:
+        InsufficientDataError: naming the constant column, or the collinear columns and the
+            relation between them.
+
+    Examples:
+        >>> X = np.log(np.array([[1e9, 1e8], [1e10, 1e8], [1e11, 1e8]]))
+        >>> try:
+        ...     check_identifiable(X, ["tokens", "params"])
+        ... except InsufficientDataError as err:
+        ...     print(str(err)[:43])
+        Column 'params' is constant (1e+08 in every
+    """
+    for j, name in enumerate(names):
+        col = X[:, j]
+        spread = float(col.max() - col.min())
+        if spread < MIN_LOG_SPREAD:
+            value = (f"{math.exp(col[0]):.4g} in every row" if spread == 0
+                     else f"from {math.exp(col.min()):.4g} to {math.exp(col.max()):.4g}, a ratio of {math.exp(spread):.4g}")
+            raise InsufficientDataError(
+                f"Column {name!r} is constant ({value}): its exponent cannot be told from the coefficient. Leave "
+                f"it out of the inputs, or add rows where it varies (by more than {MIN_LOG_SPREAD:.0%}).")
+    if len(names) < 2:
+        return
+    Z = X - X.mean(axis=0)
+    Z = Z / np.sqrt((Z**2).mean(axis=0))
+    _, sv, vt = np.linalg.svd(Z, full_matrices=False)
+    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+    if cond <= MAX_CONDITION:
+        return
+    v = vt[-1]
+    involved = [j for j in np.argsort(-np.abs(v)) if abs(v[j]) > 0.1 * np.abs(v).max()]
+    lead, rest = involved[0], sorted(involved[1:])
+    # the relation among them, as a power law: x_lead = c * prod x_rest^b
+    A = np.column_stack([np.ones(X.shape[0]), X[:, rest]])
+    coef = np.linalg.lstsq(A, X[:, lead], rcond=None)[0]
+    rel = f"{math.exp(coef[0]):.3g}" + "".join(f" * {names[j]}^{b:.3g}" for j, b in zip(rest, coef[1:]))
+    scatter = float(np.sqrt(np.mean((X[:, lead] - A @ coef) ** 2)))  # rms, in log space
+    how = "in every row" if scatter < 5e-4 else f"with {scatter:.1%} rms scatter"
+    cols = " and ".join(", ".join(repr(names[j]) for j in sorted(involved)).rsplit(", ", 1))
+    raise InsufficientDataError(
+        f"Columns {cols} move together: {names[lead]} = {rel} {how} (the condition number of their "
+        f"standardised logs is {cond:.3g}, above {MAX_CONDITION:g}). The data determine only a combination of their "
+        "exponents, not each. Fit one of them, or add rows where they vary independently.")
 
 
 def saturating_law() -> Law:

@@ -39,6 +39,11 @@ MULTIPOWER_PARAMS = ("L0", "A", "alpha", "B", "C", "beta", "gamma")
 BETA_RANGE, GAMMA_RANGE = (0.2, 1.5), (0.2, 1.2)
 #: Bins the learning-rate drops are merged into, besides one knot per evaluated step.
 DROP_BINS = 96
+#: The smallest normalised learning rate in ``eta_k^-gamma``: a schedule that ends at 0 (a cosine
+#: to zero) has a last drop to ``eta = 0``, whose ``eta^-gamma S_k(t)`` is ``inf * 0``; as if it
+#: ended at ``1e-9`` of the peak, its gain is that of the limit (tested against a schedule ending at
+#: 1e-12 of the peak).
+ETA_FLOOR = 1e-9
 
 
 def _one_run(eta: np.ndarray, steps: np.ndarray):
@@ -58,7 +63,7 @@ def _one_run(eta: np.ndarray, steps: np.ndarray):
     mask = knots[1:][used][None, :] <= t[:, None]
     cum_before = np.interp(k_mid - 1, np.arange(last + 1), cum)  # S_k(t) = cum[t] - cum[k - 1]
     area = np.where(mask, cum[t][:, None] - cum_before[None, :], 0.0)
-    return cum[t], w[used], np.log(eta_mid), mask, area
+    return cum[t], w[used], np.log(np.maximum(eta_mid, ETA_FLOOR)), mask, area
 
 
 class MultiPowerKernel:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 from .._validation import check_choice, check_positive_float, check_positive_int
-from .lr_rules import linear_rule, sqrt_rule
+from .lr_rules import check_betas, linear_rule, sqrt_rule, sqrt_rule_limit
 from .lr_schedule import LRSchedule
 
-__all__ = ["BatchChoice", "BatchSchedule", "LR_RULES", "layout", "rescale_lr", "apply_choice"]
+__all__ = ["BatchChoice", "BatchSchedule", "LR_RULES", "MAX_BATCH", "layout", "rescale_lr", "apply_choice"]
 
 #: Named rules that move the learning rate with the batch (``k = B / base_batch``):
 #: ``"sqrt"`` (Adam; Malladi et al. 2022, with betas/eps when given), ``"linear"`` (SGD;
@@ -36,6 +36,10 @@ __all__ = ["BatchChoice", "BatchSchedule", "LR_RULES", "layout", "rescale_lr", "
 LR_RULES = ("sqrt", "linear", "none")
 
 _STATE_VERSION = 1
+
+#: The largest batch (examples) a schedule lays out: 2^53, above which whole numbers are no longer
+#: exact in floating point (a CBS of 1e300 is a unit slip, not a batch).
+MAX_BATCH = 2**53
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ def layout(batch: float, *, world_size: int = 1, max_micro_batch: int, min_accum
     w = check_positive_int("world_size", world_size)
     m = check_positive_int("max_micro_batch", max_micro_batch)
     kmin = check_positive_int("min_accumulation", min_accumulation)
-    if not (isinstance(batch, (int, float)) and math.isfinite(batch)):
-        raise ValueError(f"The 'batch' parameter must be a finite number. Got {batch!r} instead.")
+    if isinstance(batch, bool) or not (isinstance(batch, (int, float)) and math.isfinite(batch)) or batch > MAX_BATCH:
+        raise ValueError(f"The 'batch' parameter must be a finite number of examples <= 2^53. Got {batch!r} instead.")
     per_rank = int(batch) // w
     if per_rank < kmin:
         raise ValueError(
@@ -118,6 +122,24 @@ def layout(batch: float, *, world_size: int = 1, max_micro_batch: int, min_accum
     if per_rank >= kmin * m:
         return m, per_rank // m
     return per_rank // kmin, kmin
+
+
+def is_whole(value, lo: float, hi: float = math.inf) -> bool:
+    """Whether ``value`` is a whole number (an int, or a float without a fraction) in ``[lo, hi]``."""
+    return (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+            and float(value).is_integer() and lo <= value <= hi)
+
+
+def state_entry(state: dict, key: str, ok, allowed: str):
+    """``state[key]``, if present and ``ok(value)``; else a ValueError naming the key, the value and
+    what is ``allowed`` (for :meth:`BatchSchedule.load_state_dict`)."""
+    if key not in state:
+        raise ValueError(f"The batch-schedule state has no {key!r} entry (it has {', '.join(map(repr, state))}): "
+                         "pass what state_dict() returned.")
+    value = state[key]
+    if not ok(value):
+        raise ValueError(f"The batch-schedule state's {key!r} must be {allowed}. Got {value!r} instead.")
+    return value
 
 
 def rescale_lr(lr: float, k: float, rule: str, *, betas: tuple | None = None, eps: float | None = None) -> dict:
@@ -207,19 +229,43 @@ class BatchSchedule:
         self.max_micro_batch = check_positive_int("max_micro_batch", max_micro_batch or -(-base_batch // world_size))
         self.min_accumulation = check_positive_int("min_accumulation", min_accumulation)
         self.lr_rule = check_choice("lr_rule", lr_rule, LR_RULES)
-        self.adam_betas = None if adam_betas is None else tuple(float(b) for b in adam_betas)
+        self.adam_betas = None if adam_betas is None else check_betas("adam_betas", adam_betas)
+        if self.adam_betas is not None and len(self.adam_betas) != 2:
+            raise ValueError(f"The 'adam_betas' parameter must be Adam's (beta1, beta2). Got {adam_betas!r} instead.")
         self.adam_eps = None if adam_eps is None else check_positive_float("adam_eps", adam_eps)
         self.max_batch = None if max_batch is None else check_positive_int("max_batch", max_batch)
         if self.max_batch is not None and self.max_batch < self.base_batch:
             raise ValueError(f"The 'max_batch' parameter ({max_batch}) must be >= 'base_batch' ({base_batch}).")
+        if self.max_batch is not None and self.max_batch > MAX_BATCH:
+            raise ValueError(f"The 'max_batch' parameter must be at most 2^53 examples. Got {max_batch!r} instead.")
         self.tokens_per_example = None if tokens_per_example is None else check_positive_int(
             "tokens_per_example", tokens_per_example)
         layout(self.base_batch, world_size=self.world_size, max_micro_batch=self.max_micro_batch,
                min_accumulation=self.min_accumulation)  # raises if the base batch cannot be laid out
-        if self.max_batch is not None and self.lr_rule == "sqrt" and self.adam_betas is not None:
-            rescale_lr(1.0, self.max_batch / self.base_batch, "sqrt", betas=self.adam_betas, eps=self.adam_eps)
+        if self.max_batch is not None:
+            self._check_reach(self.max_batch, "max_batch")
         self._step = 0
         self._current: int | None = None  # realized global batch of the last step
+
+    def _check_reach(self, largest: float, what: str) -> None:
+        """Refuse a schedule whose batch may reach ``largest`` examples (``what`` says from where)
+        when the square-root rule cannot rescale ``adam_betas`` that far: it needs every batch
+        below ``base_batch / (1 - beta1)`` (:func:`~batchlaw.schedule.lr_rules.sqrt_rule_limit`),
+        the bound on the ratio to the batch the betas were tuned at, however many changes it takes."""
+        if self.lr_rule != "sqrt" or self.adam_betas is None:
+            return
+        largest = min(largest, self.max_batch or largest)
+        limit = sqrt_rule_limit(self.adam_betas)
+        if largest / self.base_batch < limit:
+            return
+        allowed = math.ceil(limit * self.base_batch) - 1
+        raise ValueError(
+            f"With lr_rule='sqrt' and adam_betas={self.adam_betas}, the square-root rule (Malladi et al. 2022) sets "
+            f"beta -> 1 - k (1 - beta) with k = batch / base_batch, so every batch must stay below 1 / (1 - "
+            f"{min(self.adam_betas):g}) = {limit:.4g} times base_batch={self.base_batch}: at most {allowed} examples. "
+            f"This schedule may reach {largest:g} examples ({what}). Lower max_batch to {allowed} or less, start "
+            "from a larger base_batch (the batch the betas were tuned at), or leave adam_betas out (the rule then "
+            "rescales the learning rate only).")
 
     # ------------------------------------------------------------ subclass API
     def target(self, examples_seen: int, monitor=None) -> float:
@@ -234,6 +280,8 @@ class BatchSchedule:
         return {}
 
     def _load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`_extra_state` saved; subclasses check every entry (with
+        :func:`state_entry`) before they restore any."""
         return None
 
     # ------------------------------------------------------------ the step
@@ -282,16 +330,23 @@ class BatchSchedule:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; the next :meth:`step` continues as if never interrupted.
 
+        Every entry is checked before any is restored: a state that fails leaves the schedule as
+        it was.
+
         Raises:
-            ValueError: the state is from another kind of schedule or another version.
+            ValueError: the state is from another kind of schedule or another version, lacks an
+                entry, or holds a value no schedule could have written (named, with the value).
         """
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"Unsupported batch-schedule state (version {state.get('version') if isinstance(state, dict) else state!r}).")
         if state.get("kind") != type(self).__name__:
             raise ValueError(f"The state is from a {state.get('kind')!r} schedule, not a {type(self).__name__!r}.")
-        self._step = int(state["step"])
-        self._current = None if state["current"] is None else int(state["current"])
-        self._load_extra_state(state)
+        step = int(state_entry(state, "step", lambda v: is_whole(v, 0), "a whole number >= 0"))
+        current = state_entry(state, "current", lambda v: v is None or is_whole(v, 1, MAX_BATCH),
+                              "None (before the first step) or a whole number of examples >= 1")
+        self._load_extra_state(state)  # checks its own entries before it restores them
+        self._step = step
+        self._current = None if current is None else int(current)
 
     @property
     def current_batch(self) -> int | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from .._validation import check_positive_float
+from .._validation import check_positive_float, check_probability
 
-__all__ = ["linear_rule", "sqrt_rule", "surge_lr", "mccandlish_lr"]
+__all__ = ["linear_rule", "sqrt_rule", "sqrt_rule_limit", "check_betas", "surge_lr", "mccandlish_lr"]
 
 
 def linear_rule(lr: float, k: float) -> float:
@@ -29,7 +29,19 @@ def sqrt_rule(lr: float, k: float, *, betas: tuple[float, float] = (0.9, 0.999),
     """Malladi et al. 2022 (arXiv:2205.10287), Adam: ``lr -> sqrt(k) lr``,
     ``1 - beta_i -> k (1 - beta_i)``, ``eps -> eps / sqrt(k)``.
 
-    Valid below the critical batch size, and while ``k (1 - beta_i) < 1``.
+    Valid below the critical batch size, and while ``k (1 - beta_i) < 1``, i.e. for ``k`` below
+    :func:`sqrt_rule_limit` ``= 1 / (1 - min(betas))`` (10 for ``beta1 = 0.9``): ``k`` is the
+    batch over the batch the betas were tuned at, so this bounds how far the batch may grow in
+    all, not in one change.
+
+    Args:
+        lr: learning rate at the reference batch.
+        k: the batch over the reference batch.
+        betas: Adam's betas at the reference batch, each in ``[0, 1)``.
+        eps: Adam's epsilon at the reference batch (> 0).
+
+    Raises:
+        ValueError: a bad argument, or ``k >= 1 / (1 - beta)`` for some beta.
 
     Examples:
         >>> r = sqrt_rule(1e-3, 4, betas=(0.9, 0.99))
@@ -37,14 +49,39 @@ def sqrt_rule(lr: float, k: float, *, betas: tuple[float, float] = (0.9, 0.999),
         (0.002, [0.6, 0.96], 5e-09)
     """
     lr, k = check_positive_float("lr", lr), check_positive_float("k", k)
-    new_betas = []
-    for b in betas:
-        nb = 1.0 - k * (1.0 - b)
-        if nb <= 0:
-            raise ValueError(f"The square-root rule needs k (1 - beta) < 1; with beta = {b} and k = {k} it fails. "
-                             "Scale the batch in smaller steps.")
-        new_betas.append(nb)
-    return {"lr": lr * math.sqrt(k), "betas": tuple(new_betas), "eps": eps / math.sqrt(k)}
+    eps = check_positive_float("eps", eps)
+    betas = check_betas("betas", betas)
+    limit = sqrt_rule_limit(betas)
+    if k >= limit:
+        b = min(betas)
+        raise ValueError(f"The square-root rule sets beta -> 1 - k (1 - beta), which needs k < 1 / (1 - beta) = "
+                         f"{limit:.4g} for beta = {b:g}; got k = {k:g}. k is the batch divided by the batch the betas were "
+                         f"tuned at: the batch must stay below {limit:.4g} times that one in all, however it gets "
+                         "there (or tune the betas at a larger batch).")
+    return {"lr": lr * math.sqrt(k), "betas": tuple(1.0 - k * (1.0 - b) for b in betas), "eps": eps / math.sqrt(k)}
+
+
+def sqrt_rule_limit(betas) -> float:
+    """The bound on the batch ratio ``k`` of the square-root rule with ``betas`` (``k`` must stay
+    below it): ``1 / (1 - min(betas))`` (rounded to 9 decimals, so that ``beta = 0.9`` gives 10,
+    not ``10.000000000000002``), infinite without betas.
+
+    Examples:
+        >>> sqrt_rule_limit((0.9, 0.999))
+        10.0
+    """
+    return min((round(1.0 / (1.0 - b), 9) for b in betas), default=math.inf)
+
+
+def check_betas(name: str, betas) -> tuple:
+    """``betas`` as a tuple of floats, each finite and in ``[0, 1)`` (Adam's), else ValueError."""
+    try:
+        values = tuple(betas)
+    except TypeError:
+        raise ValueError(f"The '{name}' parameter must be a tuple of numbers in [0, 1). Got {betas!r} instead.") from None
+    for b in values:
+        check_probability(name, b, open_low=False, open_high=True)
+    return tuple(float(b) for b in values)
 
 
 def mccandlish_lr(batch: float, b_noise: float, lr_max: float) -> float:

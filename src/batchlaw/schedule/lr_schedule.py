@@ -81,9 +81,7 @@ class LRSchedule:
 
     def position(self, examples_seen: int) -> float:
         """Data seen in the schedule's unit."""
-        if isinstance(examples_seen, bool) or not isinstance(examples_seen, (int, float)) or examples_seen < 0:
-            raise ValueError(f"The 'examples_seen' parameter must be a number >= 0. Got {examples_seen!r} instead.")
-        return examples_seen * (self.tokens_per_example or 1)
+        return check_positive_float("examples_seen", examples_seen, allow_zero=True) * (self.tokens_per_example or 1)
 
     def cuts(self, examples_seen: int) -> int:
         """Number of ``step`` milestones passed at ``examples_seen`` (0 for the other shapes)."""

@@ -9,9 +9,10 @@ learning rate); ``state_dict()`` / ``load_state_dict()`` carry it through a chec
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 from .._validation import check_choice, check_positive_float, check_positive_int
-from .batch import BatchSchedule
+from .batch import MAX_BATCH, BatchSchedule, is_whole, state_entry
 from .lr_schedule import LRSchedule
 
 __all__ = ["ConstantBatch", "FixedRamp", "NoiseScaleRamp", "CBSRamp", "Seesaw"]
@@ -35,6 +36,9 @@ class ConstantBatch(BatchSchedule):
         kwargs.setdefault("base_batch", batch)
         super().__init__(**kwargs)
         self.batch = check_positive_int("batch", batch)
+        if self.batch > MAX_BATCH:
+            raise ValueError(f"The 'batch' parameter must be at most 2^53 examples. Got {batch!r} instead.")
+        self._check_reach(self.batch, f"batch={self.batch}")
 
     def target(self, examples_seen, monitor=None):
         return float(self.batch)
@@ -63,9 +67,13 @@ class FixedRamp(BatchSchedule):
             raise ValueError(f"The 'stages' parameter must start with a stage at 0. Got {stages!r} instead.")
         if any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
             raise ValueError(f"The starts in 'stages' must increase. Got {[s for s, _ in stages]!r} instead.")
+        big = max(b for _, b in stages)
+        if big > MAX_BATCH:
+            raise ValueError(f"The batches in 'stages' must be at most 2^53 examples. Got {big!r} instead.")
         kwargs.setdefault("base_batch", stages[0][1])
         super().__init__(**kwargs)
         self.stages = stages
+        self._check_reach(big, "its largest stage")
 
     def target(self, examples_seen, monitor=None):
         x = examples_seen * (self.tokens_per_example or 1)
@@ -163,10 +171,22 @@ class NoiseScaleRamp(BatchSchedule):
                 "last_b_simple": self._last_b_simple}
 
     def _load_extra_state(self, state):
-        self._want = float(state["want"])
-        self._finite_readings = int(state["finite_readings"])
-        self._last_change = int(state["last_change"])
-        self._last_b_simple = state["last_b_simple"]
+        want = state_entry(state, "want", lambda v: isinstance(v, Real) and not isinstance(v, bool)
+                           and self.base_batch <= v <= self.max_batch,
+                           f"a number of examples from base_batch={self.base_batch} to max_batch={self.max_batch} "
+                           "(the ramp never shrinks below where it started)")
+        readings = state_entry(state, "finite_readings", lambda v: is_whole(v, 0), "a whole number >= 0")
+        step = state.get("step")
+        last_change = state_entry(state, "last_change", lambda v: is_whole(v, 0, step if is_whole(step, 0) else 0),
+                                  f"a whole number from 0 to the state's step ({step!r})")
+        b_simple = state_entry(state, "last_b_simple",
+                               lambda v: v is None or (isinstance(v, Real) and not isinstance(v, bool)
+                                                       and math.isfinite(v) and v > 0),
+                               "None or a finite number > 0 (examples)")
+        self._want = float(want)
+        self._finite_readings = int(readings)
+        self._last_change = int(last_change)
+        self._last_b_simple = None if b_simple is None else float(b_simple)
 
 
 class CBSRamp(BatchSchedule):
@@ -197,6 +217,11 @@ class CBSRamp(BatchSchedule):
             raise ValueError("The 'points' parameter must hold at least one (t, cbs) pair.")
         self.points = pts
         self.factor = check_positive_float("factor", factor)
+        largest = max(self.factor * c for _, c in pts)
+        if largest > MAX_BATCH:
+            raise ValueError(f"The batch 'factor' * CBS must be at most 2^53 examples; the largest CBS in 'points' gives "
+                             f"{largest:g}. Give the CBS in examples (not tokens, or a log).")
+        self._check_reach(max(largest, self.base_batch), "factor x the largest CBS in 'points'")
 
     @classmethod
     def from_measurement(cls, measurement, base_batch: int, lr, **kwargs) -> CBSRamp:
