@@ -23,11 +23,12 @@ Batch sizes may be in examples or in tokens; ``B_simple`` comes out in the same 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .._format import fmt_num
 from .._validation import check_positive_int, check_probability
@@ -41,13 +42,29 @@ __all__ = [
     "estimate_b_simple",
     "fieller_interval",
     "integrated_time",
+    "lag1_upper_bound",
+    "MIN_EFFECTIVE_STEPS",
     "MIN_STEPS",
     "windowed_estimates",
 ]
 
-#: Fewest usable steps behind an estimate with an interval. Below this there are too few batch
-#: means for an interval that means anything.
+#: Fewest usable steps behind an estimate with an interval.
 MIN_STEPS = 10
+#: Fewest effectively independent steps (``n / tau``) behind an interval: a window shorter than
+#: this many autocorrelation times (at their upper bound) is refused.
+MIN_EFFECTIVE_STEPS = 4
+#: One-sided levels of the upper bounds on the lag-1 autocorrelation of the steps: the first
+#: decides whether a window supports an interval at all, the second sets the interval's width.
+_SUPPORT_LEVEL = 0.95
+_WIDTH_LEVEL = 0.84
+#: Autocorrelations searched for an upper bound: even in atanh, so dense near 1 where tau grows.
+_RHO_GRID = np.tanh(np.linspace(np.arctanh(-0.99), np.arctanh(0.9999), 2001))
+#: ``method`` of a provisional estimate starts with this, followed by the reason.
+_PROVISIONAL = "none (provisional): "
+_TOO_FEW = "too few steps"
+_TRACE_NOT_POSITIVE = "tr(Sigma) not positive"
+_G_NOT_RESOLVED = "|G|^2 not resolved"
+_CORRELATED = "steps too correlated for an interval"
 
 
 def _check_batches(b_small, b_big) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +198,41 @@ def _json_float(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
 
+def _fieller_set(n_bar: float, d_bar: float, cov: np.ndarray, q: float) -> tuple[float, float, str]:
+    """The Fieller confidence set for ``n_bar / d_bar`` among ratios ``>= 0``: ``(lo, hi, note)``.
+
+    ``cov`` is ``[[V_dd, V_dn], [V_nd, V_nn]]`` (covariance of the two means) and ``q`` the
+    squared quantile. The set is ``{R >= 0 : a R^2 - 2 b R + c <= 0}``. For ``a > 0`` it is an
+    interval and ``note`` is empty. For ``a <= 0`` (the denominator is not significantly
+    positive) it is the outside of the roots: all of ``[0, inf)``, ``[r2, inf)`` (one root
+    negative), or two pieces ``[0, r1]`` and ``[r2, inf)``, which are reported as their hull
+    ``[0, inf)``; ``note`` says which.
+    """
+    a = d_bar * d_bar - q * cov[0, 0]
+    b = n_bar * d_bar - q * cov[0, 1]
+    c = n_bar * n_bar - q * cov[1, 1]
+    disc = b * b - a * c
+    if a > 0:
+        root = math.sqrt(max(disc, 0.0))
+        return max((b - root) / a, 0.0), (b + root) / a, ""
+    why = "|G|^2 is not significantly positive"
+    everything = (0.0, math.inf, f"no bounds: {why}, so every B_simple >= 0 is consistent with the data")
+    if a == 0.0:  # the quadratic is linear: -2 b R + c <= 0
+        if b > 0:
+            return max(c / (2.0 * b), 0.0), math.inf, f"no upper end: {why}"
+        return everything if b == 0 else (0.0, max(c / (2.0 * b), 0.0), "")
+    if disc <= 0:
+        return everything
+    root = math.sqrt(disc)
+    r1, r2 = sorted(((b - root) / a, (b + root) / a))
+    if r2 <= 0:
+        return everything
+    if r1 < 0:
+        return r2, math.inf, f"no upper end: {why}"
+    return 0.0, math.inf, (f"no bounds: {why}; the set is [0, {fmt_num(r1)}] and [{fmt_num(r2)}, inf), "
+                           "reported as [0, inf)")
+
+
 def fieller_interval(
     num_means, den_means, confidence: float, *, inflation: float = 1.0
 ) -> tuple[float, float]:
@@ -189,28 +241,23 @@ def fieller_interval(
     The set of ratios ``R`` that a t-test on ``mean(num) - R mean(den)`` cannot reject is
     ``{R : a R^2 - 2 b R + c <= 0}`` with ``a = D^2 - q V_dd``, ``b = N D - q V_nd``,
     ``c = N^2 - q V_nn``, ``q = t_{m-1}^2`` and ``V`` the covariance of the batch means divided
-    by ``m`` (Fieller 1954). When ``a <= 0`` the denominator is not significantly positive and
-    the interval has no upper end. Ratios are clipped at 0 (a noise scale is not negative).
-    ``inflation`` multiplies the covariance ``V`` (see :func:`estimate_b_simple`).
+    by ``m`` (Fieller 1954). Ratios are clipped at 0 (a noise scale is not negative). When
+    ``a <= 0`` the denominator is not significantly positive and the set is the outside of the
+    roots: ``(r2, inf)`` when the numerator is significantly positive (one root is negative),
+    otherwise ``(0, inf)``, which also stands for a set of two pieces ``[0, r1]`` and
+    ``[r2, inf)``. ``inflation`` multiplies the covariance ``V``.
+
+    Examples:
+        >>> fieller_interval([9.0, 11.0, 10.0], [0.9, 1.1, 1.0], 0.95)[0] > 5
+        True
     """
     num = np.asarray(num_means, dtype=np.float64)
     den = np.asarray(den_means, dtype=np.float64)
     m = num.size
-    n_bar, d_bar = num.mean(), den.mean()
     cov = inflation * np.cov(np.vstack([den, num])) / m  # [[V_dd, V_dn], [V_nd, V_nn]]
-    q = float(stats.t.ppf(0.5 + confidence / 2.0, m - 1)) ** 2
-    a = d_bar * d_bar - q * cov[0, 0]
-    b = n_bar * d_bar - q * cov[0, 1]
-    c = n_bar * n_bar - q * cov[1, 1]
-    disc = max(b * b - a * c, 0.0)
-    if a > 0:
-        root = math.sqrt(disc)
-        return max((b - root) / a, 0.0), (b + root) / a
-    # Unbounded: the set is the outside of the roots; keep the part that holds the estimate.
-    point = n_bar / d_bar if d_bar > 0 else math.inf
-    roots = sorted((b + sgn * math.sqrt(disc)) / a for sgn in (-1, 1)) if a < 0 else []
-    below = [r for r in roots if r <= point]
-    return max(below[-1] if below else 0.0, 0.0), math.inf
+    q = float(special.stdtrit(m - 1, 0.5 + confidence / 2.0)) ** 2
+    lo, hi, _ = _fieller_set(float(num.mean()), float(den.mean()), cov, q)
+    return lo, hi
 
 
 def integrated_time(x, *, c: float = 5.0) -> float:
@@ -244,24 +291,109 @@ def integrated_time(x, *, c: float = 5.0) -> float:
     return max(float(taus[m]), 1.0 / n)
 
 
-def _autocorrelation_inflation(num, den, ratio: float, chunks) -> float:
-    """How much the batch-means variance underestimates the variance of the mean pivot.
+def _lag1_autocorrelation(x: np.ndarray) -> float:
+    """``sum (x_i - xbar)(x_{i+1} - xbar) / sum (x_i - xbar)^2`` (0 for a constant series)."""
+    x = x - x.mean()
+    ss = float(x @ x)
+    return float(x[:-1] @ x[1:]) / ss if ss > 0 else 0.0
 
-    The Fieller pivot ``mean(num) - R mean(den)`` at the point estimate is a mean of the per-step
-    series ``z = num - R den``. Its variance from the integrated autocorrelation time of ``z``
-    (``var(z) tau / n``) is compared with the batch-means variance; the ratio (at least 1) widens
-    the interval when the batches are too short for the steps' autocorrelation. On AR(1) steps
-    with correlation 0.9 and 100 steps the 95% interval covered the truth in 78% of seeds with
-    batch means alone, and in about 93% with this factor (tests/test_estimators.py).
+
+def lag1_upper_bound(r1, n: int, level: float):
+    """Upper confidence bound for the lag-1 autocorrelation ``rho`` of an AR(1) series.
+
+    ``r1`` is the sample lag-1 autocorrelation of ``n`` steps (scalar or array). The bound is the
+    largest ``rho`` whose lower ``1 - level`` quantile of ``r1`` is at most the observed value.
+    The quantile comes from a normal approximation on the ``atanh`` scale: mean
+    ``atanh(mu)`` with ``mu = rho - (1 + 5 rho) / n``, standard deviation ``s / (1 - mu^2)`` with
+    ``s^2 = (1 - rho^2) / n + 5 rho^2 / n^2``. The ``(1 - rho^2) / n`` is Bartlett's large-sample
+    variance (Bartlett 1946) and the bias is Marriott & Pope's ``(1 + 3 rho) / n`` (1954) for the
+    least-squares estimator, made larger for this estimator; both corrections were fitted to
+    simulated AR(1) series (``n`` 10 to 1,000): the approximate 1% to 16% quantiles are within
+    0.02 of the simulated ones wherever ``n (1 - rho) >= 8``, and the bound's coverage is
+    checked in tests/test_estimators.py.
+
+    Returns:
+        The bound, from -0.99 to 0.9999 (the largest value stands for "cannot rule out 1").
+
+    Examples:
+        >>> round(float(lag1_upper_bound(0.0, 200, 0.95)), 2)
+        0.12
     """
-    z = np.asarray(num, dtype=np.float64) - ratio * np.asarray(den, dtype=np.float64)
-    n = z.size
-    z_b = np.array([z[c].mean() for c in chunks])
-    v_batch = float(np.var(z_b, ddof=1)) / len(chunks)
-    v_spectral = float(np.var(z)) * integrated_time(z) / n
-    if not (v_batch > 0 and math.isfinite(v_spectral)):
-        return 1.0
-    return max(1.0, v_spectral / v_batch)
+    below = _r1_quantiles(int(n), float(level)) <= np.asarray(r1, dtype=np.float64)[..., None]  # (..., G)
+    last = _RHO_GRID.size - 1 - np.argmax(below[..., ::-1], axis=-1)
+    return np.where(below.any(axis=-1), _RHO_GRID[last], _RHO_GRID[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _r1_quantiles(n: int, level: float) -> np.ndarray:
+    """The ``1 - level`` quantile of the lag-1 sample autocorrelation of ``n`` AR(1) steps at
+    each ``rho`` of ``_RHO_GRID`` (see :func:`lag1_upper_bound`)."""
+    rho = _RHO_GRID
+    mu = np.clip(rho - (1.0 + 5.0 * rho) / n, -0.9999, 0.9999)
+    s = np.sqrt((1.0 - rho**2) / n + 5.0 * rho**2 / n**2)
+    return np.tanh(np.arctanh(mu) + special.ndtri(1.0 - level) * s / (1.0 - mu**2))
+
+
+def _ar1_time(rho: float) -> float:
+    """Integrated autocorrelation time ``(1 + rho) / (1 - rho)`` of an AR(1) series, at least 1."""
+    return max((1.0 + rho) / (1.0 - rho), 1.0)
+
+
+def _batch_means(x: np.ndarray, n_batches: int) -> np.ndarray:
+    """Means of ``min(n_batches, x.size)`` contiguous batches of (nearly) equal size."""
+    edges = np.linspace(0, x.size, min(n_batches, x.size) + 1).astype(int)
+    return np.add.reduceat(x, edges[:-1]) / np.diff(edges)
+
+
+def _autocorrelation_times(g: np.ndarray, t: np.ndarray, z: np.ndarray) -> tuple[float, float, str]:
+    """``(tau_support, tau_width, why)`` for a window of per-step estimates and its pivot ``z``.
+
+    ``tau_support``: the largest autocorrelation time the window cannot rule out, the larger of
+    Sokal's estimate for ``z`` and the AR(1) time at the ``_SUPPORT_LEVEL`` upper bound of the
+    lag-1 autocorrelation of ``g``, ``t`` and ``z``; ``why`` says which, in words.
+    ``tau_width``: the same from ``z`` alone at ``_WIDTH_LEVEL`` (at most ``tau_support``).
+    """
+    n = g.size
+    r1 = {"|G|^2": _lag1_autocorrelation(g), "tr(Sigma)": _lag1_autocorrelation(t),
+          "pivot": _lag1_autocorrelation(z)}
+    bounds = {k: float(lag1_upper_bound(r, n, _SUPPORT_LEVEL)) for k, r in r1.items()}
+    worst = max(bounds, key=bounds.get)
+    tau_sokal = integrated_time(z)
+    tau_width = max(tau_sokal, _ar1_time(float(lag1_upper_bound(r1["pivot"], n, _WIDTH_LEVEL))))
+    if tau_sokal >= _ar1_time(bounds[worst]):
+        why = f"the steps' autocorrelation time is about {fmt_num(tau_sokal)} steps (Sokal's estimate)"
+        return tau_sokal, tau_width, why
+    tau_support = _ar1_time(bounds[worst])
+    why = (f"the per-step {worst} estimates have lag-1 autocorrelation {r1[worst]:.2f}, and {n} steps cannot "
+           f"rule out {bounds[worst]:.3f} (its {_SUPPORT_LEVEL:.0%} upper bound), an autocorrelation time of "
+           f"{fmt_num(tau_support)} steps")
+    return tau_support, tau_width, why
+
+
+def _pivot_interval(g: np.ndarray, t: np.ndarray, z: np.ndarray, confidence: float, n_batches: int,
+                    tau_support: float, tau: float) -> tuple[float, float, str]:
+    """``(lo, hi, method)``: the Fieller interval of :func:`estimate_b_simple` for a window that
+    supports one; ``z`` is the pivot ``t - point g``, the times from :func:`_autocorrelation_times`."""
+    n = g.size
+    n_bar, d_bar = float(t.mean()), float(g.mean())
+    point = n_bar / d_bar
+    # Covariance of the two means: the sample covariance made unbiased for correlated steps
+    # (E sum (x - xbar)^2 = (n - tau) var), times tau / n.
+    cov = np.cov(np.vstack([g, t])) * (n - 1) / (n - tau) * tau / n  # [[V_dd, V_dn], [V_nd, V_nn]]
+    dof = n / tau_support - 1.0  # what the most correlated steps the window allows would leave
+    method = (f"Fieller interval, {fmt_num(n / tau)} effective steps (autocorrelation time {fmt_num(tau)}, "
+              f"up to {fmt_num(tau_support)})")
+    # Guard: batch means see correlation beyond lag 1 that the estimates of tau can miss.
+    z_b = _batch_means(z, n_batches)
+    v_batch = float(np.var(z_b, ddof=1)) / z_b.size
+    v_pivot = cov[1, 1] - 2.0 * point * cov[0, 1] + point * point * cov[0, 0]
+    if v_batch > v_pivot > 0:
+        cov = cov * (v_batch / v_pivot)
+        dof = min(dof, z_b.size - 1.0)
+        method = f"Fieller interval over {z_b.size} batch means (wider than autocorrelation time {fmt_num(tau)} gives)"
+    q = float(special.stdtrit(dof, 0.5 + confidence / 2.0)) ** 2
+    lo, hi, note = _fieller_set(n_bar, d_bar, cov, q)
+    return lo, hi, method + (f"; {note}" if note else "")
 
 
 def estimate_b_simple(
@@ -273,24 +405,55 @@ def estimate_b_simple(
     n_batches: int = 10,
     min_steps: int = MIN_STEPS,
 ) -> NoiseScaleEstimate:
-    """``B_simple`` over a window of steps, with a Fieller interval over batch means.
+    """``B_simple`` over a window of steps, with a Fieller interval that allows for correlated steps.
 
     The point estimate is ``mean(trace_sigma) / mean(g_sq)``: numerator and denominator are
-    averaged separately, then divided (McCandlish et al. 2018, App. A.1). For the interval the
-    steps are cut into ``n_batches`` contiguous batches; the batch means of a training run are
-    nearly independent even when neighbouring steps are correlated (the method of batch means),
-    and Fieller's theorem turns their covariance into an interval for the ratio with Student-t
-    quantiles (``n_batches - 1`` degrees of freedom). The interval is asymmetric, as a ratio's
-    should be, and has no upper end when the mean ``|G|^2`` is not significantly positive.
-    On synthetic AR(1) steps (correlation 0 to 0.9, 20 to 400 steps) the 95% interval covered
-    the true ratio in 88% to 97% of seeds (tests/test_estimators.py).
+    averaged separately, then divided (McCandlish et al. 2018, App. A.1). The interval is
+    Fieller's (Fieller 1954): the ratios ``R`` that a t-test on the mean of the pivot
+    ``trace_sigma - R g_sq`` cannot reject. Neighbouring steps of a training run are correlated,
+    which shrinks the information in ``n`` steps to ``n / tau`` effectively independent ones
+    (``tau`` the integrated autocorrelation time), and a short window cannot tell how large
+    ``tau`` is. So:
+
+    - ``tau`` is taken at an upper bound: the larger of Sokal's estimate for the pivot
+      (:func:`integrated_time`) and the AR(1) time ``(1 + rho) / (1 - rho)`` at the one-sided
+      84% upper bound of the pivot's lag-1 autocorrelation (:func:`lag1_upper_bound`). The
+      means' covariance is the sample covariance times ``tau / n`` (corrected for the
+      correlated steps), the quantile Student's t with ``n / tau - 1`` degrees of freedom.
+    - A window supports an interval only if it holds at least ``MIN_EFFECTIVE_STEPS`` (4)
+      times the 95% upper bound of ``tau`` (from the lag-1 autocorrelations of ``g_sq``,
+      ``trace_sigma`` and the pivot, and Sokal's estimate); otherwise
+      :class:`~batchlaw.errors.InsufficientDataError` says so.
+    - The batch-means variance over ``n_batches`` contiguous batches guards against correlation
+      beyond lag 1: when it is the larger, it is used, with ``n_batches - 1`` degrees of freedom.
+
+    The interval is asymmetric, as a ratio's should be; it has no upper end when the mean
+    ``|G|^2`` is not significantly positive, and is all of ``[0, inf)`` (``method`` says why) when
+    no ratio can be excluded or the set is two pieces ``[0, r1]`` and ``[r2, inf)``.
+
+    Measured (bench/interval_coverage.py, ``_synthetic_steps`` of tests/test_estimators.py: AR(1)
+    steps, 300 seeds per cell), the 95% interval's coverage where one is returned, and the share
+    of windows refused:
+
+    ===========  ==========  ==========  ==========  ==========  ==========
+    correlation  20 steps    50 steps    100 steps   200 steps   400 steps
+    ===========  ==========  ==========  ==========  ==========  ==========
+    0            COV0_20     COV0_50     COV0_100    COV0_200    COV0_400
+    0.5          COV5_20     COV5_50     COV5_100    COV5_200    COV5_400
+    0.9          COV9_20     COV9_50     COV9_100    COV9_200    COV9_400
+    ===========  ==========  ==========  ==========  ==========  ==========
+
+    Before this construction (batch means widened by Sokal's estimate), correlation 0.9 covered
+    46%, 68%, 80% and 90% at 20 to 200 steps, and correlation 0.5 at 20 steps 86%. What no window
+    can see is correlation much longer than itself hidden under independent noise (a slow drift
+    plus white noise); then the interval is too narrow, as every window-local method's is.
 
     Args:
         g_sq: per-step unbiased ``|G|^2`` estimates (see :func:`unbiased_g_sq`).
         trace_sigma: per-step unbiased ``tr(Sigma)`` estimates, same length.
         unit: unit of the batch sizes the estimates were made with.
         confidence: interval level in (0, 1).
-        n_batches: number of batch means (fewer when there are fewer steps).
+        n_batches: number of batch means of the guard (fewer when there are fewer steps).
         min_steps: fewest steps accepted.
 
     Returns:
@@ -298,9 +461,11 @@ def estimate_b_simple(
 
     Raises:
         ValueError: bad arguments (lengths differ, non-finite values).
-        InsufficientDataError: fewer than ``min_steps`` steps, or a mean ``|G|^2`` that is not
-            positive (the gradient is buried in noise); ``provisional`` holds the estimate
-            that could be made (``b_simple = inf`` in the second case).
+        InsufficientDataError: fewer than ``min_steps`` steps; a mean ``tr(Sigma)`` or ``|G|^2``
+            that is not positive (the gradient is buried in noise); or steps too correlated for
+            the window to support an interval. ``provisional`` holds the estimate that could be
+            made (``b_simple = inf`` when the mean ``|G|^2`` is not positive), with the reason in
+            its ``method``.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -311,7 +476,9 @@ def estimate_b_simple(
         True
 
     References:
-        Fieller 1954, "Some problems in interval estimation", JRSS B 16(2).
+        Fieller 1954, "Some problems in interval estimation", JRSS B 16(2);
+        Sokal 1997 (see :func:`integrated_time`); Bartlett 1946 and Marriott & Pope 1954 (see
+        :func:`lag1_upper_bound`).
     """
     g = np.asarray(g_sq, dtype=np.float64).ravel()
     t = np.asarray(trace_sigma, dtype=np.float64).ravel()
@@ -329,16 +496,17 @@ def estimate_b_simple(
         raise InsufficientDataError("No usable steps: B_simple needs at least one measured step.")
     g_mean, t_mean = float(g.mean()), float(t.mean())
     point = t_mean / g_mean if g_mean > 0 else math.inf
-    provisional = NoiseScaleEstimate(
-        point, (math.nan, math.nan), g_mean, t_mean, n, unit, confidence, "none (provisional)"
-    )
+
+    def provisional(reason: str) -> NoiseScaleEstimate:
+        return NoiseScaleEstimate(point, (math.nan, math.nan), g_mean, t_mean, n, unit, confidence,
+                                  f"{_PROVISIONAL}{reason}")
+
     if n < min_steps:
         raise InsufficientDataError(
             f"B_simple rests on {n} step(s); at least {min_steps} are needed for an interval. "
             f"Provisional value: {fmt_num(point)} {unit}. Measure more steps.",
-            provisional,
+            provisional(_TOO_FEW),
         )
-    chunks = np.array_split(np.arange(n), min(n_batches, n))
     if t_mean <= 0:
         raise InsufficientDataError(
             f"The mean tr(Sigma) estimate over {n} steps is {t_mean:.3g} <= 0: the big-batch gradient is on "
@@ -346,11 +514,11 @@ def estimate_b_simple(
             "Likely causes: the same examples in every micro-batch; .grad holding gradients from earlier steps "
             "(a missing optimizer.zero_grad()) or added outside backward; or a noise scale far below the "
             "micro-batch size (then use smaller micro-batches).",
-            provisional,
+            provisional(_TRACE_NOT_POSITIVE),
         )
     if g_mean <= 0:
-        g_b = np.array([g[c].mean() for c in chunks])
-        t_stat = g_b.mean() / (g_b.std(ddof=1) / math.sqrt(len(chunks))) if g_b.std(ddof=1) > 0 else 0.0
+        g_b = _batch_means(g, n_batches)
+        t_stat = g_b.mean() / (g_b.std(ddof=1) / math.sqrt(g_b.size)) if g_b.std(ddof=1) > 0 else 0.0
         if t_stat < -3.0:
             raise InsufficientDataError(
                 f"The mean |G|^2 estimate over {n} steps is {g_mean:.3g}, significantly below 0 (t = {t_stat:.1f}): "
@@ -358,21 +526,25 @@ def estimate_b_simple(
                 "shrunk after the micro-batch gradients were taken (gradient clipping or GradScaler.unscale_ "
                 "before the measurement, or a loss scaler used in backward but not given to the monitor). "
                 "Measure right after the last backward, and pass scaler= when using a GradScaler.",
-                provisional,
+                provisional(_G_NOT_RESOLVED),
             )
         raise InsufficientDataError(
             f"The mean |G|^2 estimate over {n} steps is {g_mean:.3g} <= 0: the true gradient is "
             "buried in noise at these batch sizes, so B_simple is unbounded. Measure more steps, "
             "use larger micro-batches, or more of them per step.",
-            provisional,
+            provisional(_G_NOT_RESOLVED),
         )
-    g_b = np.array([g[c].mean() for c in chunks])
-    t_b = np.array([t[c].mean() for c in chunks])
-    inflation = _autocorrelation_inflation(t, g, point, chunks)
-    lo, hi = fieller_interval(t_b, g_b, confidence, inflation=inflation)
-    method = f"Fieller interval over {len(chunks)} batch means"
-    if inflation > 1.0:
-        method += f", widened x{math.sqrt(inflation):.2f} for autocorrelation"
+    z = t - point * g  # the Fieller pivot at the estimate; its mean is 0 at the true ratio
+    tau_support, tau, why = _autocorrelation_times(g, t, z)
+    if n < MIN_EFFECTIVE_STEPS * tau_support:
+        raise InsufficientDataError(
+            f"B_simple over {n} steps has no honest interval: {why}, which would leave fewer than "
+            f"{MIN_EFFECTIVE_STEPS} effectively independent steps. Provisional value: {fmt_num(point)} {unit}. "
+            f"Measure more steps (at least {math.ceil(MIN_EFFECTIVE_STEPS * tau_support)} at this "
+            "autocorrelation time).",
+            provisional(_CORRELATED),
+        )
+    lo, hi, method = _pivot_interval(g, t, z, confidence, n_batches, tau_support, tau)
     return NoiseScaleEstimate(point, (lo, hi), g_mean, t_mean, n, unit, confidence, method)
 
 
@@ -390,7 +562,10 @@ def windowed_estimates(
 
     The steps are cut into ``n_windows`` windows of (nearly) equal numbers of measured steps;
     each gets :func:`estimate_b_simple`. A window the data cannot support gets ``b_simple``
-    ``None`` and a ``note`` saying why, with the provisional value where one exists.
+    ``None``, a ``note`` saying why (``"too few steps"``, ``"steps too correlated for an
+    interval"``, ``"|G|^2 not resolved"``, ``"tr(Sigma) not positive"``) and the provisional
+    value where one exists. A window whose interval has no upper end, or no bounds at all, says
+    why in its ``note``.
 
     Returns:
         A list of dicts with ``step_start``, ``step_end`` (inclusive), ``n_steps``, ``b_simple``,
@@ -409,9 +584,10 @@ def windowed_estimates(
         try:
             est = estimate_b_simple(g[chunk], t[chunk], unit=unit, confidence=confidence, min_steps=min_steps)
             row.update(b_simple=est.b_simple, ci=[_json_float(est.ci[0]), _json_float(est.ci[1])])
+            row["note"] = est.method.partition("; ")[2]
         except InsufficientDataError as err:
             prov = err.provisional
-            row["note"] = "too few steps" if chunk.size < min_steps else "|G|^2 not resolved"
+            row["note"] = prov.method.removeprefix(_PROVISIONAL) if prov is not None else str(err)
             if prov is not None:
                 row["provisional"] = _json_float(prov.b_simple)
         out.append(row)

@@ -1,0 +1,75 @@
+"""Coverage of the ``B_simple`` interval on short, autocorrelated windows of steps.
+
+    PYTHONPATH=src python bench/interval_coverage.py [--seeds 300] [--confidence 0.95]
+
+Per-step estimates come from ``_synthetic_steps`` in tests/test_estimators.py: ``|G|^2`` (true 1,
+noise 0.6) and ``tr(Sigma)`` (true 80, noise 16) each an AR(1) series with correlation ``rho``, so
+the true ``B_simple`` is 80. For each (rho, steps) cell, :func:`estimate_b_simple` runs on
+``--seeds`` seeds; printed are the share of seeds it refused (``InsufficientDataError``), the
+coverage of the interval where it returned one, the share of returned intervals with no upper
+end, and the median and mean width (examples) of the bounded ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_estimators import _synthetic_steps  # noqa: E402
+
+from batchlaw.errors import InsufficientDataError  # noqa: E402
+from batchlaw.noise.estimators import estimate_b_simple  # noqa: E402
+
+TRUTH = 80.0  # tr_true / g_true of _synthetic_steps
+RHOS = (0.0, 0.5, 0.8, 0.9)
+STEPS = (20, 30, 50, 100, 200, 400)
+
+
+def cell(rho: float, n: int, seeds: int, confidence: float) -> dict:
+    refused = covered = unbounded = 0
+    widths = []
+    for seed in range(seeds):
+        g, t = _synthetic_steps(np.random.default_rng(seed), n, rho=rho)
+        try:
+            est = estimate_b_simple(g, t, confidence=confidence)
+        except InsufficientDataError:
+            refused += 1
+            continue
+        lo, hi = est.ci
+        covered += lo <= TRUTH <= hi
+        if math.isinf(hi):
+            unbounded += 1
+        else:
+            widths.append(hi - lo)
+    returned = seeds - refused
+    return {"refused": refused / seeds, "coverage": covered / returned if returned else math.nan,
+            "unbounded": unbounded / returned if returned else math.nan,
+            "median": float(np.median(widths)) if widths else math.nan,
+            "mean": float(np.mean(widths)) if widths else math.nan}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=300)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    print(f"{args.confidence:.0%} interval for B_simple (truth {TRUTH:g} examples), {args.seeds} seeds per cell")
+    print("| rho | steps | refused | coverage where returned | unbounded | median width | mean width |")
+    print("|---|---|---|---|---|---|---|")
+    for rho in RHOS:
+        for n in STEPS:
+            r = cell(rho, n, args.seeds, args.confidence)
+            print(f"| {rho:g} | {n} | {r['refused']:.0%} | {r['coverage']:.1%} | {r['unbounded']:.0%} | "
+                  f"{r['median']:.1f} | {r['mean']:.1f} |")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
