@@ -186,6 +186,9 @@ class NoiseScaleEstimate:
 
     def __str__(self) -> str:
         lo, hi = self.ci
+        if math.isnan(lo):  # a provisional value: the reason stands in for the interval
+            reason = self.method.removeprefix(_PROVISIONAL)
+            return f"B_simple = {fmt_num(self.b_simple)} {self.unit} (provisional, no interval: {reason}; {self.n_steps} steps)"
         return (
             f"B_simple = {fmt_num(self.b_simple)} {self.unit} "
             f"({self.confidence:.0%} CI {fmt_num(lo)} to {fmt_num(hi)}; {self.n_steps} steps, {self.method})"
@@ -469,12 +472,10 @@ def estimate_b_simple(
     z = t - point * g  # the Fieller pivot at the estimate; its mean is 0 at the true ratio
     tau_max, tau, why = _autocorrelation_times(g, t, z)
     if n < MIN_EFFECTIVE_STEPS * tau_max:
-        more = f" (at least {math.ceil(MIN_EFFECTIVE_STEPS * tau_max)} at this autocorrelation time)" \
-            if tau_max < 1e3 else ""
         raise InsufficientDataError(
             f"B_simple over {n} steps has no honest interval: {why}, which would leave fewer than "
             f"{MIN_EFFECTIVE_STEPS} effectively independent steps. Provisional value: {fmt_num(point)} {unit}. "
-            f"Measure more steps{more}.",
+            "Measure more steps (independent steps need about 30; correlated ones, 4 autocorrelation times).",
             provisional(_CORRELATED),
         )
     lo, hi, method = _pivot_interval(g, t, z, confidence, n_batches, tau_max, tau)
