@@ -4,9 +4,11 @@
 
 Per-step estimates come from ``_synthetic_steps`` in tests/test_estimators.py: ``|G|^2`` (true 1,
 noise 0.6) and ``tr(Sigma)`` (true 80, noise 16), each an AR(1) series with correlation ``rho``,
-so the true ``B_simple`` is 80 examples. A last row per length, ``drift``, is what a training
-run looks like: independent noise on ``|G|^2`` and ``tr(Sigma)`` that both fall 4x over the
-window (as they do while the loss falls), so the ratio of their window means is still 80.
+so the true ``B_simple`` is 80 examples. Two more kinds of window: ``drift``, what a training
+run looks like, independent noise on ``|G|^2`` and ``tr(Sigma)`` that both fall 4x over the
+window (as they do while the loss falls), so the ratio of their window means is still 80; and
+``wander``, independent noise plus a slow AR(1) component (lag-1 correlation 0.95) carrying 30%
+of the variance: correlation longer than short windows can see.
 
 For each (rho, steps) cell, :func:`estimate_b_simple` runs on ``--seeds`` seeds; printed are how
 many windows got an interval (the others were refused with ``InsufficientDataError``), the
@@ -31,16 +33,20 @@ from batchlaw.errors import InsufficientDataError  # noqa: E402
 from batchlaw.noise.estimators import estimate_b_simple  # noqa: E402
 
 TRUTH = 80.0  # tr_true / g_true of _synthetic_steps
-RHOS = (0.0, 0.5, 0.8, 0.9, "drift")
+RHOS = (0.0, 0.5, 0.8, 0.9, "drift", "wander")
 STEPS = (20, 30, 50, 100, 200, 400)
 
 
 def _steps(rng: np.random.Generator, n: int, rho) -> tuple[np.ndarray, np.ndarray]:
-    if rho != "drift":
-        return _synthetic_steps(rng, n, rho=rho)
-    level = np.exp(-np.log(4.0) * np.arange(n) / (n - 1))  # falls 4x over the window
-    g, t = _synthetic_steps(rng, n, rho=0.0)
-    return level * g, level * t  # ratio of the window means: 80 on average over seeds
+    if rho == "drift":
+        level = np.exp(-np.log(4.0) * np.arange(n) / (n - 1))  # falls 4x over the window
+        g, t = _synthetic_steps(rng, n, rho=0.0)
+        return level * g, level * t  # ratio of the window means: 80 on average over seeds
+    if rho == "wander":
+        fast, slow = _synthetic_steps(rng, n, rho=0.0), _synthetic_steps(rng, n, rho=0.95)
+        a, b = np.sqrt(0.7), np.sqrt(0.3)  # 30% of the variance in the slow component
+        return tuple(mean + a * (f - mean) + b * (s - mean) for mean, f, s in zip((1.0, TRUTH), fast, slow))
+    return _synthetic_steps(rng, n, rho=rho)
 
 
 def cell(rho, n: int, seeds: int, confidence: float) -> dict:
