@@ -188,7 +188,8 @@ class NoiseScaleEstimate:
         lo, hi = self.ci
         if math.isnan(lo):  # a provisional value: the reason stands in for the interval
             reason = self.method.removeprefix(_PROVISIONAL)
-            return f"B_simple = {fmt_num(self.b_simple)} {self.unit} (provisional, no interval: {reason}; {self.n_steps} steps)"
+            return (f"B_simple = {fmt_num(self.b_simple)} {self.unit} "
+                    f"(provisional, no interval: {reason}; {self.n_steps} steps)")
         return (
             f"B_simple = {fmt_num(self.b_simple)} {self.unit} "
             f"({self.confidence:.0%} CI {fmt_num(lo)} to {fmt_num(hi)}; {self.n_steps} steps, {self.method})"
@@ -353,7 +354,7 @@ def estimate_b_simple(
       their linear drift (both fall as the loss falls; a drift they share cancels in the
       pivot). A window shorter than ``MIN_EFFECTIVE_STEPS`` (4) times ``tau_max`` has no honest
       interval: :class:`~batchlaw.errors.InsufficientDataError` says so, with the provisional
-      value. In practice that takes about 25 steps even when the steps are independent.
+      value. In practice that takes about 30 steps even when the steps are independent.
     - ``tau``, for the width, is the same from the pivot alone at the 84% bound. The means'
       covariance is the sample covariance (made unbiased for correlated steps) times
       ``tau / n``; the quantile is Student's t with ``n / tau_max - 1`` degrees of freedom.
@@ -379,10 +380,10 @@ def estimate_b_simple(
     and 20 steps. For independent steps the median width (examples) is 87 (was 55) at 20 steps,
     37 (33) at 50, 24 (23) at 100 and 11 (12) at 400. Independent steps whose ``|G|^2`` and
     ``tr(Sigma)`` both fall 4x over the window are refused in 217, 71 and 1 of 300 windows at
-    20, 30 and 50 steps, never from 100 on, and covered in 97% to 100%. Not solved: a slow component hidden under independent
-    noise barely shows at lag 1, and short windows cannot see its long correlation (a lag-1
-    correlation 0.95 carrying 30% of the variance: 74% to 90% from 20 to 400 steps; 65% to 92%
-    before).
+    20, 30 and 50 steps, never from 100 on, and covered in 97% to 100%. Not solved: a slow
+    component hidden under independent noise barely shows at lag 1, and short windows cannot
+    see its long correlation (a lag-1 correlation 0.95 carrying 30% of the variance: 74% to 90%
+    from 20 to 400 steps; 65% to 92% before).
 
     Args:
         g_sq: per-step unbiased ``|G|^2`` estimates (see :func:`unbiased_g_sq`).
