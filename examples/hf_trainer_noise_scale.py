@@ -20,6 +20,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from batchlaw.errors import InsufficientDataError
 from batchlaw.integrations.hf import NoiseScaleCallback
 from batchlaw.workloads.corpus import load_stdlib_corpus
 
@@ -65,12 +66,15 @@ def main(argv=None) -> dict:
         warnings.simplefilter("ignore")
         trainer.train()
 
-    estimate = noise.monitor.estimate()
+    try:
+        estimate, note = noise.monitor.estimate(), ""
+    except InsufficientDataError as err:  # too few steps for an honest interval: say so, keep the value
+        estimate, note = err.provisional, str(err)
     last = [entry for entry in trainer.state.log_history if "gns/b_big" in entry][-1]
-    print(f"whole run: {estimate}")
+    print(f"whole run: {estimate}" + (f"\n  no interval: {note}" if note else ""))
     print(f"last log entry (step {last['step']}): loss {last['loss']:.3f}, B_simple "
           f"{last.get('gns/b_simple', float('nan')):,.0f} tokens, batch {last['gns/b_big']:,.0f} tokens")
-    return {"b_simple": estimate.b_simple, "ci": estimate.ci, "unit": estimate.unit, "last_log": last}
+    return {"b_simple": estimate.b_simple, "ci": estimate.ci, "unit": estimate.unit, "note": note, "last_log": last}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from batchlaw.errors import InsufficientDataError
 from batchlaw.integrations.lightning import NoiseScaleCallback
 from batchlaw.workloads import ByteMLP
 
@@ -81,14 +82,20 @@ def main(argv=None) -> dict:
         warnings.simplefilter("ignore")  # Lightning's advice on dataloader workers
         trainer.fit(ByteModel(workload, args.lr), torch.utils.data.DataLoader(data, batch_size=args.micro_batch))
 
-    estimate = noise.monitor.estimate(start=max(args.steps - 100, 0))
+    try:
+        estimate, note = noise.monitor.estimate(start=max(args.steps - 100, 0)), ""
+    except InsufficientDataError as err:  # too few steps for an honest interval: say so, keep the value
+        estimate, note = err.provisional, str(err)
     metrics = Path(loggers[0].log_dir) / "metrics.csv"
     with metrics.open(newline="") as fh:
         logged = [row for row in csv.DictReader(fh) if row.get("gns/b_simple")]
-    print(f"last 100 steps: {estimate}")
-    print(f"{len(logged)} rows with gns/b_simple in {metrics}; last: {float(logged[-1]['gns/b_simple']):.0f} "
-          f"({float(logged[-1]['gns/b_simple_lo']):.0f} to {float(logged[-1]['gns/b_simple_hi']):.0f}) examples")
-    return {"b_simple": estimate.b_simple, "ci": estimate.ci, "unit": estimate.unit, "metrics_csv": str(metrics)}
+    print(f"last 100 steps: {estimate}" + (f"\n  no interval: {note}" if note else ""))
+    if logged:
+        print(f"{len(logged)} rows with gns/b_simple in {metrics}; last: {float(logged[-1]['gns/b_simple']):.0f} "
+              f"({float(logged[-1]['gns/b_simple_lo']):.0f} to {float(logged[-1]['gns/b_simple_hi'] or 'inf'):.0f}) "
+              "examples")
+    return {"b_simple": estimate.b_simple, "ci": estimate.ci, "unit": estimate.unit, "note": note,
+            "metrics_csv": str(metrics)}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_measure_json_schema(capsys):
 
 
 def test_measure_table(capsys):
-    assert main(["measure", "--workload", "bytemlp", "--steps", "40", "--no-progress", "--windows", "2"]) == 0
+    assert main(["measure", "--workload", "bytemlp", "--steps", "80", "--no-progress", "--windows", "2"]) == 0
     out = capsys.readouterr().out
     assert "noise-scale trace" in out and "B_simple =" in out and "examples" in out
 

@@ -84,7 +84,7 @@ def test_trainer_estimate_matches_plain_loop_and_analytic_value(tmp_path):
     assert all("gns/b_big" in e and e["gns/b_big"] == k * b for e in entries)
     assert entries[-1]["gns/b_simple"] == pytest.approx(cb.monitor.estimate(start=steps - 200).b_simple, rel=1e-9)
     assert "gns/b_simple" not in entries[0]  # 5 steps: too few for an interval
-    assert "gns/b_simple" in entries[1]
+    assert "gns/b_simple" in entries[9]  # 50 independent steps: enough
     assert not cb.monitor._handles  # hooks removed after training
 
 
@@ -140,7 +140,7 @@ def test_report_to_tensorboard_receives_the_metrics(tmp_path):
 
 
 def test_added_without_attach_warns_and_still_fills_log_history(tmp_path):
-    steps, k, b = 20, 2, 8
+    steps, k, b = 50, 2, 8
     x, y = sample(steps * k * b)
     cb = NoiseScaleCallback()
     args = _args(tmp_path, b, k, report_to=["tensorboard"])

@@ -397,5 +397,5 @@ def test_example_script_runs(tmp_path):
         import lightning_noise_scale
     finally:
         sys.path.pop(0)
-    out = lightning_noise_scale.main(["--steps", "24", "--micro-batch", "8", "--out", str(tmp_path)])
+    out = lightning_noise_scale.main(["--steps", "60", "--micro-batch", "8", "--out", str(tmp_path)])
     assert out["unit"] == "examples" and out["b_simple"] > 0 and out["ci"][0] <= out["b_simple"] <= out["ci"][1]

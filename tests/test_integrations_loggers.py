@@ -143,7 +143,7 @@ def test_wandb_offline_run_holds_every_step(tmp_path, monkeypatch):
     try:
         run.log({"loss": 1.0})  # the user's own metric, on the run's own step
         noise_log = log_to(monitor, run)
-        _run(monitor, model, 15, noise_log=noise_log, log_every=4)
+        _run(monitor, model, 40, noise_log=noise_log, log_every=4)  # 40 steps: enough for an interval
         noise_log.close()
     finally:
         run.finish()
@@ -151,10 +151,10 @@ def test_wandb_offline_run_holds_every_step(tmp_path, monkeypatch):
     deadline = time.monotonic() + 30
     while True:  # wandb-core may still be writing the run file when finish() returns
         ours = [r for r in _wandb_history(path) if "gns/step" in r]
-        if len(ours) >= 15 or time.monotonic() > deadline:
+        if len(ours) >= 40 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert [r["gns/step"] for r in ours] == list(range(15))
+    assert [r["gns/step"] for r in ours] == list(range(40))
     np.testing.assert_allclose([r["gns/small_sq"] for r in ours], [r["small_sq"] for r in monitor.records], rtol=1e-6)
     assert ours[-1]["gns/b_simple"] == pytest.approx(monitor.estimate().b_simple, rel=1e-6)
     assert ours[-1]["gns/b_big"] == 32

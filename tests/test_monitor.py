@@ -446,7 +446,7 @@ def test_parameters_added_after_attaching_are_reported():
     wl, model, _ = _linreg_setup()
     monitor = GradientNoiseMonitor(model, micro_batch_size=8)
     model.extra = torch.nn.Linear(2, 2)
-    _fixed_weight_steps(wl, model, monitor, torch.Generator().manual_seed(0), 20, 8, 2)
+    _fixed_weight_steps(wl, model, monitor, torch.Generator().manual_seed(0), 60, 8, 2)
     with pytest.warns(RuntimeWarning, match="added after the GradientNoiseMonitor was created"):
         monitor.estimate()
 

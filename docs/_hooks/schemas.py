@@ -71,7 +71,8 @@ SCHEMAS: list[Schema] = [
          ("note", "why there is no estimate (empty otherwise)"),
          ("provisional_b_simple", "the value an refused estimate would have had (null otherwise)"),
          ("trace", "one object per window of steps: `step_start`, `step_end`, `n_steps`, `unit`, `b_simple`, "
-                   "`ci`, `note` (and `provisional` when refused)"),
+                   "`ci`, `note` (why a window was refused, e.g. `steps too correlated for an interval`, or why "
+                   "its interval is unbounded; empty otherwise) and `provisional` when refused"),
          ("eval_losses", "held-out loss along the run: objects with `step`, `loss`"),
          ("final_train_loss", "training loss at the last step"),
          ("skipped_steps", "steps skipped for non-finite gradients"),
