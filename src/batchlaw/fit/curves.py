@@ -34,7 +34,7 @@ from scipy import signal, stats
 
 from .._validation import check_positive_float, check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
-from .engine import HUBER_DELTA, Law, LawFit, fit_law, huber_dispersion, huber_loss, profile_prediction, validate_xy
+from .engine import ENGINE_DELTA, Law, LawFit, fit_law, huber_dispersion, huber_loss, profile_prediction, validate_xy
 from .laws import saturating_law
 from .multipower import MultiPowerKernel, multipower_law
 
@@ -493,7 +493,7 @@ def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidenc
     full = multipower_law(runs.etas())
     best = huber_loss(full, X, logy, fit.theta)
     resid = logy - full.predict_log(fit.theta[None, :], X)[0]
-    limit = 0.5 * stats.chi2.ppf(confidence, 2) * block * huber_dispersion(resid, HUBER_DELTA, len(fit.theta))
+    limit = 0.5 * stats.chi2.ppf(confidence, 2) * block * huber_dispersion(resid, ENGINE_DELTA, len(fit.theta))
     etas = runs.etas()
     kept = []
     for beta in (0.3, 0.6, 1.2):

@@ -31,7 +31,7 @@ from scipy import optimize, stats
 from .._validation import check_positive_float, check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
 
-__all__ = ["HUBER_DELTA", "Law", "LawFit", "fit_law", "huber", "huber_dispersion", "huber_loss", "profile_prediction",
+__all__ = ["ENGINE_DELTA", "Law", "LawFit", "fit_law", "huber", "huber_dispersion", "huber_loss", "profile_prediction",
            "validate_xy", "widened_interval"]
 
 
@@ -82,8 +82,9 @@ class LawFit:
         return d
 
 
-#: The Huber threshold on log residuals that every fit uses unless told otherwise (Besiroglu et al. 2024).
-HUBER_DELTA = 1e-3
+#: The Huber threshold on log residuals of every engine fit unless told otherwise (Besiroglu et al. 2024;
+#: :data:`batchlaw.fit.steps.HUBER_DELTA` is the steps law's own).
+ENGINE_DELTA = 1e-3
 
 
 def huber(r, delta):
@@ -92,7 +93,7 @@ def huber(r, delta):
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def huber_loss(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, delta: float = HUBER_DELTA) -> float:
+def huber_loss(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, delta: float = ENGINE_DELTA) -> float:
     """The objective :func:`fit_law` minimises, at one parameter vector ``theta`` (p,)."""
     return float(huber(logy - law.predict_log(np.atleast_2d(theta), X)[0], delta).sum())
 
@@ -195,7 +196,7 @@ def fit_law(
     logy: np.ndarray,
     *,
     starts: np.ndarray,
-    delta: float = HUBER_DELTA,
+    delta: float = ENGINE_DELTA,
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int | None = 0,
@@ -309,7 +310,7 @@ PROFILE_SHIFTS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 
 def profile_prediction(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, x_new: np.ndarray, *,
                        critical: float, inflation: float = 1.0, starts: np.ndarray | None = None,
-                       delta: float = HUBER_DELTA, weight: float = 1e4,
+                       delta: float = ENGINE_DELTA, weight: float = 1e4,
                        shifts: tuple = PROFILE_SHIFTS) -> tuple[float, float]:
     """Profile-likelihood interval of one prediction ``log y(x_new)`` of a Huber fit, as shifts
     below and above the fitted one (Venzon & Moolgavkar 1988; Bates & Watts 1988, sec. 6.1), with
@@ -407,25 +408,22 @@ def _profile_side(sign, refit, cand, shifts, limit) -> float:
         inside, at = (max(got, inside[0]), excess), th  # continuation: each start's solution starts the next
     if outside is None:
         return inside[0]  # every shift fits: the data do not bound this side
-    moved = None  # the end the last refit moved (Illinois: when one end moves twice, the other end's
-    # distance to the root is halved, so that it moves too)
     (s0, e0), (s1, e1) = inside, outside
+    g0, g1 = e0 - root, e1 - root  # the ends' values in the false position (Illinois: when the same end
+    moved = None  # moves twice, the other end's value is halved, so that the other end moves too)
     for _ in range(PROFILE_REFINE):
-        if s1 <= s0 or e1 <= e0 or s1 - s0 <= PROFILE_TOL * s1:
+        if s1 <= s0 or g1 <= g0 or s1 - s0 <= PROFILE_TOL * s1:
             break
-        d = s0 + (root - e0) / (e1 - e0) * (s1 - s0)
-        got, excess, th = refit(sign, d, at)
+        got, excess, th = refit(sign, s0 - g0 / (g1 - g0) * (s1 - s0), at)
         if not (math.isfinite(got) and math.isfinite(excess)) or not s0 < got < s1:
             break
         if excess > root:
-            s1, e1 = got, excess
-            if moved == "outside":
-                e0 = root - 0.5 * (root - e0)
+            s1, e1, g1 = got, excess, excess - root
+            g0 = 0.5 * g0 if moved == "outside" else g0
             moved = "outside"
         else:
-            s0, e0, at = got, excess, th
-            if moved == "inside":
-                e1 = root + 0.5 * (e1 - root)
+            s0, e0, g0, at = got, excess, excess - root, th
+            g1 = 0.5 * g1 if moved == "inside" else g1
             moved = "inside"
     frac = (root - e0) / (e1 - e0) if e1 > e0 else 0.0
     return s0 + min(max(frac, 0.0), 1.0) * max(s1 - s0, 0.0)
