@@ -35,7 +35,7 @@ from scipy import signal, stats
 
 from .._validation import check_positive_float, check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
-from .engine import Law, LawFit, fit_law, profile_prediction, validate_xy
+from .engine import ENGINE_DELTA, Law, LawFit, fit_law, huber_dispersion, huber_loss, profile_prediction, validate_xy
 from .laws import saturating_law
 from .multipower import MultiPowerKernel, multipower_law
 
@@ -586,15 +586,18 @@ def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidenc
 
     A short decay barely determines the shape of the multi-power law's loss drop: fits with quite
     different ``beta`` and ``gamma`` match the points equally well and predict a longer decay
-    differently, and a bootstrap started from one of them stays there. Kept: the pinned fits whose
-    sum of squared log residuals exceeds the best by less than the ``confidence`` quantile of
-    chi^2 with 2 degrees of freedom times the residual variance times the block length (the
-    autocorrelated residuals make each point worth about one block's share of an independent one).
+    differently, and a bootstrap started from one of them stays there. Kept: the pinned fits that
+    the robust likelihood-ratio test of the fits' own Huber loss does not reject (Schrader &
+    Hettmansperger 1980; :func:`~batchlaw.fit.engine.profile_prediction`): twice the excess of
+    their loss over the best's, divided by ``E[psi^2] / E[psi']``
+    (:func:`~batchlaw.fit.engine.huber_dispersion`), at most the ``confidence`` quantile of chi^2
+    with 2 degrees of freedom times the block length (the autocorrelated residuals make each point
+    worth about one block's share of an independent one).
     """
-    n = logy.size
-    sse = fit.rmse_log**2 * n
-    sigma2 = sse / max(n - len(fit.theta), 1)
-    limit = stats.chi2.ppf(confidence, 2) * sigma2 * block
+    full = multipower_law(runs.etas())
+    best = huber_loss(full, X, logy, fit.theta)
+    resid = logy - full.predict_log(fit.theta[None, :], X)[0]
+    limit = 0.5 * stats.chi2.ppf(confidence, 2) * block * huber_dispersion(resid, ENGINE_DELTA, len(fit.theta))
     etas = runs.etas()
     kept = []
     for beta in (0.3, 0.6, 1.2):
@@ -604,22 +607,21 @@ def _profile_multipower(runs: _Runs, X, logy, fit: LawFit, block: int, confidenc
             base[5], base[6] = beta, gamma
             starts = np.array([base + np.array([0, 0, 0, 0, dc, 0, 0]) for dc in (-2.0, 0.0, 2.0)])
             alt = fit_law(law, X, logy, starts=starts, n_boot=0, keep_starts=3)
-            if alt.rmse_log**2 * n - sse <= limit:
+            if huber_loss(law, X, logy, alt.theta) - best <= limit:
                 kept.append(alt.theta)
     return tuple(kept)
 
 
 def _profile_prediction(fit: CurveFit, step: float, run, t: float) -> tuple[float, float]:
     """The profile-likelihood interval of the prediction at ``step`` (log distances below and
-    above): the fits that hold the prediction elsewhere and whose sum of squared log residuals
-    exceeds the best by at most ``t^2`` (``F_{1, dof}``) times the residual variance times the block
-    length (autocorrelated residuals: each point is worth about one block's share of an
-    independent one). Started from the window and shape refits too, so other basins are found."""
+    above): the Huber fits that hold the prediction elsewhere and whose Huber loss exceeds the
+    best's by at most ``t^2`` (``F_{1, dof}``) times the block length (autocorrelated residuals:
+    each point is worth about one block's share of an independent one) on the robust
+    likelihood-ratio scale (:func:`~batchlaw.fit.engine.profile_prediction`). Started from the
+    window and shape refits too, so other basins are found."""
     X, logy = fit.inputs
     law = _law(fit.kind, fit.runs)
     r = fit.runs.index(run) if fit.runs is not None else 0
-    n, p = logy.size, len(fit.fit.theta)
-    sigma2 = fit.rmse_log**2 * n / max(n - p, 1)
     base = [fit.fit.theta, *fit.window_thetas]
     starts = [np.asarray(th) for th in base[1:] + list(fit.profile_thetas)]
     if fit.kind == "multipower":  # the drop's scale and saturation, across their range: other basins
@@ -630,7 +632,7 @@ def _profile_prediction(fit: CurveFit, step: float, run, t: float) -> tuple[floa
                     v[3], v[4] = log_b, log_c
                     starts.append(v)
     return profile_prediction(law, X, logy, fit.fit.theta, _design(fit.kind, fit.runs, r, [step]),
-                              limit=t * t * sigma2 * fit.block, starts=np.array(starts) if starts else None)
+                              critical=t * t, inflation=fit.block, starts=np.array(starts) if starts else None)
 
 
 def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | None = None, **_ignored) -> dict:
@@ -645,8 +647,9 @@ def predict_curve(fit: CurveFit, step: float, *, run=None, confidence: float | N
     largest shift among equally good fits with other ``beta, gamma`` (``profile_thetas``), in
     quadrature, widened by ``t / z`` on ``n / block - p`` degrees of freedom. For the laws in
     :data:`PROFILED_LAWS` each side is at least the profile-likelihood interval of the prediction
-    itself (:func:`~batchlaw.fit.engine.profile_prediction`, limit ``t^2`` times the residual
-    variance times the block length) with one observation's noise added.
+    itself (:func:`~batchlaw.fit.engine.profile_prediction`: the Huber fits whose loss exceeds the
+    best's by at most ``t^2`` times the block length on the robust likelihood-ratio scale) with one
+    observation's noise added.
 
     A ``warning`` is added where the prediction extrapolates the decay's gain: the Tissue law
     beyond :data:`S2_REACH` times the largest fitted annealing area, and the multi-power law there

@@ -12,7 +12,8 @@ Levenberg-Marquardt damping (vectorised: many independent fits advance in one ba
 Bootstrap resamples (the same rows with multinomial weights, i.e. runs resampled with
 replacement) are fitted the same vectorised way, starting from the point estimate, so 1,000 of
 them take seconds. Intervals are bootstrap percentiles, widened about the estimate by
-``t_{n-p} / z`` for small samples.
+``t_{n-p} / z`` for small samples. A prediction also has a profile-likelihood interval of the
+same Huber loss (:func:`profile_prediction`, the robust likelihood-ratio test).
 
 Goodness of fit: RMSE and R^2 of ``log y``. Extrapolation check: refit without the points
 largest in a chosen column (e.g. compute) and report the error on them.
@@ -27,10 +28,11 @@ from typing import Callable
 import numpy as np
 from scipy import optimize, stats
 
-from .._validation import check_positive_int, check_positive_values, check_probability
+from .._validation import check_positive_float, check_positive_int, check_positive_values, check_probability
 from ..errors import InsufficientDataError
 
-__all__ = ["Law", "LawFit", "fit_law", "huber", "profile_prediction", "validate_xy", "widened_interval"]
+__all__ = ["ENGINE_DELTA", "Law", "LawFit", "fit_law", "huber", "huber_dispersion", "huber_loss", "profile_prediction",
+           "validate_xy", "widened_interval"]
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,20 @@ class LawFit:
         return d
 
 
+#: The Huber threshold on log residuals of every engine fit unless told otherwise (Besiroglu et al. 2024;
+#: :data:`batchlaw.fit.steps.HUBER_DELTA` is the steps law's own).
+ENGINE_DELTA = 1e-3
+
+
 def huber(r, delta):
     """Huber loss of residuals ``r`` with threshold ``delta``."""
     a = np.abs(r)
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def huber_loss(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, delta: float = ENGINE_DELTA) -> float:
+    """The objective :func:`fit_law` minimises, at one parameter vector ``theta`` (p,)."""
+    return float(huber(logy - law.predict_log(np.atleast_2d(theta), X)[0], delta).sum())
 
 
 def widened_interval(boot, point: float, confidence: float, dof: int) -> tuple[float, float]:
@@ -184,7 +196,7 @@ def fit_law(
     logy: np.ndarray,
     *,
     starts: np.ndarray,
-    delta: float = 1e-3,
+    delta: float = ENGINE_DELTA,
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int | None = 0,
@@ -269,62 +281,149 @@ def _bounds(law: Law) -> tuple[np.ndarray, np.ndarray]:
             np.array([np.inf if b[1] is None else b[1] for b in law.bounds]))
 
 
+def huber_dispersion(resid, delta: float, n_params: int) -> float:
+    """``E[psi^2] / E[psi']`` of the Huber loss at threshold ``delta`` for residuals ``resid`` of a
+    fit with ``n_params`` parameters: the factor that turns an excess of the Huber objective into
+    a likelihood-ratio statistic (Schrader & Hettmansperger 1980, "Robust analysis of variance
+    based upon a likelihood ratio criterion"; Huber & Ronchetti 2009, ch. 7).
+
+    ``psi = clip(r, -delta, delta)``. ``E[psi^2]`` is the mean of ``psi(r)^2`` on ``n - p`` degrees
+    of freedom; ``E[psi'] = P(|e| <= delta)`` is taken for Gaussian noise of the residuals' robust
+    scale (``1.4826`` times their median absolute deviation, on ``n - p`` degrees of freedom): the
+    count of residuals inside ``delta`` would be biased upwards, a Huber fit with ``delta`` below
+    the noise passing close to ``p`` of its points. For ``delta`` far above the noise this is the
+    residual variance (the squared-error case); far below, ``delta`` times ``sqrt(pi / 2)`` times
+    the scale (least absolute deviations).
+    """
+    r = np.asarray(resid, dtype=np.float64)
+    n = r.size
+    dof = max(n - n_params, 1)
+    psi2 = float(np.sum(np.clip(r, -delta, delta) ** 2)) / dof
+    scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * math.sqrt(n / dof)
+    inside = 2.0 * stats.norm.cdf(delta / scale) - 1.0 if scale > 0 else 1.0
+    return psi2 / max(inside, 1e-300)
+
+
 #: Shifts of the log prediction tried by :func:`profile_prediction`, on each side.
 PROFILE_SHIFTS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 
 
 def profile_prediction(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndarray, x_new: np.ndarray, *,
-                       limit: float, starts: np.ndarray | None = None, delta: float = 1e-3,
-                       weight: float = 1e4, shifts: tuple = PROFILE_SHIFTS) -> tuple[float, float]:
-    """Profile-likelihood interval of one prediction ``log y(x_new)``, as shifts below and above
-    the fitted one (Venzon & Moolgavkar 1988; Bates & Watts 1988, sec. 6.1).
+                       critical: float, inflation: float = 1.0, starts: np.ndarray | None = None,
+                       delta: float = ENGINE_DELTA, weight: float = 1e4,
+                       shifts: tuple = PROFILE_SHIFTS) -> tuple[float, float]:
+    """Profile-likelihood interval of one prediction ``log y(x_new)`` of a Huber fit, as shifts
+    below and above the fitted one (Venzon & Moolgavkar 1988; Bates & Watts 1988, sec. 6.1), with
+    the robust likelihood-ratio ("drop-in-dispersion") test of Schrader & Hettmansperger 1980
+    (Huber & Ronchetti 2009, ch. 7).
 
-    For each trial shift ``d`` in ``shifts`` (increasing) the law is refitted with a pseudo-point at
-    ``x_new`` on ``log y + d`` and weight ``weight`` (an exact penalty: the Huber loss is linear
-    there, so a large enough weight holds the prediction at the shift), from ``theta`` and ``starts``
-    for the first shift and from each one's solution for the previous shift after that (all are
-    kept: a basin that fits worse at a small shift can be the best at a larger one).
-    A shift is inside while the sum of squared log residuals of the real points exceeds that of
-    ``theta`` by at most ``limit`` (e.g. ``F_{1, dof} sigma^2``); the edge is interpolated
-    between the last shift inside and the first outside on the square root of that excess, which
-    is linear in the shift near the optimum. The profile explores other basins of a weakly
-    identified law (e.g. a floor traded against the exponent) that a bootstrap started at
-    ``theta`` stays away from.
+    The objective and the statistic are the same: the Huber loss the point fit ``theta``
+    minimises (:func:`fit_law`, same ``delta``). For each trial shift ``d`` in ``shifts``
+    (increasing) the law is refitted with a pseudo-point at ``x_new`` on ``log y + d`` and weight
+    ``weight`` (its loss is linear far from the shift, so a large enough weight holds the
+    prediction there; the prediction the refit reached is what is recorded), from ``theta`` and
+    ``starts`` for the first shift and from each one's solution for the previous shift after that
+    (all are kept: a basin that fits worse at a small shift can be the best at a larger one). The
+    refit is then the Huber fit of the real points with the prediction held, so the growth ``D``
+    of their Huber loss over that of ``theta`` is its profile. A shift is inside while
+
+        2 D / k <= critical * inflation,  k = E[psi^2] / E[psi']  (:func:`huber_dispersion`),
+
+    which for squared errors (``delta`` far above the noise) is the classical ``SSE excess <=
+    t^2 s^2`` and reproduces the t interval of a straight line. (The squared errors of Huber
+    refits are the profile of neither loss: measured so, a straight line's interval came out 10%
+    short where the refits left the squared-error part of the loss, and one outlier made it 3 to
+    5 times wider.) The first shift outside and the last inside bracket the edge, which refits
+    at the edge interpolated on the square root of ``D`` then narrow to 1% of the shift (``D`` is
+    quadratic in the shift near the optimum, linear beyond ``delta``). The profile explores other
+    basins of a weakly identified law (e.g. a floor traded against the exponent) that a
+    bootstrap started at ``theta`` stays away from.
+
+    Args:
+        law, X, logy, theta: the law, its inputs (logs), the log outputs and the Huber fit.
+        x_new: (1, k) the inputs to predict at.
+        critical: the squared critical value of the test of one constraint, e.g. ``t^2`` on
+            ``n - p`` degrees of freedom (``F_{1, n-p}``) or ``chi^2_1``.
+        inflation: multiplies the dispersion, e.g. the block length of autocorrelated residuals
+            (each point worth about one block's share of an independent one).
+        starts: other parameter vectors to refit from.
+        delta: the Huber threshold of the fit ``theta``.
+        weight: the pseudo-point's weight.
+        shifts: the shifts tried on each side, increasing.
 
     Returns:
         ``(below, above)``: distances in log space (``>= 0``); the largest shift tried when every
         one fits (the data do not bound the prediction on that side).
+
+    Raises:
+        ValueError: ``critical``, ``inflation`` or ``delta`` not a positive finite number.
     """
+    critical = check_positive_float("critical", critical)
+    inflation = check_positive_float("inflation", inflation)
+    delta = check_positive_float("delta", delta)
     n = logy.size
     lo, hi = _bounds(law)
     xa = np.vstack([X, np.atleast_2d(x_new)])
     th0 = np.atleast_2d(theta)
     cand = th0 if starts is None else np.vstack([th0, np.atleast_2d(starts)])
     cand = np.clip(cand, lo, hi)
-    sse0 = float(((logy - law.predict_log(th0, X)[0]) ** 2).sum())
+    h0 = huber_loss(law, X, logy, th0, delta)
+    limit = 0.5 * critical * inflation * huber_dispersion(logy - law.predict_log(th0, X)[0], delta, th0.shape[1])
     lp = float(law.predict_log(th0, xa[-1:])[0, 0])
     W = np.ones((len(cand), n + 1))
     W[:, -1] = weight
-    out = []
-    for sign in (-1.0, 1.0):
-        prev = (0.0, 0.0)  # (shift reached, sqrt of the excess) of the last shift inside
-        edge = None
-        at = cand
-        for d in shifts:
-            th, losses = _solve_irls(law, xa, np.append(logy, lp + sign * d), W, at.copy(), delta, lo, hi)
-            best = th[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
-            at = th  # continuation: each start's solution starts the next, larger shift
-            with np.errstate(invalid="ignore", over="ignore"):
-                got = abs(float(law.predict_log(best[None, :], xa[-1:])[0, 0]) - lp)
-                excess = math.sqrt(max(float(((logy - law.predict_log(best[None, :], X)[0]) ** 2).sum()) - sse0, 0.0))
-            if not (math.isfinite(got) and math.isfinite(excess)):
-                edge = prev[0]
-                break
-            if excess * excess > limit:
-                s0, e0 = prev
-                frac = (math.sqrt(limit) - e0) / (excess - e0) if excess > e0 else 0.0
-                edge = s0 + min(max(frac, 0.0), 1.0) * max(got - s0, 0.0)
-                break
-            prev = (max(got, prev[0]), excess)
-        out.append(prev[0] if edge is None else edge)
-    return out[0], out[1]
+
+    def refit(sign, d, at):
+        """The fits from ``at`` with the prediction held ``d`` away: (shift reached, sqrt of the
+        real points' Huber excess, the fits)."""
+        th, losses = _solve_irls(law, xa, np.append(logy, lp + sign * d), W, at.copy(), delta, lo, hi)
+        best = th[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
+        with np.errstate(invalid="ignore", over="ignore"):
+            got = abs(float(law.predict_log(best[None, :], xa[-1:])[0, 0]) - lp)
+            excess = math.sqrt(max(huber_loss(law, X, logy, best, delta) - h0, 0.0))
+        return got, excess, th
+
+    return _profile_side(-1.0, refit, cand, shifts, limit), _profile_side(1.0, refit, cand, shifts, limit)
+
+
+#: Refits that narrow the bracket of a profile interval's edge, at most, and the relative width it stops at.
+PROFILE_REFINE, PROFILE_TOL = 8, 0.01
+
+
+def _profile_side(sign, refit, cand, shifts, limit) -> float:
+    """One side of :func:`profile_prediction`: the first of ``shifts`` whose refit exceeds
+    ``limit`` brackets the edge with the last one inside; the bracket is then narrowed by
+    refits at the edge interpolated on the square root of the excess (Illinois false position:
+    the Huber excess is quadratic in the shift near the optimum, linear beyond ``delta``)."""
+    root = math.sqrt(limit)
+    inside, at = (0.0, 0.0), cand  # (shift reached, sqrt of the excess) of the last shift inside, its fits
+    outside = None
+    for d in shifts:
+        got, excess, th = refit(sign, d, at)
+        if not (math.isfinite(got) and math.isfinite(excess)):
+            return inside[0]
+        if excess > root:
+            outside = (got, excess)
+            break
+        inside, at = (max(got, inside[0]), excess), th  # continuation: each start's solution starts the next
+    if outside is None:
+        return inside[0]  # every shift fits: the data do not bound this side
+    (s0, e0), (s1, e1) = inside, outside
+    g0, g1 = e0 - root, e1 - root  # the ends' values in the false position (Illinois: when the same end
+    moved = None  # moves twice, the other end's value is halved, so that the other end moves too)
+    for _ in range(PROFILE_REFINE):
+        if s1 <= s0 or g1 <= g0 or s1 - s0 <= PROFILE_TOL * s1:
+            break
+        got, excess, th = refit(sign, s0 - g0 / (g1 - g0) * (s1 - s0), at)
+        if not (math.isfinite(got) and math.isfinite(excess)) or not s0 < got < s1:
+            break
+        if excess > root:
+            s1, e1, g1 = got, excess, excess - root
+            g0 = 0.5 * g0 if moved == "outside" else g0
+            moved = "outside"
+        else:
+            s0, e0, g0, at = got, excess, excess - root, th
+            g1 = 0.5 * g1 if moved == "inside" else g1
+            moved = "inside"
+    frac = (root - e0) / (e1 - e0) if e1 > e0 else 0.0
+    return s0 + min(max(frac, 0.0), 1.0) * max(s1 - s0, 0.0)
