@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fmt_num"]
+__all__ = ["fmt_num", "fmt_interval"]
 
 
 def fmt_num(x: float | None) -> str:
@@ -26,3 +26,22 @@ def fmt_num(x: float | None) -> str:
     if abs(x) >= 1000:
         return f"{float(f'{x:.3g}'):,.0f}"
     return f"{x:.3g}"
+
+
+def fmt_interval(iv: dict, missing: str = "-") -> str:
+    """An interval dict ``{"mean", "ci": [low, high], "bound"?}`` as text: ``mean [low, high]``,
+    a one-sided bound as ``>= x`` / ``<= x``, ``missing`` when there is no mean.
+
+    Examples:
+        >>> fmt_interval({"mean": 0.25, "ci": [0.125, 0.375]}), fmt_interval({"mean": 1500, "ci": [None, None], "bound": "lower"})
+        ('0.25 [0.125, 0.375]', '>= 1,500')
+    """
+    if iv["mean"] is None:
+        return missing
+    bound = iv.get("bound")
+    if bound is not None:
+        return f"{'>=' if bound == 'lower' else '<='} {fmt_num(iv['mean'])}"
+    lo, hi = iv["ci"]
+    if lo is None:
+        return fmt_num(iv["mean"])
+    return f"{fmt_num(iv['mean'])} [{fmt_num(lo)}, {fmt_num(hi)}]"
