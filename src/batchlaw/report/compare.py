@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .._format import fmt_interval, fmt_num  # noqa: E402
+from ..schedule.frontier import Frontier  # noqa: E402
 from .branch import _CSS  # noqa: E402
 
 __all__ = ["plot_compare", "compare_summary", "write_compare_report"]
@@ -49,12 +50,16 @@ def _frontier_axes(ax, doc: dict) -> None:
                 ax.plot(r["examples"], r["steps"], ".", color="#999", alpha=0.5, ms=4)
     med = [p for p in pts if p["median_steps"] is not None and p["median_examples"] is not None]
     on = [p for p in med if p["on_frontier"]]
-    ax.plot([p["median_examples"] for p in on], [p["median_steps"] for p in on], "-", color="k", lw=1.5,
-            label="frontier (constant batches, median over seeds)")
+    xs, ys = [p["median_examples"] for p in on], [p["median_steps"] for p in on]
+    if len(on) > 1:  # the interpolant the gains use (the McCandlish hyperbola between points)
+        f = Frontier(xs, ys)
+        xs = [xs[0] * (xs[-1] / xs[0]) ** (i / 200) for i in range(201)]
+        ys = [f.steps_at(min(max(x, f.examples[0]), f.examples[-1])).value for x in xs]
+    ax.plot(xs, ys, "-", color="k", lw=1.5, label="frontier (constant batches, median over seeds)")
     a = doc["goal"]["allowance"]
     if a > 1 and len(on) > 1:
-        ax.plot([p["median_examples"] / a for p in on], [p["median_steps"] for p in on], "--", color="k", lw=1,
-                alpha=0.6, label=f"frontier at examples / {a:g} (below: Pareto gain > 0)")
+        ax.plot([x / a for x in xs], ys, "--", color="k", lw=1, alpha=0.6,
+                label=f"frontier at examples / {a:g} (below: Pareto gain > 0)")
     for p in med:
         ax.plot(p["median_examples"], p["median_steps"], "o", color="k" if p["on_frontier"] else "#888", ms=5)
         ax.annotate(f"B={p['batch']}", (p["median_examples"], p["median_steps"]), textcoords="offset points",

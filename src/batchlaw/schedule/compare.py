@@ -325,31 +325,6 @@ def _rule(workload, cfg) -> str:
     return cfg.lr_rule or ("sqrt" if workload.lr_scaling == 0.5 else "linear")
 
 
-def _rule_lr(lr0: float, batch: int, small: int, rule: str) -> float:
-    from .batch import rescale_lr
-
-    return rescale_lr(lr0, batch / small, rule)["lr"]
-
-
-def _lr_cap(cfg: CompareConfig, wl, lr0: float, rule: str, grid: list[int], lr_schedule) -> dict:
-    """The cap on every run's learning rate: the user's, the workload's known limit x margin, or the probe's."""
-    from .lr_probe import probe_lr_cap
-
-    if cfg.lr_cap is not None:
-        return {"lr": cfg.lr_cap, "source": "user", "limit": None, "margin": None, "probes": []}
-    limit = getattr(wl, "max_stable_lr", None)
-    if limit is not None:
-        return {"lr": LR_CAP_MARGIN * limit, "source": "workload", "limit": limit, "margin": LR_CAP_MARGIN, "probes": []}
-    grid_lrs = [(b, _rule_lr(lr0, b, cfg.small_batch, rule)) for b in grid]
-    res = probe_lr_cap(wl, grid_lrs, seed=cfg.seeds[0], steps=cfg.lr_probe_steps, lr_schedule=lr_schedule.multiplier)
-    if res["cap"] is None:
-        raise ValueError(f"The 'lr' parameter ({lr0:g} at the small batch {cfg.small_batch}) does not lower the held-out "
-                         f"loss in a {cfg.lr_probe_steps}-step probe from the initialisation (probe: {res['probes'][0]}). "
-                         "Choose a smaller learning rate.")
-    cap = res["cap"] if res["limit"] is not None else None  # None: every LR of the grid passed
-    return {"lr": cap, "source": "probe", "limit": res["limit"], "margin": None, "probes": res["probes"]}
-
-
 def _thin(curve: list, most: int = 200) -> list:
     step = max(1, len(curve) // most)
     out = curve[::step]
@@ -375,7 +350,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
 
     from ..workloads import get_workload
     from .compare_analysis import analyse_comparison
-    from .lr_probe import initial_losses
+    from .lr_probe import initial_losses, resolve_lr_cap, rule_lr
     from .lr_schedule import LRSchedule
 
     if threads:
@@ -391,7 +366,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
         raise ValueError(f"The 'target_loss' parameter ({cfg.target_loss:g}) is not below the initial held-out loss of "
                          f"seed(s) {sorted(low)} ({', '.join(f'{v:.4g}' for v in low.values())}): every schedule would "
                          "'reach' it before training. Choose a lower target.")
-    cap = _lr_cap(cfg, wl, lr0, rule, grid, LRSchedule(lr0, warmup=cfg.warmup))
+    cap = resolve_lr_cap(cfg, wl, lr0, rule, grid, LRSchedule(lr0, warmup=cfg.warmup), margin=LR_CAP_MARGIN)
     trained = [s for s in cfg.schedules if s not in CONSTANT_SCHEDULES]
     bar = tqdm(total=len(seeds) * (len(grid) + len(trained)), desc="schedule compare", unit="run", disable=not progress,
                leave=False)
@@ -405,7 +380,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
     frontier_runs: dict[int, list[dict]] = {}
     try:
         for b in grid:
-            lr_b = _rule_lr(lr0, b, small, rule)
+            lr_b = rule_lr(lr0, b, small, rule)
             lr_b = lr_b if cap["lr"] is None else min(lr_b, cap["lr"])
             frontier_runs[b] = []
             for seed in seeds:
@@ -438,7 +413,7 @@ def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, pr
     for rs in [*frontier_runs.values(), *schedule_runs.values()]:
         for r in rs:
             r["curve"] = _thin(r["curve"])
-    if cap["lr"] is not None and any(_rule_lr(lr0, b, small, rule) > cap["lr"] for b in grid):
+    if cap["lr"] is not None and any(rule_lr(lr0, b, small, rule) > cap["lr"] for b in grid):
         notes.append(f"The LR rule is capped at {cap['lr']:.4g} ({cap['source']}): batches whose rule LR exceeds it "
                      "train at the cap, ramps included.")
     doc = {"schema": "batchlaw.schedule_compare/2",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["probe_lr_cap", "initial_losses"]
+__all__ = ["probe_lr_cap", "initial_losses", "resolve_lr_cap", "rule_lr"]
 
 
 def initial_losses(workload, seeds) -> dict[int, float]:
@@ -67,3 +67,36 @@ def probe_lr_cap(workload, grid, *, seed: int, steps: int, lr_schedule=None) -> 
             break
         cap, previous = lr, final
     return {"cap": cap, "limit": limit, "probes": probes}
+
+
+def rule_lr(lr0: float, batch: int, small: int, rule: str) -> float:
+    """The learning rate ``rule`` gives ``batch`` from ``lr0`` at ``small`` (no cap)."""
+    from .batch import rescale_lr
+
+    return rescale_lr(lr0, batch / small, rule)["lr"]
+
+
+def resolve_lr_cap(cfg, wl, lr0: float, rule: str, grid: list[int], lr_schedule, *, margin: float) -> dict:
+    """The cap on every run's learning rate of a comparison ``cfg``: the user's (``cfg.lr_cap``),
+    ``margin`` times the workload's known limit (``wl.max_stable_lr``), or the probe's over ``grid``.
+
+    Returns:
+        ``{"lr", "source", "limit", "margin", "probes"}``; ``lr`` is ``None`` when every LR of
+        the probe passed (no cap needed up to the largest batch).
+
+    Raises:
+        ValueError: the LR at the small batch fails its own probe.
+    """
+    if cfg.lr_cap is not None:
+        return {"lr": cfg.lr_cap, "source": "user", "limit": None, "margin": None, "probes": []}
+    limit = getattr(wl, "max_stable_lr", None)
+    if limit is not None:
+        return {"lr": margin * limit, "source": "workload", "limit": limit, "margin": margin, "probes": []}
+    grid_lrs = [(b, rule_lr(lr0, b, cfg.small_batch, rule)) for b in grid]
+    res = probe_lr_cap(wl, grid_lrs, seed=cfg.seeds[0], steps=cfg.lr_probe_steps, lr_schedule=lr_schedule.multiplier)
+    if res["cap"] is None:
+        raise ValueError(f"The 'lr' parameter ({lr0:g} at the small batch {cfg.small_batch}) does not lower the held-out "
+                         f"loss in a {cfg.lr_probe_steps}-step probe from the initialisation (probe: {res['probes'][0]}). "
+                         "Choose a smaller learning rate.")
+    cap = res["cap"] if res["limit"] is not None else None  # None: every LR of the grid passed
+    return {"lr": cap, "source": "probe", "limit": res["limit"], "margin": None, "probes": res["probes"]}
