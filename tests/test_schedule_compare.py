@@ -108,7 +108,8 @@ def test_intervals_over_seeds_and_their_bounds():
 
 def test_verdict_needs_the_interval_above_zero():
     assert verdict(bounded_interval([Bounded(0.3), Bounded(0.32), Bounded(0.31)]))[0] is True
-    assert verdict(bounded_interval([Bounded(0.3), Bounded(-0.2), Bounded(0.31)]))[0] is False
+    assert verdict(bounded_interval([Bounded(0.3), Bounded(-0.2), Bounded(0.31)]))[0] is None  # straddles 0
+    assert verdict(bounded_interval([Bounded(-0.3), Bounded(-0.32), Bounded(-0.31)]))[0] is False
     assert verdict(bounded_interval([Bounded(0.3)]))[0] is None  # one seed: no interval
     assert verdict(bounded_interval([Bounded(-0.3, "upper"), Bounded(-0.2)]))[0] is False
     assert verdict(bounded_interval([Bounded(0.3, "upper"), Bounded(0.2)]))[0] is None

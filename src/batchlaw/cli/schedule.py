@@ -167,7 +167,7 @@ def format_compare(doc: dict) -> str:
     verdict = {True: "met", False: "not met", None: "no verdict"}[g["met"]]
     lines += ["", f"goal ({g['rule']}): {verdict}: {g['reason']}"]
     for r in g["results"]:
-        lines.append(f"  {r['schedule']}: {({True: 'pays', False: 'does not pay', None: 'cannot tell'})[r['met']]} ({r['why']})")
+        lines.append(f"  {r['schedule']}: {({True: 'pays', False: 'does not pay', None: 'not shown to pay'})[r['met']]} ({r['why']})")
     for n in doc.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)

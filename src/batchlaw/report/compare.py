@@ -129,8 +129,7 @@ def _loss_axes(ax, doc: dict) -> None:
 def compare_summary(doc: dict) -> str:
     """One paragraph (plain text): the verdict and each schedule's Pareto gain."""
     g = doc["goal"]
-    verdict = {True: "At least one schedule pays", False: "No schedule pays",
-               None: "No verdict"}[g["met"]]
+    verdict = {True: "Goal met", False: "Goal not met", None: "No verdict"}[g["met"]]
     parts = []
     for r in g["results"]:
         if r["pareto_gain"] is None:
@@ -175,7 +174,7 @@ def write_compare_report(doc: dict, path: str | Path) -> Path:
             f"<img alt='steps against examples: frontier and schedules' src='data:image/png;base64,{png}'>"
             f"<h2>Frontier of constant batches</h2><p class='note'>{e(doc['frontier']['statistic'])}.</p>"
             f"<table>{''.join(front)}</table><h2>Schedules</h2><p class='note'>Mean [95% interval over seeds]. "
-            f"{e(doc['goal']['rule'])}.</p><table>{''.join(rows)}</table>"
+            f"{e(doc['goal']['rule'][:1].upper() + doc['goal']['rule'][1:])}.</p><table>{''.join(rows)}</table>"
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "") + "</body></html>")
     path.write_text(page)
     return path

@@ -325,7 +325,7 @@ def _rule(workload, cfg) -> str:
     return cfg.lr_rule or ("sqrt" if workload.lr_scaling == 0.5 else "linear")
 
 
-def _thin(curve: list, most: int = 200) -> list:
+def _thin(curve: list, most: int = 100) -> list:
     step = max(1, len(curve) // most)
     out = curve[::step]
     return out if out[-1] == curve[-1] else [*out, curve[-1]]

@@ -62,8 +62,13 @@ def _summary(rs: list[dict], base: dict) -> dict:
 
 def verdict(gain: dict) -> tuple[bool | None, str]:
     """Does a schedule pay? ``(met, why)`` from its :func:`~batchlaw.schedule.frontier.bounded_interval`
-    of per-seed Pareto gains: met when the 95% interval lies above 0; a lower bound whose own
-    interval lies above 0 also counts; otherwise ``False`` only when the evidence says so."""
+    of per-seed Pareto gains.
+
+    ``True`` when the 95% interval lies above 0 (for a lower bound: the interval of the bounds);
+    ``False`` when the evidence says it does not (the interval, or an upper bound, lies below 0;
+    or it missed the target on some seed); ``None`` when it cannot tell (the interval straddles
+    0, one seed, or only a bound on the wrong side).
+    """
     n = len(gain["values"])
     if any(v is None for v in gain["values"]):
         return False, "did not reach the target (or had no frontier to compare with) on every seed"
@@ -71,15 +76,18 @@ def verdict(gain: dict) -> tuple[bool | None, str]:
         return None, "its gain is bounded from below on some seeds and from above on others"
     if n < 2:
         return None, "one seed: no interval, so no verdict"
-    values = gain["values"]
-    lo = mean_interval(values)["ci"][0]
+    lo, hi = mean_interval(gain["values"])["ci"]
     if gain["bound"] is None:
-        return lo > 0, "the 95% interval of the gain lies above 0" if lo > 0 else "the 95% interval of the gain includes 0 or lies below it"
+        if lo > 0:
+            return True, "the 95% interval of the gain lies above 0"
+        if hi < 0:
+            return False, "the 95% interval of the gain lies below 0"
+        return None, "the 95% interval of the gain includes 0: more seeds may tell"
     if gain["bound"] == "lower":
         if lo > 0:
             return True, "even its lower bound's 95% interval lies above 0"
         return None, "only a lower bound is known (fewer examples than every constant batch), and it is not above 0"
-    if gain["mean"] <= 0:
+    if hi < 0 or gain["mean"] <= 0 and all(v <= 0 for v in gain["values"]):
         return False, "even its upper bound is not above 0"
     return None, "only an upper bound is known (beyond the frontier's range)"
 
@@ -186,11 +194,11 @@ def analyse_comparison(*, grid, frontier_runs: dict, schedule_runs: dict, consta
     if not results:
         met, reason = None, "only constant batches ran: there is no schedule to judge"
     elif any(r["met"] for r in results):
-        met, reason = True, "at least one schedule pays"
-    elif all(r["met"] is False for r in results):
-        met, reason = False, "no schedule pays"
+        met, reason = True, "at least one schedule is shown to pay"
     else:
-        met, reason = None, "no schedule is shown to pay, and for some the evidence cannot tell"
+        open_ = [r["schedule"] for r in results if r["met"] is None]
+        met, reason = False, "no schedule is shown to pay" + (
+            f" ({', '.join(open_)}: the evidence cannot tell either way)" if open_ else "")
     goal = {"rule": f"a schedule pays when its Pareto gain 1 - steps / S_frontier({allowance:g} x its examples) is above "
                     "0 with 95% confidence (Student-t interval over seeds of per-seed gains)",
             "allowance": allowance, "results": results, "met": met, "reason": reason}
