@@ -28,6 +28,8 @@ $BATCHLAW schedule compare --workload bytegpt --workload-arg size=tiny --target-
     --small-batch 4 --large-batch 32 --lr 2e-3 --eval-every 256 --max-examples 60000 \
     --out "$OUT/schedule_compare_bytegpt_tiny.json" --png "$OUT/schedule_compare_bytegpt_tiny.png" --no-progress
 # The branched CBS that justifies the size (trunk at batch 4, k up to 16, two branch seeds):
+STORE=$(mktemp -d)
 $BATCHLAW branch --workload bytegpt --workload-arg size=tiny --base-batch 4 --lr 2e-3 \
     --checkpoints 0,1024,2048,4096,8192,12288 --multipliers 1,2,4,8,16 --budget 1024 --seeds 0,1 \
-    --store "$OUT/branch_bytegpt_tiny_b4.db" --no-progress
+    --store "$STORE/branches.db" --json > "$OUT/branch_bytegpt_tiny_b4.json"
+rm -rf "$STORE"

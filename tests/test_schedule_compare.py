@@ -119,6 +119,7 @@ def test_verdict_needs_the_interval_above_zero():
 def test_loss_at_and_the_grid():
     curve = [[0, 0, 0.0, 5.0], [10, 100, 1.0, 3.0], [20, 200, 2.0, 2.0]]
     assert loss_at(curve, 150) == pytest.approx(2.5) and loss_at(curve, 250) is None
+    assert loss_at([*curve, [30, 300, 3.0, None]], 250) is None  # a diverged evaluation
     assert frontier_grid(8, 64, 64) == [8, 16, 32, 64] and frontier_grid(4, 24, 64) == [4, 8, 16, 24, 32, 64]
 
 

@@ -33,8 +33,10 @@ def fmt_interval(iv: dict, missing: str = "-") -> str:
     a one-sided bound as ``>= x`` / ``<= x``, ``missing`` when there is no mean.
 
     Examples:
-        >>> fmt_interval({"mean": 0.25, "ci": [0.125, 0.375]}), fmt_interval({"mean": 1500, "ci": [None, None], "bound": "lower"})
-        ('0.25 [0.125, 0.375]', '>= 1,500')
+        >>> fmt_interval({"mean": 0.25, "ci": [0.125, 0.375]})
+        '0.25 [0.125, 0.375]'
+        >>> fmt_interval({"mean": 1500, "ci": [None, None], "bound": "lower"})
+        '>= 1,500'
     """
     if iv["mean"] is None:
         return missing

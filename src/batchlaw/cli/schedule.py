@@ -146,8 +146,9 @@ def format_compare(doc: dict) -> str:
     for p in doc["frontier"]["points"]:
         n = len(p["runs"])
         div = f" ({p['diverged']} diverged)" if p["diverged"] else ""
-        lines.append(f"{p['batch']:>7} {fmt_num(p['lr']):>9} {p['reached']:>5}/{n:<2} {fmt_num(p['median_steps']) if p['median_steps'] else 'censored':>15} "
-                     f"{fmt_num(p['median_examples']) if p['median_examples'] else 'censored':>30} {'*' if p['on_frontier'] else ' '}{div}")
+        steps, examples = (fmt_num(p[k]) if p[k] else "censored" for k in ("median_steps", "median_examples"))
+        lines.append(f"{p['batch']:>7} {fmt_num(p['lr']):>9} {p['reached']:>5}/{n:<2} {steps:>15} {examples:>30} "
+                     f"{'*' if p['on_frontier'] else ' '}{div}")
     lines += ["", "schedules: mean [95% interval over seeds]",
               f"{'schedule':<15} {'reached':>7} {'steps':>22} {ex:>26} {'wall s':>20}"]
     for name, s in doc["schedules"].items():

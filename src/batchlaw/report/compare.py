@@ -81,7 +81,8 @@ def plot_compare(doc: dict) -> bytes:
                 ax.plot(r["examples"], r["steps"], ".", color=color, alpha=0.45, ms=5)
         if s["steps"]["mean"] is not None:
             g = s["pareto_gain"]
-            gain = "-" if g["mean"] is None else f"{'>= ' if g['bound'] == 'lower' else '<= ' if g['bound'] == 'upper' else ''}{g['mean']:.2f}"
+            side = {"lower": ">= ", "upper": "<= "}.get(g["bound"], "")
+            gain = "-" if g["mean"] is None else f"{side}{g['mean']:.2f}"
             ax.errorbar(s["examples"]["mean"], s["steps"]["mean"], xerr=_err(s["examples"]), yerr=_err(s["steps"]),
                         fmt="s", color=color, ms=7, capsize=3, label=f"{name} (mean, 95% CI; gain {gain})")
         else:
@@ -160,10 +161,10 @@ def write_compare_report(doc: dict, path: str | Path) -> Path:
     rows = ["<tr><th>schedule</th><th>reached</th><th>steps</th><th>examples</th><th>Pareto gain</th>"
             "<th>example overhead</th><th>loss at budget</th><th>loss penalty</th></tr>"]
     for name, s in doc["schedules"].items():
+        cells = [fmt_interval(s[k], "not reached") for k in ("steps", "examples")]
+        cells += [fmt_interval(s[k]) for k in ("pareto_gain", "example_overhead", "loss_at_budget", "loss_penalty")]
         rows.append(f"<tr><td style='text-align:left'>{e(name)}</td><td>{s['reached']}/{len(s['runs'])}</td>"
-                    f"<td>{e(fmt_interval(s['steps'], 'not reached'))}</td><td>{e(fmt_interval(s['examples'], 'not reached'))}</td><td>{e(fmt_interval(s['pareto_gain'], '-'))}</td>"
-                    f"<td>{e(fmt_interval(s['example_overhead'], '-'))}</td><td>{e(fmt_interval(s['loss_at_budget'], '-'))}</td>"
-                    f"<td>{e(fmt_interval(s['loss_penalty'], '-'))}</td></tr>")
+                    + "".join(f"<td>{e(x)}</td>" for x in cells) + "</tr>")
     notes = "".join(f"<li>{e(n)}</li>" for n in doc.get("notes", []))
     c = doc["config"]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>batchlaw schedule compare</title><style>{_CSS}"

@@ -225,11 +225,6 @@ def _interp(prev, cur, target):
     return s0 + f * (s1 - s0), e0 + f * (e1 - e0), w0 + f * (w1 - w0)
 
 
-def initial_losses(workload, seeds) -> dict[int, float]:
-    """The held-out loss of the initial model of each seed (cheap: no training)."""
-    return {s: workload.eval_loss(workload.make_model(s)) for s in seeds}
-
-
 def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_examples: int, eval_every: int,
                     monitor_micro: bool = False, max_lr: float | None = None) -> dict:
     """Train ``workload`` with ``schedule`` until the held-out loss reaches ``target_loss``.
@@ -317,8 +312,6 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
     if hit is not None:
         out.update(steps=hit[0], examples=hit[1], tokens=hit[1] * tpe if tpe else None, wall_s=hit[2])
     return out
-
-
 
 
 def _rule(workload, cfg) -> str:

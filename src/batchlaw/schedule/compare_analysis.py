@@ -118,7 +118,8 @@ def _budget(frontier_runs, schedule_runs, seeds, tpe) -> dict:
     reached = [r["examples"] for rs in [*frontier_runs.values(), *schedule_runs.values()] for r in rs
                if r["examples"] is not None]
     if not reached:
-        return {"examples": None, "tokens": None, "frontier_loss": mean_interval([None]), "rule": "no run reached the target"}
+        return {"examples": None, "tokens": None, "rule": "no run reached the target",
+                "frontier_loss": mean_interval([None] * len(seeds)), "best_constant_batch": [None] * len(seeds)}
     e_star = min(reached)
     best = {}
     for s in seeds:

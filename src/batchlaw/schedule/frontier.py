@@ -273,9 +273,13 @@ def loss_at(curve, examples: float) -> float | None:
     Examples:
         >>> loss_at([[0, 0, 0.0, 5.0], [10, 100, 1.0, 3.0]], 25)
         4.5
+        >>> loss_at([[0, 0, 0.0, 5.0], [10, 100, 1.0, None]], 25) is None  # diverged
+        True
     """
     for (_, e0, _, l0), (_, e1, _, l1) in zip(curve, curve[1:]):
         if e0 <= examples <= e1:
+            if l0 is None or l1 is None:  # a diverged evaluation
+                return None
             f = 0.0 if e1 == e0 else (examples - e0) / (e1 - e0)
             v = l0 + f * (l1 - l0)
             return v if math.isfinite(v) else None
