@@ -69,9 +69,11 @@ def add_parsers(sub) -> None:
                    help="the CBS ramp's batch is this x the measured CBS (< 1 leaves a margin; default: %(default)s)")
     c.add_argument("--ramp-stages", type=_stages, default=(),
                    help="stages of the fixed_ramp schedule as START:BATCH pairs (examples seen: batch), e.g. 0:128,7808:512")
+    from ..schedule.compare_registry import CONSTANT_SCHEDULES, SCHEDULE_FACTORIES  # pure Python: no torch
+
     c.add_argument("--schedules", default="constant_small,constant_large,noise_ramp,cbs_ramp,seesaw",
-                   help="comma-separated schedules to run: constant_small, constant_large, noise_ramp, cbs_ramp, seesaw, "
-                   "fixed_ramp (default: the first five; the frontier always runs)")
+                   help=f"comma-separated schedules to run: {', '.join(CONSTANT_SCHEDULES + tuple(SCHEDULE_FACTORIES))} "
+                   "(default: %(default)s; the frontier of constant batches always runs)")
     c.add_argument("--store", default=None, help="SQLite file for the branched CBS measurement (default: temporary)")
     c.add_argument("--json", action="store_true", help="print the result as JSON (schema batchlaw.schedule_compare/2)")
     c.add_argument("--out", default=None, help="also write the JSON document to this file")
