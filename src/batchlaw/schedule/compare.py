@@ -59,10 +59,6 @@ def available_schedules() -> tuple[str, ...]:
     return CONSTANT_SCHEDULES + tuple(SCHEDULE_FACTORIES)
 
 
-def _check_finite(name: str, value, *, allow_zero: bool = False) -> float:
-    return check_positive_float(name, value, allow_zero=allow_zero)
-
-
 def _check_fractions(name: str, values) -> tuple:
     vals = tuple(values)
     for f in vals:
@@ -145,7 +141,7 @@ class CompareConfig:
         check_positive_int("warmup", self.warmup, minimum=0)
         for name in ("lr", "lr_cap"):
             if getattr(self, name) is not None:
-                _check_finite(name, getattr(self, name))
+                check_positive_float(name, getattr(self, name))
         if self.lr_rule is not None:
             check_choice("lr_rule", self.lr_rule, ("sqrt", "linear"))
         if not self.seeds:
@@ -155,10 +151,10 @@ class CompareConfig:
         if len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"The 'seeds' parameter must list distinct seeds. Got {list(self.seeds)!r}: a repeated seed "
                              "repeats the same run and would shrink the intervals without new evidence.")
-        _check_finite("noise_c", self.noise_c)
-        _check_finite("hysteresis", self.hysteresis, allow_zero=True)
-        _check_finite("cbs_tolerance", self.cbs_tolerance)
-        _check_finite("cbs_factor", self.cbs_factor)
+        check_positive_float("noise_c", self.noise_c)
+        check_positive_float("hysteresis", self.hysteresis, allow_zero=True)
+        check_positive_float("cbs_tolerance", self.cbs_tolerance)
+        check_positive_float("cbs_factor", self.cbs_factor)
         _check_fractions("cbs_fractions", self.cbs_fractions)
         _check_fractions("seesaw_fractions", self.seesaw_fractions)
         if self.cbs_budget is not None:
