@@ -303,18 +303,39 @@ SCHEMAS: list[Schema] = [
          ("trace", "the trunk's noise-scale trace between checkpoints (null when not measured)")],
     ),
     Schema(
-        "batchlaw.schedule_compare/1", "batchlaw schedule compare --json",
-        "Batch-size schedules trained to a held-out target: steps, tokens and wall-clock with intervals over seeds.",
-        [("schema", "`\"batchlaw.schedule_compare/1\"`"),
-         ("config", "the comparison's settings: workload, target loss, seeds, small and large batch, LR and its rule"),
+        "batchlaw.schedule_compare/2", "batchlaw schedule compare --json",
+        "Batch-size schedules trained to a held-out target and judged against the frontier of constant batches: "
+        "Pareto gain, example overhead, loss at a common budget, steps, examples and wall-clock with intervals over "
+        "seeds. Version 2 replaces version 1's `goal` (0.7x the steps at 1.1x the tokens of the small batch) with the "
+        "Pareto gain against the frontier, and adds `lr_cap`, `frontier` and `budget`.",
+        [("schema", "`\"batchlaw.schedule_compare/2\"`"),
+         ("config", "the comparison's settings: workload, target loss, seeds, small and large batch, the frontier's "
+                    "batches (`frontier_batches`), allowance, LR and its rule, `initial_loss` per seed"),
          ("workload", "the workload's description"),
          ("unit", "unit of the batch sizes (`examples`)"),
-         ("schedules", "per schedule: steps, examples, tokens and wall-clock to the target per seed, their means "
-                       "with 95% intervals, and the ratios to the constant small batch. When a CBS ramp ran, the "
-                       "output also holds `cbs_measurement` (the branched measurement it used, and its cost)"),
-         ("goal", "the savings goal (<= 0.7x the steps with <= 1.1x the tokens of the constant small batch) and "
-                  "whether each ramp met it"),
-         ("notes", "what to keep in mind when reading the numbers")],
+         ("lr_cap", "the cap on every run's learning rate: `lr` (null: none needed), `source` (`user`, `workload`: "
+                    "`margin` x the workload's known `limit`, or `probe`), `limit`, `margin`, and the `probes` "
+                    "(`batch`, `lr`, `loss`, `status`: ok, worse or diverged)"),
+         ("frontier", "the constant batches: `statistic` (how the drawn frontier is made) and `points`, one per batch: "
+                      "`batch`, `lr`, `reached`, `diverged`, `steps` and `examples` (mean, 95% `ci`, per-seed `values`), "
+                      "`median_steps`, `median_examples` (null when censored), `on_frontier`, `runs` (every run, with "
+                      "its status, curve and batch changes)"),
+         ("schedules", "per schedule (the constant small and large batches too): `steps`, `examples`, `tokens`, "
+                       "`wall_s` to the target and their ratios to the constant small batch (mean, `ci`, `values`); "
+                       "`pareto_gain` (1 - steps / S_frontier(allowance x examples), per seed against that seed's "
+                       "frontier) and `example_overhead` (examples / E_frontier(steps) - 1), each with `bound` "
+                       "(null, `lower` or `upper`: outside the frontier's range only a bound is known, and then no "
+                       "interval) and per-seed `bounds`; `loss_at_budget` and `loss_penalty` (minus the best constant "
+                       "batch of the seed); `reached`, `diverged`, `runs`. When a CBS ramp ran, the output also holds "
+                       "`cbs_measurement` (the branched measurement it used, and its cost)"),
+         ("budget", "the common budget of examples where held-out losses are compared: `examples` (the fewest with which "
+                    "any run reached the target), `tokens`, `frontier_loss` (the best constant batch's loss there, "
+                    "per seed), `best_constant_batch`, `rule`"),
+         ("goal", "the verdict: `rule`, `allowance`, `results` (per schedule: `pareto_gain`, `ci`, `bound`, `met` "
+                  "(true, false or null: cannot tell), `why`, and version 1's `steps_ratio` and `examples_ratio`), "
+                  "`met` (null when no schedule besides the constant batches ran), `reason`"),
+         ("notes", "what to keep in mind when reading the numbers: diverged or censored constant batches, bounds, "
+                   "the LR cap")],
     ),
 ]
 

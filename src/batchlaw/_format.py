@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from numbers import Integral
 
-__all__ = ["fmt_num", "fmt_count"]
+__all__ = ["fmt_num", "fmt_count", "fmt_interval"]
 
 
 def fmt_num(x: float | None) -> str:
@@ -48,3 +48,24 @@ def fmt_count(x: float | None) -> str:
     if isinstance(x, float) and math.isfinite(x) and x.is_integer():
         return fmt_num(int(x))
     return fmt_num(x)
+
+
+def fmt_interval(iv: dict, missing: str = "-") -> str:
+    """An interval dict ``{"mean", "ci": [low, high], "bound"?}`` as text: ``mean [low, high]``,
+    a one-sided bound as ``>= x`` / ``<= x``, ``missing`` when there is no mean.
+
+    Examples:
+        >>> fmt_interval({"mean": 0.25, "ci": [0.125, 0.375]})
+        '0.25 [0.125, 0.375]'
+        >>> fmt_interval({"mean": 1500, "ci": [None, None], "bound": "lower"})
+        '>= 1,500'
+    """
+    if iv["mean"] is None:
+        return missing
+    bound = iv.get("bound")
+    if bound is not None:
+        return f"{'>=' if bound == 'lower' else '<='} {fmt_num(iv['mean'])}"
+    lo, hi = iv["ci"]
+    if lo is None:
+        return fmt_num(iv["mean"])
+    return f"{fmt_num(iv['mean'])} [{fmt_num(lo)}, {fmt_num(hi)}]"

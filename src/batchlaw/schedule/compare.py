@@ -1,42 +1,72 @@
-"""Race batch-size schedules to a held-out target loss: steps, tokens and wall-clock, over seeds.
+"""Race batch-size schedules to a held-out target loss and judge them against the constant-batch frontier.
 
-Five schedules train the same workload from the same initialisations (one per seed) until the
-held-out loss reaches ``target_loss``:
+Every comparison first trains **the frontier**: constant batches ``small * 2^j`` up to
+``frontier_max_batch`` (and the large batch), same LR rule, each over every seed, to the
+target. Then each schedule trains from the same initialisations (one per seed):
 
-* ``constant_small``: the small batch throughout (the baseline);
-* ``constant_large``: the large batch throughout (learning rate by the batch rule);
 * ``noise_ramp``: :class:`~batchlaw.schedule.NoiseScaleRamp`, from the small batch towards
   ``c * B_simple`` measured by a :class:`~batchlaw.noise.GradientNoiseMonitor` in the run;
 * ``cbs_ramp``: :class:`~batchlaw.schedule.CBSRamp` from a branched CBS measurement
   (:mod:`batchlaw.sweep.branched_workload`) on the constant-small run of the first seed,
   checkpointed at fractions of that run's examples-to-target (its cost is reported apart);
-* ``seesaw``: :class:`~batchlaw.schedule.Seesaw` with milestones at fractions of the same.
+* ``seesaw``: :class:`~batchlaw.schedule.Seesaw` with milestones at fractions of the same;
+* ``fixed_ramp``: :class:`~batchlaw.schedule.FixedRamp` with the stages given;
+* ``constant_small`` / ``constant_large``: the frontier's runs at those batches, listed beside.
+
+More schedules plug in through :mod:`batchlaw.schedule.compare_registry`. Each schedule gets
+its **Pareto gain** ``1 - S / S_frontier(1.1 E)`` and its example overhead against the frontier
+(:mod:`batchlaw.schedule.frontier`), and its held-out loss at a common budget of examples
+(:mod:`batchlaw.schedule.compare_analysis`), with Student-t 95% intervals over seeds.
+
+The learning rate follows the rule from the small batch (square root for Adam, linear for SGD)
+and is **capped** at the workload's stability limit: a workload that knows it
+(:attr:`~batchlaw.workloads.Workload.max_stable_lr`, e.g. ``2 / h_max`` for the NQM) is capped at
+``LR_CAP_MARGIN`` times it; otherwise a short probe (:func:`~batchlaw.schedule.lr_probe.probe_lr_cap`)
+finds it. A run that diverges anyway is reported as diverged.
 
 Steps to the target are read between the last evaluation above it and the first at or below it
 by :func:`batchlaw._crossing.crossing_step` (the rule of the sweep trials); examples and
-wall-clock are interpolated linearly in steps between the same two evaluations. Wall-clock
-excludes evaluation. Intervals over seeds are Student-t 95% intervals of the mean, clipped at 0
-(with 3 seeds they are wide: t = 4.30).
+wall-clock are interpolated linearly in steps between the same two evaluations. Wall-clock excludes evaluation.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .._crossing import crossing_step
-from .._validation import check_positive_float, check_positive_int
+from .._validation import check_choice, check_positive_float, check_positive_int
 from .batch import apply_choice
-from .ramps import CBSRamp, ConstantBatch, NoiseScaleRamp, Seesaw
+from .compare_registry import CONSTANT_SCHEDULES, SCHEDULE_FACTORIES, CompareContext, cbs_multipliers
+from .ramps import ConstantBatch
 
-__all__ = ["CompareConfig", "compare_schedules", "train_to_target", "SCHEMA", "SCHEDULES"]
+__all__ = ["CompareConfig", "compare_schedules", "train_to_target", "frontier_grid", "available_schedules", "SCHEMA",
+           "SCHEDULES", "LR_CAP_MARGIN"]
 
-SCHEMA = "batchlaw.schedule_compare/1"
+SCHEMA = "batchlaw.schedule_compare/2"
+#: The schedules raced by default.
 SCHEDULES = ("constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw")
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+#: Fraction of a known stability limit used as the LR cap. For the NQM at ``a = 2 / h_max`` the
+#: sharpest direction stops contracting and the noise floor ``a c / (B h (2 - a h))`` diverges;
+#: at 0.75 of it the direction contracts by 4x per step and the floor is at most twice the
+#: small-LR floor, while at 0.9 the floor of batch 256 in the issue-21 NQM setting
+#: (dim 100, c_exponent 0.5, target 0.05) already lies above the target.
+LR_CAP_MARGIN = 0.75
+
+
+def available_schedules() -> tuple[str, ...]:
+    """Every name ``schedules`` accepts: the constant batches and the registered schedules."""
+    return CONSTANT_SCHEDULES + tuple(SCHEDULE_FACTORIES)
+
+
+def _check_fractions(name: str, values) -> tuple:
+    vals = tuple(values)
+    for f in vals:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 <= f < 1):
+            raise ValueError(f"The '{name}' parameter must hold fractions in [0, 1). Got {list(vals)!r} instead.")
+    return vals
 
 
 @dataclass(frozen=True)
@@ -44,11 +74,17 @@ class CompareConfig:
     """What the comparison trains. Batches in examples.
 
     Attributes:
-        workload, workload_kwargs: the built-in workload.
-        target_loss: the held-out loss to reach.
-        seeds: initialisation and data seeds.
-        small_batch, large_batch: the two constant batches; ramps go from small to at most large.
+        workload, workload_kwargs: the workload (built-in name or ``module:Class``).
+        target_loss: the held-out loss to reach (below every seed's initial loss).
+        seeds: initialisation and data seeds (distinct).
+        small_batch, large_batch: ramps go from the small batch to at most the large one.
+        frontier_max_batch: the largest constant batch of the frontier (default: ``large_batch``).
+        allowance: the Pareto gain compares with ``S_frontier(allowance x examples)``.
         lr: the learning rate at the small batch (constant, after ``warmup`` examples).
+        lr_rule: ``"sqrt"`` / ``"linear"``; ``None``: the workload's.
+        lr_cap: cap on every run's learning rate; ``None``: ``LR_CAP_MARGIN`` times the
+            workload's known stability limit, else found by the LR probe.
+        lr_probe_steps: steps of each probe run.
         max_examples: budget per run.
         eval_every: examples between held-out evaluations.
         noise_c, hysteresis: the noise-scale ramp's ``c`` and hysteresis.
@@ -58,9 +94,9 @@ class CompareConfig:
         cbs_fractions: checkpoints of the CBS measurement, as fractions of the constant-small
             run's examples to target (seed ``seeds[0]``).
         seesaw_fractions: Seesaw's milestones, as the same fractions.
+        ramp_stages: ``fixed_ramp``'s ``[(examples seen, batch), ...]``, the first at 0.
         warmup: linear learning-rate warm-up (examples).
-        lr_rule: ``"sqrt"`` / ``"linear"``; ``None``: the workload's.
-        schedules: which schedules to run.
+        schedules: which schedules to run (:func:`available_schedules`).
     """
 
     workload: str = "bytegpt"
@@ -68,7 +104,12 @@ class CompareConfig:
     seeds: tuple = (0, 1, 2)
     small_batch: int = 8
     large_batch: int = 64
+    frontier_max_batch: int | None = None
+    allowance: float = 1.1
     lr: float | None = None
+    lr_rule: str | None = None
+    lr_cap: float | None = None
+    lr_probe_steps: int = 16
     max_examples: int = 200_000
     eval_every: int = 256
     noise_c: float = 1.0
@@ -78,8 +119,8 @@ class CompareConfig:
     cbs_budget: int | None = None
     cbs_factor: float = 1.0
     seesaw_fractions: tuple = (0.25, 0.5, 0.75)
+    ramp_stages: tuple = ()
     warmup: int = 0
-    lr_rule: str | None = None
     workload_kwargs: dict = field(default_factory=dict)
     schedules: tuple = SCHEDULES
 
@@ -89,21 +130,90 @@ class CompareConfig:
         check_positive_int("large_batch", self.large_batch)
         if self.large_batch <= self.small_batch:
             raise ValueError(f"The 'large_batch' parameter ({self.large_batch}) must exceed 'small_batch' ({self.small_batch}).")
+        if self.frontier_max_batch is not None:
+            check_positive_int("frontier_max_batch", self.frontier_max_batch)
+            if self.frontier_max_batch < self.large_batch:
+                raise ValueError(f"The 'frontier_max_batch' parameter ({self.frontier_max_batch}) must be at least "
+                                 f"'large_batch' ({self.large_batch}): the frontier must cover every batch a ramp uses.")
+        if not (isinstance(self.allowance, (int, float)) and math.isfinite(self.allowance) and 1 <= self.allowance <= 10):
+            raise ValueError(f"The 'allowance' parameter must be a number in [1, 10]. Got {self.allowance!r} instead.")
         check_positive_int("max_examples", self.max_examples)
         check_positive_int("eval_every", self.eval_every)
+        check_positive_int("lr_probe_steps", self.lr_probe_steps)
+        check_positive_int("warmup", self.warmup, minimum=0)
+        for name in ("lr", "lr_cap"):
+            if getattr(self, name) is not None:
+                check_positive_float(name, getattr(self, name))
+        if self.lr_rule is not None:
+            check_choice("lr_rule", self.lr_rule, ("sqrt", "linear"))
         if not self.seeds:
             raise ValueError("The 'seeds' parameter must list at least one seed.")
+        for s in self.seeds:
+            check_positive_int("seeds", s, minimum=0)
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"The 'seeds' parameter must list distinct seeds. Got {list(self.seeds)!r}: a repeated seed "
+                             "repeats the same run and would shrink the intervals without new evidence.")
+        check_positive_float("noise_c", self.noise_c)
+        check_positive_float("hysteresis", self.hysteresis, allow_zero=True)
+        check_positive_float("cbs_tolerance", self.cbs_tolerance)
+        check_positive_float("cbs_factor", self.cbs_factor)
+        _check_fractions("cbs_fractions", self.cbs_fractions)
+        _check_fractions("seesaw_fractions", self.seesaw_fractions)
+        if self.cbs_budget is not None:
+            step = cbs_multipliers(self.small_batch, self.large_batch)[-1] * self.small_batch
+            check_positive_int("cbs_budget", self.cbs_budget)
+            if self.cbs_budget % step:
+                raise ValueError(f"The 'cbs_budget' parameter ({self.cbs_budget} examples) must be a multiple of the "
+                                 f"largest branch batch, {step} (max k x small batch).")
+        known = available_schedules()
         for s in self.schedules:
-            if s not in SCHEDULES:
-                raise ValueError(f"The 'schedules' parameter must hold names from {', '.join(SCHEDULES)}. Got {s!r}.")
-        if "constant_small" not in self.schedules:
-            raise ValueError("The 'schedules' parameter must include 'constant_small' (the baseline).")
+            if s not in known:
+                raise ValueError(f"The 'schedules' parameter must hold names from {', '.join(known)}. Got {s!r}.")
+        if not self.schedules:
+            raise ValueError(f"The 'schedules' parameter must name at least one of {', '.join(known)}.")
+        if "fixed_ramp" in self.schedules or self.ramp_stages:
+            self._check_stages()
+
+    def _check_stages(self) -> None:
+        stages = [tuple(s) for s in self.ramp_stages]
+        if not stages or stages[0][0] != 0:
+            raise ValueError(f"The 'ramp_stages' parameter must start with a stage at 0 examples (the fixed_ramp "
+                             f"schedule needs it). Got {stages!r}.")
+        for start, batch in stages:
+            check_positive_int("ramp_stages start", start, minimum=0)
+            check_positive_int("ramp_stages batch", batch)
+            if not self.small_batch <= batch <= self.large_batch:
+                raise ValueError(f"The 'ramp_stages' batches must lie in [small_batch, large_batch] = "
+                                 f"[{self.small_batch}, {self.large_batch}]. Got {batch}.")
+        if any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
+            raise ValueError(f"The starts in 'ramp_stages' must increase. Got {[s for s, _ in stages]!r}.")
+
+    @property
+    def frontier_cap(self) -> int:
+        """The largest constant batch of the frontier."""
+        return self.frontier_max_batch or self.large_batch
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("seeds", "cbs_fractions", "seesaw_fractions", "schedules"):
             d[k] = list(d[k])
+        d["ramp_stages"] = [list(s) for s in self.ramp_stages]
+        d["frontier_max_batch"] = self.frontier_cap
         return d
+
+
+def frontier_grid(small: int, large: int, cap: int) -> list[int]:
+    """The constant batches of the frontier: ``small * 2^j`` up to ``cap``, with ``large`` and ``cap``.
+
+    Examples:
+        >>> frontier_grid(8, 48, 64)
+        [8, 16, 32, 48, 64]
+    """
+    grid, b = {large, cap}, small
+    while b <= cap:
+        grid.add(b)
+        b *= 2
+    return sorted(grid)
 
 
 def _interp(curve, target):
@@ -119,34 +229,44 @@ def _interp(curve, target):
 
 
 def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_examples: int, eval_every: int,
-                    monitor_micro: bool = False) -> dict:
+                    monitor_micro: bool = False, max_lr: float | None = None) -> dict:
     """Train ``workload`` with ``schedule`` until the held-out loss reaches ``target_loss``.
 
     Args:
         workload: a :class:`~batchlaw.workloads.Workload`.
         schedule: a :class:`~batchlaw.schedule.BatchSchedule`.
         seed: initialisation and data seed.
-        target_loss: held-out loss to reach.
+        target_loss: held-out loss to reach; must be below the initial model's.
         max_examples: budget.
         eval_every: examples between evaluations.
         monitor_micro: attach a :class:`~batchlaw.noise.GradientNoiseMonitor` (for the noise ramp).
+        max_lr: cap on the learning rate the schedule asks for (the stability limit); ``None``: no cap.
 
     Returns:
         ``status`` (``reached`` / ``budget`` / ``diverged``), ``steps``, ``examples``,
-        ``tokens``, ``wall_s`` to the target (``None`` unless reached), ``batches`` (the
-        global batch at each change: ``[[step, examples seen, batch], ...]``) and ``curve``.
+        ``tokens``, ``wall_s`` to the target (``None`` unless reached), ``final_loss``,
+        ``lr_capped_steps`` (steps whose LR the cap lowered), ``batches`` (the global batch at
+        each change: ``[[step, examples seen, batch], ...]``) and ``curve`` (every evaluation:
+        ``[[steps, examples, seconds, loss], ...]``, the initial one first).
+
+    Raises:
+        ValueError: the initial model's held-out loss is already at or below ``target_loss``
+            (every schedule would "reach" it at the first evaluation).
     """
     import torch
 
     from ..noise import GradientNoiseMonitor
 
     model = workload.make_model(seed)
+    start = (0, 0, 0.0, workload.eval_loss(model))
+    if start[3] <= target_loss:
+        raise ValueError(f"The 'target_loss' parameter ({target_loss:g}) is not below the initial held-out loss "
+                         f"({start[3]:.4g}, seed {seed}): it is reached before training. Choose a lower target.")
     opt = workload.make_optimizer(model, 1e-3)
     gen = torch.Generator().manual_seed(seed + 1)
     monitor = GradientNoiseMonitor(model, ema_beta=0.95) if monitor_micro else None
-    seen, steps, wall = 0, 0, 0.0
-    prev = (0, 0, 0.0, workload.eval_loss(model))
-    curve, batches = [list(prev)], []
+    seen, steps, wall, capped = 0, 0, 0.0, 0
+    curve, batches = [list(start)], []
     status, hit, next_eval = "budget", None, eval_every
     try:
         while seen < max_examples:
@@ -154,6 +274,9 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
             c = schedule.step(seen, monitor)
             if c.changed or not batches:
                 batches.append([steps, seen, c.global_batch])
+            if max_lr is not None and c.lr > max_lr:
+                c = replace(c, lr=max_lr)
+                capped += 1
             total = 0.0
             for _ in range(c.accumulation):
                 loss = workload.loss(model, workload.sample_batch(c.micro_batch_size, gen)) / c.accumulation
@@ -175,133 +298,123 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
                     next_eval += eval_every
                 cur = (steps, seen, wall, workload.eval_loss(model))
                 curve.append(list(cur))
+                if not math.isfinite(cur[3]):
+                    status = "diverged"
+                    break
                 if cur[3] <= target_loss:
                     status, hit = "reached", _interp(curve, target_loss)
                     break
-                prev = cur
     finally:
         if monitor is not None:
             monitor.remove()
     tpe = workload.tokens_per_example
     out = {"status": status, "steps": None, "examples": None, "tokens": None, "wall_s": None,
-           "final_loss": curve[-1][3], "batches": batches, "curve": curve[:: max(1, len(curve) // 200)]}
+           "final_loss": curve[-1][3] if math.isfinite(curve[-1][3]) else None, "lr_capped_steps": capped,
+           "batches": batches, "curve": [[s, e, w, v if math.isfinite(v) else None] for s, e, w, v in curve]}
     if hit is not None:
         out.update(steps=hit[0], examples=hit[1], tokens=hit[1] * tpe if tpe else None, wall_s=hit[2])
     return out
-
-
-def _interval(values: list[float]) -> dict:
-    vals = [v for v in values if v is not None]
-    if len(vals) < len(values) or not vals:
-        return {"mean": None, "ci": [None, None], "values": values}
-    n = len(vals)
-    mean = sum(vals) / n
-    if n == 1:
-        return {"mean": mean, "ci": [None, None], "values": values}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return {"mean": mean, "ci": [max(0.0, mean - half), mean + half], "values": values}  # all quantities are >= 0
 
 
 def _rule(workload, cfg) -> str:
     return cfg.lr_rule or ("sqrt" if workload.lr_scaling == 0.5 else "linear")
 
 
-def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, progress=None,
+def _thin(curve: list, most: int = 100) -> list:
+    step = max(1, len(curve) // most)
+    out = curve[::step]
+    return out if out[-1] == curve[-1] else [*out, curve[-1]]
+
+
+def compare_schedules(cfg: CompareConfig, *, store: str | Path | None = None, progress: bool = False,
                       threads: int | None = 1) -> dict:
-    """Run the comparison; returns the ``batchlaw.schedule_compare/1`` document.
+    """Train the frontier and the schedules; returns the ``batchlaw.schedule_compare/2`` document.
 
     Args:
         cfg: the comparison.
         store: SQLite file for the branched CBS measurement (default: a temporary one).
-        progress: ``callable(str)`` told about each finished run (``None``: silent).
+        progress: show a progress bar (runs done, out of all) on stderr.
         threads: torch CPU threads (``None`` leaves torch's setting).
-    """
-    from ..schedule.lr_schedule import LRSchedule
-    from ..sweep.branched_workload import WorkloadBranchConfig, measure_workload_cbs
-    from ..workloads import get_workload
 
+    Raises:
+        ValueError: the target is not below some seed's initial held-out loss, or the
+            learning rate fails its own probe; both before any training.
+    """
     import torch
+    from tqdm.auto import tqdm
+
+    from ..workloads import get_workload
+    from .compare_analysis import analyse_comparison
+    from .lr_probe import initial_losses, resolve_lr_cap, rule_lr
+    from .lr_schedule import LRSchedule
 
     if threads:
         torch.set_num_threads(threads)
-    say = progress or (lambda msg: None)
     wl = get_workload(cfg.workload, **cfg.workload_kwargs)
     lr0 = cfg.lr if cfg.lr is not None else wl.default_lr
     rule = _rule(wl, cfg)
-    tpe = wl.tokens_per_example
-    small, large = cfg.small_batch, cfg.large_batch
+    small, large, seeds = cfg.small_batch, cfg.large_batch, list(cfg.seeds)
+    grid = frontier_grid(small, large, cfg.frontier_cap)
+    start = initial_losses(wl, seeds)
+    low = {s: v for s, v in start.items() if v <= cfg.target_loss}
+    if low:
+        raise ValueError(f"The 'target_loss' parameter ({cfg.target_loss:g}) is not below the initial held-out loss of "
+                         f"seed(s) {sorted(low)} ({', '.join(f'{v:.4g}' for v in low.values())}): every schedule would "
+                         "'reach' it before training. Choose a lower target.")
+    cap = resolve_lr_cap(cfg, wl, lr0, rule, grid, LRSchedule(lr0, warmup=cfg.warmup), margin=LR_CAP_MARGIN)
+    trained = [s for s in cfg.schedules if s not in CONSTANT_SCHEDULES]
+    bar = tqdm(total=len(seeds) * (len(grid) + len(trained)), desc="schedule compare", unit="run", disable=not progress,
+               leave=False)
 
-    def lr():
-        return LRSchedule(lr0, warmup=cfg.warmup, tokens_per_example=None)
+    def run(builder, seed: int, monitor: bool = False) -> dict:
+        r = train_to_target(wl, builder(), seed=seed, target_loss=cfg.target_loss, max_examples=cfg.max_examples,
+                            eval_every=cfg.eval_every, monitor_micro=monitor, max_lr=cap["lr"])
+        bar.update(1)
+        return {"seed": seed, **r}
 
-    common = dict(lr_rule=rule, max_micro_batch=large)
-    runs: dict[str, list[dict]] = {}
-
-    def run(name, make, seeds, monitor=False):
-        for seed in seeds:
-            r = train_to_target(wl, make(), seed=seed, target_loss=cfg.target_loss, max_examples=cfg.max_examples,
-                                eval_every=cfg.eval_every, monitor_micro=monitor)
-            r["seed"] = seed
-            runs.setdefault(name, []).append(r)
-            say(f"{name} seed {seed}: {r['status']}, steps {r['steps']}, examples {r['examples']}")
-
-    run("constant_small", lambda: ConstantBatch(small, lr=lr(), **common), cfg.seeds)
-    ref = runs["constant_small"][0]
-    notes, measurement = [], None
-    if ref["examples"] is None:
-        notes.append("The constant small batch did not reach the target on the first seed: the CBS checkpoints and "
-                     "Seesaw milestones are placed at fractions of the budget instead.")
-    e_ref = ref["examples"] or cfg.max_examples
-    if "constant_large" in cfg.schedules:
-        run("constant_large", lambda: ConstantBatch(large, base_batch=small, lr=lr(), **common), cfg.seeds)
-    if "noise_ramp" in cfg.schedules:
-        run("noise_ramp", lambda: NoiseScaleRamp(small, lr(), max_batch=large, c=cfg.noise_c,
-                                                  hysteresis=cfg.hysteresis, **common), cfg.seeds, monitor=True)
-    if "cbs_ramp" in cfg.schedules:
-        kmax = 1
-        while kmax * 2 * small <= large:
-            kmax *= 2
-        ks = tuple(2**i for i in range(int(math.log2(kmax)) + 1))
-        points = tuple(sorted({int(f * e_ref) // small * small for f in cfg.cbs_fractions}))
-        bcfg = WorkloadBranchConfig(workload=cfg.workload, base_batch=small, lr=lr0, checkpoints=points,
-                                    budget=cfg.cbs_budget or kmax * small * 16, multipliers=ks, tolerance=cfg.cbs_tolerance,
-                                    lr_rule=rule, seeds=(cfg.seeds[0],), trunk_seed=cfg.seeds[0],
-                                    workload_kwargs=dict(cfg.workload_kwargs), name="compare_cbs")
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(store) if store is not None else Path(tmp) / "branches.db"
-            measurement = measure_workload_cbs(bcfg, path)
-        cost = time.perf_counter() - t0
-        say(f"branched CBS: {[(p['t_examples'], p['cbs'], p['censored']) for p in measurement.points]}")
-        run("cbs_ramp", lambda: CBSRamp.from_measurement(measurement, small, lr(), max_batch=large,
-                                                          factor=cfg.cbs_factor, **common), cfg.seeds)
-    if "seesaw" in cfg.schedules:
-        miles = [f * e_ref for f in cfg.seesaw_fractions]
-        run("seesaw", lambda: Seesaw(small, lr0, milestones=miles, a=2, max_batch=large, warmup=cfg.warmup,
-                                     optimizer="adam" if rule == "sqrt" else "sgd", max_micro_batch=large), cfg.seeds)
-
-    base = {r["seed"]: r for r in runs["constant_small"]}
-    summary = {}
-    for name, rs in runs.items():
-        row = {k: _interval([r[k] for r in rs]) for k in ("steps", "examples", "tokens", "wall_s")}
-        for k in ("steps", "examples", "wall_s"):
-            ratios = [None if r[k] is None or base[r["seed"]][k] is None else r[k] / base[r["seed"]][k] for r in rs]
-            row[f"{k}_ratio"] = _interval(ratios)
-        row["reached"] = sum(r["status"] == "reached" for r in rs)
-        row["runs"] = rs
-        summary[name] = row
-    goal = []
-    for name in ("noise_ramp", "cbs_ramp", "seesaw"):
-        if name in summary:
-            s, e = summary[name]["steps_ratio"]["mean"], summary[name]["examples_ratio"]["mean"]
-            goal.append({"schedule": name, "steps_ratio": s, "tokens_ratio": e,
-                         "met": s is not None and e is not None and s <= 0.7 and e <= 1.1})
-    doc = {"schema": "batchlaw.schedule_compare/1", "config": {**cfg.to_dict(), "lr": lr0, "lr_rule": rule, "tokens_per_example": tpe},
-           "workload": wl.describe(), "unit": "examples", "schedules": summary,
-           "goal": {"rule": "a ramp reaches the target in <= 0.7x the steps of constant_small with <= 1.1x its tokens "
-                            "(means of per-seed ratios)", "results": goal, "met": any(g["met"] for g in goal)},
-           "notes": notes}
-    if measurement is not None:
-        doc["cbs_measurement"] = {**measurement.to_dict(), "wall_s": cost}
+    frontier_runs: dict[int, list[dict]] = {}
+    try:
+        for b in grid:
+            lr_b = rule_lr(lr0, b, small, rule)
+            lr_b = lr_b if cap["lr"] is None else min(lr_b, cap["lr"])
+            frontier_runs[b] = []
+            for seed in seeds:
+                bar.set_postfix_str(f"constant batch {b}, seed {seed}")
+                r = run(lambda b=b: ConstantBatch(b, base_batch=small, lr=LRSchedule(lr0, warmup=cfg.warmup),
+                                                  lr_rule=rule, max_micro_batch=large), seed)
+                frontier_runs[b].append({"batch": b, "lr": lr_b, **r})
+        ref = next(r for r in frontier_runs[small] if r["seed"] == seeds[0])
+        notes = []
+        if ref["examples"] is None:
+            notes.append("The constant small batch did not reach the target on the first seed: the CBS checkpoints and "
+                         "Seesaw milestones are placed at fractions of the budget instead.")
+        ctx = CompareContext(cfg=cfg, workload=wl, lr=lr0, lr_rule=rule, lr_cap=cap["lr"],
+                             reference_examples=ref["examples"] or cfg.max_examples,
+                             store=None if store is None else Path(store), progress=progress, notes=notes)
+        schedule_runs = {}
+        for name in trained:
+            entry = SCHEDULE_FACTORIES[name]
+            bar.set_postfix_str(f"{name}: preparing")
+            builder = entry.factory(ctx)
+            schedule_runs[name] = []
+            for seed in seeds:
+                bar.set_postfix_str(f"{name}, seed {seed}")
+                schedule_runs[name].append(run(builder, seed, entry.monitor))
+    finally:
+        bar.close()
+    constant = {n: small if n == "constant_small" else large for n in cfg.schedules if n in CONSTANT_SCHEDULES}
+    a = analyse_comparison(grid=grid, frontier_runs=frontier_runs, schedule_runs=schedule_runs, constant=constant,
+                           seeds=seeds, allowance=cfg.allowance, tokens_per_example=wl.tokens_per_example)
+    for rs in [*frontier_runs.values(), *schedule_runs.values()]:
+        for r in rs:
+            r["curve"] = _thin(r["curve"])
+    if cap["lr"] is not None and any(rule_lr(lr0, b, small, rule) > cap["lr"] for b in grid):
+        notes.append(f"The LR rule is capped at {cap['lr']:.4g} ({cap['source']}): batches whose rule LR exceeds it "
+                     "train at the cap, ramps included.")
+    doc = {"schema": "batchlaw.schedule_compare/2",
+           "config": {**cfg.to_dict(), "lr": lr0, "lr_rule": rule, "tokens_per_example": wl.tokens_per_example,
+                      "frontier_batches": grid, "initial_loss": start},
+           "workload": wl.describe(), "unit": "examples", "lr_cap": cap, "frontier": a["frontier"],
+           "schedules": a["schedules"], "budget": a["budget"], "goal": a["goal"], "notes": notes + a["notes"]}
+    doc.update(ctx.extras)
     return doc

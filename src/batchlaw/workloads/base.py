@@ -65,6 +65,9 @@ class Workload(abc.ABC):
         lr_scaling: exponent of the rule that moves the learning rate with the batch size when a
             sweep starts its search (1: linear, for SGD; 0.5: square root, for Adam).
         clip_grad_norm: maximum global gradient norm, or ``None`` for no clipping.
+        max_stable_lr: the largest learning rate that trains stably with
+            :meth:`make_optimizer`, where the workload knows it exactly (the NQM: ``2 / h_max``);
+            ``None`` when unknown (``batchlaw schedule compare`` then probes for it).
     """
 
     name: str = "workload"
@@ -73,6 +76,7 @@ class Workload(abc.ABC):
     default_micro_batch: int = 32
     lr_scaling: float = 1.0
     clip_grad_norm: float | None = None
+    max_stable_lr: float | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)

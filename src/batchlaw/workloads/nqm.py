@@ -123,6 +123,11 @@ class NoisyQuadratic(Workload):
         return math.inf if g_sq <= 0 else float(self.c.sum()) / g_sq
 
     @property
+    def max_stable_lr(self) -> float:
+        """``2 / max h_i``: above it SGD's sharpest direction grows (``|1 - a h_1| > 1``)."""
+        return 2.0 / float(self.h.max())
+
+    @property
     def theta0_sq(self) -> np.ndarray:
         """``m_i(0) = theta_i(0)^2`` (the start is deterministic)."""
         return np.full(self.dim, self.init**2)
