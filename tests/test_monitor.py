@@ -491,9 +491,11 @@ def test_float64_model():
 
 
 # ---------------------------------------------------------------- micro-batches of unequal size
-def _unequal_run(wl, model, monitor, seed, steps, k=4, mean=32, cv=0.3, normalisation="step", give_sizes=True):
+def _unequal_run(wl, model, monitor, seed, steps, k=4, mean=32, cv=0.3, normalisation="step", give_sizes=True,
+                 total_factor=None):
     """``k`` micro-batches per step at fixed weights, sizes ``round(mean (1 + cv z))``; each loss a
-    sum over the micro-batch divided by the step's total (``"step"``) or a mean divided by ``k``."""
+    sum over the micro-batch divided by the step's total (``"step"``; by ``total_factor`` times it,
+    passed as ``loss_total``, if given) or a mean divided by ``k``."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
@@ -501,9 +503,13 @@ def _unequal_run(wl, model, monitor, seed, steps, k=4, mean=32, cv=0.3, normalis
         for n in sizes:
             x, y = wl.sample_batch(n, gen)
             per_example = 0.5 * (model(x).squeeze(-1) - y).square()
-            loss = per_example.sum() / sum(sizes) if normalisation == "step" else per_example.mean() / k
+            total = sum(sizes) * (total_factor or 1)
+            loss = per_example.sum() / total if normalisation == "step" else per_example.mean() / k
             loss.backward()
-        monitor.step(sizes=sizes) if give_sizes else monitor.step()
+        if total_factor:
+            monitor.step(sizes=sizes, loss_total=total)
+        else:
+            monitor.step(sizes=sizes) if give_sizes else monitor.step()
         model.zero_grad(set_to_none=True)
     monitor.remove()
     return monitor
@@ -526,12 +532,15 @@ def test_unequal_micro_batches_cv_0_3_within_3_percent_of_exact(normalisation):
     assert biased.b_simple > 1.08 * truth  # the bias this fixes
 
 
-def test_step_normalised_loss_recovers_absolute_g_sq_and_trace():
+@pytest.mark.parametrize("total_factor", [None, 1.25])
+def test_step_normalised_loss_recovers_absolute_g_sq_and_trace(total_factor):
+    """Also when the loss is divided by more than the sizes add up to (the Trainer's count for
+    GPT-2 includes a label per sequence that the loss does not use), given as loss_total."""
     wl = LinearRegression(dim=8, noise_std=0.5, init_distance=1.5)
     model = wl.make_model(1)
     d_sq = wl.delta_sq(model)
     monitor = GradientNoiseMonitor(model, loss_normalisation="step")
-    est = _unequal_run(wl, model, monitor, 3, 600, k=3, mean=16).estimate()
+    est = _unequal_run(wl, model, monitor, 3, 600, k=3, mean=16, total_factor=total_factor).estimate()
     assert est.g_sq == pytest.approx(d_sq, rel=0.1)
     assert est.trace_sigma == pytest.approx(8 * (d_sq + 0.25) + d_sq, rel=0.05)
 
@@ -583,7 +592,10 @@ def test_sizes_are_validated():
              ({"sizes": [8, 0, 8]}, ValueError, r"'sizes' parameter must hold positive finite numbers. Got 0"),
              ({"sizes": [8, 8, 8], "batch_size": 8}, ValueError, "not both"),
              ({"sizes": {8}}, TypeError, "must be a list, a tuple or a 1-D tensor"),
-             ({"loss_normalisation": "sum"}, ValueError, "'loss_normalisation' parameter must be one of")]
+             ({"loss_normalisation": "sum"}, ValueError, "'loss_normalisation' parameter must be one of"),
+             ({"sizes": [8, 8, 8], "loss_total": -1}, ValueError, "'loss_total' parameter must be a positive"),
+             ({"sizes": [8, 8, 8], "loss_total": 30, "loss_normalisation": "micro_batch"}, ValueError,
+              "'loss_total' parameter applies to loss_normalisation='step' or 'global_step' only")]
     for kwargs, err, pattern in cases:
         _one_step(wl, model, gen, k=3)
         with pytest.raises(err, match=pattern):

@@ -271,7 +271,7 @@ class GradientNoiseMonitor:
         self._leftover: torch.Tensor | None = None  # |.grad|^2 of one parameter before this step's first backward
         self._grad_version: tuple | None = None  # (index, grad object id, version) after the last backward
         self._last_forward_synced = True
-        self._pending: list[tuple[int, str, float | None, torch.Tensor]] = []  # (step, mode, examples/size, stats)
+        self._pending: list[tuple[int, bool, float | None, torch.Tensor]] = []  # (step, global total?, 1/size, stats)
         self._warned: set[str] = set()
         self._hooked_ids = frozenset(id(p) for p in self._big_params)
         self._params_checked_at = 0  # self._step at the last check for replaced parameters
@@ -435,8 +435,8 @@ class GradientNoiseMonitor:
                 "the last backward did not reduce the gradients across ranks. Turn it back on for the last "
                 "micro-batch of each step.")
 
-    def step(self, batch_size: int | None = None, *, sizes: Any = None,
-             loss_normalisation: str | None = None) -> None:
+    def step(self, batch_size: int | None = None, *, sizes: Any = None, loss_normalisation: str | None = None,
+             loss_total: Any = None) -> None:
         """Record the current optimizer step. Call after the last ``backward`` of the step and
         before ``scaler.unscale_``, gradient clipping, ``optimizer.step()`` and ``zero_grad()``.
         Under data parallelism every rank must call it (it runs one small all-reduce).
@@ -451,6 +451,11 @@ class GradientNoiseMonitor:
                 1-D tensor. The ranks may hold different sizes.
             loss_normalisation: how this step's micro-batch losses are normalised (default:
                 the constructor's; see the module docstring).
+            loss_total: with ``"step"`` or ``"global_step"``, the count every micro-batch's
+                summed loss was divided by, when it is not the total of ``sizes`` (this rank's,
+                or every rank's): e.g. the Hugging Face Trainer's ``num_items_in_batch``, which
+                for GPT-2 counts one label per sequence that its loss does not use. A number or
+                a 0-d tensor. ``B_simple`` does not depend on it, ``g_sq`` and ``trace_sigma`` do.
 
         Raises:
             ValueError: no micro-batch size known, ``sizes`` whose length is not the number of
@@ -488,6 +493,13 @@ class GradientNoiseMonitor:
         mode = (self.loss_normalisation if loss_normalisation is None
                 else check_choice("loss_normalisation", loss_normalisation, _NORMALISATIONS))
         per_example = self._check_sizes(k, batch_size, sizes)
+        if loss_total is not None:
+            if mode == "micro_batch":
+                raise ValueError("The 'loss_total' parameter applies to loss_normalisation='step' or 'global_step' "
+                                 "only: with 'micro_batch' each micro-batch loss is a mean over its own examples.")
+            if not isinstance(loss_total, torch.Tensor) and not _positive_number(loss_total):
+                raise ValueError(f"The 'loss_total' parameter must be a positive finite number. Got {loss_total!r} "
+                                 "instead.")
         grads = [_local(p.grad) for p in self._big_params if p.grad is not None]
         if not grads:
             raise RuntimeError(
@@ -497,13 +509,15 @@ class GradientNoiseMonitor:
         self._check_call_order()
         big = squared_norm(grads)  # this rank's shard under FSDP2, the whole reduced gradient otherwise
         n = self._size_tensor(k, batch_size, sizes, big.device)
-        stats = self._step_stats(torch.stack([m.to(big.device) for m in micro_sq]).double(), n, mode, per_example,
-                                 big if self.setup.kind == "fsdp2" else big / self.world_size, leftover)
+        total = None if loss_total is None else torch.as_tensor(loss_total).to(big.device, torch.float64).reshape(())
+        stats = self._step_stats(torch.stack([m.to(big.device) for m in micro_sq]).double(), n, mode, total,
+                                 per_example, big if self.setup.kind == "fsdp2" else big / self.world_size, leftover)
         if self.setup.distributed:
             # One all-reduce of a few scalars: the weighted micro-batch norms and sizes of every rank,
             # the shards of .grad (FSDP2), leftovers and the duplicate counts.
             torch.distributed.all_reduce(stats, group=self.setup.group)
-        self._pending.append((self._step - 1, mode, per_example, stats))
+        # With "global_step" and no loss_total, the weights wait for the total over every rank.
+        self._pending.append((self._step - 1, mode == "global_step" and total is None, per_example, stats))
         if len(self._pending) >= self.sync_every:
             self._materialize()
         return None
@@ -555,14 +569,14 @@ class GradientNoiseMonitor:
             return torch.stack([torch.as_tensor(s).to(device=device, dtype=torch.float64).reshape(()) for s in sizes])
         return torch.tensor([float(s) for s in sizes], dtype=torch.float64, device=device)
 
-    def _step_stats(self, micro_sq: torch.Tensor, n: torch.Tensor, mode: str, per_example: float | None,
-                    big: torch.Tensor, leftover: torch.Tensor | None) -> torch.Tensor:
+    def _step_stats(self, micro_sq: torch.Tensor, n: torch.Tensor, mode: str, total: torch.Tensor | None,
+                    per_example: float | None, big: torch.Tensor, leftover: torch.Tensor | None) -> torch.Tensor:
         """This rank's share of the step's sums (float64, summed over ranks by the all-reduce).
 
         ``micro_sq[i] = |c a_i g_i|^2`` is micro-batch ``i``'s squared norm as the hook saw it
         (``c`` the loss scale, ``a_i`` the weight of its mean loss, ``n_i`` its size). Returned, in
-        order: ``sum |c g_i|^2`` (``sum |c g_i|^2 n_i^2`` up to the factor ``(W/N)^2`` for
-        ``"global_step"``), ``|.grad|^2`` (this rank's share), the leftover, the loss scale,
+        order: ``sum |c g_i|^2`` (``sum |c g_i|^2 / n_i^2`` for ``"global_step"`` without
+        ``total``: the factor ``(N/W)^2`` waits for ``N``), ``|.grad|^2`` (this rank's share), the leftover, the loss scale,
         ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check), ``sum a_i``, ``sum a_i^2 / n_i``,
         ``sum 1 / n_i``, ``sum n_i``, the examples of the step (NaN when unknown), ``K``, 1 when
         every micro-batch has a twin with a bit-identical squared norm, and 1 for a size that is
@@ -574,8 +588,8 @@ class GradientNoiseMonitor:
             a = 1.0 / len(n) if self.loss_divided_by_accumulation else 1.0
             total = micro_sq.sum()
             small, jensen, a_sum, q = total / (a * a), total / a, zero + len(n) * a, inv_n.sum() * (a * a)
-        elif mode == "step":
-            a = n / n.sum()
+        elif mode == "step" or total is not None:
+            a = n / (n.sum() if total is None else total) * (self.world_size if mode == "global_step" else 1)
             small, jensen, a_sum, q = (micro_sq / a.square()).sum(), (micro_sq / a).sum(), a.sum(), (a.square() * inv_n).sum()
         else:  # a_i = W n_i / N over all ranks: the factor W / N is applied once N is known
             small, jensen, a_sum, q = (micro_sq * inv_n.square()).sum(), (micro_sq * inv_n).sum(), zero, zero
@@ -596,13 +610,13 @@ class GradientNoiseMonitor:
         pending, self._pending = self._pending, []
         values = torch.stack([s for *_, s in pending]).detach().cpu().numpy()  # (n, 13) float64
         w = self.world_size
-        for (step, mode, per_example, _), row in zip(pending, values):
+        for (step, global_total, per_example, _), row in zip(pending, values):
             small, big, left, scale_sum, jensen, a_sum, q, inv_n_sum, n_sum, examples, k_sum, dup, bad = row
             if bad or not (inv_n_sum > 0 and math.isfinite(inv_n_sum) and math.isfinite(n_sum)):
                 raise ValueError(
                     f"A micro-batch size given to GradientNoiseMonitor.step() at step {step} was not a positive finite "
                     "number: every micro-batch must hold at least one example (token).")
-            if mode == "global_step":  # a_i = kappa n_i with kappa = W / N
+            if global_total:  # a_i = kappa n_i with kappa = W / N
                 kappa = w / n_sum
                 small, jensen, a_sum, q = small / kappa**2, jensen / kappa, float(w), kappa**2 * n_sum
             c2 = (scale_sum / w) ** 2
