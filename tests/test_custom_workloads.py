@@ -121,6 +121,21 @@ def test_cli_bad_reference_is_one_line(command, capsys):
     assert rc == 2 and err.count("\n") == 1 and "rejected the arguments {'dim': 0}" in err
 
 
+class OneExampleTooMany(TinyRegression):
+    """A workload whose sample_batch returns b + 1 examples."""
+
+    def sample_batch(self, batch_size, generator):
+        return super().sample_batch(batch_size + 1, generator)
+
+
+def test_measure_refuses_a_batch_of_the_wrong_size(capsys):
+    with pytest.raises(ValueError, match=r"returned a batch with 9 examples .* from sample_batch\(8, generator\)"):
+        measure_noise(OneExampleTooMany(), steps=4, progress=False)
+    rc = main(["measure", "--workload", "test_custom_workloads:OneExampleTooMany", "--steps", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "it must return exactly batch_size examples" in err and err.count("\n") == 1
+
+
 def test_hooks_are_used_by_measure_and_trials():
     wl = TinyRegression(warmup=4)
     result = measure_noise(wl, steps=6, accumulation=2, progress=False, eval_every=3)

@@ -169,3 +169,14 @@ def test_measure_nproc_prints_the_estimate_beside_one_process(capsys):
     assert single["config"]["world_size"] == 1 and single["config"]["accumulation"] == 8
     assert single["config"]["batch_size"] == out["config"]["batch_size"]
     assert out["estimate"] is not None or out["provisional_b_simple"] is not None
+
+
+def test_measure_nproc_divergence_is_a_named_error_on_every_rank(capsys):
+    """The ranks agree on the divergence (one all-reduce of the loss) and the parent raises it:
+    exit status 1, not an internal error or a hang."""
+    from batchlaw.cli import main
+
+    assert main(["measure", "--workload", "linreg", "--nproc", "2", "--lr", "100", "--steps", "40",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "batchlaw: error: The training loss of workload 'linreg' became" in err

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .. import __version__
+from ..errors import TrainingDivergedError
 from . import branch, demo, fit, measure, plan, profile, schedule, sweep
 
 __all__ = ["main", "build_parser"]
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success; 1 when no result could be computed (e.g. ``fit cbs`` when every group
-        fails; said in the output); 2 on a bad argument or input, with a message naming it;
+        fails, said in the output; ``measure`` when the training diverged, a
+        :class:`~batchlaw.errors.TrainingDivergedError`); 2 on a bad argument or input, with a message naming it;
         3 on an internal error (a bug: set ``BATCHLAW_DEBUG=1`` to see the traceback); 130
         when interrupted.
     """
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batchlaw: interrupted", file=sys.stderr)
         return 130
+    except TrainingDivergedError as err:  # no result: the run itself failed, not the input
+        print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as err:  # InsufficientDataError and StoreError are ValueErrors
         print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
         return 2
