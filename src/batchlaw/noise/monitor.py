@@ -552,10 +552,11 @@ class GradientNoiseMonitor:
             raise TypeError(f"The 'sizes' parameter must be a list, a tuple or a 1-D tensor. Got "
                             f"{type(sizes).__name__} instead.")
         if length != k:
+            got = f"{length} size(s)" if length >= 0 else f"a tensor of shape {tuple(sizes.shape)}"
             raise ValueError(
                 f"The 'sizes' parameter must hold one size per micro-batch of the step: {k} backward passes reached "
-                f".grad since the last step(), got {length if length >= 0 else 'a tensor of shape ' + str(tuple(sizes.shape))}"
-                " size(s). Call backward once per micro-batch and list the sizes in the same order.")
+                f".grad since the last step(), got {got}. Call backward once per micro-batch and list the sizes in "
+                "the same order.")
         return 1.0 if self.unit == "examples" else None
 
     def _size_tensor(self, k: int, batch_size: Any, sizes: Any, device) -> torch.Tensor:
@@ -576,8 +577,9 @@ class GradientNoiseMonitor:
         ``micro_sq[i] = |c a_i g_i|^2`` is micro-batch ``i``'s squared norm as the hook saw it
         (``c`` the loss scale, ``a_i`` the weight of its mean loss, ``n_i`` its size). Returned, in
         order: ``sum |c g_i|^2`` (``sum |c g_i|^2 / n_i^2`` for ``"global_step"`` without
-        ``total``: the factor ``(N/W)^2`` waits for ``N``), ``|.grad|^2`` (this rank's share), the leftover, the loss scale,
-        ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check), ``sum a_i``, ``sum a_i^2 / n_i``,
+        ``total``: the factor ``(N/W)^2`` waits for ``N``), ``|.grad|^2`` (this rank's share),
+        the leftover, the loss scale, ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check),
+        ``sum a_i``, ``sum a_i^2 / n_i``,
         ``sum 1 / n_i``, ``sum n_i``, the examples of the step (NaN when unknown), ``K``, 1 when
         every micro-batch has a twin with a bit-identical squared norm, and 1 for a size that is
         not positive.
@@ -590,7 +592,8 @@ class GradientNoiseMonitor:
             small, jensen, a_sum, q = total / (a * a), total / a, zero + len(n) * a, inv_n.sum() * (a * a)
         elif mode == "step" or total is not None:
             a = n / (n.sum() if total is None else total) * (self.world_size if mode == "global_step" else 1)
-            small, jensen, a_sum, q = (micro_sq / a.square()).sum(), (micro_sq / a).sum(), a.sum(), (a.square() * inv_n).sum()
+            small, jensen = (micro_sq / a.square()).sum(), (micro_sq / a).sum()
+            a_sum, q = a.sum(), (a.square() * inv_n).sum()
         else:  # a_i = W n_i / N over all ranks: the factor W / N is applied once N is known
             small, jensen, a_sum, q = (micro_sq * inv_n.square()).sum(), (micro_sq * inv_n).sum(), zero, zero
         twins = (micro_sq.unsqueeze(0) == micro_sq.unsqueeze(1)).sum(1) >= 2
@@ -683,8 +686,8 @@ class GradientNoiseMonitor:
         if gone:
             self._warn_once(
                 "replaced_params",
-                f"{gone} of the {len(self._big_params)} parameters the GradientNoiseMonitor hooked are no longer in the "
-                "model: they were replaced or reassigned after it was created (module.weight = Parameter(...), a "
+                f"{gone} of the {len(self._big_params)} parameters the GradientNoiseMonitor hooked are no longer in "
+                "the model: they were replaced or reassigned after it was created (module.weight = Parameter(...), a "
                 "layer swapped, to_empty()), and their replacements have no hooks, so B_simple is measured on the "
                 "other parameters only. Create the monitor once the model is final.")
         elif new:
@@ -757,8 +760,9 @@ class GradientNoiseMonitor:
         Raises:
             InsufficientDataError: too few usable steps, every step had a single micro-batch on a
                 single rank, a mean ``|G|^2 <= 0`` or ``tr(Sigma) <= 0``, or steps that failed a
-                plausibility check (forgotten ``zero_grad``, identical micro-batches); the error
-                carries the provisional estimate where there is one.
+                plausibility check (forgotten ``zero_grad``, identical micro-batches, ``backward``
+                twice per micro-batch); the error carries the provisional estimate where there
+                is one.
         """
         self._materialize()
         self._check_records()
