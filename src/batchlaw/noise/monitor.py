@@ -271,7 +271,7 @@ class GradientNoiseMonitor:
         self._leftover: torch.Tensor | None = None  # |.grad|^2 of one parameter before this step's first backward
         self._grad_version: tuple | None = None  # (index, grad object id, version) after the last backward
         self._last_forward_synced = True
-        self._pending: list[tuple[int, bool, float | None, torch.Tensor]] = []  # (step, global total?, 1/size, stats)
+        self._pending: list[tuple[int, bool, float | None, torch.Tensor]] = []  # (step, global total?, example size, stats)
         self._warned: set[str] = set()
         self._hooked_ids = frozenset(id(p) for p in self._big_params)
         self._params_checked_at = 0  # self._step at the last check for replaced parameters
@@ -579,17 +579,16 @@ class GradientNoiseMonitor:
         order: ``sum |c g_i|^2`` (``sum |c g_i|^2 / n_i^2`` for ``"global_step"`` without
         ``total``: the factor ``(N/W)^2`` waits for ``N``), ``|.grad|^2`` (this rank's share),
         the leftover, the loss scale, ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check),
-        ``sum a_i``, ``sum a_i^2 / n_i``,
-        ``sum 1 / n_i``, ``sum n_i``, the examples of the step (NaN when unknown), ``K``, 1 when
-        every micro-batch has a twin with a bit-identical squared norm, and 1 for a size that is
-        not positive.
+        ``sum a_i``, ``sum a_i^2 / n_i``, ``sum 1 / n_i``, ``sum n_i``, the examples of the step
+        (NaN when unknown), ``K``, 1 when every micro-batch has a twin with a bit-identical
+        squared norm, and 1 for a size that is not positive.
         """
         inv_n = n.reciprocal()
         zero = micro_sq.new_zeros(())
         if mode == "micro_batch":
             a = 1.0 / len(n) if self.loss_divided_by_accumulation else 1.0
-            total = micro_sq.sum()
-            small, jensen, a_sum, q = total / (a * a), total / a, zero + len(n) * a, inv_n.sum() * (a * a)
+            summed = micro_sq.sum()
+            small, jensen, a_sum, q = summed / (a * a), summed / a, zero + len(n) * a, inv_n.sum() * (a * a)
         elif mode == "step" or total is not None:
             a = n / (n.sum() if total is None else total) * (self.world_size if mode == "global_step" else 1)
             small, jensen = (micro_sq / a.square()).sum(), (micro_sq / a).sum()
