@@ -668,7 +668,7 @@ def test_backward_twice_per_micro_batch_is_caught():
     wl, model, _ = _linreg_setup()
     monitor = GradientNoiseMonitor(model, micro_batch_size=8)
     gen = torch.Generator().manual_seed(0)
-    with pytest.warns(RuntimeWarning, match="bit-identical squared norm: backward ran twice"):
+    with pytest.warns(RuntimeWarning, match="came in pairs with bit-identical squared norms: backward ran twice"):
         for _ in range(20):
             for _ in range(4):
                 loss = wl.loss(model, wl.sample_batch(8, gen)) / 4

@@ -172,8 +172,9 @@ class GradientNoiseMonitor:
         RuntimeWarning: (when records are read, at the latest every ``sync_every`` measured
             steps) a parameter the monitor hooked was replaced or removed, or trainable
             parameters were added, after it was created: it measures only the parameters it
-            hooked. At a step where every micro-batch gradient has a twin with a bit-identical
-            squared norm: ``backward`` ran twice on the same micro-batch (each counts as one).
+            hooked. At a step whose micro-batch gradients come in pairs with bit-identical
+            squared norms (at least as many ordered pairs as micro-batches): ``backward`` ran
+            twice on the same micro-batch (each counts as one).
 
     Examples:
         >>> import torch
@@ -559,50 +560,54 @@ class GradientNoiseMonitor:
                 "the same order.")
         return 1.0 if self.unit == "examples" else None
 
-    def _size_tensor(self, k: int, batch_size: Any, sizes: Any, device) -> torch.Tensor:
-        """The ``k`` micro-batch sizes in ``unit``, float64 on ``device`` (validated by :meth:`_check_sizes`)."""
+    def _size_tensor(self, k: int, batch_size: Any, sizes: Any, device) -> torch.Tensor | float:
+        """The ``k`` micro-batch sizes in ``unit``, float64 on ``device``, or one number when
+        every micro-batch holds it (validated by :meth:`_check_sizes`)."""
         if sizes is None:
             b = batch_size if batch_size is not None else self.micro_batch_size
-            return torch.full((k,), float(b * (self.tokens_per_example or 1)), dtype=torch.float64, device=device)
+            return float(b * (self.tokens_per_example or 1))
         if isinstance(sizes, torch.Tensor):
             return sizes.to(device=device, dtype=torch.float64)
         if any(isinstance(s, torch.Tensor) for s in sizes):
             return torch.stack([torch.as_tensor(s).to(device=device, dtype=torch.float64).reshape(()) for s in sizes])
         return torch.tensor([float(s) for s in sizes], dtype=torch.float64, device=device)
 
-    def _step_stats(self, micro_sq: torch.Tensor, n: torch.Tensor, mode: str, total: torch.Tensor | None,
+    def _step_stats(self, micro_sq: torch.Tensor, n: torch.Tensor | float, mode: str, total: torch.Tensor | None,
                     per_example: float | None, big: torch.Tensor, leftover: torch.Tensor | None) -> torch.Tensor:
         """This rank's share of the step's sums (float64, summed over ranks by the all-reduce).
 
         ``micro_sq[i] = |c a_i g_i|^2`` is micro-batch ``i``'s squared norm as the hook saw it
-        (``c`` the loss scale, ``a_i`` the weight of its mean loss, ``n_i`` its size). Returned, in
-        order: ``sum |c g_i|^2`` (``sum |c g_i|^2 / n_i^2`` for ``"global_step"`` without
-        ``total``: the factor ``(N/W)^2`` waits for ``N``), ``|.grad|^2`` (this rank's share),
-        the leftover, the loss scale, ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check),
-        ``sum a_i``, ``sum a_i^2 / n_i``, ``sum 1 / n_i``, ``sum n_i``, the examples of the step
-        (NaN when unknown), ``K``, 1 when every micro-batch has a twin with a bit-identical
-        squared norm, and 1 for a size that is not positive.
+        (``c`` the loss scale, ``a_i`` the weight of its mean loss, ``n_i`` its size; ``n`` one
+        number when all are equal). Returned, in order: ``sum |c g_i|^2`` (``sum |c g_i|^2 /
+        n_i^2`` for ``"global_step"`` without ``total``: the factor ``(N/W)^2`` waits for ``N``),
+        ``|.grad|^2`` (this rank's share), ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check;
+        ``sum |c g_i|^2 / n_i`` likewise), 1 when the ordered pairs of micro-batches with
+        bit-identical squared norms are at least ``K`` (``backward`` twice on each), the leftover,
+        the loss scale, ``sum a_i``, ``sum a_i^2 / n_i``, ``sum 1 / n_i``, ``sum n_i``, the
+        examples of the step (NaN when unknown), ``K`` and 1 for a size that is not positive.
         """
-        inv_n = n.reciprocal()
-        zero = micro_sq.new_zeros(())
+        k = len(micro_sq)
+        equal = not isinstance(n, torch.Tensor)
+        inv_sum, n_sum = (k / n, k * n) if equal else (n.reciprocal().sum(), n.sum())
+        deferred = mode == "global_step" and total is None  # a_i = (W / N) n_i: N, over all ranks, comes later
         if mode == "micro_batch":
-            a = 1.0 / len(n) if self.loss_divided_by_accumulation else 1.0
-            summed = micro_sq.sum()
-            small, jensen, a_sum, q = summed / (a * a), summed / a, zero + len(n) * a, inv_n.sum() * (a * a)
-        elif mode == "step" or total is not None:
-            a = n / (n.sum() if total is None else total) * (self.world_size if mode == "global_step" else 1)
+            a = 1.0 / k if self.loss_divided_by_accumulation else 1.0
+        elif deferred:
+            a = n
+        else:
+            a = n / (n_sum if total is None else total) * (self.world_size if mode == "global_step" else 1)
+        if isinstance(a, torch.Tensor) and a.dim():  # one weight per micro-batch
             small, jensen = (micro_sq / a.square()).sum(), (micro_sq / a).sum()
-            a_sum, q = a.sum(), (a.square() * inv_n).sum()
-        else:  # a_i = W n_i / N over all ranks: the factor W / N is applied once N is known
-            small, jensen, a_sum, q = (micro_sq * inv_n.square()).sum(), (micro_sq * inv_n).sum(), zero, zero
-        twins = (micro_sq.unsqueeze(0) == micro_sq.unsqueeze(1)).sum(1) >= 2
-        duplicate = (twins & (micro_sq > 0)).all() if len(n) >= 2 else zero
-        scale = self._scale()
-        examples = n.sum() / per_example if per_example else zero + math.nan
-        return torch.stack([
-            small, big.double(), leftover.to(big.device).double() if leftover is not None else zero,
-            scale.double() if isinstance(scale, torch.Tensor) else zero + scale, jensen, a_sum, q, inv_n.sum(),
-            n.sum(), examples, zero + len(n), duplicate.double(), (n <= 0).any().double()])
+            a_sum, q = a.sum(), (a.square() / n).sum()
+        else:
+            summed = micro_sq.sum()
+            small, jensen, a_sum, q = summed / (a * a), summed / a, k * a, a * a * inv_sum
+        if deferred:
+            a_sum, q = 0.0, 0.0
+        examples = n_sum / per_example if per_example else math.nan
+        duplicate = (micro_sq.unsqueeze(0) == micro_sq.unsqueeze(1)).sum() >= 2 * k if k >= 2 else 0.0
+        return _pack([small, big, jensen, duplicate, 0.0 if leftover is None else leftover, self._scale(), a_sum, q,
+                      inv_sum, n_sum, examples, float(k), 0.0 if equal else (n <= 0).any()], micro_sq)
 
     def _materialize(self) -> None:
         if self._step - self._params_checked_at >= self.sync_every:
@@ -613,7 +618,7 @@ class GradientNoiseMonitor:
         values = torch.stack([s for *_, s in pending]).detach().cpu().numpy()  # (n, 13) float64
         w = self.world_size
         for (step, global_total, per_example, _), row in zip(pending, values):
-            small, big, left, scale_sum, jensen, a_sum, q, inv_n_sum, n_sum, examples, k_sum, dup, bad = row
+            small, big, jensen, dup, left, scale_sum, a_sum, q, inv_n_sum, n_sum, examples, k_sum, bad = row
             if bad or not (inv_n_sum > 0 and math.isfinite(inv_n_sum) and math.isfinite(n_sum)):
                 raise ValueError(
                     f"A micro-batch size given to GradientNoiseMonitor.step() at step {step} was not a positive finite "
@@ -661,7 +666,7 @@ class GradientNoiseMonitor:
             rec["flag"] = "duplicate"
             self._warn_once(
                 "duplicate",
-                f"At step {rec['step']} every micro-batch gradient had a twin with a bit-identical squared norm: "
+                f"At step {rec['step']} the micro-batch gradients came in pairs with bit-identical squared norms: "
                 "backward ran twice on the same micro-batch. The monitor counts every backward that reaches .grad "
                 "as one micro-batch, so B_simple comes out too large. Call backward once per micro-batch (add a "
                 "micro-batch's losses before backward).")
@@ -712,8 +717,8 @@ class GradientNoiseMonitor:
         twice = sum(f == "duplicate" for f in flags)
         if flags and twice > len(flags) / 2:
             raise InsufficientDataError(
-                f"In {twice} of {len(flags)} measured steps every micro-batch gradient had a twin with a bit-identical "
-                "squared norm: backward ran twice on each micro-batch, and each backward that reaches .grad counts "
+                f"In {twice} of {len(flags)} measured steps the micro-batch gradients came in pairs with bit-identical "
+                "squared norms: backward ran twice on each micro-batch, and each backward that reaches .grad counts "
                 "as one micro-batch. Call backward once per micro-batch (add a micro-batch's losses first).")
 
     # ------------------------------------------------------------------ results
@@ -840,6 +845,15 @@ def _refuse_unmeasurable(model: torch.nn.Module) -> None:
                 f"Parameter {name!r} is on the meta device (no data yet): create the GradientNoiseMonitor after the "
                 "model is materialised (to_empty() and initialisation, or loading its weights), since those replace "
                 "the parameters it would hook.")
+
+
+def _pack(entries: list, like: torch.Tensor) -> torch.Tensor:
+    """``entries`` (0-d tensors, booleans or numbers) as one float64 vector on ``like``'s device;
+    the numbers cross to the device in one copy."""
+    numbers = [float(e) for e in entries if not isinstance(e, torch.Tensor)]
+    host = iter(torch.tensor(numbers, dtype=torch.float64, device=like.device).unbind()) if numbers else None
+    return torch.stack([e.to(like.device, torch.float64).reshape(()) if isinstance(e, torch.Tensor) else next(host)
+                        for e in entries])
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
