@@ -2,7 +2,8 @@
 
 A two-layer GPT-2 built from a config (no download) learns bytes of the Python standard
 library's source with ``gradient_accumulation_steps=4``. ``NoiseScaleCallback`` measures
-``B_simple`` in tokens (each example is ``--context`` tokens) before the Trainer clips the
+``B_simple`` in tokens (the tokens the loss predicts, ``--context`` - 1 per example, which is
+how the Trainer's ``num_items_in_batch`` weighs the micro-batches) before the Trainer clips the
 gradients, and adds ``gns/*`` metrics to the Trainer's log entries, so
 ``trainer.state.log_history`` and the ``report_to`` integrations (TensorBoard here) get them.
 

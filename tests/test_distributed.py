@@ -53,7 +53,9 @@ _ACCURACY_4 = {
 def world2(tmp_path_factory):
     cfg = {"accuracy_cases": _ACCURACY_2, "bit_for_bit": {},
            "world_one_subgroup": {"b": 8, "steps": 300, "seed": 2},
-           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}, "allreduce_count": {"steps": 12, "every": 3}}
+           "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}, "allreduce_count": {"steps": 12, "every": 3},
+           "unequal_sizes": {"modes": ["micro_batch", "step", "global_step", "global_step+total"], "steps": 400,
+                             "seed": 3}}
     return run_spawned("suite", 2, cfg, tmp_path_factory.mktemp("w2"))
 
 
@@ -85,6 +87,25 @@ def test_ddp_and_fsdp2_on_two_ranks_match_the_analytic_noise_scale(world2):
 
 def test_four_ranks(world4):
     _check_accuracy(world4, 4, _ACCURACY_4)
+
+
+@pytest.mark.parametrize("mode", ["micro_batch", "step", "global_step", "global_step+total"])
+def test_unequal_micro_batches_differing_across_ranks(world2, mode):
+    """Rank 0 accumulates 3 micro-batches of about 24 examples, rank 1 4 of about 40 (CV 0.3):
+    the first step's norms and batch sizes equal the brute-force sums over all 7 micro-batch
+    gradients, every rank gets the same estimate, and it matches the analytic B_simple. Before,
+    the monitor refused ranks with different micro-batch sizes."""
+    for r in world2:
+        case = r["unequal_sizes"][mode]
+        first, rec = case["first"], case["record"]
+        assert rec["global_batch"] == first["global_batch"]
+        for key in ("b_small", "b_big"):
+            assert rec[key] == pytest.approx(first[key], rel=1e-9), key
+        for key in ("small_sq", "big_sq"):
+            assert rec[key] == pytest.approx(first[key], rel=1e-5), key
+        assert case["accumulation"] == 3.5
+        assert case["b_simple"] == world2[0]["unequal_sizes"][mode]["b_simple"]
+    assert world2[0]["unequal_sizes"][mode]["b_simple"] == pytest.approx(world2[0]["unequal_sizes"]["truth"], rel=0.10)
 
 
 def test_world_size_one_process_group(world2):
@@ -148,3 +169,14 @@ def test_measure_nproc_prints_the_estimate_beside_one_process(capsys):
     assert single["config"]["world_size"] == 1 and single["config"]["accumulation"] == 8
     assert single["config"]["batch_size"] == out["config"]["batch_size"]
     assert out["estimate"] is not None or out["provisional_b_simple"] is not None
+
+
+def test_measure_nproc_divergence_is_a_named_error_on_every_rank(capsys):
+    """The ranks agree on the divergence (one all-reduce of the loss) and the parent raises it:
+    exit status 1, not an internal error or a hang."""
+    from batchlaw.cli import main
+
+    assert main(["measure", "--workload", "linreg", "--nproc", "2", "--lr", "100", "--steps", "40",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "batchlaw: error: The training loss of workload 'linreg' became" in err

@@ -28,14 +28,24 @@ _SCRIPT = textwrap.dedent('''
 
     warnings.simplefilter("ignore"); hf_logging.set_verbosity_error()
     out, steps, k, b, attach = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+    padded = sys.argv[6] == "padded"
     wl = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)
     x, y = wl.sample_batch(steps * k * b * 2, torch.Generator().manual_seed(0))
+    if padded:  # batch j keeps its first n_j labels, the rest are padding (-100)
+        n = torch.randint(1, b + 1, (len(x) // b,), generator=torch.Generator().manual_seed(1))
+        y = torch.where(torch.arange(len(x)) % b < n.repeat_interleave(b), y, torch.tensor(-100.0))
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__(); self.net = wl.make_model(0)
         def forward(self, x, labels):
             return {"loss": wl.loss(self.net, (x, labels))}
+
+    class PaddedNet(Net):  # takes **kwargs: the Trainer passes num_items_in_batch and multiplies by W
+        def forward(self, x, labels, **kwargs):
+            valid = labels != -100
+            per_row = 0.5 * (self.net(x).squeeze(-1) - labels).square() * valid
+            return {"loss": per_row.sum() / kwargs["num_items_in_batch"]}
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self): return len(x)
@@ -45,7 +55,7 @@ _SCRIPT = textwrap.dedent('''
                              max_steps=steps, learning_rate=0.0, max_grad_norm=1e-3, logging_steps=10, report_to=[],
                              use_cpu=True, ddp_backend="gloo", train_sampling_strategy="sequential",
                              remove_unused_columns=False, save_strategy="no", disable_tqdm=True)
-    trainer = Trainer(model=Net(), args=args, train_dataset=Rows())
+    trainer = Trainer(model=PaddedNet() if padded else Net(), args=args, train_dataset=Rows())
     cb = NoiseScaleCallback()
     if attach:
         cb.attach(trainer)
@@ -63,16 +73,47 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("attach", [True, False])
-def test_trainer_under_ddp_matches_a_single_process(tmp_path, attach):
+def _torchrun(tmp_path, attach, data):
     script = tmp_path / "worker.py"
     script.write_text(_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={W}", str(script),
-           str(tmp_path), str(STEPS), str(K), str(B), "1" if attach else "0"]
+           str(tmp_path), str(STEPS), str(K), str(B), "1" if attach else "0", data]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(W)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(W)]
+
+
+def test_padded_labels_under_ddp_match_a_single_process(tmp_path):
+    """A model that takes **kwargs: the Trainer normalises by num_items_in_batch counted over both
+    ranks (average_tokens_across_devices) and multiplies the loss by W, so the callback steps the
+    monitor with loss_normalisation="global_step". Reference: one process stepping the monitor
+    with loss_normalisation="step" over the W K micro-batches of each step."""
+    ranks = _torchrun(tmp_path, True, "padded")
+    records = ranks[0]["records"]
+    assert records == ranks[1]["records"] and len(records) == STEPS
+    wl = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)
+    x, y = wl.sample_batch(STEPS * K * B * 2, torch.Generator().manual_seed(0))
+    n = torch.randint(1, B + 1, (len(x) // B,), generator=torch.Generator().manual_seed(1)).tolist()
+    model = wl.make_model(0)
+    plain = GradientNoiseMonitor(model, loss_normalisation="step")
+    for s in range(STEPS):
+        js = [(s * K + k) * W + r for k in range(K) for r in range(W)]
+        total = sum(n[j] for j in js)
+        for j in js:
+            i = j * B
+            (wl.loss(model, (x[i:i + n[j]], y[i:i + n[j]])) * n[j] / total).backward()
+        plain.step(sizes=[n[j] for j in js])
+        model.zero_grad(set_to_none=True)
+    assert len({r["b_small"] for r in records}) > 1  # the sizes did differ
+    for ours, ref in zip(records, plain.records):
+        for key in ("small_sq", "big_sq", "b_small", "b_big"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("attach", [True, False])
+def test_trainer_under_ddp_matches_a_single_process(tmp_path, attach):
+    ranks = _torchrun(tmp_path, attach, "plain")
     assert ranks[0]["kind"] == ("ddp" if attach else "group")
     records = ranks[0]["records"]
     assert records == ranks[1]["records"] and len(records) == STEPS

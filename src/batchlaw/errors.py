@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["InsufficientDataError", "UserCodeError"]
+__all__ = ["InsufficientDataError", "TrainingDivergedError", "UserCodeError"]
 
 
 class InsufficientDataError(ValueError):
@@ -46,3 +46,23 @@ class UserCodeError(Exception):
 
     def __reduce__(self):  # survive pickling across processes (process pools, Ray)
         return (type(self), (str(self), self.where))
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training run that batchlaw drives diverged: its loss became NaN or infinite.
+
+    Nothing measured after that point means anything, so the run stops there instead of
+    reporting "no estimate". ``batchlaw measure`` exits with status 1 on it.
+
+    Attributes:
+        step: the optimizer step (0-based) whose loss was not finite.
+        loss: that loss (``nan``, ``inf`` or ``-inf``).
+    """
+
+    def __init__(self, message: str, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.loss = loss
+
+    def __reduce__(self):  # survive pickling across processes (measure --nproc)
+        return (type(self), (str(self), self.step, self.loss))

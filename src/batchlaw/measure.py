@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._validation import check_positive_float, check_positive_int
-from .errors import InsufficientDataError
+from .errors import InsufficientDataError, TrainingDivergedError
 from .noise import GradientNoiseMonitor, NoiseScaleEstimate, windowed_estimates
 from .workloads import Workload, resolve_workload
 
@@ -100,6 +100,12 @@ def measure_noise(
             (gloo on CPU, nccl when as many GPUs are visible); ``micro_batch_size`` is per
             process, the global batch ``nproc * accumulation * micro_batch_size``, and
             ``accumulation`` may be 1.
+
+    Raises:
+        ValueError: a bad argument, or a workload whose ``sample_batch(b, generator)`` returns
+            another number of examples than ``b``.
+        TrainingDivergedError: the training or held-out loss became NaN or infinite (the run
+            stops at that step).
     """
     workload = resolve_workload(workload, workload_kwargs)
     steps = check_positive_int("steps", steps)
@@ -137,9 +143,10 @@ def measure_noise(
         total = 0.0
         for i in range(k):
             with net.no_sync() if world > 1 and i < k - 1 else contextlib.nullcontext():
-                loss = workload.loss(net, workload.sample_batch(b, gen)) / k
+                loss = workload.loss(net, _checked_batch(workload, b, gen)) / k
                 loss.backward()
             total += loss.item()
+        _check_finite(workload, "training", step, total, lr, world)
         monitor.step()
         if workload.clip_grad_norm is not None:  # after the monitor: it measures the raw gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), workload.clip_grad_norm)
@@ -150,6 +157,7 @@ def measure_noise(
         train_losses.append(total)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             eval_losses.append((step + 1, workload.eval_loss(model)))
+            _check_finite(workload, "held-out", step, eval_losses[-1][1], lr, 1)  # the same weights on every rank
             rec = monitor.records[-1] if monitor.records else None
             if rec is not None and math.isfinite(rec["b_simple_ema"]):
                 bar.set_postfix(loss=f"{eval_losses[-1][1]:.3f}", b_simple_ema=f"{rec['b_simple_ema']:.3g}")
@@ -188,6 +196,9 @@ def _measure_on_processes(workload: Workload, nproc: int, params: dict) -> Measu
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_rank_entry, args=(nproc, port, workload, params, tmp), nprocs=nproc, join=True)
         results = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(nproc)]
+    failed = next((r for r in results if isinstance(r, Exception)), None)
+    if failed is not None:  # a named error (divergence, a bad workload) raised on the ranks
+        raise failed
     estimates = {None if r.estimate is None else r.estimate.b_simple for r in results}
     if len(estimates) != 1:  # pragma: no cover - would be a bug in the monitor
         raise RuntimeError(f"The ranks disagree on B_simple: {sorted(map(str, estimates))}.")
@@ -200,11 +211,42 @@ def _rank_entry(rank: int, world: int, port: int, workload: Workload, params: di
     if torch.cuda.is_available() and torch.cuda.device_count() >= world:  # pragma: no cover - GPU machines
         torch.cuda.set_device(rank)
     try:
-        result = measure_noise(workload, _rank=(rank, world), **params)
+        try:
+            result = measure_noise(workload, _rank=(rank, world), **params)
+        except (ValueError, TrainingDivergedError) as err:  # named errors: the parent raises them
+            result = err
         torch.save(result, os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _checked_batch(workload: Workload, b: int, gen: torch.Generator):
+    """``workload.sample_batch(b, gen)``, refused unless its tensors hold ``b`` examples (first
+    dimension): the monitor would take ``b`` for the micro-batch size and be wrong."""
+    batch = workload.sample_batch(b, gen)
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else [batch]
+    rows = sorted({int(t.shape[0]) for t in items if isinstance(t, torch.Tensor) and t.dim() > 0})
+    if rows and rows != [b]:
+        raise ValueError(
+            f"The workload {workload.name!r} returned a batch with {' and '.join(map(str, rows))} examples (first "
+            f"dimension of its tensors) from sample_batch({b}, generator): it must return exactly batch_size "
+            "examples, or the noise scale is measured at the wrong batch size.")
+    return batch
+
+
+def _check_finite(workload: Workload, what: str, step: int, loss: float, lr: float, world: int) -> None:
+    """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite on any rank (every
+    rank raises together: a rank that stopped alone would leave the others waiting)."""
+    if world > 1:
+        flag = torch.tensor([float(loss)], dtype=torch.float64)
+        torch.distributed.all_reduce(flag)  # NaN or inf on one rank makes the sum NaN or inf
+        loss = float(flag) if not math.isfinite(float(flag)) else loss
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(
+            f"The {what} loss of workload {workload.name!r} became {loss} at step {step} (lr {lr:g}): the training "
+            "diverged and no noise scale can be measured from it. Lower the learning rate (--lr), or clip the "
+            "gradients (the workload's clip_grad_norm).", step=step, loss=loss)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

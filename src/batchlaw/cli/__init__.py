@@ -8,9 +8,9 @@ import sys
 
 from .. import __version__
 from .._usercode import user_location
-from ..errors import UserCodeError
+from ..errors import TrainingDivergedError, UserCodeError
 from . import branch, demo, fit, measure, plan, profile, schedule, sweep
-from ._common import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER_CODE
+from ._common import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_RESULT, EXIT_USER_CODE
 
 __all__ = ["main", "build_parser"]
 
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success; 1 when no result could be computed (e.g. ``fit cbs`` when every group
-        fails; said in the output); 2 on a bad argument or input, with a message naming it;
+        fails, said in the output; ``measure`` when the training diverged, a
+        :class:`~batchlaw.errors.TrainingDivergedError`); 2 on a bad argument or input, with a message naming it;
         3 on an internal error (a bug: set ``BATCHLAW_DEBUG=1`` to see the traceback); 4 on an
         error in the user's own code (a workload, a model, a module imported by reference),
         with its file and line; 130 when interrupted; 141, quietly, when the reader of the
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 def _report(err: Exception) -> int:
     """Print the one line that says what went wrong and return the exit status (see :func:`main`)."""
     debug = bool(os.environ.get("BATCHLAW_DEBUG"))
+    if isinstance(err, TrainingDivergedError):  # no result: the run itself failed, not the input
+        print(f"batchlaw: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_NO_RESULT
     if isinstance(err, UserCodeError):
         where, what = err.where, _one_line(err)
     else:

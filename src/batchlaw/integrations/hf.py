@@ -18,9 +18,22 @@ micro-batch) and, if so, steps the monitor right there: after the last backward 
 DDP's all-reduce) and before unscaling and clipping. The fp16 loss scale is read from the
 accelerate optimizer's ``GradScaler``.
 
-The Trainer divides each micro-batch loss by the number of micro-batches of the step (or
-normalises it by the tokens of the whole step, which is the same for equal micro-batches), so
-the monitor is told ``loss_divided_by_accumulation=True``.
+How the Trainer weighs the micro-batches of a step, and what the callback tells the monitor:
+
+* A model whose ``forward`` takes ``**kwargs`` (every ``transformers`` model) gets
+  ``num_items_in_batch``, the Trainer's count of the labels other than ``-100`` in the whole
+  step, and its loss is the sum over its labels divided by that: each micro-batch weighs its own
+  share ``n_i / N``, and the shares differ as soon as padding or masking does. The callback
+  counts the labels each micro-batch's loss sums over (``labels[..., 1:]`` for a causal language
+  model's loss, which predicts the next token) and steps the monitor with those sizes,
+  ``loss_total=num_items_in_batch`` and ``loss_normalisation="step"`` (``"global_step"`` under
+  DDP with ``average_tokens_across_devices``, where ``N`` counts every rank's labels and the loss
+  is multiplied by the world size). With one label per token the sizes are tokens, so the
+  callback must measure in tokens (``tokens_per_example`` then sets the unit only: the sizes are
+  the label counts, e.g. 15 predicted tokens per 16-token block).
+* Any other model returns a mean loss per micro-batch, which the Trainer divides by the number
+  of micro-batches of the step: the callback passes the examples of each micro-batch (a short
+  last one included) with ``loss_normalisation="micro_batch"``.
 
 With accelerate in your own loop, no callback is needed::
 
@@ -47,7 +60,7 @@ from typing import Any
 import torch
 
 from ..noise import GradientNoiseMonitor
-from ._common import batch_size_of, require, set_monitor_options, step_batch_size
+from ._common import batch_size_of, require, set_monitor_options
 from .loggers import noise_metrics, window_estimate
 
 _transformers = require("transformers", "hf", "batchlaw.integrations.hf")
@@ -55,6 +68,25 @@ _accelerate_state = require("accelerate.state", "hf", "batchlaw.integrations.hf"
 TrainerCallback = _transformers.TrainerCallback
 
 __all__ = ["NoiseScaleCallback"]
+
+
+def _shifts_labels(model, trainer) -> bool:
+    """Whether the model's loss sums over ``labels[..., 1:]`` (a causal language model's loss
+    predicts the next token: ``transformers``' ``ForCausalLMLoss``, also where the Trainer does not
+    recognise it, e.g. GPT-2)."""
+    if getattr(trainer, "_loss_shifts_labels", False):
+        return True
+    try:
+        from transformers.loss.loss_utils import ForCausalLMLoss
+    except ImportError:  # pragma: no cover - older transformers
+        return False
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        return getattr(model, "loss_function", None) is ForCausalLMLoss
+    except Exception:  # noqa: BLE001 - a model whose loss_function property fails has no such loss
+        return False
 
 
 def _report_to(args) -> list[str]:
@@ -94,8 +126,11 @@ class NoiseScaleCallback(TrainerCallback):
             its records stay readable after training).
 
     Raises:
-        ValueError: a bad argument; DeepSpeed, FSDP, reentrant activation checkpointing or
-            multi-GPU ``DataParallel`` (when training begins).
+        ValueError: a bad argument; DeepSpeed, FSDP, reentrant activation checkpointing,
+            multi-GPU ``DataParallel``, or a Trainer with a ``compute_loss_func`` or
+            ``loss_is_scaled_for_ga=True`` (when training begins); a loss normalised by label
+            tokens while measuring in examples, or labels that do not reach the model (label
+            smoothing), at the first such micro-batch.
 
     Example:
         >>> cb = NoiseScaleCallback(micro_batch_size=8)
@@ -115,7 +150,11 @@ class NoiseScaleCallback(TrainerCallback):
         self._attached = False
         self._trainer = None
         self._handles: list[Any] = []
-        self._sizes: list[int] = []
+        self._sizes: list[int] = []  # examples of each micro-batch of the step
+        self._items: list[Any] = []  # per micro-batch: (labels its loss sums over, a 0-d tensor; per token?)
+        self._num_items = None  # the Trainer's num_items_in_batch for this step
+        self._shifts_labels = False
+        self._global_items = False
         self._queued = False
         self._gradient_state = None
         self._logged_step = -1
@@ -135,6 +174,22 @@ class NoiseScaleCallback(TrainerCallback):
         return self
 
     # ------------------------------------------------------------------ checks
+    def _check_trainer(self) -> None:
+        """Refuse Trainers whose loss normalisation the callback cannot see (when it knows the Trainer)."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is None:
+            return
+        if getattr(trainer, "compute_loss_func", None) is not None:
+            raise ValueError(
+                "NoiseScaleCallback does not support a Trainer with compute_loss_func: the Trainer then normalises "
+                "the loss by num_items_in_batch where the callback cannot count each micro-batch's share. Measure "
+                "with batchlaw.noise.GradientNoiseMonitor in your own loop (step(sizes=...)).")
+        if getattr(trainer, "loss_is_scaled_for_ga", None) is True:
+            raise ValueError(
+                "NoiseScaleCallback does not support a Trainer with loss_is_scaled_for_ga=True: its compute_loss "
+                "weighs the micro-batches in a way the callback cannot see. Measure with "
+                "batchlaw.noise.GradientNoiseMonitor in your own loop (step(sizes=...)).")
+
     @staticmethod
     def _check_supported(args) -> None:
         if getattr(args, "deepspeed", None):
@@ -165,6 +220,7 @@ class NoiseScaleCallback(TrainerCallback):
     # ------------------------------------------------------------------ training
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._check_supported(args)
+        self._check_trainer()
         if model is None:
             raise ValueError("NoiseScaleCallback needs the model: the Trainer passed none to on_train_begin.")
         if not self._attached and _report_to(args):
@@ -190,7 +246,9 @@ class NoiseScaleCallback(TrainerCallback):
             process_group=group,
         )
         self._gradient_state = _accelerate_state.GradientState()
-        self._sizes, self._queued = [], False
+        self._sizes, self._items, self._num_items, self._queued = [], [], None, False
+        self._shifts_labels = _shifts_labels(model, self._trainer() if self._trainer is not None else None)
+        self._global_items = bool(getattr(args, "average_tokens_across_devices", False)) and args.world_size > 1
         # Every trainable parameter, not just one: a parameter unused in a micro-batch must not
         # hide that micro-batch's backward. Only the first hook of a backward pass queues.
         self._handles.extend(p.register_hook(self._on_grad) for p in model.parameters() if p.requires_grad)
@@ -213,6 +271,8 @@ class NoiseScaleCallback(TrainerCallback):
     def _on_forward(self, module, args, kwargs) -> None:
         if not (module.training and torch.is_grad_enabled()):
             return None  # evaluation inside training
+        if kwargs and kwargs.get("num_items_in_batch") is not None:
+            self._count_items(kwargs)
         if self.micro_batch_size is not None:
             self._sizes.append(self.micro_batch_size)
             return None
@@ -225,6 +285,27 @@ class NoiseScaleCallback(TrainerCallback):
             )
         self._sizes.append(b)
         return None
+
+    def _count_items(self, kwargs) -> None:
+        """Count the labels this micro-batch's loss sums over (its share of ``num_items_in_batch``)."""
+        labels = kwargs.get("shift_labels")
+        if labels is None:
+            labels = kwargs.get("labels")
+            if labels is None:
+                raise ValueError(
+                    "The Trainer normalises the loss by num_items_in_batch but the labels do not reach the model "
+                    "(label smoothing takes them out of the inputs): NoiseScaleCallback cannot count each "
+                    "micro-batch's share of the step. Turn label_smoothing_factor off while measuring, or measure with "
+                    "batchlaw.noise.GradientNoiseMonitor in your own loop (step(sizes=...)).")
+            if self._shifts_labels:
+                labels = labels[..., 1:]
+        if labels.dim() >= 2 and self.unit != "tokens":
+            raise ValueError(
+                "The Trainer normalises the loss by the number of label tokens of the step (num_items_in_batch), so "
+                "each micro-batch weighs by its tokens and the noise scale must be measured in tokens: pass "
+                "NoiseScaleCallback(tokens_per_example=...) (the label counts are then the micro-batch sizes).")
+        self._items.append((labels.ne(-100).sum().to(torch.float64), labels.dim() >= 2))
+        self._num_items = kwargs["num_items_in_batch"]
 
     def _on_grad(self, grad):
         if not self._queued:
@@ -242,12 +323,24 @@ class NoiseScaleCallback(TrainerCallback):
 
     def _step_monitor(self) -> None:
         sizes, self._sizes = self._sizes, []
+        items, self._items = self._items, []
+        num_items, self._num_items = self._num_items, None
         if not sizes:
             raise RuntimeError(
                 "NoiseScaleCallback saw a backward pass without a training forward pass of the model it "
                 "was given: pass NoiseScaleCallback(micro_batch_size=...) and check the Trainer's model."
             )
-        self.monitor.step(batch_size=step_batch_size(sizes))
+        tpe = self.tokens_per_example or 1
+        if not items:  # a mean loss per micro-batch, divided by the micro-batches of the step
+            self.monitor.step(sizes=[b * tpe for b in sizes], loss_normalisation="micro_batch")
+            return
+        if len(items) != len(sizes):
+            raise RuntimeError(
+                f"NoiseScaleCallback saw {len(sizes)} training forward passes in this step but num_items_in_batch in "
+                f"only {len(items)} of them: it cannot tell how the Trainer weighed the micro-batches.")
+        per_token = items[0][1]
+        self.monitor.step(sizes=[c if per_token else c * tpe for c, _ in items], loss_total=num_items,
+                          loss_normalisation="global_step" if self._global_items else "step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.monitor is None or logs is None or "loss" not in logs or state.global_step == self._logged_step:

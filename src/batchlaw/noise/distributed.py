@@ -22,6 +22,11 @@ every pair of micro-batches. The rank-local accumulated gradient (``K b`` exampl
 nothing: an estimator built on it (``(K b, W K b)``, as a DDP communication hook sees) uses
 only the pairs from different ranks, and one built on ``(b, K b)`` (a rank measuring alone)
 only the pairs from the same rank; both are unbiased and noisier.
+
+Micro-batches of unequal size (``monitor.step(sizes=...)``) may differ between ranks, in size
+and in number: the all-reduce then also sums each rank's ``sum 1/n_i``, ``sum a_i`` and ``sum
+a_i^2 / n_i`` (``a_i`` the weight of micro-batch ``i`` in the rank's loss), which give the batch
+sizes of the pair over every rank (the monitor's module docstring).
 """
 
 from __future__ import annotations

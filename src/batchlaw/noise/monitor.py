@@ -20,10 +20,33 @@ Call order in a training step::
     monitor.step()                              # before unscale_, clipping and optimizer.step
     optimizer.step(); optimizer.zero_grad()
 
-``K`` is counted by the monitor. ``B_simple`` does not depend on how the loss was scaled.
-``g_sq`` and ``trace_sigma`` are reported for the gradient of a micro-batch's *mean* loss; for
-that the monitor must know whether the code divides each micro-batch loss by ``K`` (the
-default, as in nanoGPT and Hugging Face) or not (``loss_divided_by_accumulation=False``).
+``K`` is counted by the monitor. ``B_simple`` does not depend on a factor common to every
+micro-batch loss; ``g_sq`` and ``trace_sigma`` are reported for the gradient of a micro-batch's
+*mean* loss, for which the monitor must know whether the code divides each micro-batch loss by
+``K`` (the default, as in nanoGPT) or not (``loss_divided_by_accumulation=False``).
+
+**Micro-batches of unequal size.** Pass their sizes to every step (``monitor.step(sizes=[n_1,
+..., n_K])``, in examples, or in tokens when the monitor measures in tokens) and say how the
+loss weighs them (``loss_normalisation``):
+
+* ``"micro_batch"`` (default): each micro-batch loss is the mean over its own examples (or
+  tokens), divided by ``K`` or not. Every micro-batch weighs the same, whatever its size.
+* ``"step"``: each micro-batch loss is the *sum* over its examples (tokens) divided by the
+  total ``N`` of the optimizer step on this rank, so micro-batch ``i`` weighs ``n_i / N``:
+  ``loss = loss_sum / tokens_in_step``, as language-model loops with padding do.
+* ``"global_step"``: as ``"step"`` with ``N`` counted over every rank of the step and the loss
+  multiplied by the world size, so that the data-parallel mean is the mean over every example
+  of the step (the Hugging Face Trainer's ``average_tokens_across_devices``).
+
+The hook sees ``a_i g_i`` with ``a_i`` the micro-batch's weight and ``g_i`` the gradient of its
+mean loss. The monitor divides each ``a_i`` out of its micro-batch's squared norm, and the
+estimators (McCandlish et al. 2018, App. A.1) take ``B_small = H``, the harmonic mean of the
+``n_i`` (``E mean_i |g_i|^2 = |G|^2 + tr(Sigma) mean_i(1/n_i)``), and ``B_big = (sum a_i)^2 /
+sum(a_i^2 / n_i)`` (``E|sum a_i g_i / sum a_i|^2 = |G|^2 + tr(Sigma) sum a_i^2 / n_i / (sum
+a_i)^2``): ``N`` for a loss normalised by the step total, ``K H`` for per-micro-batch means. Both
+are unbiased, over the micro-batches of every rank, and reduce to ``(b, K b W)`` for equal sizes.
+Telling the monitor ``"step"`` for a loss that is a mean per micro-batch (or the reverse) is
+not detectable from the gradients and biases ``B_simple``: state what the loss does.
 
 A single micro-batch per step gives one batch size only: use
 :func:`batchlaw.noise.split_backward` to backpropagate the same batch as ``K >= 2`` chunks.
@@ -37,13 +60,15 @@ materialised when read (``records``, ``estimate()``, ``state_dict()``) or every
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
+from numbers import Real
 from typing import Any
 
 import torch
 
-from .._validation import check_positive_int, check_probability
+from .._validation import check_choice, check_positive_int, check_probability
 from ..errors import InsufficientDataError
 from .distributed import UnsupportedSetupError, detect_data_parallel, fsdp2_unsharded_params, gradient_sync_on
 from .estimators import MIN_STEPS, NoiseScaleEstimate
@@ -104,10 +129,19 @@ class GradientNoiseMonitor:
             to every :meth:`step` call (for a last, smaller batch).
         tokens_per_example: if given, batch sizes and ``B_simple`` are in tokens
             (``b * tokens_per_example``), else in examples.
+        unit: ``"examples"`` or ``"tokens"``: the unit of ``B_simple`` and of the ``sizes``
+            given to :meth:`step`. Default: tokens when ``tokens_per_example`` is given, else
+            examples. ``"tokens"`` without ``tokens_per_example`` needs ``sizes`` (token counts)
+            at every step.
         scaler: a ``torch.amp.GradScaler``; its loss scale is divided out of both norms.
-        loss_divided_by_accumulation: whether each micro-batch's mean loss is divided by the
-            number of micro-batches ``K`` before ``backward``. Only ``g_sq`` and
-            ``trace_sigma`` depend on it, ``b_simple`` does not.
+        loss_divided_by_accumulation: with ``loss_normalisation="micro_batch"``, whether each
+            micro-batch's mean loss is divided by the number of micro-batches ``K`` before
+            ``backward``. Only ``g_sq`` and ``trace_sigma`` depend on it, ``b_simple`` does not.
+        loss_normalisation: how each micro-batch's loss is normalised: ``"micro_batch"`` (the
+            mean over its own examples), ``"step"`` (the sum over its examples divided by the
+            examples of the whole step on this rank) or ``"global_step"`` (divided by the
+            examples of the step over all ranks, times the world size). Count tokens instead
+            of examples when the monitor measures in tokens. See the module docstring.
         every: measure every ``every``-th optimizer step only (the hooks return at once on the
             others).
         ema_beta: smoothing of the running ``|G|^2`` and ``tr(Sigma)`` in the per-step records.
@@ -127,10 +161,20 @@ class GradientNoiseMonitor:
 
     Raises:
         ValueError: a bad argument, or a model with no trainable parameters.
-        UnsupportedSetupError: a data-parallel setup the monitor cannot measure correctly
+        UnsupportedSetupError: parameters whose gradients the monitor cannot measure (an
+            ``Embedding``/``EmbeddingBag`` with ``sparse=True``, complex parameters, parameters
+            on the ``meta`` device), or a data-parallel setup it cannot measure correctly
             (DeepSpeed, the legacy ``FullyShardedDataParallel``, tensor parallelism, HSDP,
             PowerSGD, or an unwrapped model in an initialised process group): see
             :func:`batchlaw.noise.distributed.detect_data_parallel`.
+
+    Warns:
+        RuntimeWarning: (when records are read, at the latest every ``sync_every`` measured
+            steps) a parameter the monitor hooked was replaced or removed, or trainable
+            parameters were added, after it was created: it measures only the parameters it
+            hooked. At a step whose micro-batch gradients come in pairs with bit-identical
+            squared norms (at least as many ordered pairs as micro-batches): ``backward`` ran
+            twice on the same micro-batch (each counts as one).
 
     Examples:
         >>> import torch
@@ -154,8 +198,10 @@ class GradientNoiseMonitor:
         *,
         micro_batch_size: int | None = None,
         tokens_per_example: int | None = None,
+        unit: str | None = None,
         scaler: Any = None,
         loss_divided_by_accumulation: bool = True,
+        loss_normalisation: str = "micro_batch",
         every: int = 1,
         ema_beta: float = 0.95,
         bucket_bytes: int = 64 * 2**20,
@@ -174,6 +220,7 @@ class GradientNoiseMonitor:
                 "The 'model' parameter has no parameters with requires_grad=True: there is no "
                 "gradient to measure."
             )
+        _refuse_unmeasurable(model)
         self.micro_batch_size = (
             None if micro_batch_size is None else check_positive_int("micro_batch_size", micro_batch_size)
         )
@@ -186,6 +233,12 @@ class GradientNoiseMonitor:
         if not isinstance(loss_divided_by_accumulation, bool):
             raise TypeError("The 'loss_divided_by_accumulation' parameter must be True or False.")
         self.loss_divided_by_accumulation = loss_divided_by_accumulation
+        self.loss_normalisation = check_choice("loss_normalisation", loss_normalisation, _NORMALISATIONS)
+        if loss_normalisation != "micro_batch" and not loss_divided_by_accumulation:
+            raise ValueError(
+                "The 'loss_divided_by_accumulation' parameter applies to loss_normalisation='micro_batch' only: with "
+                f"loss_normalisation={loss_normalisation!r} each micro-batch loss is divided by the step's total, not "
+                "by K. Leave it at its default.")
         self.every = check_positive_int("every", every)
         self.ema_beta = check_probability("ema_beta", ema_beta, open_low=False)
         self.bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
@@ -195,7 +248,13 @@ class GradientNoiseMonitor:
         if not isinstance(unused_parameters, bool):
             raise TypeError("The 'unused_parameters' parameter must be True, False or None.")
         self.unused_parameters = unused_parameters
-        self.unit = "tokens" if self.tokens_per_example else "examples"
+        if unit is None:
+            unit = "tokens" if self.tokens_per_example else "examples"
+        self.unit = check_choice("unit", unit, ("examples", "tokens"))
+        if self.unit == "examples" and self.tokens_per_example:
+            raise ValueError(
+                f"The 'unit' parameter is 'examples' but 'tokens_per_example' is {self.tokens_per_example}: pass "
+                "unit='tokens' (or leave it out) to measure in tokens, or drop tokens_per_example.")
         self.world_size = self.setup.world_size
 
         self._step = 0  # optimizer steps seen
@@ -204,7 +263,8 @@ class GradientNoiseMonitor:
         self._incoming: list[Any] = []  # per parameter: the gradient seen by the pre-hook, until accumulated
         self._bucket: list[torch.Tensor] = []
         self._bucket_nbytes = 0
-        self._small_norms: list[torch.Tensor] = []  # device scalars: |h| of each micro-batch gradient
+        self._small_norms: list[torch.Tensor] = []  # device scalars: |h| per parameter, this backward
+        self._micro_sq: list[torch.Tensor] = []  # device scalars: |h_i|^2 of each micro-batch i, this step
         self._flush_queued = False
         self._backward_count = 0  # backward passes that accumulated a gradient, this step
         self._accumulated = False  # this backward accumulated at least one gradient
@@ -212,8 +272,10 @@ class GradientNoiseMonitor:
         self._leftover: torch.Tensor | None = None  # |.grad|^2 of one parameter before this step's first backward
         self._grad_version: tuple | None = None  # (index, grad object id, version) after the last backward
         self._last_forward_synced = True
-        self._pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, b, c^2 factor, stats)
+        self._pending: list[tuple[int, bool, float | None, torch.Tensor]] = []  # (step, global total?, example size, stats)
         self._warned: set[str] = set()
+        self._hooked_ids = frozenset(id(p) for p in self._big_params)
+        self._params_checked_at = 0  # self._step at the last check for replaced parameters
         self.tracker = NoiseScaleTracker(self.unit, self.ema_beta)
         self._handles: list[Any] = []
         if self.setup.kind == "fsdp2":
@@ -304,10 +366,12 @@ class GradientNoiseMonitor:
 
     def _end_of_backward(self) -> None:
         self._flush_queued = False
+        self._flush_bucket()
         if self._accumulated:
             self._backward_count += 1
             self._accumulated = False
-        self._flush_bucket()
+            norms, self._small_norms = self._small_norms, []
+            self._micro_sq.append(_sum_of_squares(norms))  # this micro-batch's |h_i|^2
         self._incoming = [None] * len(self._params)
         # Runs after every other end-of-backward callback (a DDP or FSDP2 reducer writing .grad).
         torch.autograd.Variable._execution_engine.queue_callback(self._record_grad_version)
@@ -321,7 +385,16 @@ class GradientNoiseMonitor:
 
     def _flush_bucket(self) -> None:
         if self._bucket:
-            self._small_norms.extend(_norms(self._bucket))
+            try:
+                self._small_norms.extend(_norms(self._bucket))
+            except (RuntimeError, NotImplementedError) as err:  # today: only a sparse gradient gets here
+                bad = next((g for g in self._bucket if g.layout != torch.strided), None)
+                if bad is None:
+                    raise
+                raise UnsupportedSetupError(
+                    f"A gradient reached the monitor as a {bad.layout} tensor (an embedding called with sparse=True, "
+                    "e.g. torch.nn.functional.embedding(..., sparse=True)): the monitor measures dense gradients "
+                    "only. Use sparse=False while measuring.") from err
             self._bucket = []
             self._bucket_nbytes = 0
 
@@ -363,18 +436,32 @@ class GradientNoiseMonitor:
                 "the last backward did not reduce the gradients across ranks. Turn it back on for the last "
                 "micro-batch of each step.")
 
-    def step(self, batch_size: int | None = None) -> None:
+    def step(self, batch_size: int | None = None, *, sizes: Any = None, loss_normalisation: str | None = None,
+             loss_total: Any = None) -> None:
         """Record the current optimizer step. Call after the last ``backward`` of the step and
         before ``scaler.unscale_``, gradient clipping, ``optimizer.step()`` and ``zero_grad()``.
         Under data parallelism every rank must call it (it runs one small all-reduce).
 
         Args:
-            batch_size: examples per micro-batch on this rank for this step (defaults to the
-                constructor's ``micro_batch_size``).
+            batch_size: examples per micro-batch on this rank for this step, when every
+                micro-batch holds as many (defaults to the constructor's ``micro_batch_size``).
+            sizes: instead of ``batch_size``, one size per micro-batch of this step on this
+                rank, in the order of their ``backward`` calls: the examples it holds, or its
+                tokens when the monitor measures in tokens (what its loss sums or averages
+                over). Numbers, 0-d tensors (read on the device, without synchronising) or a
+                1-D tensor. The ranks may hold different sizes.
+            loss_normalisation: how this step's micro-batch losses are normalised (default:
+                the constructor's; see the module docstring).
+            loss_total: with ``"step"`` or ``"global_step"``, the count every micro-batch's
+                summed loss was divided by, when it is not the total of ``sizes`` (this rank's,
+                or every rank's): e.g. the Hugging Face Trainer's ``num_items_in_batch``, which
+                for GPT-2 counts one label per sequence that its loss does not use. A number or
+                a 0-d tensor. ``B_simple`` does not depend on it, ``g_sq`` and ``trace_sigma`` do.
 
         Raises:
-            ValueError: no micro-batch size known, or parameters saw different numbers of
-                micro-batches in this step.
+            ValueError: no micro-batch size known, ``sizes`` whose length is not the number of
+                micro-batches seen (``backward`` calls) or with a size that is not positive, or
+                parameters saw different numbers of micro-batches in this step.
             RuntimeError: no gradient was seen since the last ``step()``, ``.grad`` is empty,
                 or ``.grad`` was changed after the last backward (unscale_, clipping, zero_grad,
                 a DDP ``no_sync`` last micro-batch).
@@ -387,7 +474,8 @@ class GradientNoiseMonitor:
             return None
         counts, self._counts = self._counts, [0] * len(self._params)
         k, self._backward_count = self._backward_count, 0
-        small_norms, self._small_norms = self._small_norms, []
+        micro_sq, self._micro_sq = self._micro_sq, []
+        self._small_norms = []  # norms of a backward whose end was never reached (it raised)
         leftover, self._leftover = self._leftover, None
         if k == 0:
             raise RuntimeError(
@@ -403,13 +491,16 @@ class GradientNoiseMonitor:
                 "before backward). If some parameters are legitimately unused in some micro-batches (mixture of "
                 "experts), pass unused_parameters=True."
             )
-        b = batch_size if batch_size is not None else self.micro_batch_size
-        if b is None:
-            raise ValueError(
-                "The micro-batch size is unknown: pass 'micro_batch_size' to GradientNoiseMonitor "
-                "or 'batch_size' to step()."
-            )
-        b = check_positive_int("batch_size", b)
+        mode = (self.loss_normalisation if loss_normalisation is None
+                else check_choice("loss_normalisation", loss_normalisation, _NORMALISATIONS))
+        per_example = self._check_sizes(k, batch_size, sizes)
+        if loss_total is not None:
+            if mode == "micro_batch":
+                raise ValueError("The 'loss_total' parameter applies to loss_normalisation='step' or 'global_step' "
+                                 "only: with 'micro_batch' each micro-batch loss is a mean over its own examples.")
+            if not isinstance(loss_total, torch.Tensor) and not _positive_number(loss_total):
+                raise ValueError(f"The 'loss_total' parameter must be a positive finite number. Got {loss_total!r} "
+                                 "instead.")
         grads = [_local(p.grad) for p in self._big_params if p.grad is not None]
         if not grads:
             raise RuntimeError(
@@ -418,53 +509,145 @@ class GradientNoiseMonitor:
             )
         self._check_call_order()
         big = squared_norm(grads)  # this rank's shard under FSDP2, the whole reduced gradient otherwise
-        dev = big.device
-        small = _sum_of_squares(small_norms, dev)
-        extra = torch.tensor([k, k * k, b, b * b], dtype=torch.float32, device=dev)
-        left = leftover.to(dev) if leftover is not None else torch.zeros((), device=dev)
-        stats = torch.cat([torch.stack([small, big if self.setup.kind == "fsdp2" else big / self.world_size,
-                                        left, _as_tensor(self._scale(), dev)]), extra])
+        n = self._size_tensor(k, batch_size, sizes, big.device)
+        total = None if loss_total is None else torch.as_tensor(loss_total).to(big.device, torch.float64).reshape(())
+        stats = self._step_stats(torch.stack([m.to(big.device) for m in micro_sq]).double(), n, mode, total,
+                                 per_example, big if self.setup.kind == "fsdp2" else big / self.world_size, leftover)
         if self.setup.distributed:
-            # One all-reduce of 8 scalars: the micro-batch norms of every rank, the shards of .grad
-            # (FSDP2), leftovers, and the micro-batch counts and sizes to check that ranks agree.
+            # One all-reduce of a few scalars: the weighted micro-batch norms and sizes of every rank,
+            # the shards of .grad (FSDP2), leftovers and the duplicate counts.
             torch.distributed.all_reduce(stats, group=self.setup.group)
-        self._pending.append((self._step - 1, k, float(b), stats))
+        # With "global_step" and no loss_total, the weights wait for the total over every rank.
+        self._pending.append((self._step - 1, mode == "global_step" and total is None, per_example, stats))
         if len(self._pending) >= self.sync_every:
             self._materialize()
         return None
 
+    def _check_sizes(self, k: int, batch_size: Any, sizes: Any) -> float | None:
+        """Validate the sizes of this step's ``k`` micro-batches (host values only); return the
+        size of one example in ``unit`` (``None`` when ``sizes`` are token counts)."""
+        if sizes is None:
+            b = batch_size if batch_size is not None else self.micro_batch_size
+            if b is None:
+                raise ValueError(
+                    "The micro-batch size is unknown: pass 'micro_batch_size' to GradientNoiseMonitor, or "
+                    "'batch_size' (equal micro-batches) or 'sizes' (one per micro-batch) to step().")
+            check_positive_int("batch_size", b)
+            if self.unit == "tokens" and not self.tokens_per_example:
+                raise ValueError(
+                    "The monitor measures in tokens (unit='tokens') without 'tokens_per_example': pass the tokens of "
+                    "each micro-batch to step(sizes=...).")
+            return float(self.tokens_per_example or 1)
+        if batch_size is not None:
+            raise ValueError("Pass 'batch_size' (equal micro-batches) or 'sizes' (one per micro-batch) to step(), "
+                             "not both.")
+        if isinstance(sizes, torch.Tensor):
+            length = sizes.numel() if sizes.dim() == 1 else -1
+        elif isinstance(sizes, (list, tuple)):
+            length = len(sizes)
+            bad = [s for s in sizes if not isinstance(s, torch.Tensor) and not _positive_number(s)]
+            if bad:
+                raise ValueError(f"The 'sizes' parameter must hold positive finite numbers. Got {bad[0]!r} in "
+                                 f"{list(sizes)!r}.")
+        else:
+            raise TypeError(f"The 'sizes' parameter must be a list, a tuple or a 1-D tensor. Got "
+                            f"{type(sizes).__name__} instead.")
+        if length != k:
+            got = f"{length} size(s)" if length >= 0 else f"a tensor of shape {tuple(sizes.shape)}"
+            raise ValueError(
+                f"The 'sizes' parameter must hold one size per micro-batch of the step: {k} backward passes reached "
+                f".grad since the last step(), got {got}. Call backward once per micro-batch and list the sizes in "
+                "the same order.")
+        return 1.0 if self.unit == "examples" else None
+
+    def _size_tensor(self, k: int, batch_size: Any, sizes: Any, device) -> torch.Tensor | float:
+        """The ``k`` micro-batch sizes in ``unit``, float64 on ``device``, or one number when
+        every micro-batch holds it (validated by :meth:`_check_sizes`)."""
+        if sizes is None:
+            b = batch_size if batch_size is not None else self.micro_batch_size
+            return float(b * (self.tokens_per_example or 1))
+        if isinstance(sizes, torch.Tensor):
+            return sizes.to(device=device, dtype=torch.float64)
+        if any(isinstance(s, torch.Tensor) for s in sizes):
+            return torch.stack([torch.as_tensor(s).to(device=device, dtype=torch.float64).reshape(()) for s in sizes])
+        return torch.tensor([float(s) for s in sizes], dtype=torch.float64, device=device)
+
+    def _step_stats(self, micro_sq: torch.Tensor, n: torch.Tensor | float, mode: str, total: torch.Tensor | None,
+                    per_example: float | None, big: torch.Tensor, leftover: torch.Tensor | None) -> torch.Tensor:
+        """This rank's share of the step's sums (float64, summed over ranks by the all-reduce).
+
+        ``micro_sq[i] = |c a_i g_i|^2`` is micro-batch ``i``'s squared norm as the hook saw it
+        (``c`` the loss scale, ``a_i`` the weight of its mean loss, ``n_i`` its size; ``n`` one
+        number when all are equal). Returned, in order: ``sum |c g_i|^2`` (``sum |c g_i|^2 /
+        n_i^2`` for ``"global_step"`` without ``total``: the factor ``(N/W)^2`` waits for ``N``),
+        ``|.grad|^2`` (this rank's share), ``sum a_i |c g_i|^2`` (for the Cauchy-Schwarz check;
+        ``sum |c g_i|^2 / n_i`` likewise), 1 when the ordered pairs of micro-batches with
+        bit-identical squared norms are at least ``K`` (``backward`` twice on each), the leftover,
+        the loss scale, ``sum a_i``, ``sum a_i^2 / n_i``, ``sum 1 / n_i``, ``sum n_i``, the
+        examples of the step (NaN when unknown), ``K`` and 1 for a size that is not positive.
+        """
+        k = len(micro_sq)
+        equal = not isinstance(n, torch.Tensor)
+        inv_sum, n_sum = (k / n, k * n) if equal else (n.reciprocal().sum(), n.sum())
+        deferred = mode == "global_step" and total is None  # a_i = (W / N) n_i: N, over all ranks, comes later
+        if mode == "micro_batch":
+            a = 1.0 / k if self.loss_divided_by_accumulation else 1.0
+        elif deferred:
+            a = n
+        else:
+            a = n / (n_sum if total is None else total) * (self.world_size if mode == "global_step" else 1)
+        if isinstance(a, torch.Tensor) and a.dim():  # one weight per micro-batch
+            small, jensen = (micro_sq / a.square()).sum(), (micro_sq / a).sum()
+            a_sum, q = a.sum(), (a.square() / n).sum()
+        else:
+            summed = micro_sq.sum()
+            small, jensen, a_sum, q = summed / (a * a), summed / a, k * a, a * a * inv_sum
+        if deferred:
+            a_sum, q = 0.0, 0.0
+        examples = n_sum / per_example if per_example else math.nan
+        duplicate = (micro_sq.unsqueeze(0) == micro_sq.unsqueeze(1)).sum() >= 2 * k if k >= 2 else 0.0
+        return _pack([small, big, jensen, duplicate, 0.0 if leftover is None else leftover, self._scale(), a_sum, q,
+                      inv_sum, n_sum, examples, float(k), 0.0 if equal else (n <= 0).any()], micro_sq)
+
     def _materialize(self) -> None:
+        if self._step - self._params_checked_at >= self.sync_every:
+            self._check_parameters()
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        values = torch.stack([s for *_, s in pending]).detach().cpu().double().numpy()  # (n, 8)
+        values = torch.stack([s for *_, s in pending]).detach().cpu().numpy()  # (n, 13) float64
         w = self.world_size
-        tpe = self.tokens_per_example or 1
-        for (step, k, b, _), (small, big, left, scale_sum, k_sum, k2_sum, b_sum, b2_sum) in zip(pending, values):
-            if w > 1 and (abs(k2_sum * w - k_sum * k_sum) > 1e-6 * k_sum * k_sum
-                          or abs(b2_sum * w - b_sum * b_sum) > 1e-6 * b_sum * b_sum):
-                raise RuntimeError(
-                    f"At step {step} the ranks ran different numbers or sizes of micro-batches (mean K "
-                    f"{k_sum / w:g}, mean b {b_sum / w:g}): every rank must accumulate the same number of "
-                    "equal micro-batches per step for the noise scale.")
-            scale = scale_sum / w
-            c = scale / (k if self.loss_divided_by_accumulation else 1)
-            n = k * w  # micro-batches of b examples over all ranks
-            # Hook gradients are c * g_i (g_i: gradient of one micro-batch's mean loss on one rank);
-            # .grad is the mean over ranks of c * sum_k g_i, i.e. c * K * (mean of all g_i).
-            small_sq = small / (n * c * c)
-            big_sq = big / (k * k * c * c)
-            rec = self.tracker.update(step, small_sq=small_sq, big_sq=big_sq, b_small=b * tpe, b_big=b * n * tpe,
-                                      accumulation=k, micro_batch_size=b, world_size=w, global_batch=int(b * n))
-            self._check_plausible(rec, left / (c * c) if left > 0 else 0.0, n)
+        for (step, global_total, per_example, _), row in zip(pending, values):
+            small, big, jensen, dup, left, scale_sum, a_sum, q, inv_n_sum, n_sum, examples, k_sum, bad = row
+            if bad or not (inv_n_sum > 0 and math.isfinite(inv_n_sum) and math.isfinite(n_sum)):
+                raise ValueError(
+                    f"A micro-batch size given to GradientNoiseMonitor.step() at step {step} was not a positive finite "
+                    "number: every micro-batch must hold at least one example (token).")
+            if global_total:  # a_i = kappa n_i with kappa = W / N
+                kappa = w / n_sum
+                small, jensen, a_sum, q = small / kappa**2, jensen / kappa, float(w), kappa**2 * n_sum
+            c2 = (scale_sum / w) ** 2
+            # Hook gradients are c a_i g_i (g_i: gradient of micro-batch i's mean loss); .grad is the
+            # mean over ranks of c sum_i a_i g_i, i.e. (c sum_all a_i / W) times the a-weighted mean of all g_i.
+            b_small = _snap(k_sum / inv_n_sum)
+            rec = self.tracker.update(
+                step, small_sq=small / (k_sum * c2), big_sq=big / (c2 * (a_sum / w) ** 2), b_small=b_small,
+                b_big=_snap(a_sum * a_sum / q), accumulation=_snap(k_sum / w, whole=True),
+                micro_batch_size=_snap(b_small / per_example, whole=True) if per_example else math.nan,
+                world_size=w, global_batch=_snap(examples, whole=True))
+            self._check_plausible(rec, left, int(k_sum), jensen / (c2 * a_sum), dup > 0)
 
-    def _check_plausible(self, rec: dict, leftover: float, n: int) -> None:
-        """Flag steps whose norms are impossible for ``n`` fresh micro-batch gradients."""
+    def _check_plausible(self, rec: dict, leftover: float, n: int, bound: float, duplicate: bool) -> None:
+        """Flag steps whose norms are impossible for ``n`` fresh micro-batch gradients.
+
+        ``bound`` is the ``a``-weighted mean of the micro-batch squared norms ``|g_i|^2``; the
+        big-batch gradient is the ``a``-weighted mean of the ``g_i``, so its squared norm is at
+        most ``bound`` (Jensen / Cauchy-Schwarz), with equality iff all ``g_i`` are equal.
+        """
         if rec["skipped"] or n < 2:
             return
-        small, big = rec["small_sq"], rec["big_sq"]
-        # |mean_i g_i|^2 <= mean_i |g_i|^2 (Cauchy-Schwarz), with equality iff all g_i are equal.
-        if leftover > 0 or big > small * (1 + _EXCESS_TOL):
+        big = rec["big_sq"]
+        if leftover > 0 or big > bound * (1 + _EXCESS_TOL):
             rec["flag"] = "excess"
             self._warn_once(
                 "excess",
@@ -472,20 +655,53 @@ class GradientNoiseMonitor:
                 + ("(it was not empty before the first backward: " if leftover > 0 else "(")
                 + "forgotten optimizer.zero_grad(), or a gradient added outside backward). B_simple would be "
                 "wrong: zero the gradients after every optimizer step.")
-        elif big >= small * (1 - _IDENTICAL_TOL):
+        elif big >= bound * (1 - _IDENTICAL_TOL):
             rec["flag"] = "identical"
             self._warn_once(
                 "identical",
                 f"At step {rec['step']} all {n} micro-batch gradients were identical: the same examples were fed "
                 "to every micro-batch (or every micro-batch is the whole data set). The noise scale needs different "
                 "examples in each micro-batch.")
+        elif duplicate:
+            rec["flag"] = "duplicate"
+            self._warn_once(
+                "duplicate",
+                f"At step {rec['step']} the micro-batch gradients came in pairs with bit-identical squared norms: "
+                "backward ran twice on the same micro-batch. The monitor counts every backward that reaches .grad "
+                "as one micro-batch, so B_simple comes out too large. Call backward once per micro-batch (add a "
+                "micro-batch's losses before backward).")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
+    def _check_parameters(self) -> None:
+        """Warn when the model's parameters are no longer the ones the monitor hooked (one pass
+        over the model's parameters: run at estimate() and every ``sync_every`` steps)."""
+        self._params_checked_at = self._step
+        current = {id(p): p.requires_grad for p in self._model.parameters()}
+        # FSDP2 swaps a sharded parameter for its unsharded one around forward and backward.
+        pairs = zip(self._big_params, self._params) if self.setup.kind == "fsdp2" and self._params else (
+            (p, p) for p in self._big_params)
+        gone = sum(id(p) not in current and id(u) not in current for p, u in pairs)
+        hooked = self._hooked_ids | {id(p) for p in self._params}
+        new = sum(trainable and i not in hooked for i, trainable in current.items())
+        if gone:
+            self._warn_once(
+                "replaced_params",
+                f"{gone} of the {len(self._big_params)} parameters the GradientNoiseMonitor hooked are no longer in "
+                "the model: they were replaced or reassigned after it was created (module.weight = Parameter(...), a "
+                "layer swapped, to_empty()), and their replacements have no hooks, so B_simple is measured on the "
+                "other parameters only. Create the monitor once the model is final.")
+        elif new:
+            self._warn_once(
+                "new_params",
+                f"The model has {new} trainable parameter(s) that were added after the GradientNoiseMonitor was "
+                "created (or unfrozen since); they are not measured. Create the monitor once the model is complete.")
+
     def _check_records(self) -> None:
+        self._check_parameters()
         flags = [r.get("flag") for r in self.tracker.records if not r["skipped"]]
         bad = sum(f == "excess" for f in flags)
         if bad:
@@ -498,22 +714,27 @@ class GradientNoiseMonitor:
             raise InsufficientDataError(
                 f"In {same} of {len(flags)} measured steps the micro-batch gradients were identical: each step fed "
                 "the same examples to every micro-batch. Draw different examples for each micro-batch.")
-        if len(self._params) and len({id(p) for p in self._model.parameters() if p.requires_grad}) > len(self._big_params):
-            self._warn_once(
-                "new_params",
-                "The model has trainable parameters that were added after the GradientNoiseMonitor was created; "
-                "they are not measured. Create the monitor once the model is complete.")
+        twice = sum(f == "duplicate" for f in flags)
+        if flags and twice > len(flags) / 2:
+            raise InsufficientDataError(
+                f"In {twice} of {len(flags)} measured steps the micro-batch gradients came in pairs with bit-identical "
+                "squared norms: backward ran twice on each micro-batch, and each backward that reaches .grad counts "
+                "as one micro-batch. Call backward once per micro-batch (add a micro-batch's losses first).")
 
     # ------------------------------------------------------------------ results
     @property
     def records(self) -> list[dict]:
         """One dict per measured step (host floats; safe to log to TensorBoard, W&B or CSV).
 
-        Keys: ``step``, ``accumulation`` (K per rank), ``micro_batch_size`` (examples per rank),
-        ``world_size`` (W), ``global_batch`` (``W K b`` examples), ``b_small`` and ``b_big``
-        (in ``unit``), ``small_sq`` and ``big_sq`` (squared norms), ``skipped`` (non-finite
-        gradients), the per-step unbiased ``g_sq`` and ``trace_sigma``, their bias-corrected
-        EMAs, ``b_simple_ema``, and ``flag`` where a step failed a plausibility check.
+        Keys: ``step``, ``accumulation`` (K per rank; the mean over ranks if they differ),
+        ``micro_batch_size`` (examples per micro-batch; with ``sizes``, their harmonic mean, NaN
+        for token counts), ``world_size`` (W), ``global_batch`` (examples of the step over all
+        ranks, ``W K b``; NaN for token counts), ``b_small`` and ``b_big`` (in ``unit``: ``b``
+        and ``W K b`` for equal micro-batches, else the sizes of the module docstring),
+        ``small_sq`` and ``big_sq`` (squared norms), ``skipped`` (non-finite gradients), the
+        per-step unbiased ``g_sq`` and ``trace_sigma``, their bias-corrected EMAs,
+        ``b_simple_ema``, and ``flag`` where a step failed a plausibility check (``excess``,
+        ``identical``, ``duplicate``).
         Reading this synchronises with the device.
         """
         self._materialize()
@@ -543,8 +764,9 @@ class GradientNoiseMonitor:
         Raises:
             InsufficientDataError: too few usable steps, every step had a single micro-batch on a
                 single rank, a mean ``|G|^2 <= 0`` or ``tr(Sigma) <= 0``, or steps that failed a
-                plausibility check (forgotten ``zero_grad``, identical micro-batches); the error
-                carries the provisional estimate where there is one.
+                plausibility check (forgotten ``zero_grad``, identical micro-batches, ``backward``
+                twice per micro-batch); the error carries the provisional estimate where there
+                is one.
         """
         self._materialize()
         self._check_records()
@@ -587,10 +809,54 @@ _EXCESS_TOL = 1e-2
 _IDENTICAL_TOL = 1e-5
 
 
+#: How a micro-batch's loss is normalised (see the module docstring).
+_NORMALISATIONS = ("micro_batch", "step", "global_step")
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _snap(x: float, whole: bool = False) -> float | int:
+    """``x`` rounded to the nearest integer when it is one up to float rounding (the sums behind
+    a batch size are float64), as an int when ``whole``; ``x`` itself otherwise."""
+    if math.isfinite(x) and abs(x - round(x)) <= 1e-9 * max(1.0, abs(x)):
+        return int(round(x)) if whole else float(round(x))
+    return x
+
+
+def _refuse_unmeasurable(model: torch.nn.Module) -> None:
+    """Refuse, by name, the trainable parameters whose gradients the monitor cannot measure."""
+    for name, m in model.named_modules():
+        if (isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse
+                and any(p.requires_grad for p in m.parameters(recurse=False))):
+            raise UnsupportedSetupError(
+                f"Module {name or '(the model)'!r} is a {type(m).__name__} with sparse=True: its gradients are sparse "
+                "tensors, whose norms the monitor does not take. Use sparse=False while measuring.")
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.is_complex():
+            raise UnsupportedSetupError(
+                f"Parameter {name!r} is complex ({p.dtype}): the monitor measures real parameters only. Store it as a "
+                "real tensor (torch.view_as_real) to measure it.")
+        if p.is_meta:
+            raise UnsupportedSetupError(
+                f"Parameter {name!r} is on the meta device (no data yet): create the GradientNoiseMonitor after the "
+                "model is materialised (to_empty() and initialisation, or loading its weights), since those replace "
+                "the parameters it would hook.")
+
+
+def _pack(entries: list, like: torch.Tensor) -> torch.Tensor:
+    """``entries`` (0-d tensors, booleans or numbers) as one float64 vector on ``like``'s device;
+    the numbers cross to the device in one copy."""
+    numbers = [float(e) for e in entries if not isinstance(e, torch.Tensor)]
+    host = iter(torch.tensor(numbers, dtype=torch.float64, device=like.device).unbind()) if numbers else None
+    return torch.stack([e.to(like.device, torch.float64).reshape(()) if isinstance(e, torch.Tensor) else next(host)
+                        for e in entries])
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor, the tensor itself otherwise."""
     return t.to_local() if hasattr(t, "to_local") else t
 
-
-def _as_tensor(x: torch.Tensor | float, device) -> torch.Tensor:
-    return x.to(device) if isinstance(x, torch.Tensor) else torch.tensor(float(x), device=device)
