@@ -1,0 +1,447 @@
+"""BatchController: an online batch size that grows when the evidence says the larger batch pays.
+
+The controller is a :class:`~batchlaw.schedule.BatchSchedule`: call ``controller.step(examples_seen,
+monitor)`` once before every optimizer step, as with any schedule. At check points it decides
+whether to grow the batch from ``B`` to ``k B`` (``k = factor^j``), from two kinds of evidence,
+both expressed as the same quantity: the *extra-examples fraction* ``f`` the larger batch costs
+for the same progress (:mod:`batchlaw.schedule.sequential`), against one ``margin``:
+
+1. **The windowed noise scale** (every check; free). ``B_simple`` over the last ``window``
+   measured steps of the current batch, with its interval (never the EMA, which lags and reads
+   high while ``|G|^2`` falls fast). Under McCandlish et al.'s model the growth costs
+   ``f = (k - 1) B / (B + B_noise)``; the controller grows only when ``f <= margin`` holds at the
+   interval's **lower end**. An unresolved interval (too few steps, ``|G|^2`` not resolved) never
+   grows.
+2. **Branches** (when :meth:`BatchController.bind` gave it the model, optimizer, loss and data;
+   rarely: see below). From the trunk's state, pairs of short branches train at ``B`` and
+   ``k B`` on the same examples; a sequential test (Wald's SPRT, :class:`~batchlaw.schedule.sequential.PairedSPRT`)
+   on the paired loss differences, calibrated by their measured spread, decides. ``B_simple``
+   misreads the critical batch of Adam (Merrill et al. 2025), so when a branch test runs, it is
+   the arbiter; the noise scale only says when one is worth running (its interval's upper end
+   must leave room for the growth) and decides alone when branching is unavailable or
+   unaffordable.
+
+Branch cost is capped: a test starts only if its first ``min_pairs`` pairs fit in
+``branch_budget`` (5%) of the examples seen so far, stops when the budget runs out, and the
+next test waits until the examples seen have doubled. Branch examples, evaluations and seconds
+are counted (:attr:`BatchController.branch_examples` ...) and belong in every reported cost.
+
+The batch never shrinks; it never exceeds ``max_batch`` nor ``max_micro_batch * max_accumulation
+* world_size`` (a growth past them is refused and the reason logged). The learning rate follows
+the rule (``"linear"`` for SGD, ``"sqrt"`` for Adam with betas/eps, Malladi et al. 2022) and is
+capped at ``max_lr`` (the stability limit). Every check is logged (:attr:`BatchController.decisions`)
+with its reason and evidence; :meth:`~BatchController.state_dict` / ``load_state_dict`` resume the
+same trajectory; under data parallelism every rank takes rank 0's decision.
+
+References:
+    McCandlish et al. 2018, arXiv:1812.06162, eq. 2.7-2.11 and App. D; Merrill et al. 2025,
+    "Critical Batch Size Revisited", arXiv:2505.23971; Wald 1945, "Sequential tests of statistical
+    hypotheses", Ann. Math. Statist. 16(2); Malladi et al. 2022, arXiv:2205.10287.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .._validation import check_positive_float, check_positive_int, check_probability
+from .._format import fmt_num
+from ..errors import InsufficientDataError
+from .batch import BatchChoice, BatchSchedule, rescale_lr
+from .sequential import PairedSPRT, noise_cost, noise_growth_factor, noise_threshold
+
+__all__ = ["BatchController"]
+
+_MIN_WINDOW = 10  # measured steps: the monitor's fewest for an interval (batchlaw.noise.MIN_STEPS)
+
+
+class BatchController(BatchSchedule):
+    """Grows the batch online when the measured evidence says the larger batch pays (module docstring).
+
+    Args:
+        base_batch: the starting global batch (examples); also the reference batch of ``lr``.
+        lr: learning rate at ``base_batch``: a number or an :class:`~batchlaw.schedule.LRSchedule`.
+        max_batch: the largest global batch (examples).
+        lr_rule: ``"linear"`` (SGD), ``"sqrt"`` (Adam; pass ``adam_betas``/``adam_eps`` and they
+            move too) or ``"none"``.
+        max_lr: cap on the learning rate (the stability limit); ``None``: no cap.
+        margin: the extra-examples fraction a growth may cost (0.1: 10%).
+        factor: growth factor of one step of ``k`` (2: doubling).
+        confidence: level of the noise-scale interval.
+        window: measured steps of the current batch the noise-scale estimate covers.
+        check_every: optimizer steps between two checks.
+        branch_budget: fraction of the examples seen that branches may have used.
+        branch_steps: steps ``n`` of the large arm of a branch pair (the small arm takes ``k n``).
+        min_pairs, max_pairs: pairs before the sequential test may decide, and at most.
+        alpha: the test grows with at most this probability when the larger batch costs the margin.
+        beta: the test stays with at most this probability when it costs nothing (power ``1 - beta``).
+        probe_examples: examples of the probe batch branches are evaluated on when no ``eval_fn``
+            is bound.
+        max_micro_batch: the largest micro-batch per rank (examples).
+        max_accumulation: the most micro-batches per step on each rank (``None``: no limit).
+        min_accumulation: at least this many micro-batches per step (2 lets a single-process
+            monitor measure ``B_simple`` on every step).
+        seed: seeds the branches' examples (decision and pair are mixed in).
+        **kwargs: see :class:`~batchlaw.schedule.batch.BatchSchedule` (``world_size``,
+            ``adam_betas``, ``adam_eps``, ``tokens_per_example``).
+
+    Attributes:
+        decisions: one dict per check (see :meth:`report`).
+        branch_examples: training examples spent in branches (over all ranks).
+        branch_eval_examples: examples evaluated by branches (forward only; 0 with an ``eval_fn``).
+        branch_seconds: wall-clock spent in branches.
+
+    Raises:
+        ValueError: a bad argument (named, with the value and what is allowed).
+
+    Examples:
+        >>> c = BatchController(8, 0.1, max_batch=64, lr_rule="linear", max_micro_batch=8)
+        >>> choice = c.step(0)
+        >>> choice.global_batch, choice.accumulation, choice.lr
+        (8, 2, 0.1)
+    """
+
+    def __init__(self, base_batch: int, lr, *, max_batch: int, lr_rule: str = "sqrt", max_lr: float | None = None,
+                 margin: float = 0.1, factor: int = 2, confidence: float = 0.95, window: int = 50,
+                 check_every: int = 10, branch_budget: float = 0.05, branch_steps: int = 8, min_pairs: int = 3,
+                 max_pairs: int = 8, alpha: float = 0.05, beta: float = 0.2, probe_examples: int = 1024,
+                 max_micro_batch: int | None = None, max_accumulation: int | None = None, min_accumulation: int = 2,
+                 seed: int = 0, **kwargs) -> None:
+        super().__init__(base_batch=base_batch, lr=lr, max_batch=max_batch, lr_rule=lr_rule,
+                         max_micro_batch=max_micro_batch, min_accumulation=min_accumulation, **kwargs)
+        self.max_lr = None if max_lr is None else check_positive_float("max_lr", max_lr)
+        self.margin = check_probability("margin", margin)
+        self.factor = check_positive_int("factor", factor, minimum=2)
+        self.confidence = check_probability("confidence", confidence)
+        self.window = check_positive_int("window", window, minimum=_MIN_WINDOW)
+        self.check_every = check_positive_int("check_every", check_every)
+        self.branch_budget = check_probability("branch_budget", branch_budget, open_low=False)
+        self.branch_steps = check_positive_int("branch_steps", branch_steps)
+        self.probe_examples = check_positive_int("probe_examples", probe_examples)
+        self.max_accumulation = None if max_accumulation is None else check_positive_int("max_accumulation",
+                                                                                          max_accumulation)
+        if self.max_accumulation is not None and self.max_accumulation < self.min_accumulation:
+            raise ValueError(f"The 'max_accumulation' parameter ({max_accumulation}) must be >= 'min_accumulation' "
+                             f"({min_accumulation}).")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"The 'seed' parameter must be an integer. Got {seed!r} instead.")
+        self.seed = seed
+        self._sprt_args = dict(margin=self.margin, alpha=alpha, beta=beta, min_pairs=min_pairs, max_pairs=max_pairs)
+        PairedSPRT(**self._sprt_args)  # validates alpha, beta and the pair counts now
+        limit = self.batch_limit()
+        if limit[0] < self.base_batch:
+            raise ValueError(f"The 'base_batch' parameter ({base_batch}) exceeds {limit[1]}.")
+        self._want = self.base_batch  # requested global batch (examples): never decreases
+        self._stage_step = 0  # monitor step at which the current batch started
+        self._last_check = 0  # schedule step of the last check
+        self._next_branch = 0  # examples seen before the next branch test may start
+        self._n_decisions = 0
+        self._at_limit = False
+        self.decisions: list[dict] = []
+        self.branch_examples = 0
+        self.branch_eval_examples = 0
+        self.branch_seconds = 0.0
+        self.branch_steps_taken = 0
+        self._runner = None
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, model, optimizer, *, loss_fn: Callable, sample_fn: Callable, eval_fn: Callable | None = None,
+             process_group: Any = "auto") -> BatchController:
+        """Give the controller what it needs to branch; without it, it decides from the noise scale only.
+
+        Args:
+            model: the trunk's model (or its ``DistributedDataParallel`` wrapper).
+            optimizer: the trunk's optimizer.
+            loss_fn: ``loss_fn(model, batch) -> 0-d tensor``: the mean loss over ``batch``.
+            sample_fn: ``sample_fn(n, generator) -> batch``: ``n`` training examples drawn
+                i.i.d. with ``generator`` only (a CPU ``torch.Generator``). Branches use their own
+                generator: the trunk's data stream is never consumed.
+            eval_fn: ``eval_fn(model) -> float``, a deterministic held-out loss (best: a fixed
+                held-out set, the same data for both arms); ``None``: a probe batch from ``sample_fn``.
+            process_group: ``"auto"``, ``None`` or a process group to average branches over.
+
+        Returns:
+            ``self``.
+        """
+        from .branching import BranchRunner
+
+        self._runner = BranchRunner(model, optimizer, loss_fn=loss_fn, sample_fn=sample_fn, eval_fn=eval_fn,
+                                    probe_examples=self.probe_examples, max_micro_batch=self.max_micro_batch,
+                                    process_group=process_group)
+        if self._runner.world_size != self.world_size:
+            raise ValueError(f"The model runs on {self._runner.world_size} ranks but the controller was built with "
+                             f"world_size={self.world_size}.")
+        return self
+
+    def bind_workload(self, workload, model, optimizer, *, eval_fn: Callable | None = None) -> BatchController:
+        """:meth:`bind` for a :class:`~batchlaw.workloads.Workload`: its ``loss``, its
+        ``sample_batch`` and (unless ``eval_fn`` is given) its held-out ``eval_loss``."""
+        return self.bind(model, optimizer, loss_fn=workload.loss, sample_fn=workload.sample_batch,
+                         eval_fn=eval_fn if eval_fn is not None else workload.eval_loss)
+
+    def unbind(self) -> None:
+        """Forget the model and optimizer (no more branches; frees the branch copy)."""
+        self._runner = None
+
+    # ------------------------------------------------------------------ limits and learning rate
+    def batch_limit(self) -> tuple[int, str]:
+        """The largest global batch allowed (examples) and what sets it."""
+        limits = [(self.max_batch, f"max_batch={self.max_batch}")]
+        if self.max_accumulation is not None:
+            hw = self.max_micro_batch * self.max_accumulation * self.world_size
+            limits.append((hw, f"max_micro_batch={self.max_micro_batch} x max_accumulation={self.max_accumulation} x "
+                               f"world_size={self.world_size} = {hw} examples"))
+        return min(limits)
+
+    def lr_settings(self, examples_seen: int, batch: int) -> dict:
+        """``{"lr", "betas", "eps"}`` for a step at ``batch`` after ``examples_seen``: the LR
+        schedule times the batch rule, capped at ``max_lr``."""
+        base = self.lr_schedule(examples_seen) * self.lr_factor(examples_seen, batch)
+        r = rescale_lr(base if base > 0 else 1.0, batch / self.base_batch, self.lr_rule, betas=self.adam_betas,
+                       eps=self.adam_eps)
+        if base <= 0:
+            r["lr"] = 0.0
+        if self.max_lr is not None and r["lr"] > self.max_lr:
+            r["lr"] = self.max_lr
+        return r
+
+    def step(self, examples_seen: int, monitor=None) -> BatchChoice:
+        choice = super().step(examples_seen, monitor)
+        if self.max_lr is not None and choice.lr > self.max_lr:
+            choice = replace(choice, lr=self.max_lr)
+        return choice
+
+    # ------------------------------------------------------------------ the decision
+    def target(self, examples_seen: int, monitor=None) -> float:
+        if self._step - self._last_check >= self.check_every and not self._at_limit:
+            self._last_check = self._step
+            self._check(examples_seen, monitor)
+        return float(self._want)
+
+    def _monitor_steps(self, monitor) -> int:
+        return int(getattr(monitor, "steps", self._step)) if monitor is not None else self._step
+
+    def _noise_evidence(self, monitor) -> dict:
+        """The windowed ``B_simple`` of the current batch, in examples (``lo = 0``, ``hi = inf`` when unresolved)."""
+        ev = {"b_simple": None, "ci": [0.0, math.inf], "n_steps": 0, "resolved": False, "note": ""}
+        if monitor is None:
+            ev["note"] = "no monitor"
+            return ev
+        now = self._monitor_steps(monitor)
+        start = max(self._stage_step, now - self.window)
+        ev["window"] = [start, now]
+        try:
+            est = monitor.estimate(start=start, confidence=self.confidence)
+        except InsufficientDataError as err:
+            ev["note"] = str(err).split(". ")[0]
+            prov = getattr(err, "provisional", None)
+            if prov is not None and getattr(prov, "n_steps", None):
+                ev["n_steps"] = int(prov.n_steps)
+            return ev
+        scale = 1.0
+        if getattr(monitor, "unit", "examples") == "tokens":
+            if not self.tokens_per_example:
+                raise ValueError("The monitor counts tokens: give the controller 'tokens_per_example' to convert its "
+                                 "B_simple to examples.")
+            scale = 1.0 / self.tokens_per_example
+        lo, hi = est.ci
+        ev.update(b_simple=est.b_simple * scale, ci=[lo * scale, hi * scale], n_steps=est.n_steps, resolved=True)
+        return ev
+
+    def _check(self, examples_seen: int, monitor) -> None:
+        batch = int(self._current if self._current is not None else self._want)
+        limit, why = self.batch_limit()
+        entry = {"index": self._n_decisions, "step": self._step, "examples_seen": int(examples_seen),
+                 "batch": batch, "new_batch": batch, "decision": "stay", "path": "noise"}
+        if self.factor * batch > limit and batch >= limit:
+            self._at_limit = True
+            entry.update(decision="refused", reason=f"growing past {batch} examples is refused: the limit is {why}")
+            self._log(entry)
+            return
+        max_k = limit / batch
+        ev = self._noise_evidence(monitor)
+        lo, hi = ev["ci"]
+        k_try = min(float(self.factor), max_k)  # one growth step (a partial one up to the limit)
+        k_noise = noise_growth_factor(batch, lo, self.margin, self.factor if max_k >= self.factor else k_try,
+                                      max_k=max_k) if ev["resolved"] else 1.0
+        ev.update(threshold=noise_threshold(batch, k_try, self.margin),
+                  cost_at_lo=noise_cost(batch, k_try, lo) if ev["resolved"] else None, k_noise=k_noise)
+        entry["noise"] = ev
+        new = batch
+        if self._branch_possible(examples_seen, batch, k_try, hi, entry):
+            entry["path"] = "branch"
+            res = self._branch_test(examples_seen, batch, int(k_try) if k_try == int(k_try) else k_try, entry)
+            if res == "grow":
+                k = max(k_noise, k_try)
+                new = int(batch * k)
+                entry["reason"] = (f"branches: {entry['branch']['reason']}; grow x{k:g}"
+                                   + (" (the noise scale allows it)" if k > k_try else ""))
+            else:
+                entry["reason"] = f"branches: {entry['branch']['reason']}"
+        elif not ev["resolved"]:
+            entry.update(decision="unresolved", reason=f"the noise scale is unresolved ({ev['note']}): no growth")
+        elif k_noise > 1:
+            new = int(batch * k_noise)
+            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: even its lower end leaves "
+                               f"x{k_noise:g} within the {self.margin:.0%} margin "
+                               f"(cost {noise_cost(batch, k_noise, lo):.1%} of examples)")
+        else:
+            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: at its lower end x{k_try:g} "
+                               f"would cost {ev['cost_at_lo']:.1%} more examples, above the {self.margin:.0%} margin "
+                               f"(needs B_simple >= {_fmt(ev['threshold'])})")
+        new = min(self._broadcast(new), limit)
+        if new > batch:
+            entry.update(decision="grow", new_batch=new)
+            self._want = new
+            self._stage_step = self._monitor_steps(monitor)
+        self._log(entry)
+
+    def _branch_possible(self, examples_seen: int, batch: int, k: float, hi: float, entry: dict) -> bool:
+        if self._runner is None:
+            return False
+        if k != int(k) or (batch // self.world_size) * self.world_size != batch:
+            entry["branch_skipped"] = "the next batch is not a whole multiple of the current one"
+            return False
+        if noise_cost(batch, k, hi) > self.margin:
+            entry["branch_skipped"] = "implausible: even the upper end of the B_simple interval prices the growth " \
+                                      "above the margin"
+            return False
+        if examples_seen < self._next_branch:
+            entry["branch_skipped"] = f"spacing: the next branch test waits for {self._next_branch} examples seen"
+            return False
+        pair = 2 * self.branch_steps * int(k) * batch
+        needed = self._sprt_args["min_pairs"] * pair
+        if self.branch_examples + needed > self.branch_budget * examples_seen:
+            entry["branch_skipped"] = (f"budget: {self._sprt_args['min_pairs']} pairs need {needed} examples, "
+                                       f"the {self.branch_budget:.0%} budget leaves "
+                                       f"{max(0, int(self.branch_budget * examples_seen) - self.branch_examples)}")
+            return False
+        return True
+
+    def _branch_test(self, examples_seen: int, batch: int, k: int, entry: dict) -> str:
+        runner, t0 = self._runner, time.perf_counter()
+        ex0, ev0, st0 = runner.examples, runner.eval_examples, runner.steps
+        n = self.branch_steps
+        small = [self.lr_settings(examples_seen + i * batch, batch) for i in range(k * n)]
+        large = [self.lr_settings(examples_seen + i * k * batch, k * batch) for i in range(n)]
+        test = PairedSPRT(**self._sprt_args)
+        seed = self.seed * 1_000_003 + self._n_decisions
+        probe = runner.probe(seed)
+        l0 = runner.trunk_loss(probe)
+        pairs, res, pair_cost = [], None, 2 * n * k * batch
+        for j in range(self._sprt_args["max_pairs"]):
+            if j >= self._sprt_args["min_pairs"] and self.branch_examples + (runner.examples - ex0) + pair_cost \
+                    > self.branch_budget * examples_seen:
+                res = replace(res, decision="stay", reason=f"budget spent after {j} pairs ({res.reason})")
+                break
+            out = runner.run_pair(batch=batch, k=k, steps=n, lrs_small=small, lrs_large=large, seed=seed * 64 + j,
+                                  probe=probe)
+            pairs.append([out["small"], out["large"]])
+            if out["diverged"] or not math.isfinite(l0):
+                res = None
+                entry["branch_diverged"] = True
+                break
+            res = test.update(out["large"] - out["small"], l0 - out["large"])
+            if res.decision != "continue":
+                break
+        spent = runner.examples - ex0
+        self.branch_examples += spent
+        self.branch_eval_examples += runner.eval_examples - ev0
+        self.branch_steps_taken += runner.steps - st0
+        seconds = time.perf_counter() - t0
+        self.branch_seconds += seconds
+        self._next_branch = 2 * examples_seen
+        if res is None:
+            info = {"reason": "a branch diverged: the larger batch (or its learning rate) is unstable", "decision": "stay"}
+        else:
+            info = res.to_dict()
+        info.update(k=k, steps=n, loss_start=l0, pairs=pairs, examples=spent, eval_examples=runner.eval_examples - ev0,
+                    seconds=seconds)
+        entry["branch"] = info
+        return info["decision"]
+
+    def _broadcast(self, value: int) -> int:
+        """Rank 0's decision on every rank (data parallelism), else ``value``."""
+        group = self._runner.group if self._runner is not None else None
+        if group is None:
+            return value
+        import torch
+
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._runner._device())
+        torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)
+        return int(t.item())
+
+    def _log(self, entry: dict) -> None:
+        entry["branch_examples_total"] = self.branch_examples
+        self.decisions.append(_json_safe(entry))
+        self._n_decisions += 1
+
+    # ------------------------------------------------------------------ reporting and state
+    @property
+    def growths(self) -> list[dict]:
+        """The checks that grew the batch."""
+        return [d for d in self.decisions if d["decision"] == "grow"]
+
+    def report(self) -> dict:
+        """JSON-ready summary: settings, branch cost and every decision with its evidence.
+
+        Each decision has ``step``, ``examples_seen``, ``batch``, ``new_batch`` (examples),
+        ``decision`` (``grow``, ``stay``, ``unresolved`` or ``refused``), ``path`` (``noise`` or
+        ``branch``), ``reason``, ``noise`` (``b_simple``, ``ci`` in examples, ``n_steps``, the
+        window of steps, ``threshold``: the noise scale the next growth needs, ``cost_at_lo``)
+        and, after a branch test, ``branch`` (pairs of losses, the SPRT's statistic and
+        decision, examples and seconds spent).
+        """
+        return {"schema": "batchlaw.controller/1", "unit": "examples",
+                "settings": {"base_batch": self.base_batch, "max_batch": self.max_batch, "margin": self.margin,
+                             "factor": self.factor, "lr_rule": self.lr_rule, "max_lr": self.max_lr,
+                             "confidence": self.confidence, "window": self.window, "check_every": self.check_every,
+                             "branch_budget": self.branch_budget, "branch_steps": self.branch_steps,
+                             "sprt": dict(self._sprt_args), "max_micro_batch": self.max_micro_batch,
+                             "max_accumulation": self.max_accumulation, "world_size": self.world_size},
+                "batch": self._want, "branch_examples": self.branch_examples,
+                "branch_eval_examples": self.branch_eval_examples, "branch_seconds": self.branch_seconds,
+                "branch_steps": self.branch_steps_taken, "decisions": [dict(d) for d in self.decisions]}
+
+    def save_report(self, path: str | Path) -> None:
+        """Write :meth:`report` as JSON."""
+        Path(path).write_text(json.dumps(self.report(), indent=1))
+
+    def _extra_state(self) -> dict:
+        return {"want": self._want, "stage_step": self._stage_step, "last_check": self._last_check,
+                "next_branch": self._next_branch, "n_decisions": self._n_decisions, "at_limit": self._at_limit,
+                "decisions": [dict(d) for d in self.decisions], "branch_examples": self.branch_examples,
+                "branch_eval_examples": self.branch_eval_examples, "branch_seconds": self.branch_seconds,
+                "branch_steps": self.branch_steps_taken}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self._want = int(state["want"])
+        self._stage_step = int(state["stage_step"])
+        self._last_check = int(state["last_check"])
+        self._next_branch = int(state["next_branch"])
+        self._n_decisions = int(state["n_decisions"])
+        self._at_limit = bool(state["at_limit"])
+        self.decisions = [dict(d) for d in state["decisions"]]
+        self.branch_examples = int(state["branch_examples"])
+        self.branch_eval_examples = int(state["branch_eval_examples"])
+        self.branch_seconds = float(state["branch_seconds"])
+        self.branch_steps_taken = int(state["branch_steps"])
+
+
+def _fmt(x: float | None) -> str:
+    return "inf" if x is None else fmt_num(x)
+
+
+def _json_safe(value):
+    """Non-finite floats as None (strict JSON), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
