@@ -74,8 +74,14 @@ class BatchController(BatchSchedule):
         confidence: level of the noise-scale interval.
         window: measured steps of the current batch the noise-scale estimate covers.
         check_every: optimizer steps between two checks.
-        branch_budget: fraction of the examples seen that branches may have used.
-        branch_steps: steps ``n`` of the large arm of a branch pair (the small arm takes ``k n``).
+        branch_budget: fraction of the examples seen (or of ``planned_examples`` while fewer have
+            been seen) that branches may have used.
+        branch_steps: steps ``n`` of the large arm of a branch pair (the small arm takes ``k n``);
+            ``"auto"``: long enough for the optimizer to forget the fork, ``ceil(2 / (1 - beta1))``
+            steps at the large arm's Adam ``beta1`` (or SGD momentum), 1 without momentum.
+        planned_examples: the examples the run is planned to use (its data budget), if known:
+            branches may then spend ``branch_budget`` of it from the start, instead of only of
+            the examples seen so far.
         min_pairs, max_pairs: pairs before the sequential test may decide, and at most.
         alpha: the test grows with at most this probability when the larger batch costs the margin.
         beta: the test stays with at most this probability when it costs nothing (power ``1 - beta``).
@@ -107,7 +113,8 @@ class BatchController(BatchSchedule):
 
     def __init__(self, base_batch: int, lr, *, max_batch: int, lr_rule: str = "sqrt", max_lr: float | None = None,
                  margin: float = 0.1, factor: int = 2, confidence: float = 0.95, window: int = 50,
-                 check_every: int = 10, branch_budget: float = 0.05, branch_steps: int = 8, min_pairs: int = 3,
+                 check_every: int = 10, branch_budget: float = 0.05, branch_steps: int | str = "auto",
+                 planned_examples: int | None = None, min_pairs: int = 3,
                  max_pairs: int = 8, alpha: float = 0.05, beta: float = 0.2, probe_examples: int = 1024,
                  max_micro_batch: int | None = None, max_accumulation: int | None = None, min_accumulation: int = 2,
                  seed: int = 0, **kwargs) -> None:
@@ -120,7 +127,9 @@ class BatchController(BatchSchedule):
         self.window = check_positive_int("window", window, minimum=_MIN_WINDOW)
         self.check_every = check_positive_int("check_every", check_every)
         self.branch_budget = check_probability("branch_budget", branch_budget, open_low=False)
-        self.branch_steps = check_positive_int("branch_steps", branch_steps)
+        self.branch_steps = branch_steps if branch_steps == "auto" else check_positive_int("branch_steps", branch_steps)
+        self.planned_examples = None if planned_examples is None else check_positive_int("planned_examples",
+                                                                                          planned_examples)
         self.probe_examples = check_positive_int("probe_examples", probe_examples)
         self.max_accumulation = None if max_accumulation is None else check_positive_int("max_accumulation",
                                                                                           max_accumulation)
@@ -137,7 +146,7 @@ class BatchController(BatchSchedule):
             raise ValueError(f"The 'base_batch' parameter ({base_batch}) exceeds {limit[1]}.")
         self._want = self.base_batch  # requested global batch (examples): never decreases
         self._stage_step = 0  # monitor step at which the current batch started
-        self._last_check = 0  # schedule step of the last check
+        self._last_check = -check_every  # schedule step of the last check (the first check is at step 0)
         self._next_branch = 0  # examples seen before the next branch test may start
         self._n_decisions = 0
         self._at_limit = False
@@ -300,32 +309,46 @@ class BatchController(BatchSchedule):
             self._stage_step = self._monitor_steps(monitor)
         self._log(entry)
 
+    def _budget_left(self, examples_seen: int) -> float:
+        """Examples the branches may still spend."""
+        base = max(examples_seen, self.planned_examples or 0)
+        return self.branch_budget * base - self.branch_examples
+
+    def _pair_steps(self, examples_seen: int, batch: int) -> int:
+        """Steps ``n`` of the large arm: ``branch_steps``, or long enough for the optimizer's memory."""
+        if self.branch_steps != "auto":
+            return self.branch_steps
+        s = self.lr_settings(examples_seen, batch)
+        groups = getattr(self._runner.optimizer, "param_groups", [{}])
+        beta = s["betas"][0] if s.get("betas") else groups[0].get("betas", (groups[0].get("momentum", 0.0),))[0]
+        beta = float(beta or 0.0)
+        return 1 if beta <= 0 else max(1, math.ceil(2.0 / (1.0 - beta)))
+
     def _branch_possible(self, examples_seen: int, batch: int, k: float, hi: float, entry: dict) -> bool:
         if self._runner is None:
             return False
         if k != int(k) or (batch // self.world_size) * self.world_size != batch:
             entry["branch_skipped"] = "the next batch is not a whole multiple of the current one"
             return False
-        if noise_cost(batch, k, hi) > self.margin:
-            entry["branch_skipped"] = "implausible: even the upper end of the B_simple interval prices the growth " \
-                                      "above the margin"
+        if hi < batch:
+            entry["branch_skipped"] = "implausible: the batch is above the whole B_simple interval"
             return False
         if examples_seen < self._next_branch:
             entry["branch_skipped"] = f"spacing: the next branch test waits for {self._next_branch} examples seen"
             return False
-        pair = 2 * self.branch_steps * int(k) * batch
+        pair = 2 * self._pair_steps(examples_seen, int(k * batch)) * int(k) * batch
         needed = self._sprt_args["min_pairs"] * pair
-        if self.branch_examples + needed > self.branch_budget * examples_seen:
+        if needed > self._budget_left(examples_seen):
             entry["branch_skipped"] = (f"budget: {self._sprt_args['min_pairs']} pairs need {needed} examples, "
                                        f"the {self.branch_budget:.0%} budget leaves "
-                                       f"{max(0, int(self.branch_budget * examples_seen) - self.branch_examples)}")
+                                       f"{max(0, int(self._budget_left(examples_seen)))}")
             return False
         return True
 
     def _branch_test(self, examples_seen: int, batch: int, k: int, entry: dict) -> str:
         runner, t0 = self._runner, time.perf_counter()
         ex0, ev0, st0 = runner.examples, runner.eval_examples, runner.steps
-        n = self.branch_steps
+        n = self._pair_steps(examples_seen, k * batch)
         small = [self.lr_settings(examples_seen + i * batch, batch) for i in range(k * n)]
         large = [self.lr_settings(examples_seen + i * k * batch, k * batch) for i in range(n)]
         test = PairedSPRT(**self._sprt_args)
@@ -334,8 +357,7 @@ class BatchController(BatchSchedule):
         l0 = runner.trunk_loss(probe)
         pairs, res, pair_cost = [], None, 2 * n * k * batch
         for j in range(self._sprt_args["max_pairs"]):
-            if j >= self._sprt_args["min_pairs"] and self.branch_examples + (runner.examples - ex0) + pair_cost \
-                    > self.branch_budget * examples_seen:
+            if j >= self._sprt_args["min_pairs"] and (runner.examples - ex0) + pair_cost > self._budget_left(examples_seen):
                 res = replace(res, decision="stay", reason=f"budget spent after {j} pairs ({res.reason})")
                 break
             out = runner.run_pair(batch=batch, k=k, steps=n, lrs_small=small, lrs_large=large, seed=seed * 64 + j,
@@ -354,7 +376,8 @@ class BatchController(BatchSchedule):
         self.branch_steps_taken += runner.steps - st0
         seconds = time.perf_counter() - t0
         self.branch_seconds += seconds
-        self._next_branch = 2 * examples_seen
+        if res is None or res.decision != "grow":  # after a stay, wait until the examples seen have doubled
+            self._next_branch = 2 * examples_seen
         if res is None:
             info = {"reason": "a branch diverged: the larger batch (or its learning rate) is unstable", "decision": "stay"}
         else:
@@ -401,6 +424,7 @@ class BatchController(BatchSchedule):
                              "factor": self.factor, "lr_rule": self.lr_rule, "max_lr": self.max_lr,
                              "confidence": self.confidence, "window": self.window, "check_every": self.check_every,
                              "branch_budget": self.branch_budget, "branch_steps": self.branch_steps,
+                             "planned_examples": self.planned_examples,
                              "sprt": dict(self._sprt_args), "max_micro_batch": self.max_micro_batch,
                              "max_accumulation": self.max_accumulation, "world_size": self.world_size},
                 "batch": self._want, "branch_examples": self.branch_examples,

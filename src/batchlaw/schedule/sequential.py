@@ -173,6 +173,9 @@ class PairedSPRT:
         if self.max_pairs < self.min_pairs:
             raise ValueError(f"The 'max_pairs' parameter ({max_pairs}) must be >= 'min_pairs' ({min_pairs}).")
         self.spread_confidence = check_probability("spread_confidence", spread_confidence, open_low=False)
+        # chi-square quantiles for the spread's upper bound, by degrees of freedom n - 1
+        self._chi2 = [math.nan] + [float(stats.chi2.ppf(1.0 - self.spread_confidence, df))
+                                   for df in range(1, self.max_pairs)]
         self.upper = math.log((1.0 - self.beta) / self.alpha)
         self.lower = math.log(self.beta / (1.0 - self.alpha))
         self.deltas: list[float] = []
@@ -207,7 +210,7 @@ class PairedSPRT:
         zbar = sum(z) / n
         var = sum((x - zbar) ** 2 for x in z) / (n - 1)
         # upper confidence bound of the variance: (n - 1) s^2 / chi2_{1 - c}(n - 1)
-        var_up = (n - 1) * var / float(stats.chi2.ppf(1.0 - self.spread_confidence, n - 1))
+        var_up = (n - 1) * var / self._chi2[n - 1]
         delta_h1 = self.margin * mp
         floor = (1e-12 * max(abs(delta_h1), 1e-300)) ** 2  # identical pairs: decide from the means alone
         llr = -(delta_h1 / max(var_up, floor)) * (sum(z) + n * delta_h1 / 2.0)
