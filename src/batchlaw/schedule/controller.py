@@ -1,30 +1,31 @@
 """BatchController: an online batch size that grows when the evidence says the larger batch pays.
 
 The controller is a :class:`~batchlaw.schedule.BatchSchedule`: call ``controller.step(examples_seen,
-monitor)`` once before every optimizer step, as with any schedule. At check points it decides
-whether to grow the batch from ``B`` to ``k B`` (``k = factor^j``), from two kinds of evidence,
-both expressed as the same quantity: the *extra-examples fraction* ``f`` the larger batch costs
-for the same progress (:mod:`batchlaw.schedule.sequential`), against one ``margin``:
+monitor)`` once before every optimizer step, as with any schedule. At check points (every
+``check_every`` steps) it decides whether to grow the batch from ``B`` to ``k B`` (``k = factor^j``)
+from two kinds of evidence (:mod:`batchlaw.schedule.sequential`):
 
 1. **The windowed noise scale** (every check; free). ``B_simple`` over the last ``window``
    measured steps of the current batch, with its interval (never the EMA, which lags and reads
-   high while ``|G|^2`` falls fast). Under McCandlish et al.'s model the growth costs
-   ``f = (k - 1) B / (B + B_noise)``; the controller grows only when ``f <= margin`` holds at the
-   interval's **lower end**. An unresolved interval (too few steps, ``|G|^2`` not resolved) never
-   grows.
-2. **Branches** (when :meth:`BatchController.bind` gave it the model, optimizer, loss and data;
-   rarely: see below). From the trunk's state, pairs of short branches train at ``B`` and
-   ``k B`` on the same examples; a sequential test (Wald's SPRT, :class:`~batchlaw.schedule.sequential.PairedSPRT`)
-   on the paired loss differences, calibrated by their measured spread, decides. ``B_simple``
-   misreads the critical batch of Adam (Merrill et al. 2025), so when a branch test runs, it is
-   the arbiter; the noise scale only says when one is worth running (its interval's upper end
-   must leave room for the growth) and decides alone when branching is unavailable or
-   unaffordable.
+   high while ``|G|^2`` falls fast). The controller grows to the largest ``k B`` that stays at or
+   below the interval's **lower end**: the next batch must be in McCandlish et al.'s efficient
+   regime (``B <= B_noise``) even at the least noise the data allow. An unresolved interval (too
+   few steps, ``|G|^2`` not resolved) never grows.
+2. **Branches** (when :meth:`BatchController.bind` gave it the model, optimizer, loss and data).
+   From the trunk's state, pairs of short branches train at ``B`` and ``k B`` on the same
+   examples; a sequential test (Wald's SPRT, :class:`~batchlaw.schedule.sequential.PairedSPRT`)
+   on the paired loss differences, calibrated by their measured spread, grows only when the
+   larger batch costs less than ``margin`` (10%) more examples for the same progress.
+   ``B_simple`` misreads the critical batch of Adam (Merrill et al. 2025), so when a branch test
+   runs it is the arbiter; the noise scale decides alone when branching is unavailable or
+   unaffordable, and a test runs only while the batch is not above the whole noise interval.
 
 Branch cost is capped: a test starts only if its first ``min_pairs`` pairs fit in
-``branch_budget`` (5%) of the examples seen so far, stops when the budget runs out, and the
-next test waits until the examples seen have doubled. Branch examples, evaluations and seconds
-are counted (:attr:`BatchController.branch_examples` ...) and belong in every reported cost.
+``branch_budget`` (5%) of the examples seen so far (or of ``planned_examples``, the run's data
+budget, when given), stops when the budget runs out, and after a test that stays the next one
+waits until the examples seen have doubled (after a growth the next may follow at the next check).
+Branch examples, evaluations and seconds are counted (:attr:`BatchController.branch_examples` ...)
+and belong in every reported cost.
 
 The batch never shrinks; it never exceeds ``max_batch`` nor ``max_micro_batch * max_accumulation
 * world_size`` (a growth past them is refused and the reason logged). The learning rate follows
@@ -52,7 +53,7 @@ from .._validation import check_positive_float, check_positive_int, check_probab
 from .._format import fmt_num
 from ..errors import InsufficientDataError
 from .batch import BatchChoice, BatchSchedule, rescale_lr
-from .sequential import PairedSPRT, noise_cost, noise_growth_factor, noise_threshold
+from .sequential import PairedSPRT, noise_cost, noise_growth_factor
 
 __all__ = ["BatchController"]
 
@@ -69,7 +70,7 @@ class BatchController(BatchSchedule):
         lr_rule: ``"linear"`` (SGD), ``"sqrt"`` (Adam; pass ``adam_betas``/``adam_eps`` and they
             move too) or ``"none"``.
         max_lr: cap on the learning rate (the stability limit); ``None``: no cap.
-        margin: the extra-examples fraction a growth may cost (0.1: 10%).
+        margin: the extra-examples fraction a branch-tested growth may cost (0.1: 10%).
         factor: growth factor of one step of ``k`` (2: doubling).
         confidence: level of the noise-scale interval.
         window: measured steps of the current batch the noise-scale estimate covers.
@@ -275,10 +276,9 @@ class BatchController(BatchSchedule):
         ev = self._noise_evidence(monitor)
         lo, hi = ev["ci"]
         k_try = min(float(self.factor), max_k)  # one growth step (a partial one up to the limit)
-        k_noise = noise_growth_factor(batch, lo, self.margin, self.factor if max_k >= self.factor else k_try,
-                                      max_k=max_k) if ev["resolved"] else 1.0
-        ev.update(threshold=noise_threshold(batch, k_try, self.margin),
-                  cost_at_lo=noise_cost(batch, k_try, lo) if ev["resolved"] else None, k_noise=k_noise)
+        k_noise = noise_growth_factor(batch, lo, self.factor, max_k=max_k) if ev["resolved"] else 1.0
+        ev.update(threshold=k_try * batch, cost_at_lo=noise_cost(batch, k_try, lo) if ev["resolved"] else None,
+                  k_noise=k_noise)
         entry["noise"] = ev
         new = batch
         if self._branch_possible(examples_seen, batch, k_try, hi, entry):
@@ -295,13 +295,12 @@ class BatchController(BatchSchedule):
             entry.update(decision="unresolved", reason=f"the noise scale is unresolved ({ev['note']}): no growth")
         elif k_noise > 1:
             new = int(batch * k_noise)
-            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: even its lower end leaves "
-                               f"x{k_noise:g} within the {self.margin:.0%} margin "
-                               f"(cost {noise_cost(batch, k_noise, lo):.1%} of examples)")
+            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: its lower end is at or above "
+                               f"x{k_noise:g} = {_fmt(int(batch * k_noise))} examples (priced at "
+                               f"{noise_cost(batch, k_noise, lo):.1%} more examples by McCandlish's model)")
         else:
-            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: at its lower end x{k_try:g} "
-                               f"would cost {ev['cost_at_lo']:.1%} more examples, above the {self.margin:.0%} margin "
-                               f"(needs B_simple >= {_fmt(ev['threshold'])})")
+            entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: its lower end is below "
+                               f"the next batch {_fmt(int(k_try * batch))} examples")
         new = min(self._broadcast(new), limit)
         if new > batch:
             entry.update(decision="grow", new_batch=new)

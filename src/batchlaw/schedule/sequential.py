@@ -10,14 +10,19 @@ constant-batch yardstick, McCandlish et al. 2018 eq. 2.11 frontier). The margin 
 prices every example spent after the growth the same way, so two growths do not compound like a
 fixed loss tolerance does (Merrill et al. 2025 accept within 1% of loss at each checkpoint).
 
-Two ways to read ``f``:
+Two ways to judge a growth:
 
-* **From the noise scale** (a model). With the optimal learning rate, a step at batch ``B`` makes
-  ``1 / (1 + B_noise / B)`` of the progress of a noiseless step (McCandlish et al. 2018, eq. 2.7),
-  so the examples per unit of progress go as ``B + B_noise`` and
-  ``f = (k - 1) B / (B + B_noise)`` (:func:`noise_cost`). The controller puts the *lower end* of
-  the windowed ``B_simple`` interval in for ``B_noise``: it grows only when even the least noise
-  the data allow leaves ``f <= margin`` (:func:`noise_growth_factor`).
+* **From the noise scale** (a model, free). With the optimal learning rate, a step at batch ``B``
+  makes ``1 / (1 + B_noise / B)`` of the progress of a noiseless step (McCandlish et al. 2018,
+  eq. 2.7), so the examples per unit of progress go as ``B + B_noise``: a batch at or below
+  ``B_noise`` spends at most twice the minimal examples (their efficient regime), and the price
+  of the growth is ``f = (k - 1) B / (B + B_noise)`` (:func:`noise_cost`). The controller grows to
+  ``k B`` only while ``k B`` stays at or below the *lower end* of the windowed ``B_simple``
+  interval (:func:`noise_growth_factor`). It does not hold the model to the 10% margin: the model
+  is only a proxy (``B_simple`` reads the critical batch of Adam low, Merrill et al. 2025) and it
+  does not price what a growth at a constant learning rate also does, lowering the noise of the
+  updates (the square-root rule lowers ``lr / B``; a learning rate held at its cap does more),
+  which is where measured schedules gain (docs/concepts-controller.md).
 * **From branches** (a measurement). From the same state, one arm trains ``k n`` steps at ``B``
   and the other ``n`` steps at ``k B`` on *the same examples* (common random numbers); both are
   then evaluated on the same held-out data. With ``delta = L_kB - L_B`` and the large arm's
@@ -50,7 +55,7 @@ from scipy import stats
 
 from .._validation import check_positive_float, check_positive_int, check_probability
 
-__all__ = ["noise_cost", "noise_growth_factor", "noise_threshold", "PairedSPRT", "SPRTResult"]
+__all__ = ["noise_cost", "noise_growth_factor", "PairedSPRT", "SPRTResult"]
 
 
 def noise_cost(batch: float, k: float, b_noise: float) -> float:
@@ -71,40 +76,32 @@ def noise_cost(batch: float, k: float, b_noise: float) -> float:
     return (k - 1.0) * b / (b + max(float(b_noise), 0.0))
 
 
-def noise_threshold(batch: float, k: float, margin: float) -> float:
-    """The noise scale above which ``k * batch`` costs at most ``margin`` more examples.
+def noise_growth_factor(batch: float, b_noise_lo: float, factor: float = 2.0, max_k: float = math.inf) -> float:
+    """The largest ``k = factor^j`` (``j >= 0``, ``k <= max_k``) with ``k * batch <= b_noise_lo``.
 
-    Solves ``noise_cost(batch, k, B_noise) = margin``: ``B_noise = batch ((k - 1) / margin - 1)``.
-
-    Examples:
-        >>> noise_threshold(100, 2, 0.1)
-        900.0
-    """
-    b, k = check_positive_float("batch", batch), check_positive_float("k", k)
-    m = check_positive_float("margin", margin)
-    return b * max((k - 1.0) / m - 1.0, 0.0)
-
-
-def noise_growth_factor(batch: float, b_noise_lo: float, margin: float, factor: float = 2.0,
-                        max_k: float = math.inf) -> float:
-    """The largest ``k = factor^j`` (``j >= 0``, ``k <= max_k``) with ``noise_cost(batch, k, b_noise_lo) <= margin``.
-
-    1 when not even one ``factor`` pays. ``b_noise_lo`` is the lower end of the noise scale's
-    interval (examples): the growth must pay even at the least noise the data allow.
+    The next batch must stay in McCandlish et al.'s efficient regime, at or below the noise scale
+    (there a batch spends at most twice the minimal examples for its progress, eq. 2.11), judged
+    at ``b_noise_lo``, the lower end of the noise scale's interval: the least noise the data allow.
+    1 when not even one ``factor`` fits. ``max_k`` may cut the last step short (a partial growth to
+    a limit): then ``k = max_k`` if ``max_k * batch <= b_noise_lo``.
 
     Examples:
-        >>> noise_growth_factor(8, 1000, 0.1)  # f(8x) = 7 * 8 / 1008 = 0.056; f(16x) = 0.12
+        >>> noise_growth_factor(8, 100)
         8.0
-        >>> noise_growth_factor(128, 1000, 0.1)
+        >>> noise_growth_factor(128, 200)
         1.0
+        >>> noise_growth_factor(40, 100, max_k=1.6)  # a partial growth up to a limit of 64
+        1.6
     """
-    check_positive_float("batch", batch)
+    b = check_positive_float("batch", batch)
     check_positive_float("factor", factor)
     if factor <= 1:
         raise ValueError(f"The 'factor' parameter must be > 1. Got {factor!r} instead.")
     k = 1.0
-    while k * factor <= max_k * (1 + 1e-12) and noise_cost(batch, k * factor, b_noise_lo) <= margin:
+    while k * factor <= max_k * (1 + 1e-12) and k * factor * b <= b_noise_lo:
         k *= factor
+    if k < max_k < k * factor and max_k * b <= b_noise_lo:
+        k = float(max_k)
     return k
 
 
