@@ -142,6 +142,36 @@ class _CappedConstant:
         return {}
 
 
+def fixed_budget(name, cfg, seeds, wl, budget, settings, branch) -> None:
+    """Every constant batch and the controller trained to ``budget`` trunk examples: final held-out losses."""
+    cache = Path(__file__).with_name(f".controller_budget_{name}_{budget}.json")
+    data = json.loads(cache.read_text()) if cache.exists() else {}
+    b = cfg["small"]
+    while b <= cfg["large"]:
+        for seed in seeds:
+            if f"{b}/{seed}" not in data:
+                sched = ConstantBatch(b, base_batch=cfg["small"], lr=cfg["lr"], lr_rule=cfg["rule"], max_micro_batch=b,
+                                      min_accumulation=1)
+                r = train_with_controller(wl, _CappedConstant(sched, cfg["max_lr"]), seed=seed, target_loss=None,
+                                          max_examples=budget, eval_every=cfg["eval_every"], branch=False)
+                data[f"{b}/{seed}"] = r["final_loss"]
+                cache.write_text(json.dumps(data))
+        print(f"  constant {b}: final loss {statistics.mean(data[f'{b}/{s}'] for s in seeds):.4f} "
+              f"{[round(data[f'{b}/{s}'], 4) for s in seeds]}", flush=True)
+        b *= 2
+    finals = []
+    for seed in seeds:
+        ctl = BatchController(cfg["small"], cfg["lr"], max_batch=cfg["large"], lr_rule=cfg["rule"], max_lr=cfg["max_lr"],
+                              max_micro_batch=cfg["large"], seed=seed, **settings)
+        r = train_with_controller(wl, ctl, seed=seed, target_loss=None, max_examples=budget,
+                                  eval_every=cfg["eval_every"], branch=branch)
+        finals.append(r["final_loss"])
+        print(f"  controller seed {seed}: final loss {r['final_loss']:.4f} after {r['curve'][-1][1]} trunk examples "
+              f"and {r['branch_examples']} branch examples; batches {[(s, bb) for s, _, bb in r['batches']]}", flush=True)
+    m, ci = interval(finals)
+    print(f"controller final loss {m:.4f} (95% CI {ci[0]:.4f} to {ci[1]:.4f}) at {budget} examples")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=sorted(WORKLOADS))
@@ -149,12 +179,16 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="controller settings, e.g. margin=0.1 confidence=0.8")
     p.add_argument("--no-branch", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--budget", type=int, default=None,
+                   help="instead: train every run to this many examples and compare the final held-out loss")
     a = p.parse_args()
     torch.set_num_threads(1)
     cfg = WORKLOADS[a.workload]
     seeds = [int(s) for s in a.seeds.split(",")]
     settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     wl = get_workload(a.workload, **cfg["kwargs"])
+    if a.budget:
+        return fixed_budget(a.workload, cfg, seeds, wl, a.budget, settings, not a.no_branch)
     runs = run_frontier(a.workload, cfg, seeds, wl)
     front = frontier_points(runs)
     print("frontier (examples, steps, batch):", [(round(e), round(s, 1), b) for e, s, b in front])

@@ -340,7 +340,7 @@ def test_resuming_mid_run_gives_the_same_trajectory():
     and weights."""
     def make():
         return BatchController(8, 0.01, max_batch=128, lr_rule="linear", max_micro_batch=8, margin=0.5,
-                               planned_examples=20_000, branch_budget=0.2, window=20, seed=5)
+                               branch_budget=0.4, branch_steps=1, window=20, seed=5)
 
     def strip(ds):
         return [{k: v for k, v in d.items() if k not in ("branch",)} for d in ds]

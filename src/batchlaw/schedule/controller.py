@@ -258,8 +258,9 @@ class BatchController(BatchSchedule):
                 raise ValueError("The monitor counts tokens: give the controller 'tokens_per_example' to convert its "
                                  "B_simple to examples.")
             scale = 1.0 / self.tokens_per_example
-        lo, hi = est.ci
-        ev.update(b_simple=est.b_simple * scale, ci=[lo * scale, hi * scale], n_steps=est.n_steps, resolved=True)
+        lo, hi = (float(v) for v in est.ci)
+        ev.update(b_simple=float(est.b_simple) * scale, ci=[lo * scale, hi * scale], n_steps=int(est.n_steps),
+                  resolved=True)
         return ev
 
     def _check(self, examples_seen: int, monitor) -> None:
@@ -281,14 +282,16 @@ class BatchController(BatchSchedule):
                   k_noise=k_noise)
         entry["noise"] = ev
         new = batch
-        if self._branch_possible(examples_seen, batch, k_try, hi, entry):
+        k_branch = self._branch_factor(examples_seen, batch, max_k, hi, entry)
+        if k_branch is not None:
             entry["path"] = "branch"
-            res = self._branch_test(examples_seen, batch, int(k_try) if k_try == int(k_try) else k_try, entry)
+            res = self._branch_test(examples_seen, batch, k_branch, entry)
             if res == "grow":
-                k = max(k_noise, k_try)
+                k = max(k_noise, k_branch)
                 new = int(batch * k)
                 entry["reason"] = (f"branches: {entry['branch']['reason']}; grow x{k:g}"
-                                   + (" (the noise scale allows it)" if k > k_try else ""))
+                                   + (" (the noise scale allows it)" if k > k_branch else ""))
+                self._last_check = self._step - self.check_every + 1  # the next check at the next step
             else:
                 entry["reason"] = f"branches: {entry['branch']['reason']}"
         elif not ev["resolved"]:
@@ -323,26 +326,30 @@ class BatchController(BatchSchedule):
         beta = float(beta or 0.0)
         return 1 if beta <= 0 else max(1, math.ceil(2.0 / (1.0 - beta)))
 
-    def _branch_possible(self, examples_seen: int, batch: int, k: float, hi: float, entry: dict) -> bool:
+    def _branch_factor(self, examples_seen: int, batch: int, max_k: float, hi: float, entry: dict) -> int | None:
+        """The growth factor a branch test should try (the largest affordable ``factor^j`` whose batch is not above
+        the noise interval's upper end; one ``factor`` always qualifies on that count), or ``None``."""
         if self._runner is None:
-            return False
-        if k != int(k) or (batch // self.world_size) * self.world_size != batch:
+            return None
+        if (batch // self.world_size) * self.world_size != batch or max_k < self.factor:
             entry["branch_skipped"] = "the next batch is not a whole multiple of the current one"
-            return False
+            return None
         if hi < batch:
             entry["branch_skipped"] = "implausible: the batch is above the whole B_simple interval"
-            return False
+            return None
         if examples_seen < self._next_branch:
             entry["branch_skipped"] = f"spacing: the next branch test waits for {self._next_branch} examples seen"
-            return False
-        pair = 2 * self._pair_steps(examples_seen, int(k * batch)) * int(k) * batch
-        needed = self._sprt_args["min_pairs"] * pair
-        if needed > self._budget_left(examples_seen):
-            entry["branch_skipped"] = (f"budget: {self._sprt_args['min_pairs']} pairs need {needed} examples, "
-                                       f"the {self.branch_budget:.0%} budget leaves "
-                                       f"{max(0, int(self._budget_left(examples_seen)))}")
-            return False
-        return True
+            return None
+        left, best, k = self._budget_left(examples_seen), None, self.factor
+        while k <= max_k * (1 + 1e-12) and (k == self.factor or k * batch <= hi):
+            needed = self._sprt_args["min_pairs"] * 2 * self._pair_steps(examples_seen, k * batch) * k * batch
+            if needed > left:
+                if best is None:
+                    entry["branch_skipped"] = (f"budget: {self._sprt_args['min_pairs']} pairs at x{k} need {needed} "
+                                               f"examples, the {self.branch_budget:.0%} budget leaves {max(0, int(left))}")
+                break
+            best, k = k, k * self.factor
+        return best
 
     def _branch_test(self, examples_seen: int, batch: int, k: int, entry: dict) -> str:
         runner, t0 = self._runner, time.perf_counter()

@@ -31,7 +31,7 @@ def train_with_controller(workload, controller, *, seed: int, target_loss: float
         controller: a fresh :class:`~batchlaw.schedule.BatchController`.
         seed: initialisation and data seed.
         target_loss: held-out loss to reach (``None``: train until ``max_examples``).
-        max_examples: budget of trunk examples.
+        max_examples: budget of examples, the branches' included.
         eval_every: examples between evaluations.
         branch: bind the controller (branches allowed) or not (noise scale only).
 
@@ -58,7 +58,7 @@ def train_with_controller(workload, controller, *, seed: int, target_loss: float
     curve, batches = [list(prev)], []
     status, hit, next_eval = "budget", None, eval_every
     try:
-        while seen < max_examples:
+        while seen + controller.branch_examples < max_examples:  # the budget pays for the branches too
             t0 = time.perf_counter()
             c = controller.step(seen, monitor)
             if c.changed or not batches:
