@@ -228,7 +228,8 @@ def main() -> None:
     print(f"at {budget:.0f} examples: controller loss {mine:.4f}, best constant batch {best[1]}: {best[0]:.4f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"workload": a.workload, "settings": settings, "frontier": front,
-                                            "runs": [{k: v for k, v in r.items() if k != "report"} for r in results]},
+                                            "runs": [{**{k: v for k, v in r.items() if k != "report"},
+                                                     "decisions": r["report"]["decisions"]} for r in results]},
                                            indent=1))
 
 

@@ -13,10 +13,10 @@ import torch
 
 from batchlaw.errors import InsufficientDataError
 from batchlaw.noise import GradientNoiseMonitor, NoiseScaleEstimate
-from batchlaw.schedule import BatchController, LRSchedule, PairedSPRT, apply_choice
+from batchlaw.schedule import BatchController, PairedSPRT, apply_choice
 from batchlaw.schedule.branching import slice_rows
 from batchlaw.schedule.sequential import noise_cost, noise_growth_factor
-from batchlaw.workloads import ByteMLP, LinearRegression, NoisyQuadratic
+from batchlaw.workloads import LinearRegression
 
 
 # ----------------------------------------------------------------------------- the pricing of a growth

@@ -113,7 +113,7 @@ class BatchController(BatchSchedule):
     """
 
     def __init__(self, base_batch: int, lr, *, max_batch: int, lr_rule: str = "sqrt", max_lr: float | None = None,
-                 margin: float = 0.1, factor: int = 2, confidence: float = 0.95, window: int = 50,
+                 margin: float = 0.1, factor: int = 2, confidence: float = 0.95, window: int = 20,
                  check_every: int = 10, branch_budget: float = 0.05, branch_steps: int | str = "auto",
                  planned_examples: int | None = None, min_pairs: int = 3,
                  max_pairs: int = 8, alpha: float = 0.05, beta: float = 0.2, probe_examples: int = 1024,
