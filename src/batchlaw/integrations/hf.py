@@ -307,7 +307,10 @@ class BatchControllerCallback(NoiseScaleCallback):
         controller: the :class:`~batchlaw.schedule.BatchController`, built with
             ``max_micro_batch=per_device_train_batch_size`` and the world size.
         branch: let the controller branch.
-        loss_fn, sample_fn, eval_fn: see :meth:`~batchlaw.schedule.BatchController.bind`.
+        loss_fn: ``loss_fn(model, batch) -> 0-d tensor`` for branches; default ``model(**batch)["loss"]``.
+        sample_fn: ``sample_fn(n, generator) -> batch`` on the model's device; default: items of the
+            training dataset through the Trainer's data collator.
+        eval_fn: ``eval_fn(model) -> float``, a held-out loss for branches; default: a probe batch.
         **kwargs: :class:`NoiseScaleCallback` options.
 
     Attributes:

@@ -83,6 +83,13 @@ def _unwrap_optimizer(optimizer):
     return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
 
 
+def collective_device(group) -> torch.device:
+    """Where a collective over ``group`` takes its tensors: the current CUDA device under NCCL, else the CPU."""
+    if group is not None and torch.distributed.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def process_group_of(model: torch.nn.Module, process_group: Any = "auto"):
     """The data-parallel group branches average over: ``None`` on one process."""
     dist = torch.distributed
@@ -185,9 +192,7 @@ class BranchRunner:
         return (t / self.world_size).tolist()
 
     def _device(self):
-        if self.group is not None and torch.distributed.get_backend(self.group) == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        return collective_device(self.group)
 
     def _average_grads(self, model) -> None:
         if self.group is None:

@@ -49,10 +49,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .._validation import check_positive_float, check_positive_int, check_probability
 from .._format import fmt_num
+from .._validation import check_positive_float, check_positive_int, check_probability
 from ..errors import InsufficientDataError
-from .batch import BatchChoice, BatchSchedule, rescale_lr
+from .batch import BatchSchedule
 from .sequential import PairedSPRT, noise_cost, noise_growth_factor
 
 __all__ = ["BatchController"]
@@ -83,7 +83,8 @@ class BatchController(BatchSchedule):
         planned_examples: the examples the run is planned to use (its data budget), if known:
             branches may then spend ``branch_budget`` of it from the start, instead of only of
             the examples seen so far.
-        min_pairs, max_pairs: pairs before the sequential test may decide, and at most.
+        min_pairs: pairs before the sequential test may decide.
+        max_pairs: the test stays after this many pairs without a decision.
         alpha: the test grows with at most this probability when the larger batch costs the margin.
         beta: the test stays with at most this probability when it costs nothing (power ``1 - beta``).
         probe_examples: examples of the probe batch branches are evaluated on when no ``eval_fn``
@@ -207,23 +208,13 @@ class BatchController(BatchSchedule):
                                f"world_size={self.world_size} = {hw} examples"))
         return min(limits)
 
-    def lr_settings(self, examples_seen: int, batch: int) -> dict:
-        """``{"lr", "betas", "eps"}`` for a step at ``batch`` after ``examples_seen``: the LR
+    def lr_settings(self, examples_seen: int, global_batch: int) -> dict:
+        """``{"lr", "betas", "eps"}`` for a step at ``global_batch`` after ``examples_seen``: the LR
         schedule times the batch rule, capped at ``max_lr``."""
-        base = self.lr_schedule(examples_seen) * self.lr_factor(examples_seen, batch)
-        r = rescale_lr(base if base > 0 else 1.0, batch / self.base_batch, self.lr_rule, betas=self.adam_betas,
-                       eps=self.adam_eps)
-        if base <= 0:
-            r["lr"] = 0.0
+        r = super().lr_settings(examples_seen, global_batch)
         if self.max_lr is not None and r["lr"] > self.max_lr:
             r["lr"] = self.max_lr
         return r
-
-    def step(self, examples_seen: int, monitor=None) -> BatchChoice:
-        choice = super().step(examples_seen, monitor)
-        if self.max_lr is not None and choice.lr > self.max_lr:
-            choice = replace(choice, lr=self.max_lr)
-        return choice
 
     # ------------------------------------------------------------------ the decision
     def target(self, examples_seen: int, monitor=None) -> float:
@@ -304,7 +295,7 @@ class BatchController(BatchSchedule):
         else:
             entry["reason"] = (f"B_simple interval {_fmt(lo)} to {_fmt(hi)} examples: its lower end is below "
                                f"the next batch {_fmt(int(k_try * batch))} examples")
-        new = min(self._broadcast(new), limit)
+        new = min(self._broadcast(new, monitor), limit)
         if new > batch:
             entry.update(decision="grow", new_batch=new)
             self._want = new
@@ -331,8 +322,8 @@ class BatchController(BatchSchedule):
         the noise interval's upper end; one ``factor`` always qualifies on that count), or ``None``."""
         if self._runner is None:
             return None
-        if (batch // self.world_size) * self.world_size != batch or max_k < self.factor:
-            entry["branch_skipped"] = "the next batch is not a whole multiple of the current one"
+        if max_k < self.factor:
+            entry["branch_skipped"] = f"the room left below the limit (x{max_k:g}) is less than one factor x{self.factor}"
             return None
         if hi < batch:
             entry["branch_skipped"] = "implausible: the batch is above the whole B_simple interval"
@@ -393,14 +384,20 @@ class BatchController(BatchSchedule):
         entry["branch"] = info
         return info["decision"]
 
-    def _broadcast(self, value: int) -> int:
-        """Rank 0's decision on every rank (data parallelism), else ``value``."""
+    def _broadcast(self, value: int, monitor=None) -> int:
+        """Rank 0's decision on every rank (data parallelism: the group branches average over, else the
+        monitor's), else ``value``."""
+        from .branching import collective_device
+
         group = self._runner.group if self._runner is not None else None
+        setup = getattr(monitor, "setup", None)
+        if group is None and getattr(setup, "distributed", False):
+            group = setup.group
         if group is None:
             return value
         import torch
 
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self._runner._device())
+        t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device(group))
         torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)
         return int(t.item())
 
