@@ -230,7 +230,7 @@ def main() -> None:
         Path(a.json).write_text(json.dumps({"workload": a.workload, "settings": settings, "frontier": front,
                                             "runs": [{**{k: v for k, v in r.items() if k != "report"},
                                                      "decisions": r["report"]["decisions"]} for r in results]},
-                                           indent=1))
+                                           separators=(",", ":")) + "\n")
 
 
 if __name__ == "__main__":

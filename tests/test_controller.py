@@ -213,7 +213,7 @@ def test_the_decision_log_is_json_and_says_why(tmp_path):
     (dict(window=5), "'window'"), (dict(max_lr=-1.0), "'max_lr'"), (dict(branch_budget=2.0), "'branch_budget'"),
     (dict(branch_steps=0), "'branch_steps'"), (dict(max_accumulation=1), "'max_accumulation'"),
     (dict(alpha=0.0), "'alpha'"), (dict(seed=1.5), "'seed'"), (dict(planned_examples=0), "'planned_examples'"),
-    (dict(max_batch=4), "'max_batch'"),
+    (dict(max_batch=4), "'max_batch'"), (dict(branch_steps="long"), "'branch_steps'.*'auto'"),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     args = dict(max_batch=64, lr_rule="linear", max_micro_batch=8)
@@ -376,3 +376,44 @@ def test_resuming_mid_run_gives_the_same_trajectory():
         [d["branch"]["pairs"] for d in ctl.decisions if "branch" in d]
     for p, q in zip(full["model"].parameters(), resumed["model"].parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("make_opt, steps", [
+    (lambda p: torch.optim.Adam(p, lr=1e-3), 20),  # ceil(2 / (1 - 0.9))
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5), 4),
+    (lambda p: torch.optim.SGD(p, lr=0.1), 1),
+])
+def test_auto_branch_window_outlasts_the_optimizer_s_memory(make_opt, steps):
+    model = DropoutNet()
+    ctl = BatchController(8, 0.01, max_batch=64, lr_rule="linear", max_micro_batch=8)
+    ctl.bind(model, make_opt(model.parameters()), loss_fn=_loss, sample_fn=_sample)
+    assert ctl._pair_steps(0, 16) == steps
+    sqrt = BatchController(8, 1e-3, max_batch=64, lr_rule="sqrt", adam_betas=(0.9, 0.99), max_micro_batch=8)
+    sqrt.bind(model, torch.optim.Adam(model.parameters()), loss_fn=_loss, sample_fn=_sample)
+    assert sqrt._pair_steps(0, 16) == 10  # the larger batch's beta1 under the square-root rule: 1 - 2 x 0.1
+
+
+def test_branches_never_spend_more_than_their_budget():
+    """At every decision the branch examples so far are within branch_budget of max(examples seen, planned)."""
+    wl = LinearRegression(dim=16, noise_std=1.0, init_distance=3.0)
+    model = wl.make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.002)
+    ctl = BatchController(8, 0.002, max_batch=4096, lr_rule="linear", max_micro_batch=64, planned_examples=3000,
+                          branch_budget=0.2, margin=0.5)
+    ctl.bind(model, opt, loss_fn=wl.loss, sample_fn=wl.sample_batch, eval_fn=wl.eval_loss)
+    mon = GradientNoiseMonitor(model)
+    gen, seen = torch.Generator().manual_seed(1), 0
+    for _ in range(170):
+        c = ctl.step(seen, mon)
+        for _ in range(c.accumulation):
+            (wl.loss(model, wl.sample_batch(c.micro_batch_size, gen)) / c.accumulation).backward()
+        mon.step(c.micro_batch_size)
+        apply_choice(opt, c)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seen += c.global_batch
+    mon.remove()
+    tests = [d for d in ctl.decisions if d["path"] == "branch"]
+    assert len(tests) >= 3 and any("budget" in d.get("branch_skipped", "") for d in ctl.decisions)
+    for d in ctl.decisions:
+        assert d["branch_examples_total"] <= 0.2 * max(d["examples_seen"], 3000)

@@ -129,6 +129,8 @@ class BatchController(BatchSchedule):
         self.window = check_positive_int("window", window, minimum=_MIN_WINDOW)
         self.check_every = check_positive_int("check_every", check_every)
         self.branch_budget = check_probability("branch_budget", branch_budget, open_low=False)
+        if isinstance(branch_steps, str) and branch_steps != "auto":
+            raise ValueError(f"The 'branch_steps' parameter must be a positive integer or 'auto'. Got {branch_steps!r}.")
         self.branch_steps = branch_steps if branch_steps == "auto" else check_positive_int("branch_steps", branch_steps)
         self.planned_examples = None if planned_examples is None else check_positive_int("planned_examples",
                                                                                           planned_examples)
@@ -315,7 +317,7 @@ class BatchController(BatchSchedule):
         groups = getattr(self._runner.optimizer, "param_groups", [{}])
         beta = s["betas"][0] if s.get("betas") else groups[0].get("betas", (groups[0].get("momentum", 0.0),))[0]
         beta = float(beta or 0.0)
-        return 1 if beta <= 0 else max(1, math.ceil(2.0 / (1.0 - beta)))
+        return 1 if beta <= 0 else max(1, math.ceil(2.0 / (1.0 - beta) - 1e-9))  # 1e-9: 2 / (1 - 0.9) is 20.000000000000004
 
     def _branch_factor(self, examples_seen: int, batch: int, max_k: float, hi: float, entry: dict) -> int | None:
         """The growth factor a branch test should try (the largest affordable ``factor^j`` whose batch is not above
