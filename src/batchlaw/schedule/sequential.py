@@ -5,8 +5,8 @@ rate by the batch rule) costs the *extra-examples fraction*
 
     f = examples k B needs for some progress / examples B needs for it - 1.
 
-A growth is worth it when ``f`` stays below a ``margin`` (10% by default: the allowance of the
-constant-batch yardstick, McCandlish et al. 2018 eq. 2.11 frontier). The margin is a *rate*: it
+A branch test accepts a growth when ``f`` stays below a ``margin`` (10% by default: the allowance of
+the constant-batch yardstick, McCandlish et al. 2018 eq. 2.11 frontier). The margin is a *rate*: it
 prices every example spent after the growth the same way, so two growths do not compound like a
 fixed loss tolerance does (Merrill et al. 2025 accept within 1% of loss at each checkpoint).
 
