@@ -156,6 +156,8 @@ class PairedSPRT:
         >>> t = PairedSPRT(margin=0.1)
         >>> for delta, progress in [(0.000, 0.10), (-0.001, 0.11), (0.001, 0.09), (0.000, 0.10)]:
         ...     r = t.update(delta, progress)
+        ...     if r.decision != "continue":
+        ...         break
         >>> r.decision, r.pairs
         ('grow', 3)
     """
