@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["require", "batch_size_of", "step_batch_size", "set_monitor_options"]
+__all__ = ["require", "batch_size_of", "step_batch_size", "set_monitor_options", "dataset_sampler", "to_device"]
 
 
 def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_example: int | None, every: int,
@@ -77,3 +77,39 @@ def step_batch_size(sizes: list[int]) -> int:
         return int(sizes[0])
     harmonic = len(sizes) / sum(1.0 / s for s in sizes)
     return max(1, round(harmonic))
+
+
+def to_device(batch: Any, device) -> Any:
+    """``batch`` (a tensor, or a dict/tuple/list of them) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)) and not isinstance(batch, (str, bytes)):
+        items = [to_device(v, device) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
+
+
+def dataset_sampler(dataset: Any, collate_fn: Any = None, device: Any = None):
+    """``sample_fn(n, generator)`` for the batch controller's branches: ``n`` items of a map-style
+    ``dataset`` drawn uniformly with replacement using ``generator`` only, put together by
+    ``collate_fn`` (the training DataLoader's) and moved to ``device``.
+
+    Raises:
+        ValueError: ``dataset`` has no ``__len__``/``__getitem__`` (an iterable dataset): pass your
+            own ``sample_fn``.
+    """
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or len(dataset) == 0:
+        raise ValueError(
+            f"Branches need examples drawn at random from the training data, but the dataset ({type(dataset).__name__}) "
+            "is not a non-empty map-style dataset: pass sample_fn=(lambda n, generator: batch of n examples).")
+    if collate_fn is None:
+        from torch.utils.data import default_collate as collate_fn
+
+    def sample(n: int, generator: torch.Generator):
+        idx = torch.randint(len(dataset), (int(n),), generator=generator).tolist()
+        batch = collate_fn([dataset[i] for i in idx])
+        return to_device(batch, device) if device is not None else batch
+
+    return sample

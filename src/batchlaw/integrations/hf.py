@@ -1,4 +1,5 @@
-"""``NoiseScaleCallback`` for the Hugging Face ``transformers.Trainer``, and the accelerate pattern.
+"""``NoiseScaleCallback`` for the Hugging Face ``transformers.Trainer``, and the accelerate pattern;
+``BatchControllerCallback``: the online batch controller driving ``gradient_accumulation_steps``.
 
 ::
 
@@ -60,14 +61,14 @@ from typing import Any
 import torch
 
 from ..noise import GradientNoiseMonitor
-from ._common import batch_size_of, require, set_monitor_options
+from ._common import batch_size_of, dataset_sampler, require, set_monitor_options
 from .loggers import noise_metrics, window_estimate
 
 _transformers = require("transformers", "hf", "batchlaw.integrations.hf")
 _accelerate_state = require("accelerate.state", "hf", "batchlaw.integrations.hf")
 TrainerCallback = _transformers.TrainerCallback
 
-__all__ = ["NoiseScaleCallback"]
+__all__ = ["NoiseScaleCallback", "BatchControllerCallback"]
 
 
 def _shifts_labels(model, trainer) -> bool:
@@ -366,3 +367,156 @@ class NoiseScaleCallback(TrainerCallback):
         self._handles = []
         if self.monitor is not None:
             self.monitor.remove()
+
+
+def _hf_loss(model, batch):
+    out = model(**batch)
+    return out["loss"] if isinstance(out, dict) or hasattr(out, "keys") else out[0]
+
+
+class BatchControllerCallback(NoiseScaleCallback):
+    """A :class:`~batchlaw.schedule.BatchController` driving the ``transformers.Trainer`` through
+    gradient-accumulation steps (the Trainer has no batch-size schedule of its own).
+
+    The micro-batch stays ``per_device_train_batch_size``; the controller's batch is laid out as
+    ``per_device_train_batch_size x K x world size`` and the callback sets
+    ``args.gradient_accumulation_steps = K`` between optimizer steps. The Trainer counts the
+    accumulation from the start of each epoch (an optimizer step after every ``K``-th micro-batch),
+    so a new ``K`` takes effect at the first step boundary where the micro-batches of the epoch so
+    far are a multiple of it; until then the previous one stays. Before every optimizer step the
+    callback sets the learning rate (and Adam betas/eps under the square-root rule) for the batch
+    that step really had: **the controller's learning rate replaces the Trainer's** (give the
+    controller an :class:`~batchlaw.schedule.LRSchedule` for warm-up or decay). Give
+    ``num_train_epochs`` (a data budget): ``max_steps`` counts optimizer steps, which a growing
+    batch makes fewer.
+
+    Branches (``branch=True``, the default): when training begins the controller is bound to the
+    model and optimizer, with ``loss_fn`` (default ``model(**batch)["loss"]``) and ``sample_fn``
+    (default: items of the training dataset drawn at random with the controller's own generator,
+    put together by the Trainer's data collator, on the model's device; the Trainer's data stream
+    is never touched).
+
+    Args:
+        controller: the :class:`~batchlaw.schedule.BatchController`, built with
+            ``max_micro_batch=per_device_train_batch_size`` and the world size.
+        branch: let the controller branch.
+        loss_fn: ``loss_fn(model, batch) -> 0-d tensor`` for branches; default ``model(**batch)["loss"]``.
+        sample_fn: ``sample_fn(n, generator) -> batch`` on the model's device; default: items of the
+            training dataset through the Trainer's data collator.
+        eval_fn: ``eval_fn(model) -> float``, a held-out loss for branches; default: a probe batch.
+        **kwargs: :class:`NoiseScaleCallback` options.
+
+    Attributes:
+        examples_seen: training examples of the optimizer steps so far, over all ranks.
+        applied: ``[[global_step, K], ...]``: when each accumulation count took effect.
+
+    Raises:
+        ValueError: the Trainer's first step does not match the controller's first batch.
+
+    Example:
+        >>> from batchlaw.schedule import BatchController
+        >>> cb = BatchControllerCallback(BatchController(16, 1e-3, max_batch=128, max_micro_batch=8), branch=False)
+        >>> cb.controller.base_batch
+        16
+    """
+
+    def __init__(self, controller, *, branch: bool = True, loss_fn=None, sample_fn=None, eval_fn=None,
+                 **kwargs) -> None:
+        from ..schedule import BatchController
+
+        if not isinstance(controller, BatchController):
+            raise TypeError(f"The 'controller' parameter must be a batchlaw.schedule.BatchController. Got "
+                            f"{type(controller).__name__} instead.")
+        if not isinstance(branch, bool):
+            raise TypeError(f"The 'branch' parameter must be True or False. Got {branch!r}.")
+        for name, fn in (("loss_fn", loss_fn), ("sample_fn", sample_fn), ("eval_fn", eval_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"The '{name}' parameter must be callable or None. Got {type(fn).__name__}.")
+        super().__init__(**kwargs)
+        self.controller = controller
+        self.branch = branch
+        self.loss_fn, self.sample_fn, self.eval_fn = loss_fn, sample_fn, eval_fn
+        self.examples_seen = 0
+        self.applied: list[list[int]] = []
+        self._world = 1
+        self._epoch_micro = 0  # training micro-batches of this epoch so far (this rank)
+        self._update_start = 0  # examples seen before the current optimizer step
+        self._last_batch = None  # global batch of the last optimizer step
+        self._want_k = None
+        self._args = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        control = super().on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        dist = torch.distributed
+        self._world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._args = args
+        if self.branch:
+            loss_fn = self.loss_fn or _hf_loss
+            sample = self.sample_fn
+            if sample is None:
+                if train_dataloader is None:
+                    raise ValueError("BatchControllerCallback needs the training DataLoader to draw branch examples: "
+                                     "pass sample_fn=... (or branch=False).")
+                collate = getattr(train_dataloader, "collate_fn", None)
+                sample = dataset_sampler(getattr(train_dataloader, "dataset", None), collate,
+                                         next(model.parameters()).device)
+            self.controller.bind(model, optimizer, loss_fn=loss_fn, sample_fn=sample, eval_fn=self.eval_fn)
+        from ..schedule import layout
+
+        ctl = self.controller
+        micro, k = layout(ctl.base_batch, world_size=ctl.world_size, max_micro_batch=ctl.max_micro_batch,
+                          min_accumulation=ctl.min_accumulation)
+        if (micro, k, ctl.world_size) != (args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                                          self._world):
+            raise ValueError(
+                f"The controller starts at {ctl.base_batch} examples = {micro} per device x "
+                f"K={k} x {ctl.world_size} ranks, but the Trainer runs per_device_train_batch_size="
+                f"{args.per_device_train_batch_size}, gradient_accumulation_steps={args.gradient_accumulation_steps} "
+                f"on {self._world} ranks. Build the controller with max_micro_batch=per_device_train_batch_size, "
+                "world_size and base_batch = per_device_train_batch_size x gradient_accumulation_steps x world size.")
+        self._want_k = ctl.step(self.examples_seen, self.monitor).accumulation  # may grow at once: applied when aligned
+        self._epoch_micro, self._update_start = 0, self.examples_seen
+        return control
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._epoch_micro = 0
+        self._apply_k(args, state)
+        return control
+
+    def _apply_k(self, args, state) -> None:
+        """Set the wanted accumulation count if the micro-batches of this epoch so far are a multiple of it."""
+        if self._want_k is not None and self._want_k != args.gradient_accumulation_steps \
+                and self._epoch_micro % self._want_k == 0:
+            args.gradient_accumulation_steps = self._want_k
+            self.applied.append([int(state.global_step), int(self._want_k)])
+
+    def _on_forward(self, module, args, kwargs) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._epoch_micro += 1
+        return super()._on_forward(module, args, kwargs)
+
+    def _step_monitor(self) -> None:
+        self._last_batch = sum(self._sizes) * self._world
+        super()._step_monitor()
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self._last_batch and optimizer is not None:  # the learning rate of the batch this step really had
+            lr = self.controller.lr_settings(self._update_start, self._last_batch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr["lr"]
+                if lr["betas"] is not None and "betas" in group:
+                    group["betas"] = tuple(lr["betas"])
+                if lr["eps"] is not None and "eps" in group:
+                    group["eps"] = lr["eps"]
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.examples_seen += self._last_batch or 0
+        self._update_start = self.examples_seen
+        self._want_k = self.controller.step(self.examples_seen, self.monitor).accumulation
+        self._apply_k(args, state)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.controller.unbind()
+        return super().on_train_end(args, state, control, **kwargs)

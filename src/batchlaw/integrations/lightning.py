@@ -1,4 +1,5 @@
-"""``NoiseScaleCallback`` for PyTorch Lightning (>= 2): the gradient noise scale in your loggers.
+"""``NoiseScaleCallback`` for PyTorch Lightning (>= 2): the gradient noise scale in your loggers;
+``BatchControllerCallback``: the online batch controller driving ``accumulate_grad_batches``.
 
 ::
 
@@ -38,13 +39,13 @@ import torch
 
 from .._validation import check_positive_int
 from ..noise import GradientNoiseMonitor
-from ._common import batch_size_of, require, set_monitor_options, step_batch_size
+from ._common import batch_size_of, dataset_sampler, require, set_monitor_options, step_batch_size
 from .loggers import noise_metrics, window_estimate
 
 _pl = require("lightning.pytorch", "lightning", "batchlaw.integrations.lightning")
 Callback = _pl.Callback
 
-__all__ = ["NoiseScaleCallback"]
+__all__ = ["NoiseScaleCallback", "BatchControllerCallback"]
 
 _SUPPORTED_STRATEGIES = (_pl.strategies.SingleDeviceStrategy, _pl.strategies.DDPStrategy)
 _SUPPORTED_PRECISION = (_pl.plugins.precision.Precision, _pl.plugins.precision.MixedPrecision,
@@ -369,3 +370,72 @@ class NoiseScaleCallback(Callback):
             self.monitor.load_state_dict(state["monitor"])
         if "schedule" in state and self.schedule is not None and hasattr(self.schedule, "load_state_dict"):
             self.schedule.load_state_dict(state["schedule"])
+
+
+class BatchControllerCallback(NoiseScaleCallback):
+    """A :class:`~batchlaw.schedule.BatchController` driving the Trainer: the batch grows through
+    ``accumulate_grad_batches`` (the DataLoader's micro-batch stays), the learning rate follows the
+    controller's rule, and the noise scale is measured as by :class:`NoiseScaleCallback`.
+
+    With ``loss_fn`` the controller may also branch: when fitting starts it is bound to the
+    LightningModule (or its DDP wrapper) and the first optimizer, and draws branch examples with
+    ``sample_fn`` (default: items of the training DataLoader's map-style dataset, drawn at random
+    with the controller's own generator and put together by its ``collate_fn``; the Trainer's data
+    stream is never touched). Branch examples are counted in ``controller.branch_examples``,
+    apart from :attr:`examples_seen`.
+
+    Build the controller with ``max_micro_batch`` = the DataLoader's batch size and
+    ``world_size`` = the number of devices, so that each of its batches is a whole number of
+    micro-batches per device. A change of the accumulation count waits for an aligned step
+    boundary (see :class:`NoiseScaleCallback`).
+
+    Args:
+        controller: the :class:`~batchlaw.schedule.BatchController`.
+        loss_fn: ``loss_fn(model, batch) -> 0-d tensor`` for branches (e.g.
+            ``lambda m, b: m.loss(b)``, without ``self.log`` calls); ``None``: no branches.
+        sample_fn: ``sample_fn(n, generator) -> batch`` on the module's device; default from the
+            training DataLoader.
+        eval_fn: ``eval_fn(model) -> float`` held-out loss for branches; default: a probe batch.
+        **kwargs: :class:`NoiseScaleCallback` options (``micro_batch_size``, ``tokens_per_example``,
+            ``window``, ...).
+
+    Example:
+        >>> from batchlaw.schedule import BatchController
+        >>> cb = BatchControllerCallback(BatchController(16, 0.1, max_batch=128, lr_rule="linear", max_micro_batch=8))
+        >>> cb.controller.max_batch
+        128
+    """
+
+    def __init__(self, controller, *, loss_fn=None, sample_fn=None, eval_fn=None, **kwargs) -> None:
+        from ..schedule import BatchController
+
+        if not isinstance(controller, BatchController):
+            raise TypeError(f"The 'controller' parameter must be a batchlaw.schedule.BatchController. Got "
+                            f"{type(controller).__name__} instead.")
+        for name, fn in (("loss_fn", loss_fn), ("sample_fn", sample_fn), ("eval_fn", eval_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"The '{name}' parameter must be callable or None. Got {type(fn).__name__}.")
+        super().__init__(schedule=controller, **kwargs)
+        self.controller = controller
+        self.loss_fn, self.sample_fn, self.eval_fn = loss_fn, sample_fn, eval_fn
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.loss_fn is None:
+            return
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"BatchControllerCallback branches one optimizer; the module has {len(trainer.optimizers)}.")
+        sample = self.sample_fn
+        if sample is None:
+            loader = trainer.train_dataloader
+            if loader is None:
+                trainer.fit_loop.setup_data()
+                loader = trainer.train_dataloader
+            sample = dataset_sampler(getattr(loader, "dataset", None), getattr(loader, "collate_fn", None),
+                                     pl_module.device)
+        model = trainer.strategy.model if isinstance(trainer.strategy, _pl.strategies.DDPStrategy) else pl_module
+        self.controller.bind(model, trainer.optimizers[0], loss_fn=self.loss_fn, sample_fn=sample, eval_fn=self.eval_fn)
+
+    def _detach(self) -> None:
+        super()._detach()
+        self.controller.unbind()

@@ -285,6 +285,18 @@ class BatchSchedule:
         return None
 
     # ------------------------------------------------------------ the step
+    def lr_settings(self, examples_seen: int, global_batch: int) -> dict:
+        """``{"lr", "betas", "eps"}`` for a step of ``global_batch`` examples after ``examples_seen``: the LR
+        schedule (times :meth:`lr_factor`) moved by the batch rule (:func:`rescale_lr`)."""
+        base_lr = self.lr_schedule(examples_seen) * self.lr_factor(examples_seen, global_batch)
+        if base_lr > 0:
+            return rescale_lr(base_lr, global_batch / self.base_batch, self.lr_rule, betas=self.adam_betas,
+                              eps=self.adam_eps)
+        # the first step of a warm-up from zero
+        r = rescale_lr(1.0, global_batch / self.base_batch, self.lr_rule, betas=self.adam_betas, eps=self.adam_eps)
+        r["lr"] = 0.0
+        return r
+
     def step(self, examples_seen: int, monitor=None) -> BatchChoice:
         """The batch layout and learning rate for the next optimizer step.
 
@@ -308,13 +320,7 @@ class BatchSchedule:
         global_batch = micro * k * self.world_size
         changed = self._current is not None and global_batch != self._current
         self._current = global_batch
-        base_lr = self.lr_schedule(examples_seen) * self.lr_factor(examples_seen, global_batch)
-        if base_lr > 0:
-            r = rescale_lr(base_lr, global_batch / self.base_batch, self.lr_rule, betas=self.adam_betas,
-                           eps=self.adam_eps)
-        else:  # the first step of a warm-up from zero
-            r = rescale_lr(1.0, global_batch / self.base_batch, self.lr_rule, betas=self.adam_betas, eps=self.adam_eps)
-            r["lr"] = 0.0
+        r = self.lr_settings(examples_seen, global_batch)
         choice = BatchChoice(micro_batch_size=micro, accumulation=k, world_size=self.world_size,
                              global_batch=global_batch, lr=r["lr"], changed=changed, step=self._step,
                              examples_seen=examples_seen, target_batch=want, betas=r["betas"], eps=r["eps"])
