@@ -197,7 +197,10 @@ def _report(out: dict) -> str:
     lines = [f"machine: {out['machine']}; load average {out['load_average_start']:.1f} at the start, "
              f"{out['load_average_end']:.1f} at the end; Ray {out['ray']}, torch {out['torch']}",
              f"overhead: {s['batch_s'] * 1e3:.2f} ms per batch + {s['per_request_s'] * 1e3:.2f} ms per request (busy), "
-             f"{s['fixed_s'] * 1e3:.2f} ms fixed; jitter p99 {s['jitter_s'][99] * 1e3:+.1f} ms; capacity at max batch "
+             f"{s['fixed_s'] * 1e3:.2f} ms fixed; delay jitter p99 "
+             f"{(s['jitter_s'] or [0.0] * 101)[99] * 1e3:+.1f} ms, busy-time jitter p99 "
+             f"{(s['busy_jitter_s'] or [0.0] * 101)[99] * 1e3:+.1f} ms, timer lateness {s['timer_lateness_s'] * 1e3:.1f} ms; "
+             f"capacity at max batch "
              f"{out['setting']['max_batch']}: {out['capacity_per_s']:.1f} requests/s from the profile, "
              f"{out['capacity_after_per_s']:.1f} requests/s measured again after the runs",
              "",
