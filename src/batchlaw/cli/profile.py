@@ -289,8 +289,7 @@ def _cmd_serve(args) -> int:
                          + ": the overhead fit needs 2 or more. Run `batchlaw profile` with forward latency on.")
     block = measure_overhead(args.url, body, _configure_by_post(args.configure_url, args.timeout), forward,
                              n_lone=args.lone, requests_per_batch=args.requests_per_batch, rounds=args.rounds,
-                             timeout_s=args.timeout)
-    block["delay_from"] = args.delay_from
+                             delay_from=args.delay_from, timeout_s=args.timeout)
     from ..profile import save_profile
 
     save_profile({**data, "serving": block}, out)

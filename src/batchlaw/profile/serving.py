@@ -408,7 +408,7 @@ def fit_overhead(batches, busy_s, forward_s, lone_s, gaps_s=None) -> dict:
 
 def measure_overhead(url: str, body, configure: Callable[[int, float], None], forward: dict[int, float], *,
                      n_lone: int = 200, requests_per_batch: int = 40, rounds: int = 3, probe_delay_s: float = 0.01,
-                     timeout_s: float = 30.0) -> dict:
+                     delay_from: str = "pickup", timeout_s: float = 30.0) -> dict:
     """Measure and fit the serving overhead of a batching server (see the module docstring).
 
     Args:
@@ -424,6 +424,8 @@ def measure_overhead(url: str, body, configure: Callable[[int, float], None], fo
             burst of other work on a shared machine during one pass moves it little.
         probe_delay_s: the max queue delay with which lone requests (which wait all of it) time the
             timer's lateness.
+        delay_from: when the server's max queue delay starts (``"pickup"``: Ray Serve's
+            ``@serve.batch``; ``"arrival"``), stored for ``plan serve``.
         timeout_s: a request not answered within this fails the measurement.
 
     Returns:
@@ -431,6 +433,8 @@ def measure_overhead(url: str, body, configure: Callable[[int, float], None], fo
         ``forward_s``, ``throughput_per_s``), the lone round trips' percentiles, and the fitted
         ``batch_s``, ``per_request_s``, ``fixed_s`` and ``jitter_s`` (seconds).
     """
+    if delay_from not in ("pickup", "arrival"):
+        raise ValueError(f"The 'delay_from' parameter must be 'pickup' or 'arrival'. Got {delay_from!r} instead.")
     if not isinstance(forward, dict) or len(forward) < 2:
         raise ValueError("The 'forward' parameter must map at least 2 batch sizes to their forward latency L(b) (s).")
     n_lone = check_positive_int("n_lone", n_lone, minimum=10)
@@ -470,8 +474,11 @@ def measure_overhead(url: str, body, configure: Callable[[int, float], None], fo
     fit["timer_lateness_s"] = late
     if not gaps:
         fit["notes"].append("no busy-time jitter: it is measured at max batch 1, which the forward curve lacks")
-    return {"schema": OVERHEAD_SCHEMA, "url": url, "rows": rows, "n_lone": int(lone.size),
+    return {"schema": "batchlaw.serving_overhead/1", "url": url, "delay_from": delay_from, "rows": rows,
+            "n_lone": int(lone.size),
             "lone_round_trip_s": {"p50": float(np.median(lone)), "p99": float(np.quantile(lone, 0.99)),
                                   "mean": float(lone.mean())}, "probe_delay_s": probe,
             "lone_with_delay_round_trip_s": {"p50": float(np.median(waited)), "p99": float(np.quantile(waited, 0.99))},
-            **fit}
+            "batch_s": fit["batch_s"], "per_request_s": fit["per_request_s"], "fixed_s": fit["fixed_s"],
+            "jitter_s": fit["jitter_s"], "busy_jitter_s": fit["busy_jitter_s"],
+            "timer_lateness_s": fit["timer_lateness_s"], "fit_rms_s": fit["fit_rms_s"], "notes": fit["notes"]}
