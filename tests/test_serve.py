@@ -424,6 +424,21 @@ def test_plan_serve_uses_the_profiles_serving_overhead(tmp_path, capsys):
     assert "server overhead from the profile: 2 ms per batch + 0.5 ms per request busy" in capsys.readouterr().out
 
 
+def test_a_capacity_that_moved_while_profiled_is_said(tmp_path, capsys):
+    from batchlaw.plan.profile_data import serving_variation_note
+
+    assert serving_variation_note(None) is None and serving_variation_note({"throughput_variation": 0.2}) is None
+    assert "varied by 21%" in serving_variation_note({"throughput_variation": 0.21})
+    over = ServingOverhead(0.002, 0.0005, 0.003).to_dict()
+    argv = ["plan", "serve", "--rate", "100", "--slo-p99-ms", "80", "--requests", "2000", "--json"]
+    for variation, n_notes in ((0.05, 0), (0.5, 1)):
+        prof = _profile_with_serving(tmp_path / "p.json", {**over, "throughput_variation": variation})
+        assert main(argv + ["--profile", prof]) == 0
+        assert len(json.loads(capsys.readouterr().out)["notes"]) == n_notes
+    assert main(argv + ["--profile", prof, "--no-overhead"]) == 0  # the bare curve: no note about the server
+    assert json.loads(capsys.readouterr().out)["notes"] == []
+
+
 def test_plan_serve_refuses_a_malformed_serving_block(tmp_path, capsys):
     prof = _profile_with_serving(tmp_path / "p.json", {"batch_s": -1.0})
     assert main(["plan", "serve", "--profile", prof, "--rate", "200", "--slo-p99-ms", "80"]) == 2

@@ -217,7 +217,7 @@ def test_measure_overhead_finds_a_batchers_known_busy_time(monkeypatch, tmp_path
         assert 0.012 <= got["batch_s"] + 1e-3 and got["batch_s"] < 0.012 + 0.008
         assert got["per_request_s"] == pytest.approx(0.006, abs=0.0025)
         assert got["fixed_s"] < 0.01 and got["timer_lateness_s"] < 0.01
-        assert [r["batch"] for r in got["rows"]] == [1, 2, 4]
+        assert [r["batch"] for r in got["rows"]] == [1, 2, 4] and got["throughput_variation"] == 0.0  # one round
         prof = tmp_path / "p.json"
         prof.write_text(json.dumps({"schema": "batchlaw.profile/1", "parameters": 10, "tokens_per_example": None,
                                     "train": [], "forward": [{"batch": b, "status": "ok", "latency_s": t}

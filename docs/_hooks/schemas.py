@@ -150,6 +150,7 @@ SCHEMAS: list[Schema] = [
          ("delay_from", "when the max queue delay starts: `arrival` or `pickup` (Ray Serve)"),
          ("overhead", "the serving overhead used (`batch_s`, `per_request_s`, `fixed_s`, `jitter_s`, `busy_jitter_s`, "
                       "`timer_lateness_s`), or null for the bare L(b)"),
+         ("notes", "remarks in words (a server whose capacity varied while it was profiled)"),
          ("utilisation", "busy replica-time over replicas x time"),
          ("slo", "`p50_s`, `p99_s` (null when not set)"), ("arrivals", "where the arrivals came from"),
          ("latency_source", "the profile or CSV of L(b)"), ("latency_curve", "`batch`, `latency_s` lists"),
@@ -198,7 +199,10 @@ SCHEMAS: list[Schema] = [
          ("busy_jitter_s", "101 percentiles of the busy time per batch about its mean (completion gaps at max "
                            "batch 1, saturated), or null"),
          ("timer_lateness_s", "how late a batch that waits for its max queue delay starts"),
-         ("fit_rms_s", "rms residual of the line"), ("notes", "terms clipped at 0, in words")],
+         ("fit_rms_s", "rms residual of the line"),
+         ("throughput_variation", "largest max/min - 1 of a size's throughput over the rounds: above 0.2 the "
+                                  "capacity moved while measured, and `plan serve` says so"),
+         ("notes", "terms clipped at 0 and a varying capacity, in words")],
     ),
     Schema(
         "batchlaw.allreduce/1", "batchlaw profile allreduce ... --json",

@@ -352,6 +352,7 @@ def _cmd_serve(args) -> int:
     from .._csv import read_columns, read_header
     from ..plan import SLO, LatencyCurve, load_profile, padding_waste, poisson_arrivals, recommend_buckets
     from ..plan import recommend_serving
+    from ..plan.profile_data import serving_variation_note
 
     for name, kind in (("rate", "pos"), ("requests", "int"), ("slo_p50_ms", "pos"), ("slo_p99_ms", "pos"),
                        ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int"), ("seed", "int0")):
@@ -382,12 +383,15 @@ def _cmd_serve(args) -> int:
         if not delays:
             raise ValueError(f"The '--max-delays-ms' option must list at least one delay in ms, e.g. 0,5,10. "
                              f"Got {args.max_delays_ms!r} instead.")
-    overhead, delay_from = None, args.delay_from or "arrival"
+    overhead, delay_from, notes = None, args.delay_from or "arrival", []
     if args.profile:
         prof = load_profile(args.profile)
         curve, source = prof.forward_latency(), args.profile
         if not args.no_overhead:
             overhead = prof.serving_overhead()
+        note = serving_variation_note(prof.serving) if overhead is not None else None
+        if note:
+            notes.append(note)
         if overhead is not None and args.delay_from is None:
             delay_from = str(prof.serving.get("delay_from", "arrival"))
             if delay_from not in ("arrival", "pickup"):
@@ -419,7 +423,7 @@ def _cmd_serve(args) -> int:
            "arrivals": arrival_desc, "latency_source": source, "latency_curve": curve.to_dict(),
            "n_settings_simulated": len(rec["evaluated"]) + rec["stopped_early"],
            "n_settings_stopped_early": rec["stopped_early"], "delay_from": delay_from,
-           "overhead": None if overhead is None else overhead.to_dict(),
+           "overhead": None if overhead is None else overhead.to_dict(), "notes": notes,
            "cost_per_hour": None if args.price is None else best.replicas * args.price}
     if args.buckets:
         out["padding"] = padding_waste(lengths, args.buckets)
@@ -449,6 +453,8 @@ def _cmd_serve(args) -> int:
     early = (f", {rec['stopped_early']} of them stopped once certain to miss the SLO or the best p99"
              if rec["stopped_early"] else "")
     print(f"  ({out['n_settings_simulated']} settings simulated{early})")
+    for note in notes:
+        print(f"note: {note}")
     if "padding" in out:
         pw = out["padding"]
         print(f"padding with boundaries {', '.join(f'{b:g}' for b in pw['boundaries'])}: {pw['waste']:.1%} of tokens")

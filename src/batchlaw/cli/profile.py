@@ -287,9 +287,14 @@ def _cmd_serve(args) -> int:
         raise ValueError(f"The profile {args.profile!r} has forward latencies at {len(forward)} batch size(s)"
                          + (f" up to --max-batch {args.max_batch}" if args.max_batch else "")
                          + ": the overhead fit needs 2 or more. Run `batchlaw profile` with forward latency on.")
+    from ..plan.profile_data import serving_variation_note
+
     block = measure_overhead(args.url, body, _configure_by_post(args.configure_url, args.timeout), forward,
                              n_lone=args.lone, requests_per_batch=args.requests_per_batch, rounds=args.rounds,
                              delay_from=args.delay_from, timeout_s=args.timeout)
+    note = serving_variation_note(block)
+    if note:
+        block["notes"].append(note)
     from ..profile import save_profile
 
     save_profile({**data, "serving": block}, out)

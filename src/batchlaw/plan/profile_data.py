@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "check_profile", "LatencyCurve", "ServingOverhead"]
+__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "check_profile", "LatencyCurve", "ServingOverhead",
+           "SERVING_VARIATION_WARN", "serving_variation_note"]
 
 PROFILE_SCHEMA = "batchlaw.profile/1"
+#: a server whose throughput at one batch size varied more than this (max/min - 1) between the rounds of
+#: ``batchlaw profile serve`` changed capacity while it was measured: a plan from it is said to be doubtful
+SERVING_VARIATION_WARN = 0.2
 
 
 class LatencyCurve:
@@ -62,6 +66,17 @@ class LatencyCurve:
 
     def to_dict(self) -> dict:
         return {"batch": self.batches.tolist(), "latency_s": self.seconds.tolist()}
+
+
+def serving_variation_note(serving: dict | None) -> str | None:
+    """A warning in words when a profile's serving block measured a capacity that moved (see
+    :data:`SERVING_VARIATION_WARN`), else ``None``."""
+    v = (serving or {}).get("throughput_variation")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= SERVING_VARIATION_WARN:
+        return None
+    return (f"the server's throughput varied by {v:.0%} between the rounds of `batchlaw profile serve`: its capacity "
+            "changed while it was measured (other work on the machine?), and a plan from it may not hold when "
+            "deployed. Measure again on the machine and in the conditions you deploy in, or plan with headroom")
 
 
 def _draw(percentiles, n: int, seed: int, stream: int = 0) -> np.ndarray:

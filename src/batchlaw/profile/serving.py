@@ -454,6 +454,8 @@ def measure_overhead(url: str, body, configure: Callable[[int, float], None], fo
                 done = got["completions_s"]
                 gaps.append(np.diff(done[int(0.1 * done.size):int(0.9 * done.size)]))
     rows = []
+    # how much the server's capacity moved while it was measured (0 with one round)
+    variation = max(max(rates[b]) / min(rates[b]) - 1.0 for b in sizes)
     for b in sizes:
         x = float(np.median(rates[b]))
         rows.append({"batch": int(b), "throughput_per_s": x, "busy_s": b / x, "forward_s": float(forward[b]),
@@ -481,4 +483,5 @@ def measure_overhead(url: str, body, configure: Callable[[int, float], None], fo
             "lone_with_delay_round_trip_s": {"p50": float(np.median(waited)), "p99": float(np.quantile(waited, 0.99))},
             "batch_s": fit["batch_s"], "per_request_s": fit["per_request_s"], "fixed_s": fit["fixed_s"],
             "jitter_s": fit["jitter_s"], "busy_jitter_s": fit["busy_jitter_s"],
-            "timer_lateness_s": fit["timer_lateness_s"], "fit_rms_s": fit["fit_rms_s"], "notes": fit["notes"]}
+            "timer_lateness_s": fit["timer_lateness_s"], "fit_rms_s": fit["fit_rms_s"],
+            "throughput_variation": float(variation), "notes": fit["notes"]}
