@@ -1,12 +1,13 @@
 """batchlaw's open-loop load generator and the serving-overhead fit, against small HTTP servers run here
-(asyncio, in a thread) whose answers are known: a fixed service time, an error, a chunked body, and a
+(the standard library's, in a thread) whose answers are known: a fixed service time, an error, a chunked body, and a
 dynamic batcher (Ray Serve's pickup rule) whose batch of ``b`` is busy ``o_0 + o_1 b + L(b)`` seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import queue
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,70 +18,53 @@ from batchlaw.profile.serving import closed_loop, fit_overhead, lone_round_trips
 
 
 class _Server:
-    """An HTTP/1.1 keep-alive server in a background thread; ``handler(path, body)`` is a coroutine
-    returning ``(status, body bytes, chunked)``."""
+    """An HTTP/1.1 keep-alive server (the standard library's, one thread per connection) in a background
+    thread; ``handler(path, body)`` returns ``(status, body bytes, chunked)``."""
 
     def __init__(self, handler):
-        self.handler = handler
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", 0))
-            self.port = self.server.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # TCP_NODELAY, and one write per response (no delayed-ACK stalls)
+            wbufsize = -1
 
-        self.thread = threading.Thread(target=run, daemon=True)
+            def do_POST(self):  # noqa: N802 (the standard library's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, out, chunked = handler(self.path, body)
+                self.send_response(status)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    half = len(out) // 2
+                    for part in (out[:half], out[half:]):
+                        if part:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
-        ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    async def _conn(self, r, w):
-        try:
-            while True:
-                line = await r.readline()
-                if not line:
-                    return
-                path = line.split()[1].decode()
-                length = 0
-                while (h := await r.readline()) not in (b"\r\n", b""):
-                    if h.lower().startswith(b"content-length:"):
-                        length = int(h.split(b":")[1])
-                body = await r.readexactly(length)
-                asyncio.ensure_future(self._answer(w, path, body))  # answers may overlap (HTTP pipelining aside)
-                await asyncio.sleep(0)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-
-    async def _answer(self, w, path, body):
-        status, out, chunked = await self.handler(path, body)
-        if chunked:
-            half = len(out) // 2
-            payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (out[:half], out[half:]) if p) + b"0\r\n\r\n"
-            w.write(b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n%s" % (status, payload))
-        else:
-            w.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(out), out))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
     def close(self):
-        async def shutdown():
-            self.server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.httpd.shutdown()
+        self.httpd.server_close()
         self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture
 def sleeper():
-    async def handler(path, body):
-        await asyncio.sleep(0.05)
+    def handler(path, body):
+        time.sleep(0.05)
         if path == "/fail":
             return 500, b"boom", False
         return 200, b'{"ok": true, "n": 12345}', path == "/chunked"
@@ -157,44 +141,44 @@ def test_fit_recovers_known_overhead_terms_despite_one_disturbed_point():
 
 
 class _Batcher:
-    """Ray Serve's batching loop in miniature: a request joins a queue; one loop picks up the oldest,
-    collects for up to ``delay`` or until ``max_batch`` are in, then is busy ``o_0 + o_1 b + L(b)`` s
-    (asyncio.sleep); ``POST /configure`` sets max batch and delay."""
+    """Ray Serve's batching loop in miniature, in a thread: a request joins a queue; the loop picks up the
+    oldest, collects for up to ``delay`` or until ``max_batch`` are in, then is busy ``o_0 + o_1 b + L(b)``
+    seconds (a sleep); ``POST /configure`` sets max batch and delay."""
 
     O0, O1 = 0.012, 0.006
 
     def __init__(self):
         self.max_batch, self.delay = 1, 0.0
-        self.queue = None
+        self.queue = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True).start()
 
     def forward(self, b):
         return 0.001 * b
 
-    async def handle(self, path, body):
-        if self.queue is None:
-            self.queue = asyncio.Queue()
-            asyncio.ensure_future(self._loop())
+    def handle(self, path, body):
         if path == "/configure":
             cfg = json.loads(body)
             self.max_batch, self.delay = cfg["max_batch_size"], cfg["batch_wait_timeout_s"]
             return 200, b"{}", False
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(fut)
-        return 200, json.dumps({"batch": await fut}).encode(), False
+        slot = {"done": threading.Event()}
+        self.queue.put(slot)
+        slot["done"].wait()
+        return 200, json.dumps({"batch": slot["batch"]}).encode(), False
 
-    async def _loop(self):
-        loop = asyncio.get_running_loop()
+    def _loop(self):
         while True:
-            batch = [await self.queue.get()]
-            end = loop.time() + self.delay
+            batch = [self.queue.get()]
+            end = time.monotonic() + self.delay
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), max(end - loop.time(), 0)))
-                except asyncio.TimeoutError:
+                    batch.append(self.queue.get(timeout=max(end - time.monotonic(), 0)) if self.delay > 0
+                                 else self.queue.get_nowait())
+                except queue.Empty:
                     break
-            await asyncio.sleep(self.O0 + self.O1 * len(batch) + self.forward(len(batch)))
-            for f in batch:
-                f.set_result(len(batch))
+            time.sleep(self.O0 + self.O1 * len(batch) + self.forward(len(batch)))
+            for slot in batch:
+                slot["batch"] = len(batch)
+                slot["done"].set()
 
 
 def test_measure_overhead_finds_a_batchers_known_busy_time(monkeypatch, tmp_path, capsys):
@@ -235,6 +219,23 @@ def test_measure_overhead_finds_a_batchers_known_busy_time(monkeypatch, tmp_path
         assert plan["overhead"]["per_request_s"] == stored["serving"]["per_request_s"]
     finally:
         server.close()
+
+
+def test_profile_serve_says_when_the_server_does_not_answer(tmp_path, capsys, sleeper):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"  # nothing listens there once closed
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"schema": "batchlaw.profile/1", "parameters": 10, "tokens_per_example": None,
+                                "train": [], "forward": [{"batch": b, "status": "ok", "latency_s": 0.001 * b}
+                                                         for b in (1, 2)]}))
+    base = ["profile", "serve", "--body", "{}", "--profile", str(prof)]
+    assert main(base + ["--url", sleeper.url, "--configure-url", closed]) == 2
+    assert "'--configure-url'" in capsys.readouterr().err
+    assert main(base + ["--url", closed, "--configure-url", sleeper.url]) == 2  # the sleeper takes any POST
+    assert "The server at '--url'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -289,9 +289,13 @@ def _cmd_serve(args) -> int:
                          + ": the overhead fit needs 2 or more. Run `batchlaw profile` with forward latency on.")
     from ..plan.profile_data import serving_variation_note
 
-    block = measure_overhead(args.url, body, _configure_by_post(args.configure_url, args.timeout), forward,
-                             n_lone=args.lone, requests_per_batch=args.requests_per_batch, rounds=args.rounds,
-                             delay_from=args.delay_from, timeout_s=args.timeout)
+    try:
+        block = measure_overhead(args.url, body, _configure_by_post(args.configure_url, args.timeout), forward,
+                                 n_lone=args.lone, requests_per_batch=args.requests_per_batch, rounds=args.rounds,
+                                 delay_from=args.delay_from, timeout_s=args.timeout)
+    except (OSError, ConnectionError, TimeoutError) as err:  # asyncio's TimeoutError is TimeoutError (3.11+)
+        raise ValueError(f"The server at '--url' {args.url!r} did not answer as it should: {type(err).__name__}: "
+                         f"{str(err) or 'no answer within --timeout'}. Is it running, and does it take --body?") from None
     note = serving_variation_note(block)
     if note:
         block["notes"].append(note)
