@@ -25,7 +25,10 @@ import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-BAND = (0.6, 1.8)  # measured / predicted mean latency
+#: measured / predicted mean latency. Wide: here the measured mean ran 1.4-1.65x the prediction (the busy time
+#: measured at saturation is too short for requests that arrive one at a time, bench/RESULTS.md), and a CI machine
+#: is loaded. The test's power against a model without queueing is the second assertion, not this band.
+BAND = (0.5, 2.0)
 UTILISATION = 0.55
 N_REQUESTS = 500
 DRIFT = 0.2  # the most S(1) may change between before and after the load
