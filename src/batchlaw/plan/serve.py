@@ -29,7 +29,10 @@ the oldest request's arrival. Ray Serve's ``@serve.batch`` counts it from when i
 during a batch). So with ``delay_from="pickup"`` a busy replica that frees with fewer than
 ``max_batch`` queued waits up to the delay again: the start is
 ``min(max(free, a_head) + delay, max(free, arrival[head + max_batch - 1]))``. Both are the same on an
-idle replica.
+idle replica. One difference is left: when more than ``max_batch`` were queued as a batch started, Ray's
+loop picks up the next head at once, and if its delay runs out during the batch the next batch starts
+as the replica frees; the simulator waits the delay from the freeing (it overestimates the wait then,
+under heavy load only).
 
 **A real server's overhead** (:class:`~batchlaw.plan.profile_data.ServingOverhead`, measured by
 ``batchlaw profile serve``): a batch of ``b`` keeps its replica busy ``S(b) = L(b) + o_0 + o_1 b``
@@ -120,7 +123,7 @@ class ServeResult:
     replicas: int
     n_requests: int
     offered_rate_per_s: float
-    capacity_per_s: float  # replicas * max_batch / S(max_batch)  (S = L without overhead)
+    capacity_per_s: float  # replicas * max_batch / S(max_batch); S(b) = L(b) when there is no overhead
     stable: bool  # offered rate < capacity
     throughput_per_s: float
     mean_latency_s: float
