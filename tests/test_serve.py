@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from batchlaw.cli import main
-from batchlaw.plan import (SLO, LatencyCurve, padding_waste, poisson_arrivals, recommend_buckets,
+from batchlaw.plan import (SLO, LatencyCurve, ServingOverhead, padding_waste, poisson_arrivals, recommend_buckets,
                            recommend_serving, simulate_batcher)
 from batchlaw.plan.serve import _batch_loop, _single_server, md1_mean_wait
 
@@ -262,3 +262,219 @@ def test_plan_serve_refuses_what_has_no_answer(tmp_path, capsys, rows, argv, msg
     assert main(["plan", "serve", "--latency-csv", str(lat), "--slo-p99-ms", "50"] + argv) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1 and "inf" not in err
+
+
+# --- a real server's overhead, and Ray Serve's pickup rule -------------------------------------------------
+
+
+
+def _reference_pickup(arr, service, max_batch, delay):
+    """Independent state machine of Ray Serve's batching loop, one replica (slow, obvious): idle until a
+    request is queued; it picks up the oldest and collects until max_batch are in or ``delay`` has
+    passed since the pickup; busy for ``service(k)``; then idle again (it picks up at once if any wait)."""
+    queue, lat, i, n = deque(), [], 0, len(arr)
+    state, batch, deadline, finish, running = "idle", [], 0.0, 0.0, []
+    t = 0.0
+    while i < n or queue or batch or state != "idle":
+        cands = ([arr[i]] if i < n else []) + ([deadline] if state == "collecting" else []) + \
+            ([finish] if state == "busy" else [])
+        t = min(cands)
+        while i < n and arr[i] <= t:
+            queue.append(arr[i])
+            i += 1
+        if state == "busy" and finish <= t:
+            lat += [finish - a for a in running]
+            state = "idle"
+        if state == "idle" and queue:
+            batch, deadline, state = [queue.popleft()], t + delay, "collecting"
+        if state == "collecting":
+            while queue and len(batch) < max_batch:
+                batch.append(queue.popleft())
+            if len(batch) >= max_batch or t >= deadline:
+                running, finish, batch, state = batch, t + service(len(batch)), [], "busy"
+    return np.sort(lat)
+
+
+OVER = ServingOverhead(batch_s=0.002, per_request_s=0.0005, fixed_s=0.003)
+
+
+@pytest.mark.parametrize("max_batch,delay,rate", [(4, 0.0, 300.0), (8, 0.004, 300.0), (16, 0.01, 500.0),
+                                                  (16, 0.003, 100.0), (2, 0.005, 150.0)])
+def test_pickup_rule_and_overhead_equal_an_event_reference(max_batch, delay, rate):
+    """S(b) = L(b) + o_0 + o_1 b as the busy time, c added to every latency, and the delay counted from
+    pickup: the batch loop equals Ray's batching loop written as a state machine, request by request."""
+    arr = np.sort(poisson_arrivals(rate, 3000, seed=max_batch))
+    fast = simulate_batcher(arr, CURVE, max_batch=max_batch, max_queue_delay_s=delay, overhead=OVER,
+                            delay_from="pickup")
+    ref = _reference_pickup(arr.tolist(), lambda b: OVER.busy(CURVE, b), max_batch, delay) + OVER.fixed_s
+    assert fast.mean_latency_s == pytest.approx(ref.mean(), rel=1e-9)
+    assert fast.p99_latency_s == pytest.approx(np.percentile(ref, 99), rel=1e-9)
+    arrival = simulate_batcher(arr, CURVE, max_batch=max_batch, max_queue_delay_s=delay, overhead=OVER)
+    ref_arrival = _reference(arr.tolist(), lambda b: OVER.busy(CURVE, b), max_batch, delay, 1) + OVER.fixed_s
+    assert arrival.mean_latency_s == pytest.approx(ref_arrival.mean(), rel=1e-9)
+    if delay > 0 and rate >= 300:  # under load a busy replica that frees waits the delay again
+        assert fast.mean_latency_s > arrival.mean_latency_s
+
+
+def test_both_delay_rules_agree_on_an_idle_replica():
+    arr = np.arange(200) * 0.1  # every request finds the replica idle
+    a = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.005, delay_from="arrival")
+    p = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.005, delay_from="pickup")
+    assert a == p and a.mean_latency_s == pytest.approx(0.005 + CURVE(1))
+
+
+def test_busy_time_jitter_is_m_g_1_pollaczek_khinchine():
+    """Max batch 1, busy time S uniform on [s - a, s + a] (linear percentiles are a uniform distribution):
+    mean wait lambda E[S^2] / (2 (1 - rho)), within 2% on a million requests; the batch loop equals the
+    vectorised Lindley path request by request."""
+    s, a, rho = 0.01, 0.008, 0.7
+    over = ServingOverhead(busy_jitter_s=np.linspace(-a, a, 101))
+    arr = poisson_arrivals(rho / s, 1_000_000, seed=3)
+    r = simulate_batcher(arr, LatencyCurve([1], [s]), max_batch=1, max_queue_delay_s=0.0, overhead=over)
+    es2 = s * s + a * a / 3
+    assert r.mean_wait_s == pytest.approx((rho / s) * es2 / (2 * (1 - rho)), rel=0.02)
+    assert r.mean_wait_s > 1.1 * md1_mean_wait(rho / s, s)  # the variance adds waiting
+    bj = over.busy_jitter(20_000).tolist()
+    lindley = _single_server(arr[:20_000], s, bj)[0]
+    loop = _batch_loop(arr[:20_000], [0.0, s], 1, 0.0, 1, bj=bj)[0]
+    np.testing.assert_allclose(loop, lindley, rtol=0, atol=1e-9)
+
+
+def test_delay_jitter_and_fixed_delay_add_to_each_latency_and_keep_no_replica_busy():
+    jit = np.linspace(-0.002, 0.02, 101)
+    over = ServingOverhead(fixed_s=0.004, jitter_s=jit)
+    arr = poisson_arrivals(400.0, 20_000, seed=2)
+    bare = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.003)
+    with_delay = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.003, overhead=over, seed=4)
+    extra = over.delays(arr.size, 4)
+    assert with_delay.mean_latency_s == pytest.approx(bare.mean_latency_s + extra.mean(), rel=1e-12)
+    assert (with_delay.utilisation, with_delay.mean_batch, with_delay.mean_wait_s) == \
+        (bare.utilisation, bare.mean_batch, bare.mean_wait_s)
+    assert np.percentile(extra - 0.004, 50) == pytest.approx(np.interp(50, np.arange(101), jit), abs=5e-4)
+
+
+def test_timer_lateness_lengthens_a_nonzero_delay_only():
+    arr = poisson_arrivals(300.0, 5000, seed=1)
+    late = ServingOverhead(timer_lateness_s=0.004)
+    for rule in ("arrival", "pickup"):
+        a = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.002, overhead=late, delay_from=rule)
+        b = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.006, delay_from=rule)
+        assert a.mean_latency_s == b.mean_latency_s and a.max_queue_delay_s == 0.002
+        zero = simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.0, overhead=late, delay_from=rule)
+        assert zero == simulate_batcher(arr, CURVE, max_batch=8, max_queue_delay_s=0.0, delay_from=rule)
+
+
+@pytest.mark.parametrize("rate,slo", [(300.0, SLO(p99_s=0.06)), (700.0, SLO(p50_s=0.03, p99_s=0.08))])
+def test_recommendation_with_overhead_equals_brute_force(rate, slo):
+    """With jitter the early stop counts every request of a batch: the answer is still the brute force's."""
+    over = ServingOverhead(0.001, 0.0004, 0.002, np.linspace(-0.001, 0.015, 101), np.linspace(-0.003, 0.006, 101),
+                           0.001)
+    arr = poisson_arrivals(rate, 6000, seed=11)
+    batches, delays = [1, 2, 4, 8, 16], [0.0, 0.002, 0.005]
+    for rule in ("arrival", "pickup"):
+        rec = recommend_serving(arr, CURVE, slo, max_batches=batches, delays=delays, max_replicas=5, overhead=over,
+                                delay_from=rule)
+        allres = [simulate_batcher(arr, CURVE, max_batch=b, max_queue_delay_s=d, replicas=r, overhead=over,
+                                   delay_from=rule) for r in range(1, 6) for b in batches for d in delays]
+        ok = [x for x in allres if slo.met_by(x)]
+        assert rec["best"] == min(ok, key=lambda x: (x.replicas, x.p99_latency_s, x.mean_latency_s, x.max_batch,
+                                                     x.max_queue_delay_s))
+        assert rec["stopped_early"] > 0
+
+
+def test_serving_overhead_is_checked():
+    with pytest.raises(ValueError, match="per_request_s = -0.1"):
+        ServingOverhead(per_request_s=-0.1)
+    with pytest.raises(ValueError, match="jitter_s must be 101 ascending"):
+        ServingOverhead(jitter_s=[0.0, 1.0])
+    with pytest.raises(ValueError, match="busy_jitter_s must be 101 ascending"):
+        ServingOverhead(busy_jitter_s=np.linspace(1, 0, 101))
+    with pytest.raises(ValueError, match="The 'delay_from' parameter"):
+        simulate_batcher([0.0, 1.0], CURVE, max_batch=2, max_queue_delay_s=0.0, delay_from="later")
+    with pytest.raises(ValueError, match="'overhead' parameter"):
+        simulate_batcher([0.0, 1.0], CURVE, max_batch=2, max_queue_delay_s=0.0, overhead={"batch_s": 1})
+    with pytest.raises(ValueError, match="below the fastest batch latency"):  # L(1) + o_0 + o_1 + c = 16 ms
+        recommend_serving(poisson_arrivals(10.0, 200), CURVE, SLO(p99_s=0.015),
+                          overhead=ServingOverhead(0.002, 0.001, 0.003))
+
+
+def _profile_with_serving(path, serving):
+    path.write_text(json.dumps({
+        "schema": "batchlaw.profile/1", "parameters": 1000, "tokens_per_example": None, "device": "cpu", "train": [],
+        "forward": [{"batch": b, "status": "ok", "latency_s": float(CURVE(b))} for b in (1, 2, 4, 8, 16)],
+        **({"serving": serving} if serving is not None else {})}))
+    return str(path)
+
+
+def test_plan_serve_uses_the_profiles_serving_overhead(tmp_path, capsys):
+    over = ServingOverhead(0.002, 0.0005, 0.003, None, None, 0.001)
+    prof = _profile_with_serving(tmp_path / "p.json", {**over.to_dict(), "delay_from": "pickup"})
+    argv = ["plan", "serve", "--profile", prof, "--rate", "200", "--slo-p99-ms", "80", "--requests", "5000",
+            "--max-replicas", "2", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["delay_from"] == "pickup" and out["overhead"] == over.to_dict()
+    want = recommend_serving(poisson_arrivals(200, 5000), CURVE, SLO(p99_s=0.08), max_replicas=2, overhead=over,
+                             delay_from="pickup")["best"]
+    assert out["p99_latency_s"] == want.p99_latency_s and out["max_batch"] == want.max_batch
+    assert main(argv + ["--no-overhead"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert bare["overhead"] is None and bare["delay_from"] == "arrival" and bare["p50_latency_s"] < out["p50_latency_s"]
+    assert main(argv[:-1]) == 0
+    assert "server overhead from the profile: 2 ms per batch + 0.5 ms per request busy" in capsys.readouterr().out
+
+
+def test_a_capacity_that_moved_while_profiled_is_said(tmp_path, capsys):
+    from batchlaw.plan.profile_data import serving_variation_note
+
+    assert serving_variation_note(None) is None and serving_variation_note({"throughput_variation": 0.2}) is None
+    assert "varied by 21%" in serving_variation_note({"throughput_variation": 0.21})
+    over = ServingOverhead(0.002, 0.0005, 0.003).to_dict()
+    argv = ["plan", "serve", "--rate", "100", "--slo-p99-ms", "80", "--requests", "2000", "--json"]
+    for variation, n_notes in ((0.05, 0), (0.5, 1)):
+        prof = _profile_with_serving(tmp_path / "p.json", {**over, "throughput_variation": variation})
+        assert main(argv + ["--profile", prof]) == 0
+        assert len(json.loads(capsys.readouterr().out)["notes"]) == n_notes
+    assert main(argv + ["--profile", prof, "--no-overhead"]) == 0  # the bare curve: no note about the server
+    assert json.loads(capsys.readouterr().out)["notes"] == []
+
+
+def test_plan_serve_refuses_a_malformed_serving_block(tmp_path, capsys):
+    prof = _profile_with_serving(tmp_path / "p.json", {"batch_s": -1.0})
+    assert main(["plan", "serve", "--profile", prof, "--rate", "200", "--slo-p99-ms", "80"]) == 2
+    assert "serving overhead in" in capsys.readouterr().err
+    csv = tmp_path / "l.csv"
+    csv.write_text("batch,latency_s\n1,0.01\n2,0.012\n")
+    assert main(["plan", "serve", "--latency-csv", str(csv), "--rate", "20", "--slo-p99-ms", "80", "--no-overhead"]) == 2
+    assert "--no-overhead goes with --profile" in capsys.readouterr().err
+
+
+def test_the_delay_is_added_on_the_vectorised_path_too():
+    over = ServingOverhead(fixed_s=0.004, jitter_s=np.linspace(0.0, 0.01, 101))
+    arr = poisson_arrivals(50.0, 5000, seed=2)
+    bare = simulate_batcher(arr, CURVE, max_batch=1, max_queue_delay_s=0.0)
+    got = simulate_batcher(arr, CURVE, max_batch=1, max_queue_delay_s=0.0, overhead=over)
+    assert got.mean_latency_s == pytest.approx(bare.mean_latency_s + over.delays(arr.size).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("max_batch,delay,replicas", [(4, 0.002, 1), (16, 0.01, 1), (8, 0.003, 2)])
+def test_with_jitter_a_simulation_still_stops_exactly_when_its_quantile_must_exceed_the_bound(max_batch, delay,
+                                                                                             replicas):
+    """The outside delay is no longer largest for the oldest request of a batch: the stop counts every
+    request, and stops iff the full run's lower order statistic is above the bound."""
+    from batchlaw.plan.serve import _Stop, _quantile_index, _service_table, _simulate
+
+    over = ServingOverhead(0.001, 0.0003, 0.002, np.linspace(-0.002, 0.03, 101))
+    arr = poisson_arrivals(250.0 * replicas, 4000, seed=max_batch)
+    svc = _service_table(CURVE, max_batch, over)
+    extra = over.delays(arr.size)
+    lat = np.sort(_batch_loop(arr, svc, max_batch, delay, replicas, ex=extra.tolist())[0])
+    for q in (0.5, 0.99):
+        order = lat[_quantile_index(lat.size, q)]
+        for t in (order, np.nextafter(order, 0), order * 0.999, order * 1.001):
+            try:
+                _simulate(arr, svc, svc[max_batch], max_batch, delay, replicas, ((q, t),), extra=extra)
+                stopped = False
+            except _Stop:
+                stopped = True
+            assert stopped == (order > t), (q, t, order)

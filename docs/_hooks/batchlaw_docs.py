@@ -41,7 +41,7 @@ ORDER = [
     "concepts-noise-scale.md", "concepts-critical-batch-size.md", "noise_vs_cbs.md", "concepts-learning-rate.md",
     "concepts-controller.md", "concepts-scaling-laws.md", "concepts-learning-curves.md", "concepts-systems.md", "fits.md",
     "howto-measure-noise.md", "howto-own-model.md", "howto-distributed.md", "howto-integrations.md",
-    "howto-sweep.md", "howto-fit-csv.md", "howto-plan.md", "howto-schedule.md",
+    "howto-sweep.md", "howto-fit-csv.md", "howto-plan.md", "howto-serve.md", "howto-schedule.md",
     "howto-controller.md",
     "reference-cli.md", "reference-json.md", "reference-api.md",
     "troubleshooting.md", "contributing.md",

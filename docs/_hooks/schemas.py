@@ -147,10 +147,15 @@ SCHEMAS: list[Schema] = [
          ("max_batch", "recommended largest batch"), ("max_queue_delay_s", "recommended longest wait for a batch"),
          ("replicas", "recommended replicas sharing one queue"), ("n_requests", "requests simulated"),
          ("offered_rate_per_s", "arrival rate of the requests simulated"),
-         ("capacity_per_s", "replicas x max_batch / L(max_batch)"), ("stable", "offered rate below capacity"),
+         ("capacity_per_s", "replicas x max_batch / S(max_batch): S = L(b) plus the serving overhead's busy time, "
+                            "if any"), ("stable", "offered rate below capacity"),
          ("throughput_per_s", "requests served per second"), ("mean_latency_s", "mean latency"),
          ("p50_latency_s", "median latency"), ("p99_latency_s", "99th-percentile latency"),
          ("mean_wait_s", "mean time in the queue before the batch starts"), ("mean_batch", "mean batch formed"),
+         ("delay_from", "when the max queue delay starts: `arrival` or `pickup` (Ray Serve)"),
+         ("overhead", "the serving overhead used (`batch_s`, `per_request_s`, `fixed_s`, `jitter_s`, `busy_jitter_s`, "
+                      "`timer_lateness_s`), or null for the bare L(b)"),
+         ("notes", "remarks in words (a server whose capacity varied while it was profiled)"),
          ("utilisation", "busy replica-time over replicas x time"),
          ("slo", "`p50_s`, `p99_s` (null when not set)"), ("arrivals", "where the arrivals came from"),
          ("latency_source", "the profile or CSV of L(b)"), ("latency_curve", "`batch`, `latency_s` lists"),
@@ -162,7 +167,8 @@ SCHEMAS: list[Schema] = [
     ),
     Schema(
         "batchlaw.profile/1", "batchlaw profile ... --json (also written to --out)",
-        "Step time and peak memory vs micro-batch, forward latency vs batch; batch sizes in examples.",
+        "Step time and peak memory vs micro-batch, forward latency vs batch; batch sizes in examples. "
+        "`batchlaw profile serve` adds a `serving` key: a `batchlaw.serving_overhead/1` block.",
         [("schema", "`\"batchlaw.profile/1\"`"), ("name", "the workload or MODULE:FACTORY profiled"),
          ("device", "`cpu` or `cuda:N`"), ("device_name", "the GPU's name, or `cpu`"), ("torch", "torch version"),
          ("threads", "torch CPU threads"), ("parameters", "trainable parameters"),
@@ -179,6 +185,29 @@ SCHEMAS: list[Schema] = [
          ("workload", "only for a built-in workload: its description")],
         check_args=["profile", "--workload", "linreg", "--device", "cpu", "--max-batch", "2", "--repeats", "1",
                     "--warmup", "0", "--out", "{tmp}/profile.json", "--json"],
+    ),
+    Schema(
+        "batchlaw.serving_overhead/1", "batchlaw profile serve ... --json (also added to the profile as `serving`)",
+        "What a real batching server adds to the forward latency L(b), measured over HTTP; seconds, requests.",
+        [("schema", "`\"batchlaw.serving_overhead/1\"`"), ("url", "the server measured"),
+         ("delay_from", "when its max queue delay starts: `pickup` (Ray Serve's `@serve.batch`) or `arrival`"),
+         ("rows", "one object per batch size: `batch`, `throughput_per_s` (saturated, 3 x b in flight; median of "
+                  "the rounds), `throughput_rounds_per_s`, `busy_s` (b / throughput), `forward_s` (L(b))"),
+         ("n_lone", "lone requests timed"), ("lone_round_trip_s", "their `p50`, `p99`, `mean`"),
+         ("probe_delay_s", "the max queue delay of the timer-lateness probe"),
+         ("lone_with_delay_round_trip_s", "`p50`, `p99` of lone requests that waited that delay"),
+         ("batch_s", "fitted busy time per batch o_0 (Theil-Sen line of busy_s - forward_s)"),
+         ("per_request_s", "fitted busy time per request o_1"),
+         ("fixed_s", "delay per request outside the batch: lone round trip - S(1)"),
+         ("jitter_s", "101 percentiles of the delay jitter (the lone round trips' spread the busy time does not "
+                      "explain), or null"),
+         ("busy_jitter_s", "101 percentiles of the busy time per batch about its mean (completion gaps at max "
+                           "batch 1, saturated), or null"),
+         ("timer_lateness_s", "how late a batch that waits for its max queue delay starts"),
+         ("fit_rms_s", "rms residual of the line"),
+         ("throughput_variation", "largest max/min - 1 of a size's throughput over the rounds: above 0.2 the "
+                                  "capacity moved while measured, and `plan serve` says so"),
+         ("notes", "terms clipped at 0 and a varying capacity, in words")],
     ),
     Schema(
         "batchlaw.allreduce/1", "batchlaw profile allreduce ... --json",

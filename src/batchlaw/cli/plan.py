@@ -313,7 +313,9 @@ def _add_serve_parser(sub) -> None:
         "serve", help="serving: dynamic-batcher settings and replicas that meet a latency SLO at least cost",
         description="Simulates a dynamic batcher (max batch, max queue delay, replicas sharing one queue) on "
         "Poisson or trace arrivals with a measured forward latency L(b), and finds the fewest replicas and the "
-        "settings that meet the p50/p99 SLO. With request lengths: padding waste per bucket boundaries, and "
+        "settings that meet the p50/p99 SLO. A profile with a 'serving' block (`batchlaw profile serve`) adds a real "
+        "server's measured overhead: busy time per batch and per request, a fixed delay and jitter per request. "
+        "With request lengths: padding waste per bucket boundaries, and "
         "recommended boundaries. Times in seconds unless the option says ms.",
     )
     lat = p.add_mutually_exclusive_group(required=True)
@@ -333,6 +335,11 @@ def _add_serve_parser(sub) -> None:
                    help="candidate max queue delays, ms, comma-separated (default: 0 and 5-40%% of the tightest SLO)")
     p.add_argument("--max-replicas", type=int, default=64, help="most replicas tried (default: %(default)s)")
     p.add_argument("--price", type=float, default=None, help="price per replica-hour, for the cost")
+    p.add_argument("--delay-from", choices=("arrival", "pickup"), default=None,
+                   help="when the max queue delay starts: at the oldest request's arrival (Triton) or when a free "
+                   "replica picks it up (Ray Serve's @serve.batch) (default: the profile's serving block, else arrival)")
+    p.add_argument("--no-overhead", action="store_true",
+                   help="ignore the profile's measured serving overhead (the bare forward curve L(b))")
     p.add_argument("--buckets", type=_int_list, default=None,
                    help="bucket boundaries (tokens) whose padding waste to report (needs lengths in --trace)")
     p.add_argument("--recommend-buckets", type=int, default=None,
@@ -345,6 +352,7 @@ def _cmd_serve(args) -> int:
     from .._csv import read_columns, read_header
     from ..plan import SLO, LatencyCurve, load_profile, padding_waste, poisson_arrivals, recommend_buckets
     from ..plan import recommend_serving
+    from ..plan.profile_data import serving_variation_note
 
     for name, kind in (("rate", "pos"), ("requests", "int"), ("slo_p50_ms", "pos"), ("slo_p99_ms", "pos"),
                        ("max_replicas", "int"), ("price", "nonneg"), ("recommend_buckets", "int"), ("seed", "int0")):
@@ -375,9 +383,23 @@ def _cmd_serve(args) -> int:
         if not delays:
             raise ValueError(f"The '--max-delays-ms' option must list at least one delay in ms, e.g. 0,5,10. "
                              f"Got {args.max_delays_ms!r} instead.")
+    overhead, delay_from, notes = None, args.delay_from or "arrival", []
     if args.profile:
-        curve, source = load_profile(args.profile).forward_latency(), args.profile
+        prof = load_profile(args.profile)
+        curve, source = prof.forward_latency(), args.profile
+        if not args.no_overhead:
+            overhead = prof.serving_overhead()
+        note = serving_variation_note(prof.serving) if overhead is not None else None
+        if note:
+            notes.append(note)
+        if overhead is not None and args.delay_from is None:
+            delay_from = str(prof.serving.get("delay_from", "arrival"))
+            if delay_from not in ("arrival", "pickup"):
+                raise ValueError(f"The profile {args.profile!r} has serving delay_from = {delay_from!r}, not 'arrival' "
+                                 "or 'pickup'. Measure it again with `batchlaw profile serve`.")
     else:
+        if args.no_overhead:
+            raise ValueError("--no-overhead goes with --profile (a --latency-csv has no serving overhead).")
         cols = read_columns(args.latency_csv, ["batch", "latency_s"], numeric=["batch", "latency_s"])
         curve, source = LatencyCurve(cols["batch"], cols["latency_s"]), args.latency_csv
     lengths = None
@@ -395,12 +417,13 @@ def _cmd_serve(args) -> int:
     if (args.buckets or args.recommend_buckets) and lengths is None:
         raise ValueError("--buckets/--recommend-buckets need request lengths: a --trace CSV with a 'length' column.")
     rec = recommend_serving(arrivals, curve, slo, max_batches=args.max_batches, delays=delays,
-                            max_replicas=args.max_replicas)
+                            max_replicas=args.max_replicas, overhead=overhead, delay_from=delay_from)
     best = rec["best"]
     out = {"schema": "batchlaw.serve/1", **best.to_dict(), "slo": {"p50_s": slo.p50_s, "p99_s": slo.p99_s},
            "arrivals": arrival_desc, "latency_source": source, "latency_curve": curve.to_dict(),
            "n_settings_simulated": len(rec["evaluated"]) + rec["stopped_early"],
-           "n_settings_stopped_early": rec["stopped_early"],
+           "n_settings_stopped_early": rec["stopped_early"], "delay_from": delay_from,
+           "overhead": None if overhead is None else overhead.to_dict(), "notes": notes,
            "cost_per_hour": None if args.price is None else best.replicas * args.price}
     if args.buckets:
         out["padding"] = padding_waste(lengths, args.buckets)
@@ -412,16 +435,26 @@ def _cmd_serve(args) -> int:
     print(f"arrivals: {arrival_desc} ({best.n_requests:,} requests, {best.offered_rate_per_s:.4g}/s); "
           f"latency curve from {source} (batch 1 to {curve.max_batch})")
     print(f"recommendation: {best.replicas} replica(s), max batch {best.max_batch}, "
-          f"max queue delay {best.max_queue_delay_s * 1e3:.3g} ms")
+          f"max queue delay {best.max_queue_delay_s * 1e3:.3g} ms (counted from {delay_from})")
     print(f"  p50 {best.p50_latency_s * 1e3:.3g} ms, p99 {best.p99_latency_s * 1e3:.3g} ms, mean "
           f"{best.mean_latency_s * 1e3:.3g} ms (SLO: p50 <= {_ms(slo.p50_s)}, p99 <= {_ms(slo.p99_s)}); "
           f"throughput {best.throughput_per_s:.4g}/s, mean batch {best.mean_batch:.2f}, "
           f"utilisation {best.utilisation:.0%}")
+    if overhead is not None:
+        j = overhead.jitter_s
+        jit = "" if j is None else f", delay jitter p99 {j[99] * 1e3:+.3g} ms"
+        bj = overhead.busy_jitter_s
+        jit += "" if bj is None else f", busy-time jitter p99 {bj[99] * 1e3:+.3g} ms a batch"
+        print(f"  server overhead from the profile: {overhead.batch_s * 1e3:.3g} ms per batch + "
+              f"{overhead.per_request_s * 1e3:.3g} ms per request busy, {overhead.fixed_s * 1e3:.3g} ms fixed delay{jit}, "
+              f"timer lateness {overhead.timer_lateness_s * 1e3:.3g} ms")
     if out["cost_per_hour"] is not None:
         print(f"  cost: {fmt_num(out['cost_per_hour'])} per hour")
     early = (f", {rec['stopped_early']} of them stopped once certain to miss the SLO or the best p99"
              if rec["stopped_early"] else "")
     print(f"  ({out['n_settings_simulated']} settings simulated{early})")
+    for note in notes:
+        print(f"note: {note}")
     if "padding" in out:
         pw = out["padding"]
         print(f"padding with boundaries {', '.join(f'{b:g}' for b in pw['boundaries'])}: {pw['waste']:.1%} of tokens")

@@ -18,7 +18,8 @@ def add_parsers(sub) -> None:
         description="Times a training step (forward, backward, optimizer) and records peak memory for "
         "micro-batches 1, 2, 4, ... until out of memory (caught; the whole curve is kept), then forward latency vs "
         "batch for serving. Writes a batchlaw.profile/1 JSON that `batchlaw plan --profile` and "
-        "`batchlaw plan serve --profile` read. `batchlaw profile allreduce --help`: all-reduce timings.",
+        "`batchlaw plan serve --profile` read. `batchlaw profile allreduce --help`: all-reduce timings; "
+        "`batchlaw profile serve --help`: the overhead of a real batching server.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--workload", default=None, help="built-in workload: linreg, bytemlp or bytegpt (default: bytegpt)")
@@ -55,6 +56,35 @@ def add_parsers(sub) -> None:
     a.add_argument("--repeats", type=int, default=15, help="timed calls per size (default: %(default)s)")
     a.add_argument("--json", action="store_true", help="print JSON (schema batchlaw.allreduce/1)")
     a.set_defaults(func=_cmd_allreduce)
+    s = psub.add_parser(
+        "serve", help="measure what a real batching server adds to the forward latency (for `plan serve`)",
+        description="Times a running HTTP batching server (e.g. Ray Serve's @serve.batch) on this machine: for each "
+        "batch size of the profile's forward curve, the throughput with 3 x b requests always in flight gives the "
+        "busy time of a full batch S(b); lone requests give the round trip. Fits S(b) - L(b) = o_0 + o_1 b (seconds "
+        "per batch and per request), the fixed delay c = lone round trip - S(1) and its jitter (its spread), the "
+        "busy-time jitter (the spread of the times between completions at max batch 1, saturated), and "
+        "adds them to the profile as its 'serving' block, which `batchlaw plan serve --profile` uses.")
+    s.add_argument("--url", required=True, help="the server's endpoint, http://host:port/path")
+    s.add_argument("--body", required=True, help="JSON text of one request, or @FILE to read it from a file")
+    s.add_argument("--configure-url", required=True,
+                   help="a route of the server that sets its batcher from a POST of {\"max_batch_size\": b, "
+                   "\"batch_wait_timeout_s\": s} (Ray Serve: set_max_batch_size, set_batch_wait_timeout_s)")
+    s.add_argument("--profile", required=True, help="the `batchlaw profile` JSON with the forward curve L(b)")
+    s.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch size measured (default: the profile's largest forward batch)")
+    s.add_argument("--lone", type=int, default=200, help="lone requests timed (default: %(default)s)")
+    s.add_argument("--requests-per-batch", type=int, default=40,
+                   help="requests per measured batch size, as a multiple of it (at least 20; default: %(default)s)")
+    s.add_argument("--rounds", type=int, default=3,
+                   help="passes over the batch sizes; each size's busy time is the median of the passes "
+                   "(default: %(default)s)")
+    s.add_argument("--delay-from", choices=("pickup", "arrival"), default="pickup",
+                   help="when the server's batch delay starts: when its batching loop picks up the oldest request "
+                   "(Ray Serve's @serve.batch) or at its arrival (default: %(default)s)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take (default: %(default)s)")
+    s.add_argument("--out", default=None, help="profile JSON written with the 'serving' block (default: --profile)")
+    s.add_argument("--json", action="store_true", help="print the serving block (schema batchlaw.serving_overhead/1)")
+    s.set_defaults(func=_cmd_serve)
 
 
 def _check_profile_args(args) -> tuple[Path, dict | None]:
@@ -195,4 +225,103 @@ def _cmd_allreduce(args) -> int:
     for r in rows:
         print(f"{r['world']:>5} {r['n_bytes'] / 2**20:>6.3g} {r['seconds'] * 1e3:>11.3g} {r['model_s'] * 1e3:>9.3g} "
               f"{r['model_over_measured']:>14.2f}")
+    return 0
+
+
+def _configure_by_post(url: str, timeout_s: float):
+    """``configure(max_batch, delay_s)``: a POST of the batcher settings to the server's configure route."""
+    import urllib.error
+    import urllib.request
+
+    def configure(max_batch: int, delay_s: float) -> None:
+        body = json.dumps({"max_batch_size": int(max_batch), "batch_wait_timeout_s": float(delay_s)}).encode()
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise ValueError(f"The '--configure-url' {url!r} did not set the batcher to max batch {max_batch}, "
+                             f"delay {delay_s:g} s: {err}.") from None
+
+    return configure
+
+
+def _cmd_serve(args) -> int:
+    from ..plan import check_profile
+    from ..profile.serving import _check_url, measure_overhead
+
+    for opt, url in (("--url", args.url), ("--configure-url", args.configure_url)):
+        try:
+            _check_url(url)
+        except ValueError:
+            raise ValueError(f"The '{opt}' option must be an http:// URL, e.g. http://127.0.0.1:8000/. "
+                             f"Got {url!r} instead.") from None
+    for name, least in (("lone", 10), ("requests_per_batch", 20), ("max_batch", 1), ("rounds", 1)):
+        v = getattr(args, name)
+        if v is not None and v < least:
+            raise ValueError(f"The '--{name.replace('_', '-')}' option must be an integer >= {least}. Got {v} instead.")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"The '--timeout' option must be a finite number of seconds > 0. Got {args.timeout} instead.")
+    body = args.body
+    if body.startswith("@"):
+        path = Path(body[1:])
+        if not path.is_file():
+            raise ValueError(f"The '--body' file {body[1:]!r} does not exist.")
+        body = path.read_text(encoding="utf-8")
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"The '--body' option must be the JSON of one request (or @FILE): {err}.") from None
+    src = Path(args.profile)
+    if not src.is_file():
+        raise ValueError(f"The profile {args.profile!r} does not exist or is not a file. Write one with `batchlaw profile`.")
+    out = check_output_file("--out", args.out or args.profile)
+    try:
+        data = json.loads(src.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"The profile {args.profile!r} is not JSON ({err}).") from None
+    data = check_profile(data, args.profile)
+    forward = {r["batch"]: r["latency_s"] for r in data["forward"] if r["status"] == "ok"
+               and (args.max_batch is None or r["batch"] <= args.max_batch)}
+    if len(forward) < 2:
+        raise ValueError(f"The profile {args.profile!r} has forward latencies at {len(forward)} batch size(s)"
+                         + (f" up to --max-batch {args.max_batch}" if args.max_batch else "")
+                         + ": the overhead fit needs 2 or more. Run `batchlaw profile` with forward latency on.")
+    from ..plan.profile_data import serving_variation_note
+
+    try:
+        block = measure_overhead(args.url, body, _configure_by_post(args.configure_url, args.timeout), forward,
+                                 n_lone=args.lone, requests_per_batch=args.requests_per_batch, rounds=args.rounds,
+                                 delay_from=args.delay_from, timeout_s=args.timeout)
+    except (OSError, ConnectionError, TimeoutError) as err:  # asyncio's TimeoutError is TimeoutError (3.11+)
+        raise ValueError(f"The server at '--url' {args.url!r} did not answer as it should: {type(err).__name__}: "
+                         f"{str(err) or 'no answer within --timeout'}. Is it running, and does it take --body?") from None
+    note = serving_variation_note(block)
+    if note:
+        block["notes"].append(note)
+    from ..profile import save_profile
+
+    save_profile({**data, "serving": block}, out)
+    if args.json:
+        print(json.dumps(block, indent=2))
+        return 0
+    print(f"{'batch':>5} {'L(b) ms':>8} {'busy S(b) ms':>12} {'throughput /s':>13} {'fitted S(b) ms':>14}")
+    for r in block["rows"]:
+        fitted = r["forward_s"] + block["batch_s"] + block["per_request_s"] * r["batch"]
+        print(f"{r['batch']:>5} {r['forward_s'] * 1e3:>8.3g} {r['busy_s'] * 1e3:>12.3g} {r['throughput_per_s']:>13.4g} "
+              f"{fitted * 1e3:>14.3g}")
+    j = block["jitter_s"] or [0.0] * 101
+    print(f"overhead: {block['batch_s'] * 1e3:.3g} ms per batch + {block['per_request_s'] * 1e3:.3g} ms per request "
+          f"(busy; fit rms {block['fit_rms_s'] * 1e3:.2g} ms), fixed delay {block['fixed_s'] * 1e3:.3g} ms; delay jitter "
+          f"p1 {j[1] * 1e3:+.3g} ms, p50 {j[50] * 1e3:+.3g} ms, p99 {j[99] * 1e3:+.3g} ms (lone round trip p50 "
+          f"{block['lone_round_trip_s']['p50'] * 1e3:.3g} ms, {block['n_lone']} requests)")
+    print(f"timer lateness: {block['timer_lateness_s'] * 1e3:.3g} ms after a max queue delay (lone requests with a "
+          f"{block['probe_delay_s'] * 1e3:g} ms delay: p50 {block['lone_with_delay_round_trip_s']['p50'] * 1e3:.3g} ms)")
+    bj = block["busy_jitter_s"]
+    if bj is not None:
+        print(f"busy-time jitter per batch (at saturation, about the mean): p1 {bj[1] * 1e3:+.3g} ms, p50 "
+              f"{bj[50] * 1e3:+.3g} ms, p99 {bj[99] * 1e3:+.3g} ms")
+    for note in block["notes"]:
+        print(f"note: {note}")
+    print(f"delay counted from {args.delay_from}; written to {out}")
     return 0

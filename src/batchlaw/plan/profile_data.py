@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "check_profile", "LatencyCurve"]
+__all__ = ["PROFILE_SCHEMA", "HardwareProfile", "load_profile", "check_profile", "LatencyCurve", "ServingOverhead",
+           "SERVING_VARIATION_WARN", "serving_variation_note"]
 
 PROFILE_SCHEMA = "batchlaw.profile/1"
+#: a server whose throughput at one batch size varied more than this (max/min - 1) between the rounds of
+#: ``batchlaw profile serve`` changed capacity while it was measured: a plan from it is said to be doubtful
+SERVING_VARIATION_WARN = 0.2
 
 
 class LatencyCurve:
@@ -64,6 +68,115 @@ class LatencyCurve:
         return {"batch": self.batches.tolist(), "latency_s": self.seconds.tolist()}
 
 
+def serving_variation_note(serving: dict | None) -> str | None:
+    """A warning in words when a profile's serving block measured a capacity that moved (see
+    :data:`SERVING_VARIATION_WARN`), else ``None``."""
+    v = (serving or {}).get("throughput_variation")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= SERVING_VARIATION_WARN:
+        return None
+    return (f"the server's throughput varied by {v:.0%} between the rounds of `batchlaw profile serve`: its capacity "
+            "changed while it was measured (other work on the machine?), and a plan from it may not hold when "
+            "deployed. Measure again on the machine and in the conditions you deploy in, or plan with headroom")
+
+
+def _draw(percentiles, n: int, seed: int, stream: int = 0) -> np.ndarray:
+    """``n`` draws by inverse transform from 101 percentiles (linear between them), seeded."""
+    u = np.random.default_rng([seed, stream]).uniform(0.0, 100.0, n)
+    return np.interp(u, np.arange(101.0), np.asarray(percentiles))
+
+
+@dataclass(frozen=True)
+class ServingOverhead:
+    """What a real server adds to the forward latency ``L(b)`` of a batch (seconds; requests).
+
+    A batch of ``b`` keeps its replica busy ``S(b) = L(b) + batch_s + per_request_s * b`` on average
+    (dispatch, and per-request serialisation, proxy and client work on a shared CPU), plus a draw of
+    the busy-time jitter (stalls while the CPU serves other work: zero mean, so it adds variance and
+    no mean); each request is then delayed by ``fixed_s`` more, which keeps no replica busy, plus a
+    draw of the dispatch jitter. A batch that waits for its max queue delay starts ``timer_lateness_s``
+    after the delay runs out (a timer's wake-up on a busy CPU is late). Each jitter is an empirical distribution given by its percentiles
+    0, 1, ..., 100 (seconds, so they may be negative). ``batchlaw profile serve`` measures all of them
+    on a running server.
+
+    Args:
+        batch_s: overhead per batch ``o_0`` (s, >= 0).
+        per_request_s: overhead per request in a batch ``o_1`` (s, >= 0).
+        fixed_s: delay of every request outside the batch ``c`` (s, >= 0).
+        jitter_s: 101 ascending percentiles of the delay jitter (s, about its median), or ``None``.
+        busy_jitter_s: 101 ascending percentiles of the busy-time jitter per batch (s, about its
+            mean), or ``None``.
+        timer_lateness_s: how late a batch that waits for a non-zero max queue delay starts (s, >= 0).
+
+    Examples:
+        >>> o = ServingOverhead(batch_s=0.001, per_request_s=0.0005, fixed_s=0.002)
+        >>> round(o.busy(LatencyCurve([1, 8], [0.01, 0.02]), 8), 6)
+        0.025
+    """
+
+    batch_s: float = 0.0
+    per_request_s: float = 0.0
+    fixed_s: float = 0.0
+    jitter_s: tuple[float, ...] | None = None
+    busy_jitter_s: tuple[float, ...] | None = None
+    timer_lateness_s: float = 0.0
+
+    def __post_init__(self):
+        for name in ("batch_s", "per_request_s", "fixed_s", "timer_lateness_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"Serving overhead: {name} = {v!r} is not a finite number of seconds >= 0.")
+        for name in ("jitter_s", "busy_jitter_s"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            j = np.asarray(v, dtype=float)
+            if j.shape != (101,) or not np.all(np.isfinite(j)) or np.any(np.diff(j) < 0):
+                raise ValueError(f"Serving overhead: {name} must be 101 ascending finite percentiles 0..100 "
+                                 f"(seconds). Got {np.size(j)} value(s).")
+            object.__setattr__(self, name, tuple(j.tolist()))
+
+    def busy(self, latency: LatencyCurve, b):
+        """``S(b)``: seconds a batch of ``b`` keeps its replica busy (a float, or an array for an array)."""
+        out = np.asarray(latency(b), dtype=float) + self.batch_s + self.per_request_s * np.asarray(b, dtype=float)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def delays(self, n: int, seed: int = 0) -> np.ndarray | None:
+        """Per-request delay outside the batch (``fixed_s`` + a jitter draw) for ``n`` requests, drawn by
+        inverse transform from the percentiles with a fixed seed (the same draws for every setting a
+        search compares); ``None`` when there is no delay at all."""
+        if self.jitter_s is None:
+            return None if self.fixed_s == 0 else np.full(n, self.fixed_s)
+        return self.fixed_s + _draw(self.jitter_s, n, seed)
+
+    def busy_jitter(self, n: int, seed: int = 0) -> np.ndarray | None:
+        """Busy-time jitter of ``n`` batches (s), or ``None`` when there is none (drawn like :meth:`delays`,
+        from another stream of the same seed)."""
+        return None if self.busy_jitter_s is None else _draw(self.busy_jitter_s, n, seed, stream=1)
+
+    @property
+    def min_delay_s(self) -> float:
+        """The least delay a request gets outside its batch (s)."""
+        return self.fixed_s + (self.jitter_s[0] if self.jitter_s is not None else 0.0)
+
+    def to_dict(self) -> dict:
+        return {"batch_s": self.batch_s, "per_request_s": self.per_request_s, "fixed_s": self.fixed_s,
+                "jitter_s": None if self.jitter_s is None else list(self.jitter_s),
+                "busy_jitter_s": None if self.busy_jitter_s is None else list(self.busy_jitter_s),
+                "timer_lateness_s": self.timer_lateness_s}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "") -> ServingOverhead:
+        """From a profile's ``serving`` block; a one-line ValueError naming the source otherwise."""
+        if not isinstance(data, dict):
+            raise ValueError(f"The serving overhead in {source!r} is {type(data).__name__}, not an object.")
+        try:
+            return cls(data.get("batch_s", 0.0), data.get("per_request_s", 0.0), data.get("fixed_s", 0.0),
+                       data.get("jitter_s"), data.get("busy_jitter_s"), data.get("timer_lateness_s", 0.0))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"The serving overhead in {source!r} is malformed: {err} Measure it again with "
+                             "`batchlaw profile serve`.") from None
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     """A profile read back: training step time vs micro-batch, memory ceiling, forward latency.
@@ -84,6 +197,7 @@ class HardwareProfile:
     tokens_per_example: int | None
     device: str
     source: str = ""
+    serving: dict | None = None
 
     @property
     def max_micro_batch(self) -> int | None:
@@ -121,6 +235,10 @@ class HardwareProfile:
             raise ValueError(f"The profile {self.source!r} has no forward-latency measurements: "
                              "run `batchlaw profile` with forward latency on.")
         return LatencyCurve(*zip(*ok))
+
+    def serving_overhead(self) -> ServingOverhead | None:
+        """The overhead ``batchlaw profile serve`` measured on a real server, or ``None`` if not measured."""
+        return None if self.serving is None else ServingOverhead.from_dict(self.serving, self.source)
 
 
 def _integer(value, minimum: int = 1) -> int | None:
@@ -217,5 +335,8 @@ def load_profile(path: str | Path) -> HardwareProfile:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"The profile {str(path)!r} is not JSON ({err}).") from None
     data = check_profile(data, str(path))
+    serving = data.get("serving")
+    if serving is not None:
+        ServingOverhead.from_dict(serving, str(path))  # refused at once if malformed
     return HardwareProfile(data["train"], data["forward"], data["parameters"], data["tokens_per_example"],
-                           str(data.get("device", "?")), str(path))
+                           str(data.get("device", "?")), str(path), serving)

@@ -21,6 +21,26 @@ neither feasible nor the best, so the search returns what the full search return
 
 With ``max_batch = 1`` and a constant ``L`` under Poisson arrivals this is the M/D/1 queue, whose
 mean wait is ``rho L / (2 (1 - rho))`` (Pollaczek-Khinchine), the check in the tests.
+
+**When the delay starts.** ``delay_from="arrival"`` (above; Triton) counts the max queue delay from
+the oldest request's arrival. Ray Serve's ``@serve.batch`` counts it from when its batching loop
+*picks up* the oldest request: at its arrival if the replica is idle, else when the replica frees
+(with a model call that holds the event loop, as ``@serve.batch`` examples do, nothing is picked up
+during a batch). So with ``delay_from="pickup"`` a busy replica that frees with fewer than
+``max_batch`` queued waits up to the delay again: the start is
+``min(max(free, a_head) + delay, max(free, arrival[head + max_batch - 1]))``. Both are the same on an
+idle replica. One difference is left: when more than ``max_batch`` were queued as a batch started, Ray's
+loop picks up the next head at once, and if its delay runs out during the batch the next batch starts
+as the replica frees; the simulator waits the delay from the freeing (it overestimates the wait then,
+under heavy load only).
+
+**A real server's overhead** (:class:`~batchlaw.plan.profile_data.ServingOverhead`, measured by
+``batchlaw profile serve``): a batch of ``b`` keeps its replica busy ``S(b) = L(b) + o_0 + o_1 b``
+instead of ``L(b)`` on average, plus a zero-mean draw of the measured busy-time jitter per batch (so
+the queue is M/G/1-like, not M/D/1), and every request is delayed by a fixed ``c`` plus a draw of
+the measured delay jitter, which keeps no replica busy. A busy time is never below zero. A batch that
+waits for a non-zero max queue delay waits ``delay + timer lateness`` (a timer's wake-up on a busy
+CPU comes late: measured too).
 """
 
 from __future__ import annotations
@@ -33,10 +53,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._validation import check_positive_float, check_positive_int
-from .profile_data import LatencyCurve
+from .profile_data import LatencyCurve, ServingOverhead
 
 __all__ = ["SLO", "ServeResult", "poisson_arrivals", "simulate_batcher", "recommend_serving", "md1_mean_wait",
-           "default_max_batches", "default_delays"]
+           "default_max_batches", "default_delays", "DELAY_FROM"]
+
+#: when the max queue delay starts: at the oldest request's arrival, or when the batcher picks it up
+DELAY_FROM = ("arrival", "pickup")
 
 #: the quantiles a result reports, as fractions
 _P50, _P99 = 0.5, 0.99
@@ -100,13 +123,13 @@ class ServeResult:
     replicas: int
     n_requests: int
     offered_rate_per_s: float
-    capacity_per_s: float  # replicas * max_batch / L(max_batch)
+    capacity_per_s: float  # replicas * max_batch / S(max_batch); S(b) = L(b) when there is no overhead
     stable: bool  # offered rate < capacity
     throughput_per_s: float
     mean_latency_s: float
     p50_latency_s: float
     p99_latency_s: float
-    mean_wait_s: float  # queueing delay before the batch starts
+    mean_wait_s: float  # queueing delay before the batch starts (outside delay and jitter excluded)
     mean_batch: float
     utilisation: float  # busy replica-time / (replicas x span)
 
@@ -126,7 +149,8 @@ def _as_arrivals(arrivals) -> np.ndarray:
 
 
 def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_queue_delay_s: float,
-                     replicas: int = 1) -> ServeResult:
+                     replicas: int = 1, overhead: ServingOverhead | None = None,
+                     delay_from: str = "arrival", seed: int = 0) -> ServeResult:
     """Simulate the dynamic batcher on given arrival times.
 
     Args:
@@ -135,6 +159,11 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
         max_batch: largest batch the batcher forms (at most the curve's largest batch).
         max_queue_delay_s: longest the oldest request waits for the batch to fill.
         replicas: model replicas serving one shared queue.
+        overhead: a real server's overhead (busy time per batch and per request, a fixed delay and
+            jitter per request); ``None``: the bare curve.
+        delay_from: ``"arrival"`` (the delay runs from the oldest request's arrival) or
+            ``"pickup"`` (from when a free replica picks it up: Ray Serve's ``@serve.batch``).
+        seed: seed of the jitter draws (with ``overhead`` that has jitter).
 
     Returns:
         A :class:`ServeResult`.
@@ -149,18 +178,41 @@ def simulate_batcher(arrivals, latency: LatencyCurve, *, max_batch: int, max_que
     max_batch = check_positive_int("max_batch", max_batch)
     delay = check_positive_float("max_queue_delay_s", max_queue_delay_s, allow_zero=True)
     replicas = check_positive_int("replicas", replicas)
-    l_max = float(latency(max_batch))  # refused beyond the curve
-    return _simulate(arr, _service_table(latency, min(max_batch, arr.size)), l_max, max_batch, delay, replicas)
+    pickup = _check_delay_from(delay_from)
+    over = _check_overhead(overhead)
+    l_max = over.busy(latency, max_batch)  # refused beyond the curve
+    seed = check_positive_int("seed", seed, minimum=0)
+    extra = over.delays(arr.size, seed)
+    bj = over.busy_jitter(arr.size, seed)
+    return _simulate(arr, _service_table(latency, min(max_batch, arr.size), over), l_max, max_batch, delay, replicas,
+                     pickup=pickup, extra=extra, bj=None if bj is None else bj.tolist(), late=over.timer_lateness_s)
 
 
-def _service_table(latency: LatencyCurve, largest: int) -> list[float]:
+def _check_delay_from(delay_from: str) -> bool:
+    if delay_from not in DELAY_FROM:
+        raise ValueError(f"The 'delay_from' parameter must be one of {', '.join(DELAY_FROM)}. Got {delay_from!r} instead.")
+    return delay_from == "pickup"
+
+
+def _check_overhead(overhead) -> ServingOverhead:
+    if overhead is None:
+        return ServingOverhead()
+    if not isinstance(overhead, ServingOverhead):
+        raise ValueError(f"The 'overhead' parameter must be a ServingOverhead or None. Got {type(overhead).__name__}.")
+    return overhead
+
+
+def _service_table(latency: LatencyCurve, largest: int, overhead: ServingOverhead | None = None) -> list[float]:
     """Seconds a replica is busy with a batch of ``b``, for ``b = 0 .. largest`` (``[0] = 0``): the curve
-    ``L(b)`` evaluated once, as one vector, for every batch a simulation can form.
+    ``L(b)`` evaluated once, as one vector, for every batch a simulation can form, plus a real server's
+    overhead ``o_0 + o_1 b`` when one is given.
 
-    This is where the service time of a batch is defined, so a richer latency model (an overhead per
-    batch, a length-dependent term) changes this function and nothing in the simulation.
+    This is where the service time of a batch is defined, so a richer latency model (a length-dependent
+    term) changes this function and nothing in the simulation.
     """
-    return [0.0] + np.atleast_1d(latency(np.arange(1, largest + 1))).astype(float).tolist()
+    b = np.arange(1, largest + 1)
+    busy = np.atleast_1d(_check_overhead(overhead).busy(latency, b))
+    return [0.0] + busy.astype(float).tolist()
 
 
 class _Stop(Exception):
@@ -188,17 +240,29 @@ def _quantile(values: np.ndarray, q: float) -> float:
 
 
 def _simulate(arr: np.ndarray, svc: list[float], l_max: float, max_batch: int, delay: float, replicas: int,
-              bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None) -> ServeResult:
-    """One setting; ``svc[b] = L(b)`` for every batch it can form, ``l_max = L(max_batch)``.
+              bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None, *, pickup: bool = False,
+              extra: np.ndarray | None = None, ex: list[float] | None = None,
+              bj: list[float] | None = None, late: float = 0.0) -> ServeResult:
+    """One setting; ``svc[b] = S(b)`` for every batch it can form, ``l_max = S(max_batch)``.
 
     ``bounds``: ``(q, t)`` pairs: raise :class:`_Stop` as soon as the ``q``-quantile of the latencies
     is certain to exceed ``t`` (more than ``n - 1 - index`` latencies above ``t``), which no later
     request can undo. ``a``: ``arr.tolist()``, when the caller simulates several settings.
+    ``pickup``: the delay runs from pickup, not arrival. ``extra``: each request's delay outside its
+    batch (s), added to its latency (``ex``: ``extra.tolist()``, when the caller has it). ``bj``: the
+    busy-time jitter of the 1st, 2nd, ... batch (s; at least as many as requests). ``late``: the timer
+    lateness, added to a non-zero ``delay`` (the result reports the ``delay`` asked for).
     """
-    if max_batch == 1 and replicas == 1:  # one queue, one server, constant service: Lindley, vectorised
-        lat, wait, n_batches, busy, last_finish = _single_server(arr, svc[1])
+    if max_batch == 1 and replicas == 1:  # one queue, one server: Lindley, vectorised
+        lat, wait, n_batches, busy, last_finish = _single_server(arr, svc[1], bj)
+        if extra is not None:
+            lat = lat + extra
     else:
-        lat, wait, n_batches, busy, last_finish = _batch_loop(arr, svc, max_batch, delay, replicas, bounds, a)
+        if extra is not None and ex is None:
+            ex = extra.tolist()
+        waited = delay + late if delay > 0 else delay
+        lat, wait, n_batches, busy, last_finish = _batch_loop(arr, svc, max_batch, waited, replicas, bounds, a,
+                                                              pickup, ex, bj)
     n = arr.size
     span_in = arr[-1] - arr[0]
     rate = (n - 1) / span_in if n > 1 and span_in > 0 else math.inf
@@ -214,28 +278,33 @@ def _simulate(arr: np.ndarray, svc: list[float], l_max: float, max_batch: int, d
 
 
 def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float, replicas: int,
-                bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None):
+                bounds: tuple[tuple[float, float], ...] = (), a: list[float] | None = None, pickup: bool = False,
+                ex: list[float] | None = None, bj: list[float] | None = None):
     """The general case, one Python step per batch: ``(latencies, waits, batches, busy time, last finish)``.
 
     The loop keeps only each batch's head and start; the latencies are set afterwards by one vector
-    operation (``finish - arrival``, the same floating-point subtraction the loop would do).
+    operation (``finish - arrival``, the same floating-point subtraction the loop would do, plus the
+    request's outside delay ``ex`` if any). ``bj``: busy-time jitter per batch, in order (the busy time
+    ``svc[k] + bj[i]`` is kept at 0 or more).
     """
     n = arr.size
     a = arr.tolist() if a is None else a
     heads: list[int] = []
     starts: list[float] = []
+    busys: list[float] = []
     free = [0.0] * replicas  # heap of the times each replica is next free
     f = 0.0  # one replica: when it is next free
     many = replicas > 1
     # (bound t, latencies above t that make the quantile exceed t, latencies above t so far)
     checks = [[t, n - _quantile_index(n, q), 0] for q, t in bounds]
     watch = min((c[0] for c in checks), default=math.inf)
+    ex_max = max(ex) if ex else 0.0
     head, last = 0, max_batch - 1
     while head < n:
         if many:
             f = heapq.heappop(free)
         a0 = a[head]
-        ready = a0 + delay
+        ready = (f if pickup and f > a0 else a0) + delay
         full = head + last
         if full < n and a[full] < ready:  # max_batch waiting before the delay runs out
             ready = a[full]
@@ -247,15 +316,24 @@ def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float,
                 k = 1
             else:
                 k = bisect.bisect_right(a, start, head, full + 1 if full < n else n) - head
-        finish = start + svc[k]
+        if bj is None:
+            finish = start + svc[k]
+        else:
+            s_k = svc[k] + bj[len(heads)]
+            s_k = s_k if s_k > 0.0 else 0.0
+            busys.append(s_k)
+            finish = start + s_k
         heads.append(head)
         starts.append(start)
-        if finish - a0 > watch:  # the oldest request of the batch is over a bound: count those that are
+        if finish - a0 + ex_max > watch:  # a request of the batch may be over a bound: count those that are
             for c in checks:
                 t, j, end = c[0], head, head + k
-                while j < end and finish - a[j] > t:
-                    j += 1
-                c[2] += j - head
+                if ex is None:  # latencies fall along the batch: count the first ones
+                    while j < end and finish - a[j] > t:
+                        j += 1
+                    c[2] += j - head
+                else:
+                    c[2] += sum(1 for i in range(head, end) if finish - a[i] + ex[i] > t)
                 if c[2] >= c[1]:
                     raise _Stop
         if many:
@@ -264,22 +342,32 @@ def _batch_loop(arr: np.ndarray, svc: list[float], max_batch: int, delay: float,
             f = finish
         head += k
     sizes = np.diff(np.append(np.asarray(heads, dtype=np.int64), n))
-    service = np.asarray(svc)[sizes]
+    service = np.asarray(svc)[sizes] if bj is None else np.asarray(busys)
     start_t = np.asarray(starts)
     finish_t = start_t + service
     lat = np.repeat(finish_t, sizes) - arr
+    if ex is not None:
+        lat = lat + np.asarray(ex)
     wait = np.repeat(start_t, sizes) - arr
     return lat, wait, sizes.size, float(service.sum()), float(finish_t.max())
 
 
-def _single_server(arr: np.ndarray, s: float):
+def _single_server(arr: np.ndarray, s: float, bj: list[float] | None = None):
     """Max batch 1, one replica: start_n = max(finish_{n-1}, a_n), finish_n = start_n + s, so
-    ``finish_n = s (n + 1) + max_{k <= n} (a_k - s k)`` (a running maximum; the delay never binds)."""
+    ``finish_n = s (n + 1) + max_{k <= n} (a_k - s k)`` (a running maximum; the delay never binds).
+    With busy-time jitter the service ``s_n = max(s + bj_n, 0)`` varies, and with ``C_n`` its running
+    sum ``finish_n = C_n + max_{k <= n} (a_k - C_{k-1})``."""
     n = arr.size
-    idx = np.arange(n)
-    finish = np.maximum.accumulate(arr - s * idx) + s * (idx + 1)
+    if bj is None:
+        idx = np.arange(n)
+        finish = np.maximum.accumulate(arr - s * idx) + s * (idx + 1)
+        lat = finish - arr
+        return lat, lat - s, n, n * s, float(finish[-1])
+    svc = np.maximum(s + np.asarray(bj[:n]), 0.0)
+    c = np.cumsum(svc)
+    finish = np.maximum.accumulate(arr - (c - svc)) + c
     lat = finish - arr
-    return lat, lat - s, n, n * s, float(finish[-1])
+    return lat, lat - svc, n, float(svc.sum()), float(finish[-1])
 
 
 def default_max_batches(latency: LatencyCurve) -> list[int]:
@@ -332,7 +420,8 @@ def _check_load(arr: np.ndarray, slo: SLO) -> float:
 
 
 def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches: list[int] | None = None,
-                      delays: list[float] | None = None, max_replicas: int = 64) -> dict:
+                      delays: list[float] | None = None, max_replicas: int = 64,
+                      overhead: ServingOverhead | None = None, delay_from: str = "arrival", seed: int = 0) -> dict:
     """The fewest replicas, and the batcher settings, that meet the SLO on these arrivals.
 
     For a replica count every (max_batch, max_queue_delay) pair is simulated on the same arrivals
@@ -343,7 +432,7 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
     check the answer against a brute-force search over all triples ordered by
     ``(replicas, p99, mean, max_batch, delay)``). Among that count's settings: the lowest p99, then
     the lowest mean latency, then the smaller batch and delay. An SLO below the fastest batch
-    latency is refused at once.
+    latency (with the overhead's least delay) is refused at once.
 
     A simulation stops as soon as its p50 or p99 is certain to miss the SLO, or its p99 to exceed
     the lowest p99 already met at that replica count (more latencies above the bound than the
@@ -357,6 +446,10 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
         max_batches: candidate max batch sizes (default: powers of two up to the curve's largest).
         delays: candidate max queue delays in seconds (default: :func:`default_delays`).
         max_replicas: most replicas tried.
+        overhead: a real server's overhead (see :func:`simulate_batcher`); the same jitter draws
+            for every setting (common random numbers).
+        delay_from: ``"arrival"`` or ``"pickup"`` (see :func:`simulate_batcher`).
+        seed: seed of the jitter draws.
 
     Returns:
         ``{"best": ServeResult, "evaluated": [ServeResult, ...], "stopped_early": int}``: the
@@ -369,15 +462,25 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
     arr = _as_arrivals(arrivals)
     max_batches, delays = _check_candidates(latency, slo, max_batches, delays)
     max_replicas = check_positive_int("max_replicas", max_replicas)
+    pickup = _check_delay_from(delay_from)
+    over = _check_overhead(overhead)
     rate = _check_load(arr, slo)
-    floor = min(float(latency(b)) for b in max_batches)
+    floor = min(over.busy(latency, b) for b in max_batches) + over.min_delay_s
     if slo.tightest < floor:  # every request takes at least one batch's latency
         raise ValueError(f"No setting meets the SLO: its tightest target ({slo.tightest:.4g} s) is below the fastest "
                          f"batch latency ({floor:.4g} s). Relax the SLO or profile a faster model.")
-    svc = _service_table(latency, min(max_batches[-1], arr.size))
-    l_of = {b: float(latency(b)) for b in max_batches}
+    svc = _service_table(latency, min(max_batches[-1], arr.size), over)
+    l_of = {b: over.busy(latency, b) for b in max_batches}
     a = arr.tolist()
-    head = arr[:max(_PREFIX_MIN, arr.size // _PREFIX_SHARE)]
+    seed = check_positive_int("seed", seed, minimum=0)
+    extra = over.delays(arr.size, seed)
+    ex = None if extra is None else extra.tolist()
+    bj = over.busy_jitter(arr.size, seed)
+    bj = None if bj is None else bj.tolist()
+    late = over.timer_lateness_s
+    n_head = max(_PREFIX_MIN, arr.size // _PREFIX_SHARE)
+    head = arr[:n_head]
+    head_extra = None if extra is None else extra[:n_head]
     evaluated: list[ServeResult] = []
     stopped = [0]
     cache: dict[int, list[ServeResult]] = {}
@@ -386,14 +489,16 @@ def recommend_serving(arrivals, latency: LatencyCurve, slo: SLO, *, max_batches:
         if r not in cache:
             stable = [(b, d) for b in max_batches if rate < r * b / l_of[b] for d in delays]
             if len(stable) > 1 and head.size < arr.size:  # likely best first, so that the bound below is tight
-                stable.sort(key=lambda s: _sort_key(_simulate(head, svc, l_of[s[0]], s[0], s[1], r)))
+                stable.sort(key=lambda s: _sort_key(_simulate(head, svc, l_of[s[0]], s[0], s[1], r, pickup=pickup,
+                                                              extra=head_extra, bj=bj, late=late)))
             ok: list[ServeResult] = []
             for b, d in stable:
                 p99_bound = min([o.p99_latency_s for o in ok] + ([slo.p99_s] if slo.p99_s is not None else []),
                                 default=None)
                 bounds = tuple((q, t) for q, t in ((_P50, slo.p50_s), (_P99, p99_bound)) if t is not None)
                 try:
-                    res = _simulate(arr, svc, l_of[b], b, d, r, bounds, a)
+                    res = _simulate(arr, svc, l_of[b], b, d, r, bounds, a, pickup=pickup, extra=extra, ex=ex, bj=bj,
+                                    late=late)
                 except _Stop:
                     stopped[0] += 1
                     continue
