@@ -474,3 +474,30 @@ def test_profile_is_not_silently_overridden(tmp_path, capsys, extra, msg):
 def test_throughput_given_twice_is_refused(capsys):
     assert main(_BASE + ["--tokens-per-sec", "5000", "--peak-flops", "1e15", "--params", "1e8"]) == 2
     assert "--tokens-per-sec and --peak-flops each set the throughput" in capsys.readouterr().err
+
+
+def test_compute_with_a_profile_plans_the_profiled_model_or_refuses(tmp_path, capsys):
+    """--compute allocates N and D; a profile measured another model: refused by name (the plan would time one
+    model and train another), with the tokens the budget buys for the profiled model. A profile of the
+    allocation's model plans with the profile's parameter count (issue 22 item 4)."""
+    from batchlaw.fit import EPOCH_2024, compute_optimal
+
+    alloc = compute_optimal(1e21, EPOCH_2024)
+    base = ["plan", "--b-crit", "1000", "--gpus", "8,16", "--micro-batch", "8", "--compute", "1e21",
+            "--link", "eth100", "--json"]
+    other = _profile_json(tmp_path / "other.json", parameters=10_000_000)
+    assert main(base + ["--profile", other]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "measured a model of 10,000,000 parameters" in err, err
+    assert f"{1e21 / 6e7:.3g}" in err  # C / (6 N) tokens for the profiled model
+    assert main(base + ["--params", "1e7"]) == 2 and "--params is 1e+07" in capsys.readouterr().err
+    assert main(base + ["--tokens", "1e9"]) == 2 and "--tokens is 1e+09" in capsys.readouterr().err
+    assert main(["plan", "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8", "--inference-tokens", "1e12"]) == 2
+    assert "'--inference-tokens' option goes with --compute" in capsys.readouterr().err
+
+    n = round(alloc["params"] * 1.005)  # the allocation's model, as profiled: its exact count is used
+    same = _profile_json(tmp_path / "same.json", parameters=n)
+    out = _json(capsys, base + ["--profile", same])
+    assert out["all_reduce"]["grad_bytes"] == 4 * n
+    assert out["compute_optimal"]["params"] == pytest.approx(alloc["params"])
+    assert out["rows"][0]["tokens"] == pytest.approx(alloc["tokens"])  # the reference batch spends the budget
