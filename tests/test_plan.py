@@ -491,7 +491,6 @@ def test_compute_with_a_profile_plans_the_profiled_model_or_refuses(tmp_path, ca
     assert len(err.splitlines()) == 1 and "measured a model of 10,000,000 parameters" in err, err
     assert f"{1e21 / 6e7:.3g}" in err  # C / (6 N) tokens for the profiled model
     assert main(base + ["--params", "1e7"]) == 2 and "--params is 1e+07" in capsys.readouterr().err
-    assert main(base + ["--tokens", "1e9"]) == 2 and "--tokens is 1e+09" in capsys.readouterr().err
     assert main(["plan", "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8", "--inference-tokens", "1e12"]) == 2
     assert "'--inference-tokens' option goes with --compute" in capsys.readouterr().err
 

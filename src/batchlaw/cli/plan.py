@@ -158,9 +158,10 @@ def _seq_len(args, profile) -> tuple[int, str]:
 
 
 def _check_allocation(args, chosen: dict, params: float | None, profile) -> None:
-    """``--compute`` allocates N parameters and D tokens: a model size (``--profile``, ``--params``) or a
-    ``--tokens`` given beside it must be the allocation's (within 1%), else the plan would time one model and
-    train another. Refused by name, with the tokens the budget buys for the given model."""
+    """``--compute`` allocates N parameters and D tokens: a model size given beside it (``--profile``,
+    ``--params``) must be the allocation's (within 1%), else the plan would time one model and train
+    another for the other's tokens. Refused by name, with the tokens the budget buys for the given model.
+    (``--tokens`` beside ``--compute`` replaces the allocation's D, as documented.)"""
     law = "the inference-aware allocation" if args.inference_tokens is not None else "the Chinchilla allocation"
     head = (f"The '--compute' option ({args.compute:g} FLOPs) gives, by {law} (Epoch AI 2024 law), "
             f"N = {fmt_num(chosen['params'])} parameters and D = {fmt_num(chosen['tokens'])} tokens")
@@ -171,8 +172,6 @@ def _check_allocation(args, chosen: dict, params: float | None, profile) -> None
                          f"drop --compute and give --tokens (the budget buys {fmt_num(args.compute / (6 * params))} "
                          f"tokens at C = 6 N D), or plan the allocation's model "
                          f"({'profile it' if args.params is None else 'drop --params'}).")
-    if args.tokens is not None and abs(args.tokens - chosen["tokens"]) > 0.01 * chosen["tokens"]:
-        raise ValueError(f"{head}, but --tokens is {args.tokens:g}: give one of them.")
 
 
 def _cmd_plan(args) -> int:
