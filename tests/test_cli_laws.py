@@ -441,3 +441,20 @@ def test_fit_cbs_plain_table_fits_an_unreached_run_as_a_lower_bound_with_a_budge
     (g,) = _json(capsys, argv + ["--budget-col", "budget"])["groups"]
     assert g["lower_bounds"] == [[8.0, 250.0]] and g["left_out"] == [] and "best_lr" not in g["points"][0]
     assert g["b_crit"] == pytest.approx(64.0, rel=1e-3)
+
+
+def test_one_column_for_two_options_is_read_once(tmp_path, capsys):
+    """Found by the fuzz test: a column asked for twice was read twice (each value appended twice), and `fit curve
+    --run-col step` failed with "'steps' has 4 values but 'lr' has 2". The reader reads it once; a run column that
+    is the step, lr or loss column is refused by name."""
+    from batchlaw._csv import read_columns
+
+    path = tmp_path / "r.csv"
+    path.write_text("run,step,lr,loss\na,1,1e-3,\na,2,1e-3,5\na,3,1e-3,4\nb,1,1e-3,\nb,2,1e-3,5.1\nb,3,1e-3,4.1\n")
+    cols = read_columns(path, ["step", "lr", "step"], numeric=["step", "lr"])
+    assert cols["step"] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0] and len(cols["lr"]) == 6
+    for col in ("step", "lr", "loss"):
+        assert main(["fit", "curve", str(path), "--step-col", "step", "--loss-col", "loss", "--lr-col", "lr",
+                     "--run-col", col, "--bootstrap", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"The '--run-col' option names the column '{col}'" in err and len(err.strip().splitlines()) == 1

@@ -352,3 +352,15 @@ def test_resume_refuses_tampered_values(tmp_path, capsys, tamper, msg):
     out.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="is malformed"):
         load_profile(out)
+
+
+def test_a_time_budget_too_short_for_any_size_still_measures_the_first(tmp_path, capsys):
+    """Found by the fuzz test: --time-budget 1e-308 gave exit 0 with an empty profile ("largest micro-batch that
+    fitted: None"). The budget stops new sizes; the first of each curve is always measured."""
+    out = tmp_path / "p.json"
+    assert main(["profile", "--workload", "linreg", "--device", "cpu", "--max-batch", "8", "--repeats", "1",
+                 "--warmup", "0", "--time-budget", "1e-308", "--out", str(out)]) == 0
+    prof = json.loads(out.read_text())
+    assert [r["micro_batch"] for r in prof["train"]] == [1] and prof["max_micro_batch"] == 1
+    assert [r["batch"] for r in prof["forward"]] == [1] and prof["stopped_by"] == "time_budget"
+    assert "largest micro-batch that fitted: 1 (stopped: the time budget ran out)" in capsys.readouterr().out

@@ -604,6 +604,9 @@ def _cmd_fit_curve(args) -> int:
         raise ValueError(f"--predict-at must be a step: a finite number > 0; got {args.predict_at:g}.")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be a number of resamples >= 0 (0: no intervals); got {args.bootstrap}.")
+    if args.run_col and args.run_col in (args.step_col, args.lr_col, args.loss_col):
+        raise ValueError(f"The '--run-col' option names the column {args.run_col!r}, which is also the step, learning-"
+                         "rate or loss column: give the column that names each row's run.")
     if args.predict_run is not None and not args.run_col:
         raise ValueError("--predict-run names a run of --run-col; give --run-col.")
     num = [args.step_col] + ([args.lr_col] if args.lr_col else [])
