@@ -342,7 +342,7 @@ def test_lr_rules():
     assert linear_rule(0.1, 8) == pytest.approx(0.8)
     r = sqrt_rule(1e-3, 4, betas=(0.9, 0.999), eps=1e-8)
     assert r["lr"] == pytest.approx(2e-3) and r["betas"] == pytest.approx((0.6, 0.996)) and r["eps"] == pytest.approx(5e-9)
-    with pytest.raises(ValueError, match="k \\(1 - beta\\) < 1"):
+    with pytest.raises(ValueError, match="which needs k < 1 / \\(1 - beta\\) = 10 for beta = 0.9"):
         sqrt_rule(1e-3, 20, betas=(0.9, 0.999))
     # surge: peaks at B = B_noise, symmetric in log B
     grid = [2**i for i in range(4, 16)]
