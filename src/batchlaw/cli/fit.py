@@ -225,7 +225,7 @@ def _cbs_table(args) -> tuple[dict, dict]:
     cols = list(dict.fromkeys(c for c in (batch_col, steps_col, lr_col, seed_col, status_col, group_col, budget_col,
                                           "sweep" if sweep_budget else None) if c))
     t = read_columns(args.csv, cols, numeric=[batch_col] + ([lr_col] if lr_col else []))
-    rows = []  # (group, batch, steps or None, bound or None, seed, lr)
+    rows = []  # (group, batch, steps or None, bound or None, seed, lr, sweep)
     for i in range(len(t[batch_col])):
         b = t[batch_col][i]
         b = int(b) if float(b).is_integer() else b
