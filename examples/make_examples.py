@@ -130,7 +130,7 @@ def cooldown_runs(rng, total=8000, stable_logged=4000, branch=2000, cooldown=800
 
 #: Columns of the trials.csv a sweep exports (batchlaw.sweep.store.CSV_COLUMNS).
 SWEEP_COLUMNS = ["sweep", "key", "batch_size", "lr", "seed", "status", "steps_to_target", "examples_to_target",
-                 "tokens_to_target", "wall_time_s", "b_simple", "final_loss"]
+                 "tokens_to_target", "wall_time_s", "b_simple", "final_loss", "steps_lower_bound"]
 SWEEP_TRUTH = {"s_min": 2000.0, "b_crit": 256.0}
 
 
@@ -139,7 +139,8 @@ def sweep_trials(rng, s_min=SWEEP_TRUTH["s_min"], b_crit=SWEEP_TRUTH["b_crit"], 
 
     The best learning rate grows as sqrt(B); one a factor 2 off takes 1.3x the steps, 4 off 2.2x;
     runs at 4x the best LR diverge for B >= 512 (empty steps, status 'diverged'); runs longer
-    than ``max_steps`` stop at the budget (empty steps, status 'budget').
+    than ``max_steps`` stop at the budget (empty steps, status 'budget'); both have the budget as
+    ``steps_lower_bound``.
     """
     rows = []
     for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
@@ -151,12 +152,14 @@ def sweep_trials(rng, s_min=SWEEP_TRUTH["s_min"], b_crit=SWEEP_TRUTH["b_crit"], 
                 steps = s_min * (1 + b_crit / b) * slow * math.exp(noise * rng.standard_normal())
                 key = f"{b}-{lr:.3g}-{seed}"
                 if f == 2.0 and b >= 512:
-                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "diverged", "", "", "", "12.0", "", "nan"))
+                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "diverged", "", "", "", "12.0", "", "nan",
+                                 f"{max_steps:.1f}"))
                 elif steps > max_steps:
-                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "budget", "", "", "", "30.0", "", "3.2"))
+                    rows.append(("lm", key, b, f"{lr:.4g}", seed, "budget", "", "", "", "30.0", "", "3.2",
+                                 f"{max_steps:.1f}"))
                 else:
                     rows.append(("lm", key, b, f"{lr:.4g}", seed, "reached", f"{steps:.1f}", f"{steps * b:.0f}", "",
-                                 f"{steps / 1000:.2f}", "", "2.9"))
+                                 f"{steps / 1000:.2f}", "", "2.9", ""))
     return rows
 
 

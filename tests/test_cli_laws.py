@@ -119,17 +119,17 @@ def test_fit_powerlaw_for_cbs_laws(tmp_path, capsys):
 
 def test_fit_cbs_reads_a_sweeps_own_trials_csv(capsys):
     """A sweep's trials.csv has empty steps_to_target for trials that did not reach the target:
-    they are skipped and counted; the best LR per (batch, seed) and the median over seeds are fitted."""
+    they are counted; the best LR per (batch, seed) and the median over seeds are fitted."""
     out = _json(capsys, ["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "300", "--json"])
-    assert out["schema"] == "batchlaw.fit.cbs/1"
+    assert out["schema"] == "batchlaw.fit.cbs/2"
     (g,) = out["groups"]
     assert g["group"] == "lm" and g["n_points"] == 8  # one point per batch size, not one per trial
     text = (EX / "sweep_trials.csv").read_text().splitlines()
-    assert g["rows_ignored"] == sum(",reached," not in r for r in text[1:]) > 0
+    assert g["rows_not_reached"] == sum(",reached," not in r for r in text[1:]) > 0
     assert g["b_crit_ci"][0] <= 256 <= g["b_crit_ci"][1]
     assert all(p["seeds"] == 3 for p in g["points"])
     assert main(["fit", "cbs", str(EX / "sweep_trials.csv"), "--bootstrap", "200"]) == 0
-    assert "ignored" in capsys.readouterr().out
+    assert f"{g['rows_not_reached']} row(s) did not reach the target" in capsys.readouterr().out
 
 
 def test_fit_cbs_rejects_text_in_the_steps_column(tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_fit_cbs_plain_table_keeps_every_row_and_names_an_unreached_group(tmp_pa
     out = _json(capsys, ["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps",
                          "--group-col", "model", "--bootstrap", "200", "--json"])
     a, b = out["groups"]
-    assert a["n_points"] == 12 and a["rows_ignored"] == 0  # no LR column: every row is a point
+    assert a["n_points"] == 12 and a["rows_not_reached"] == 0  # no LR column: every row is a point
     assert "no run reached the target (2 rows did not)" in b["error"] and b["not_reached_batches"] == [16, 32]
 
 
@@ -316,3 +316,145 @@ def test_fit_curve_from_a_later_step(tmp_path, capsys):
     assert main([*base, "--lr-col", "lr"]) == 2
     assert "The learning rate is known from step 3001 on (its first rows are 100 steps apart)" in \
         capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ fit cbs reads a sweep as the sweep does
+_B = [8, 16, 32, 64, 128, 256, 512]
+
+
+def _sweep_trial(batch, seed, lr, steps, budget, diverged=False):
+    """A trial of a sweep whose steps to target are ``steps`` (censored at ``budget``: the last step read)."""
+    reached = steps <= budget and not diverged
+    status = "reached" if reached else "diverged" if diverged else "budget"
+    last = steps if reached else budget // 2 if diverged else budget
+    return {"key": f"{batch}-{lr}-{seed}", "spec": {"batch_size": batch, "seed": seed, "lr": lr, "max_steps": budget,
+                                                    "eval_every": None, "target_on": "heldout"},
+            "status": status, "steps_to_target": float(steps) if reached else None,
+            "examples_to_target": float(steps * batch) if reached else None, "tokens_to_target": None,
+            "eval_interval": max(1, int(steps) // 10), "wall_time_s": 1.0,
+            "curve": [[0, 2.0, None], [last, 1.0 if reached else 1.5, None]],
+            "final_loss": 1.0 if reached else 1.5, "noise": None, "unit": "examples", "tokens_per_example": None}
+
+
+def _censored_store(path, budget, spread):
+    """S(B) = 30 (1 + 64/B) at the best learning rate 0.1 (x1.3 at 0.05, x1.2 at 0.2), seeds x(1 -+ spread);
+    learning rate 0.4 diverges. The budget cuts the slow seeds of the small batch sizes."""
+    from batchlaw.fit import steps_law
+    from batchlaw.sweep import SweepConfig, TrialStore
+
+    config = SweepConfig(workload="nqm", batch_sizes=tuple(_B), target_loss=1.0, max_steps=budget, lr_base=0.1,
+                         name="cens", seeds=(0, 1, 2)).to_dict()
+    with TrialStore(path) as store:
+        store.save_sweep("cens", config)
+        for b in _B:
+            s = float(steps_law(b, 30.0, 64.0))
+            for seed, f in enumerate((1 - spread, 1.0, 1 + spread)):
+                for lr, g in ((0.05, 1.3), (0.1, 1.0), (0.2, 1.2)):
+                    store.add("cens", _sweep_trial(b, seed, lr, round(s * f * g, 2), budget))
+                store.add("cens", _sweep_trial(b, seed, 0.4, 1e9, budget, diverged=True))
+        results, config = store.trials("cens"), store.sweeps()["cens"]
+    return results, config
+
+
+@pytest.mark.parametrize("budget,spread", [(400, 0.1), (290, 0.1), (250, 0.3), (160, 0.1)])
+def test_fit_cbs_on_a_trials_csv_agrees_with_the_sweeps_analysis(tmp_path, capsys, budget, spread):
+    """A store exported with TrialStore.export_csv: `fit cbs` gives the analysis' points (censored seeds as +inf in
+    the median, a censored median a lower bound at the same value, the same best learning rate) and its fit.
+    Before, `fit cbs` dropped the censored seeds: the median of the others, biased low, and no lower bound."""
+    from batchlaw.sweep import TrialStore, analyze_sweep
+
+    results, config = _censored_store(tmp_path / "s.db", budget, spread)
+    a = analyze_sweep("cens", config, results, n_boot=200)
+    with TrialStore(tmp_path / "s.db") as store:
+        store.export_csv(tmp_path / "trials.csv")
+    out = _json(capsys, ["fit", "cbs", str(tmp_path / "trials.csv"), "--bootstrap", "200", "--json"])
+    (g,) = out["groups"]
+    want = [(p["batch_size"], p["steps_to_target"], p["censored"], p["steps_lower_bound"], p["n_seeds"],
+             p["n_censored"], p["best_lr"]) for p in a.points]
+    got = [(p["batch"], p["steps"], p["censored"], p["steps_lower_bound"], p["seeds"], p["n_censored"], p["best_lr"])
+           for p in g["points"]]
+    assert got == want
+    assert any(p["n_censored"] for p in a.points) == (budget < 400)
+    if budget == 290:  # batch 8: seeds at 243, 270 and 297 > 290 steps; dropping the third gave 256.5
+        assert g["points"][0]["steps"] == pytest.approx(270.0)
+    if a.fit is None:
+        assert "error" in g and g["error"] == a.fit_error
+    else:
+        assert (g["b_crit"], g["s_min"], g["b_crit_ci"]) == (a.fit.b_crit, a.fit.s_min, list(a.fit.b_crit_ci))
+        assert g["lower_bounds"] == [list(x) for x in a.fit.lower_bounds]
+        assert g["notes"][:len(a.warnings)] == a.warnings
+
+
+def test_fit_cbs_bounds_a_censored_median_from_an_older_trials_csv_or_says_it_cannot(tmp_path, capsys):
+    """Budget 250, spread 30%: batch 8's median is censored (two seeds of three over the budget).
+    - an older trials.csv (no steps_lower_bound column): the bound is the slowest trial of the sweep that reached
+      the target (<= the budget every trial shared): a lower bound, looser than the budget, said so;
+    - a table of the user's with a learning-rate column and no budget: 'censored, bound unknown', left out of the
+      fit and named; with --budget-col it is a lower bound again."""
+    from batchlaw.sweep import TrialStore
+
+    results, _ = _censored_store(tmp_path / "s.db", 250, 0.3)
+    with TrialStore(tmp_path / "s.db") as store:
+        store.export_csv(tmp_path / "trials.csv")
+    lines = (tmp_path / "trials.csv").read_text().splitlines()
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert lines[0].endswith(",steps_lower_bound") and "steps_lower_bound" not in old.read_text()
+    slowest = max(r["steps_to_target"] for r in results if r["status"] == "reached")
+    (g,) = _json(capsys, ["fit", "cbs", str(old), "--bootstrap", "200", "--json"])["groups"]
+    p8 = g["points"][0]
+    assert p8["censored"] and p8["steps_lower_bound"] == pytest.approx(slowest) and slowest < 250
+    assert g["lower_bounds"] == [[8.0, pytest.approx(slowest)]]
+    assert g["notes"][-1] == "lower bounds from the most steps any trial of the sweep took to reach the target."
+
+    mine = tmp_path / "mine.csv"  # batch, lr, seed, steps (empty: not reached), budget
+    mine.write_text("batch,lr,seed,steps,budget\n" + "".join(
+        f"{r['spec']['batch_size']},{r['spec']['lr']},{r['spec']['seed']},{r['steps_to_target'] or ''},250\n"
+        for r in results))
+    argv = ["fit", "cbs", str(mine), "--batch-col", "batch", "--steps-col", "steps", "--bootstrap", "200"]
+    (g,) = _json(capsys, argv + ["--json"])["groups"]
+    assert g["points"][0]["censored"] and g["points"][0]["steps_lower_bound"] is None and g["left_out"] == [8]
+    assert g["lower_bounds"] == [] and g["n_points"] == len(_B) - 1
+    assert any("batch size(s) 8 censored, bound unknown" in n for n in g["notes"])
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "note: batch 8: 2 of 3 seeds reached the target at no learning rate" in text and "left out of the fit" in text
+    (g,) = _json(capsys, argv + ["--budget-col", "budget", "--json"])["groups"]
+    assert g["lower_bounds"] == [[8.0, 250.0]] and g["left_out"] == []
+    (tmp_path / "bad.csv").write_text(mine.read_text().replace(",,250", ",,-5", 1))
+    assert main(["fit", "cbs", str(tmp_path / "bad.csv"), "--batch-col", "batch", "--steps-col", "steps",
+                 "--budget-col", "budget"]) == 2
+    err = capsys.readouterr().err
+    assert "Column 'budget', line" in err and "'-5' is not a positive, finite number" in err
+
+
+def test_fit_cbs_plain_table_fits_an_unreached_run_as_a_lower_bound_with_a_budget(tmp_path, capsys):
+    """Without a learning-rate column each row is a point; a run that did not reach the target is a lower
+    bound at its budget, or, without one, left out of the fit and named."""
+    rows = "".join(f"{b},{30 * (1 + 64 / b):.2f},400\n" for b in _B[1:])
+    (tmp_path / "t.csv").write_text("batch,steps,budget\n8,,250\n" + rows)
+    argv = ["fit", "cbs", str(tmp_path / "t.csv"), "--batch-col", "batch", "--steps-col", "steps", "--bootstrap",
+            "200", "--json"]
+    (g,) = _json(capsys, argv)["groups"]
+    assert g["left_out"] == [8] and g["rows_not_reached"] == 1 and g["not_reached_batches"] == [8]
+    assert "batch 8: a run did not reach the target and no bound on its steps is known" in g["notes"][0]
+    (g,) = _json(capsys, argv + ["--budget-col", "budget"])["groups"]
+    assert g["lower_bounds"] == [[8.0, 250.0]] and g["left_out"] == [] and "best_lr" not in g["points"][0]
+    assert g["b_crit"] == pytest.approx(64.0, rel=1e-3)
+
+
+def test_one_column_for_two_options_is_read_once(tmp_path, capsys):
+    """Found by the fuzz test: a column asked for twice was read twice (each value appended twice), and `fit curve
+    --run-col step` failed with "'steps' has 4 values but 'lr' has 2". The reader reads it once; a run column that
+    is the step, lr or loss column is refused by name."""
+    from batchlaw._csv import read_columns
+
+    path = tmp_path / "r.csv"
+    path.write_text("run,step,lr,loss\na,1,1e-3,\na,2,1e-3,5\na,3,1e-3,4\nb,1,1e-3,\nb,2,1e-3,5.1\nb,3,1e-3,4.1\n")
+    cols = read_columns(path, ["step", "lr", "step"], numeric=["step", "lr"])
+    assert cols["step"] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0] and len(cols["lr"]) == 6
+    for col in ("step", "lr", "loss"):
+        assert main(["fit", "curve", str(path), "--step-col", "step", "--loss-col", "loss", "--lr-col", "lr",
+                     "--run-col", col, "--bootstrap", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"The '--run-col' option names the column '{col}'" in err and len(err.strip().splitlines()) == 1

@@ -89,3 +89,18 @@ def test_units_scale_the_right_parameters(k, s):
     assert moved.b_crit == pytest.approx(k * base.b_crit, rel=1e-3)
     assert moved.s_min == pytest.approx(s * base.s_min, rel=1e-3)
     assert moved.e_min == pytest.approx(k * s * base.e_min, rel=2e-3)
+
+
+def test_extreme_batches_raise_no_overflow_warning():
+    """Found by the fuzz test: a batch of 1e308 in a CSV, or a reference batch of 1e-308, printed numpy's
+    'RuntimeWarning: overflow encountered' beside the answer. The law's limit is inf, without a warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isinf(steps_law(1e-320, 1.0, 64.0))
+        b = np.array([16.0, 32.0, 64.0, 128.0, 1e308])
+        try:
+            fit_steps_law(b, steps_law(b, 1000.0, 64.0), n_boot=100)
+        except ValueError:  # an InsufficientDataError is an answer here; a RuntimeWarning raised as error is not
+            pass

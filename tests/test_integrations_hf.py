@@ -324,6 +324,9 @@ def test_example_script_runs(tmp_path):
     out = hf_trainer_noise_scale.main(["--steps", "12", "--context", "16", "--out", str(tmp_path)])
     assert out["unit"] == "tokens" and out["b_simple"] > 0
     assert out["last_log"]["gns/b_big"] == 4 * 8 * 15  # K micro-batches of 8 blocks of 16 tokens: 15 predicted
+    # one unit per record (issue 22 item 16): b_small in tokens, and no batch size in sequences beside it
+    assert out["last_log"]["gns/b_small"] == 8 * 15
+    assert not {"gns/micro_batch_size", "gns/global_batch"} & set(out["last_log"])
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"] wrote its file
 
 

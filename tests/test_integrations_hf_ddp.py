@@ -118,7 +118,7 @@ def test_trainer_under_ddp_matches_a_single_process(tmp_path, attach):
     records = ranks[0]["records"]
     assert records == ranks[1]["records"] and len(records) == STEPS
     assert {r["world_size"] for r in records} == {W} and {r["b_big"] for r in records} == {W * K * B}
-    assert ranks[0]["logged"][-1]["gns/global_batch"] == W * K * B
+    assert ranks[0]["logged"][-1]["gns/b_big"] == W * K * B and "gns/global_batch" not in ranks[0]["logged"][-1]
 
     # accelerate deals the sequential batches round-robin: rank r takes batches r, r + W, ...
     wl = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)

@@ -174,3 +174,29 @@ def test_noise_metrics_and_bad_targets():
         log_to(monitor, lambda m, s: None, window=0)
     with pytest.raises(TypeError, match="GradientNoiseMonitor"):
         log_to(object(), lambda m, s: None)
+
+
+def test_every_batch_size_in_a_record_is_in_the_monitors_unit(tmp_path):
+    """With tokens_per_example the monitor's unit is tokens: b_small and b_big are logged in tokens, and the
+    record's micro_batch_size and global_batch (examples) are not logged beside them, in any sink; the unit
+    travels with the numbers (CSV column, TensorBoard text)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = WL.make_model(0)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8, tokens_per_example=16)
+    seen = []
+    writer = SummaryWriter(tmp_path / "tb")
+    noise_log = log_to(monitor, tmp_path / "gns.csv", lambda metrics, step: seen.append(metrics), writer)
+    _run(monitor, model, 12, k=4, b=8, noise_log=noise_log)
+    noise_log.close()
+    writer.close()
+    assert monitor.records[-1]["micro_batch_size"] == 8 and monitor.records[-1]["global_batch"] == 32  # examples
+    batch_keys = {"gns/b_small": 8 * 16, "gns/b_big": 4 * 8 * 16}  # tokens
+    for metrics in seen:
+        assert {k: metrics[k] for k in batch_keys} == batch_keys
+        assert not {"gns/micro_batch_size", "gns/global_batch"} & set(metrics)
+    with (tmp_path / "gns.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "micro_batch_size" not in rows[0] and "global_batch" not in rows[0]
+    assert {(r["unit"], float(r["b_small"]), float(r["b_big"])) for r in rows} == {("tokens", 128.0, 512.0)}
+    assert float(rows[-1]["b_simple"]) == pytest.approx(monitor.estimate().b_simple, rel=1e-9)  # in tokens too

@@ -342,7 +342,7 @@ def test_lr_rules():
     assert linear_rule(0.1, 8) == pytest.approx(0.8)
     r = sqrt_rule(1e-3, 4, betas=(0.9, 0.999), eps=1e-8)
     assert r["lr"] == pytest.approx(2e-3) and r["betas"] == pytest.approx((0.6, 0.996)) and r["eps"] == pytest.approx(5e-9)
-    with pytest.raises(ValueError, match="k \\(1 - beta\\) < 1"):
+    with pytest.raises(ValueError, match="which needs k < 1 / \\(1 - beta\\) = 10 for beta = 0.9"):
         sqrt_rule(1e-3, 20, betas=(0.9, 0.999))
     # surge: peaks at B = B_noise, symmetric in log B
     grid = [2**i for i in range(4, 16)]
@@ -474,3 +474,29 @@ def test_profile_is_not_silently_overridden(tmp_path, capsys, extra, msg):
 def test_throughput_given_twice_is_refused(capsys):
     assert main(_BASE + ["--tokens-per-sec", "5000", "--peak-flops", "1e15", "--params", "1e8"]) == 2
     assert "--tokens-per-sec and --peak-flops each set the throughput" in capsys.readouterr().err
+
+
+def test_compute_with_a_profile_plans_the_profiled_model_or_refuses(tmp_path, capsys):
+    """--compute allocates N and D; a profile measured another model: refused by name (the plan would time one
+    model and train another), with the tokens the budget buys for the profiled model. A profile of the
+    allocation's model plans with the profile's parameter count (issue 22 item 4)."""
+    from batchlaw.fit import EPOCH_2024, compute_optimal
+
+    alloc = compute_optimal(1e21, EPOCH_2024)
+    base = ["plan", "--b-crit", "1000", "--gpus", "8,16", "--micro-batch", "8", "--compute", "1e21",
+            "--link", "eth100", "--json"]
+    other = _profile_json(tmp_path / "other.json", parameters=10_000_000)
+    assert main(base + ["--profile", other]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "measured a model of 10,000,000 parameters" in err, err
+    assert f"{1e21 / 6e7:.3g}" in err  # C / (6 N) tokens for the profiled model
+    assert main(base + ["--params", "1e7"]) == 2 and "--params is 1e+07" in capsys.readouterr().err
+    assert main(["plan", "--b-crit", "1000", "--gpus", "8", "--micro-batch", "8", "--inference-tokens", "1e12"]) == 2
+    assert "'--inference-tokens' option goes with --compute" in capsys.readouterr().err
+
+    n = round(alloc["params"] * 1.005)  # the allocation's model, as profiled: its exact count is used
+    same = _profile_json(tmp_path / "same.json", parameters=n)
+    out = _json(capsys, base + ["--profile", same])
+    assert out["all_reduce"]["grad_bytes"] == 4 * n
+    assert out["compute_optimal"]["params"] == pytest.approx(alloc["params"])
+    assert out["rows"][0]["tokens"] == pytest.approx(alloc["tokens"])  # the reference batch spends the budget

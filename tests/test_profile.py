@@ -32,6 +32,28 @@ BIG = textwrap.dedent("""
 
     def mismatch():
         return torch.nn.Linear(3, 1), lambda b: torch.randn(b, 5)
+
+    def frozen():
+        model = torch.nn.Linear(4, 1).requires_grad_(False)
+        return model, lambda b: torch.randn(b, 4)
+
+    def sparse():
+        return torch.nn.Embedding(10, 4, sparse=True), lambda b: torch.randint(0, 10, (b, 3))
+
+    class NoGrad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.lin(x)
+
+    def no_grad():
+        return NoGrad(), lambda b: torch.randn(b, 4)
+
+    def bad_batch():
+        return torch.nn.Linear(4, 1), lambda b: torch.randn(b, 4) / 0 + None
 """)
 
 
@@ -153,13 +175,30 @@ def test_profile_resumes_from_what_it_stored(tmp_path, capsys):
     ("bigmodel:number", "not a function"),
     ("bigmodel:not_a_pair", "must return (model, make_batch)"),
     ("bigmodel", "must be MODULE:FACTORY"),
-    ("bigmodel:raises", "the factory raised RuntimeError: no weights here"),
-    ("bigmodel:mismatch", "the model failed on make_batch(1): RuntimeError"),
 ])
 def test_user_model_errors_are_one_line(user_module, capsys, spec, msg):
     assert main(["profile", "--model", spec, "--device", "cpu", "--max-batch", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("spec,msg,line", [
+    ("bigmodel:raises", "the factory raised RuntimeError: no weights here", "raise RuntimeError"),
+    ("bigmodel:mismatch", "the model on make_batch(1) raised RuntimeError", "def mismatch"),
+    ("bigmodel:frozen", "the factory returned a model with no trainable parameter", "def frozen"),
+    ("bigmodel:sparse", "get sparse gradients (e.g. nn.Embedding(sparse=True))", "def sparse"),
+    ("bigmodel:no_grad", "returned a loss that does not depend on the model's trainable parameters", "def forward"),
+    ("bigmodel:bad_batch", "make_batch raised TypeError", "lambda b: torch.randn(b, 4) / 0"),
+])
+def test_a_model_batchlaw_cannot_train_is_the_users_error(user_module, capsys, tmp_path, spec, msg, line):
+    """Frozen or sparse parameters, a loss without gradient, a factory or batch that raises: exit 4 with the
+    user's file and line, before any profiling (issue 22 item 10)."""
+    out = tmp_path / "p.json"
+    assert main(["profile", "--model", spec, "--device", "cpu", "--max-batch", "2", "--out", str(out)]) == 4
+    err = capsys.readouterr().err.strip()
+    at = next(i for i, text in enumerate(BIG.splitlines(), 1) if line in text)
+    assert msg in err and f"bigmodel.py:{at})" in err and len(err.splitlines()) == 1, err
+    assert "internal error" not in err and not out.exists()
 
 
 def test_user_model_target(user_module):
@@ -313,3 +352,15 @@ def test_resume_refuses_tampered_values(tmp_path, capsys, tamper, msg):
     out.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="is malformed"):
         load_profile(out)
+
+
+def test_a_time_budget_too_short_for_any_size_still_measures_the_first(tmp_path, capsys):
+    """Found by the fuzz test: --time-budget 1e-308 gave exit 0 with an empty profile ("largest micro-batch that
+    fitted: None"). The budget stops new sizes; the first of each curve is always measured."""
+    out = tmp_path / "p.json"
+    assert main(["profile", "--workload", "linreg", "--device", "cpu", "--max-batch", "8", "--repeats", "1",
+                 "--warmup", "0", "--time-budget", "1e-308", "--out", str(out)]) == 0
+    prof = json.loads(out.read_text())
+    assert [r["micro_batch"] for r in prof["train"]] == [1] and prof["max_micro_batch"] == 1
+    assert [r["batch"] for r in prof["forward"]] == [1] and prof["stopped_by"] == "time_budget"
+    assert "largest micro-batch that fitted: 1 (stopped: the time budget ran out)" in capsys.readouterr().out

@@ -331,3 +331,36 @@ def test_tampered_state_dict_is_refused_by_key_and_leaves_the_schedule_as_it_was
     assert fresh.state_dict() == before
     fresh.load_state_dict(good)
     assert fresh.state_dict() == good
+
+
+# ------------------------------------------------------------------ found by the fuzz test (issue 22 item 17)
+@pytest.mark.parametrize("make,message", [
+    (lambda: FixedRamp(8, lr=0.1), "The 'stages' parameter must be a sequence of (a, b) pairs"),
+    (lambda: FixedRamp([8, 16], lr=0.1), "The 'stages' parameter must be a sequence of (a, b) pairs"),
+    (lambda: FixedRamp([(0, 8, 1)], lr=0.1), "Got (0, 8, 1) in [(0, 8, 1)]"),
+    (lambda: CBSRamp(3.5, 8, 0.1), "The 'points' parameter must be a sequence of (a, b) pairs"),
+    (lambda: CBSRamp([(0, "8")], 8, 0.1), "The 'points cbs' parameter must be a finite number > 0. Got '8'"),
+    (lambda: CBSRamp([(0, None)], 8, 0.1), "The 'points cbs' parameter must be a finite number > 0. Got None"),
+    (lambda: LRSchedule(1e-3, shape="step", milestones=100), "The 'milestones' parameter must be a sequence"),
+    (lambda: Seesaw(8, 1e-3, milestones=100.0, max_batch=64), "The 'milestones' parameter must be a sequence"),
+    (lambda: NoiseScaleRamp(1, 0.1, max_batch=64), "The 'base_batch' parameter (1) cannot be laid out"),
+    (lambda: CBSRamp([(0, 8), (100, 32)], 8, 1e308, max_micro_batch=8), "The learning rate 1e+308 at base_batch=8 "
+     "becomes inf under lr_rule='sqrt' at 32 examples"),
+    (lambda: FixedRamp([(0, 8), (100, 16)], lr=1e308, lr_rule="linear"), "becomes inf under lr_rule='linear'"),
+])
+def test_schedule_arguments_are_refused_by_name(make, message):
+    """Before: TypeError "'int' object is not iterable", a silent float('8'), a layout error that did not name
+    base_batch, and a schedule whose learning rate became inf at the larger batch (lr=inf in the BatchChoice)."""
+    with pytest.raises(ValueError) as err:
+        make()
+    assert message in str(err.value)
+
+
+def test_noise_scale_ramp_refuses_a_monitor_record_that_is_not_a_number():
+    class Monitor:
+        unit = "examples"
+        records = [{"b_simple_ema": "8"}]
+
+    ramp = NoiseScaleRamp(8, 0.1, max_batch=64, min_records=1, cooldown=0)
+    with pytest.raises(ValueError, match="b_simple_ema='8', not a number: pass a GradientNoiseMonitor"):
+        ramp.step(0, Monitor())

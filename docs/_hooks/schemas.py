@@ -219,13 +219,17 @@ SCHEMAS: list[Schema] = [
         check_args=["profile", "allreduce", "--world-sizes", "2", "--sizes-mb", "1,8", "--repeats", "2", "--json"],
     ),
     Schema(
-        "batchlaw.fit.cbs/1", "batchlaw fit cbs CSV ... --json",
-        "Steps-vs-batch fits, one per group of the CSV (a sweep's trials.csv is read as it is).",
-        [("schema", "`batchlaw.fit.cbs/1`"),
-         ("groups", "one object per group: `group`, `n_points`, `rows_ignored` (rows that did not reach the target), "
-                    "`not_reached_batches`, `points` (`batch`, `steps`, `seeds`, `best_lr`), then either the fit "
-                    "(`s_min`, `e_min`, `b_crit`, `cbs` and their `*_ci`, `reference_batch`, `unit`) or `error` (why "
-                    "this group has no fit)")],
+        "batchlaw.fit.cbs/2", "batchlaw fit cbs CSV ... --json",
+        "Steps-vs-batch fits, one per group of the CSV (a sweep's trials.csv is read as it is, as the sweep's "
+        "analysis reads its trials).",
+        [("schema", "`batchlaw.fit.cbs/2` (`/1` had `rows_ignored` and dropped unreached seeds)"),
+         ("groups", "one object per group: `group`, `n_points` (measured points fitted), `rows_not_reached` (rows "
+                    "that did not reach the target), `not_reached_batches` (batch sizes where no row did), "
+                    "`left_out` (batch sizes censored with no known bound, not fitted), `notes`, `points` (`batch`, "
+                    "`steps` (null when censored), `censored`, `steps_lower_bound`, `seeds`, `n_censored`, and "
+                    "`best_lr` with a learning-rate column), then either the fit (`s_min`, `e_min`, `b_crit`, `cbs` "
+                    "and their `*_ci`, `reference_batch`, `unit`, `lower_bounds`: [batch, steps] of each point "
+                    "fitted as a lower bound) or `error` (why this group has no fit)")],
         check_args=["fit", "cbs", "{tmp}/steps.csv", "--batch-col", "batch", "--steps-col", "steps",
                     "--bootstrap", "100", "--json"],
     ),

@@ -64,6 +64,7 @@ def _checked(path: Path, read):
 
 
 def _read(path: Path, columns: list[str], numeric) -> dict[str, list]:
+    columns = list(dict.fromkeys(columns))  # a column asked for twice (one column for two options) is read once
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = _unique(reader.fieldnames or [], path)

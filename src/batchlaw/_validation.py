@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_positive_int", "check_positive_float", "check_probability", "check_choice", "check_positive_values"]
+__all__ = ["check_positive_int", "check_positive_float", "check_probability", "check_choice", "check_positive_values",
+           "check_sequence"]
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -66,3 +67,20 @@ def check_positive_values(name: str, values, *, where: str = ""):
         raise ValueError(f"The '{name}' values must be finite and positive{where}. Got {arr[bad][:5].tolist()} at "
                          f"positions {np.flatnonzero(bad)[:5].tolist()}.")
     return arr
+
+
+def check_sequence(name: str, value: Any, *, pairs: bool = False, example: str = "") -> list:
+    """Return ``value`` as a list if it is a sequence (a list, tuple, array...; not a string or a
+    dict), of ``(a, b)`` pairs when ``pairs``; else raise ValueError naming it (``example``: what
+    a good value looks like, e.g. ``"[(0, 8), (1000, 16)]"``)."""
+    hint = f", e.g. {example}" if example else ""
+    what = "a sequence of (a, b) pairs" if pairs else "a sequence of numbers"
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"The '{name}' parameter must be {what}{hint}. Got {value!r} instead.")
+    items = list(value)
+    if pairs:
+        for item in items:
+            if isinstance(item, (str, bytes, dict)) or not hasattr(item, "__len__") or len(item) != 2:
+                raise ValueError(f"The '{name}' parameter must be {what}{hint}. Got {item!r} in {value!r}.")
+        items = [tuple(item) for item in items]
+    return items

@@ -157,6 +157,23 @@ def _seq_len(args, profile) -> tuple[int, str]:
     return 2048, "the default"
 
 
+def _check_allocation(args, chosen: dict, params: float | None, profile) -> None:
+    """``--compute`` allocates N parameters and D tokens: a model size given beside it (``--profile``,
+    ``--params``) must be the allocation's (within 1%), else the plan would time one model and train
+    another for the other's tokens. Refused by name, with the tokens the budget buys for the given model.
+    (``--tokens`` beside ``--compute`` replaces the allocation's D, as documented.)"""
+    law = "the inference-aware allocation" if args.inference_tokens is not None else "the Chinchilla allocation"
+    head = (f"The '--compute' option ({args.compute:g} FLOPs) gives, by {law} (Epoch AI 2024 law), "
+            f"N = {fmt_num(chosen['params'])} parameters and D = {fmt_num(chosen['tokens'])} tokens")
+    if params is not None and abs(params - chosen["params"]) > 0.01 * chosen["params"]:
+        given = (f"the profile {args.profile!r} measured a model of {profile.parameters:,} parameters"
+                 if args.params is None else f"--params is {args.params:g}")
+        raise ValueError(f"{head}, but {given}: the plan would time one model and train another. For that model "
+                         f"drop --compute and give --tokens (the budget buys {fmt_num(args.compute / (6 * params))} "
+                         f"tokens at C = 6 N D), or plan the allocation's model "
+                         f"({'profile it' if args.params is None else 'drop --params'}).")
+
+
 def _cmd_plan(args) -> int:
     from ..fit import EPOCH_2024, compute_optimal, inference_optimal
     from ..plan import get_link, load_profile, plan_run, throughput_from_flops
@@ -192,16 +209,19 @@ def _cmd_plan(args) -> int:
                          "model you plan.")
 
     alloc = infer = None
-    tokens, params = args.tokens, args.params
+    tokens = args.tokens
+    params = args.params if args.params is not None else (None if profile is None else profile.parameters)
+    if args.inference_tokens is not None and not args.compute:
+        raise ValueError("The '--inference-tokens' option goes with --compute (the inference-aware allocation of a "
+                         "FLOP budget). Add --compute, or drop it.")
     if args.compute:
         alloc = compute_optimal(args.compute, EPOCH_2024)
         if args.inference_tokens is not None:
             infer = inference_optimal(args.compute, args.inference_tokens, EPOCH_2024)
         chosen = infer or alloc
-        tokens = tokens or chosen["tokens"]
-        params = params or chosen["params"]
-    if profile is not None and params is None:
-        params = profile.parameters
+        _check_allocation(args, chosen, params, profile)
+        tokens = chosen["tokens"] if tokens is None else tokens
+        params = chosen["params"] if params is None else params
     b_crit_ci = sweep = None
     if args.b_crit is not None:
         b_crit, b_crit_ci = args.b_crit, args.b_crit_ci

@@ -36,7 +36,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed steps per size, the fastest kept (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per size (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=600.0,
-                   help="seconds after which no new size is started (default: %(default)s)")
+                   help="seconds after which no new size is started; the first size is always measured (default: "
+                   "%(default)s)")
     p.add_argument("--out", default="profile.json", help="JSON written as it goes (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="keep the sizes already measured in --out (same model, device, checkpointing) and run the rest")

@@ -72,7 +72,8 @@ def steps_law(batch_size, s_min: float, b_crit: float):
         >>> float(steps_law(100.0, s_min=1000.0, b_crit=100.0))
         2000.0
     """
-    return s_min * (1.0 + b_crit / np.asarray(batch_size, dtype=np.float64))
+    with np.errstate(over="ignore"):  # B_crit / B beyond the largest float is the law's infinite limit
+        return s_min * (1.0 + b_crit / np.asarray(batch_size, dtype=np.float64))
 
 
 def zhang_cbs(b_crit, reference_batch):
@@ -352,7 +353,7 @@ def fit_steps_law(
                         b0, n, resid_std, (float(b.min()), float(b.max())), unit, confidence, nb, outliers, bounds)
 
     nan2 = (math.nan, math.nan)
-    if b_crit > 10 * b.max() or b_crit < b.min() / 10:
+    if b_crit / 10 > b.max() or b_crit < b.min() / 10:
         where = "above the largest" if b_crit > b.max() else "below the smallest"
         raise InsufficientDataError(
             f"The fitted B_crit = {fmt_num(b_crit)} {unit} lies far {where} batch size measured "

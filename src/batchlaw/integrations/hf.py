@@ -105,7 +105,7 @@ class NoiseScaleCallback(TrainerCallback):
     step's record and the ``B_simple`` estimate over the last ``window`` optimizer steps to that
     log entry: ``gns/b_simple``, ``gns/b_simple_lo``, ``gns/b_simple_hi``, ``gns/b_simple_ema``,
     ``gns/g_sq``, ``gns/trace_sigma`` (and EMAs), ``gns/small_sq``, ``gns/big_sq``,
-    ``gns/b_small``, ``gns/b_big``, ``gns/accumulation``, ``gns/micro_batch_size``
+    ``gns/b_small``, ``gns/b_big`` and ``gns/accumulation``
     (:mod:`batchlaw.integrations.loggers`; non-finite values left out). They land in
     ``trainer.state.log_history`` and, when the callback runs before the ``report_to``
     integrations (:meth:`attach` puts it there), in TensorBoard, W&B and the others.

@@ -99,9 +99,9 @@ class NoiseScaleCallback(Callback):
     them), the latest step's record and the ``B_simple`` estimate over the last ``window``
     optimizer steps: ``gns/b_simple``, ``gns/b_simple_lo``, ``gns/b_simple_hi``,
     ``gns/b_simple_ema``, ``gns/g_sq``, ``gns/trace_sigma`` (their EMAs too), ``gns/small_sq``,
-    ``gns/big_sq``, ``gns/b_small``, ``gns/b_big``, ``gns/accumulation`` and
-    ``gns/micro_batch_size`` (:mod:`batchlaw.integrations.loggers` lists them). Non-finite values
-    are left out. Batch sizes and ``B_simple`` are in :attr:`unit`.
+    ``gns/big_sq``, ``gns/b_small``, ``gns/b_big``, ``gns/accumulation`` and ``gns/world_size``
+    (:mod:`batchlaw.integrations.loggers` lists them). Non-finite values are left out. Batch sizes
+    and ``B_simple`` are all in :attr:`unit`.
 
     Args:
         micro_batch_size: examples per micro-batch on each device; default: the first dimension

@@ -16,17 +16,21 @@ latest step::
             noise_log.log()     # writes the records of the last 50 steps, then the estimate
     noise_log.close()
 
-Metric names (with the default prefix ``"gns/"``); batch sizes and ``B_simple`` are in the
-monitor's unit (examples, or tokens when it was given ``tokens_per_example``):
+Metric names (with the default prefix ``"gns/"``). Every batch size and ``B_simple`` in a record
+is in one unit, the monitor's (examples, or tokens when it was given ``tokens_per_example``),
+which each sink carries beside the numbers (a ``unit`` column in CSV, ``<prefix>unit`` text in
+TensorBoard and in a W&B run's config; the Lightning and Hugging Face callbacks' ``unit``
+attribute). The monitor's records also hold ``micro_batch_size`` and ``global_batch`` in
+examples: they are not logged, being ``b_small`` and ``b_big`` divided by ``tokens_per_example``,
+so a log never shows one batch in two units:
 
 ========================== ===================================================================
 ``gns/small_sq``           mean squared norm of the micro-batch gradients of the step
 ``gns/big_sq``             squared norm of the accumulated gradient of the step
-``gns/b_small``            micro-batch size (``b``)
+``gns/b_small``            micro-batch size (``b``, in the unit)
 ``gns/b_big``              batch of the accumulated gradient (``K b``, times the world size
-                           with data parallelism)
-``gns/accumulation``       micro-batches in the step (``K``)
-``gns/micro_batch_size``   examples per micro-batch
+                           with data parallelism; in the unit)
+``gns/accumulation``       micro-batches in the step per rank (``K``, a count)
 ``gns/skipped``            1 when a norm was inf/NaN (AMP overflow), else 0
 ``gns/g_sq``               per-step unbiased ``|G|^2`` (noisy, may be negative)
 ``gns/trace_sigma``        per-step unbiased ``tr(Sigma)`` (noisy)
@@ -36,8 +40,7 @@ monitor's unit (examples, or tokens when it was given ``tokens_per_example``):
 ``gns/b_simple``           ``B_simple`` over the last ``window`` measured steps (ratio of means)
 ``gns/b_simple_lo``        lower end of its interval (Fieller, ``confidence`` level)
 ``gns/b_simple_hi``        upper end (absent in TensorBoard/W&B when unbounded; ``inf`` in CSV)
-``gns/world_size``         data-parallel ranks (when the monitor records it)
-``gns/global_batch``       examples per optimizer step over all ranks (likewise)
+``gns/world_size``         data-parallel ranks (when the monitor records it; a count)
 ========================== ===================================================================
 
 The three ``b_simple`` estimate keys appear once ``min_steps`` (10) usable steps exist.
@@ -68,10 +71,11 @@ __all__ = [
     "log_to",
 ]
 
-#: Record fields written for every measured step (in this order in a CSV file).
+#: Record fields written for every measured step (in this order in a CSV file); batch sizes in the
+#: monitor's unit only (its ``micro_batch_size`` and ``global_batch``, in examples, are left out).
 RECORD_KEYS = (
-    "small_sq", "big_sq", "b_small", "b_big", "accumulation", "micro_batch_size", "world_size",
-    "global_batch", "skipped", "g_sq", "trace_sigma", "g_sq_ema", "trace_sigma_ema", "b_simple_ema",
+    "small_sq", "big_sq", "b_small", "b_big", "accumulation", "world_size", "skipped", "g_sq", "trace_sigma",
+    "g_sq_ema", "trace_sigma_ema", "b_simple_ema",
 )
 #: Fields of the windowed estimate, written at the step it was computed.
 ESTIMATE_KEYS = ("b_simple", "b_simple_lo", "b_simple_hi")
@@ -103,8 +107,9 @@ def window_estimate(monitor, *, window: int | None = 200, confidence: float = 0.
 def noise_metrics(record: dict | None, estimate=None, *, prefix: str = "gns/") -> dict[str, float]:
     """Flat ``{name: float}`` of one monitor record and (optionally) an estimate.
 
-    Booleans become 0/1; fields a record lacks are left out. Values may be NaN/inf (the caller
-    decides what its logger accepts).
+    Booleans become 0/1; fields a record lacks are left out, and so are fields not in
+    :data:`RECORD_KEYS` (the record's batch sizes in examples: every batch size written is in the
+    monitor's unit). Values may be NaN/inf (the caller decides what its logger accepts).
 
     Args:
         record: one entry of ``GradientNoiseMonitor.records`` (or ``None``).
@@ -116,6 +121,8 @@ def noise_metrics(record: dict | None, estimate=None, *, prefix: str = "gns/") -
         ...        "skipped": False, "g_sq": 1.0}
         >>> noise_metrics(rec)["gns/b_big"], noise_metrics(rec)["gns/skipped"]
         (8.0, 0.0)
+        >>> "gns/micro_batch_size" in noise_metrics({**rec, "micro_batch_size": 1})
+        False
     """
     out: dict[str, float] = {}
     if record is not None:

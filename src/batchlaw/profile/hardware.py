@@ -198,7 +198,8 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
         forward: also profile forward latency (for ``batchlaw plan serve``).
         repeats: timed repetitions per size (fastest reported, and the median).
         warmup: untimed repetitions per size.
-        time_budget_s: stop starting new sizes after this long (the curve so far is returned).
+        time_budget_s: stop starting new sizes after this long (the curve so far is returned); the
+            first size of each curve is measured however short the budget, so a profile is never empty.
         on_row: called with the profile so far after each size (to store it as it goes).
         resume_from: a profile stored earlier (by ``on_row``) of the same model, device, GPU name,
             torch version, CPU threads and checkpointing: its measured sizes are kept and only the
@@ -260,7 +261,7 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
                 break
             out["max_micro_batch"] = b
             continue
-        if time.perf_counter() > deadline:
+        if out["train"] and time.perf_counter() > deadline:  # the first size is measured whatever the budget
             out["stopped_by"] = "time_budget"
             break
         batch = None
@@ -296,7 +297,7 @@ def profile_hardware(target: Target, *, device: str = "cpu", max_batch: int = 10
                 if done_fwd[b]["status"] == "oom":
                     break
                 continue
-            if time.perf_counter() > deadline:
+            if out["forward"] and time.perf_counter() > deadline:
                 break
             batch = None
             try:

@@ -240,8 +240,11 @@ class BatchSchedule:
             raise ValueError(f"The 'max_batch' parameter must be at most 2^53 examples. Got {max_batch!r} instead.")
         self.tokens_per_example = None if tokens_per_example is None else check_positive_int(
             "tokens_per_example", tokens_per_example)
-        layout(self.base_batch, world_size=self.world_size, max_micro_batch=self.max_micro_batch,
-               min_accumulation=self.min_accumulation)  # raises if the base batch cannot be laid out
+        try:
+            layout(self.base_batch, world_size=self.world_size, max_micro_batch=self.max_micro_batch,
+                   min_accumulation=self.min_accumulation)
+        except ValueError as err:
+            raise ValueError(f"The 'base_batch' parameter ({self.base_batch}) cannot be laid out: {err}") from None
         if self.max_batch is not None:
             self._check_reach(self.max_batch, "max_batch")
         self._step = 0
@@ -251,10 +254,18 @@ class BatchSchedule:
         """Refuse a schedule whose batch may reach ``largest`` examples (``what`` says from where)
         when the square-root rule cannot rescale ``adam_betas`` that far: it needs every batch
         below ``base_batch / (1 - beta1)`` (:func:`~batchlaw.schedule.lr_rules.sqrt_rule_limit`),
-        the bound on the ratio to the batch the betas were tuned at, however many changes it takes."""
+        the bound on the ratio to the batch the betas were tuned at, however many changes it takes.
+        Also refuse a learning rate the rule would scale past the largest float at ``largest``."""
+        largest = min(largest, self.max_batch or largest)
+        k = largest / self.base_batch
+        peak = self.lr_schedule.peak_lr
+        top = peak * {"linear": k, "sqrt": math.sqrt(k), "none": 1.0}[self.lr_rule]
+        if not math.isfinite(top):
+            raise ValueError(f"The learning rate {peak:g} at base_batch={self.base_batch} becomes {top:g} under "
+                             f"lr_rule={self.lr_rule!r} at {largest:g} examples ({what}): not a finite number. Give the "
+                             "learning rate training uses at base_batch.")
         if self.lr_rule != "sqrt" or self.adam_betas is None:
             return
-        largest = min(largest, self.max_batch or largest)
         limit = sqrt_rule_limit(self.adam_betas)
         if largest / self.base_batch < limit:
             return

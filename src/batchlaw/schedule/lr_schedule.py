@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .._validation import check_choice, check_positive_float, check_positive_int
+from .._validation import check_choice, check_positive_float, check_positive_int, check_sequence
 
 __all__ = ["LRSchedule"]
 
@@ -69,7 +69,8 @@ class LRSchedule:
         self.decay_fraction = check_positive_float("decay_fraction", decay_fraction)
         if self.decay_fraction > 1:
             raise ValueError(f"The 'decay_fraction' parameter must be in (0, 1]. Got {decay_fraction!r} instead.")
-        self.milestones = tuple(check_positive_float("milestones", m) for m in milestones)
+        self.milestones = tuple(check_positive_float("milestones", m)
+                                for m in check_sequence("milestones", milestones, example="(10000, 20000)"))
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"The 'milestones' parameter must be increasing. Got {milestones!r} instead.")
         self.step_factor = check_positive_float("step_factor", step_factor)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from .._validation import check_choice, check_positive_float, check_positive_int
+from .._validation import check_choice, check_positive_float, check_positive_int, check_sequence
 from .batch import MAX_BATCH, BatchSchedule, is_whole, state_entry
 from .lr_schedule import LRSchedule
 
@@ -61,8 +61,8 @@ class FixedRamp(BatchSchedule):
     """
 
     def __init__(self, stages, **kwargs) -> None:
-        stages = [(float(check_positive_float("stages start", s, allow_zero=True)), check_positive_int("stages batch", b))
-                  for s, b in stages]
+        stages = [(check_positive_float("stages start", s, allow_zero=True), check_positive_int("stages batch", b))
+                  for s, b in check_sequence("stages", stages, pairs=True, example="[(0, 8), (1000, 16)]")]
         if not stages or stages[0][0] != 0:
             raise ValueError(f"The 'stages' parameter must start with a stage at 0. Got {stages!r} instead.")
         if any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
@@ -138,7 +138,10 @@ class NoiseScaleRamp(BatchSchedule):
         if not records:
             return None
         value = records[-1].get("b_simple_ema")
-        if value is None or not math.isfinite(value) or value <= 0:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+            raise ValueError(f"The monitor's last record holds b_simple_ema={value!r}, not a number: pass a "
+                             "GradientNoiseMonitor (its records hold B_simple as a float, or None before it is known).")
+        if value is None or not math.isfinite(value) or value <= 0:  # not known yet, or a skipped step
             return None
         if getattr(monitor, "unit", "examples") == "tokens":
             if not self.tokens_per_example:
@@ -211,8 +214,8 @@ class CBSRamp(BatchSchedule):
 
     def __init__(self, points, base_batch: int, lr, *, factor: float = 1.0, **kwargs) -> None:
         super().__init__(base_batch=base_batch, lr=lr, **kwargs)
-        pts = sorted((check_positive_float("points t", float(t), allow_zero=True), check_positive_float("points cbs", float(c)))
-                     for t, c in points)
+        pts = sorted((check_positive_float("points t", t, allow_zero=True), check_positive_float("points cbs", c))
+                     for t, c in check_sequence("points", points, pairs=True, example="[(0, 64), (10000, 256)]"))
         if not pts:
             raise ValueError("The 'points' parameter must hold at least one (t, cbs) pair.")
         self.points = pts
@@ -281,7 +284,7 @@ class Seesaw(BatchSchedule):
         self.a = check_positive_float("a", a)
         if self.a <= 1:
             raise ValueError(f"The 'a' parameter must be > 1. Got {a!r} instead.")
-        schedule = LRSchedule(peak_lr, warmup=warmup, shape="step", milestones=tuple(milestones), step_factor=self.a,
+        schedule = LRSchedule(peak_lr, warmup=warmup, shape="step", milestones=milestones, step_factor=self.a,
                               tokens_per_example=tokens_per_example)
         super().__init__(base_batch=base_batch, lr=LRSchedule(peak_lr, warmup=warmup,
                                                                tokens_per_example=tokens_per_example),

@@ -33,22 +33,20 @@ from .._format import fmt_count, fmt_num
 from ..errors import InsufficientDataError
 from ..fit import StepsFit, fit_steps_law
 from ..noise.estimators import fieller_interval
+from .trial import trial_lower_bound
 
-__all__ = ["SweepAnalysis", "batch_summary", "censored_median", "analyze_sweep", "pooled_b_simple", "steps_text",
-           "COARSE_INTERVALS"]
+__all__ = ["SweepAnalysis", "batch_summary", "censored_median", "censored_notes", "median_over_seeds",
+           "seed_lower_bound", "trial_lower_bound", "analyze_sweep", "pooled_b_simple", "steps_text", "COARSE_INTERVALS"]
 
 #: a steps-to-target reading under this many evaluation intervals is flagged as coarse.
 COARSE_INTERVALS = 3
 
 
-def _seed_bound(trials: list[dict]) -> float:
-    """A lower bound on the steps of a seed that reached the target at no learning rate: the
-    fewest steps any of its trials read before the budget ended (a diverged trial: its budget)."""
-    out = math.inf
-    for t in trials:
-        read = t["curve"][-1][0] if t["status"] == "budget" and t.get("curve") else None
-        out = min(out, float(read if read is not None else t["spec"]["max_steps"]))
-    return out
+def seed_lower_bound(bounds: list[float | None]) -> float | None:
+    """A lower bound on the steps of a seed that reached the target at no learning rate, from its
+    trials' bounds: the fewest (the seed's steps are those of its best learning rate); ``None`` when
+    any trial's bound is unknown."""
+    return None if any(b is None for b in bounds) else float(min(bounds))
 
 
 def censored_median(values: list[float], censored: list[bool]) -> tuple[float, bool]:
@@ -71,6 +69,38 @@ def censored_median(values: list[float], censored: list[bool]) -> tuple[float, b
     return float(sum(v for _, v in mid) / 2), any(c for c, _ in mid)
 
 
+def median_over_seeds(seeds: list[tuple[float | None, float | None, object]]) -> dict:
+    """One batch size's point from its seeds, by the module docstring's rule.
+
+    Used by the sweep's analysis and by ``batchlaw fit cbs`` on a CSV, so both read the same trials
+    the same way.
+
+    Args:
+        seeds: one ``(steps, bound, best)`` per seed: ``steps`` its fewest steps to target, or
+            ``None`` when it reached the target at no learning rate (censored); ``bound`` then a
+            lower bound on its steps (``None``: unknown); ``best`` what identifies its best trial.
+
+    Returns:
+        ``steps_to_target`` (``None`` when the median is censored), ``censored``,
+        ``steps_lower_bound`` (the censored median's bound; ``None`` when unknown, as a censored
+        seed whose bound is unknown takes part), ``n_seeds``, ``n_censored``, ``picked`` (the
+        ``best`` of the seed the median picks, the upper middle for an even count; when that seed
+        is censored, of the slowest measured seed below it; ``None`` if none) and ``measured``
+        (each measured seed's ``best``, fewest steps first).
+    """
+    per_seed = sorted(((s is None, s if s is not None else (math.inf if b is None else b), best)
+                       for s, b, best in seeds), key=lambda x: (x[0], x[1]))
+    median, censored = censored_median([v for _, v, _ in per_seed], [c for c, _, _ in per_seed])
+    if censored and any(s is None and b is None for s, b, _ in seeds):
+        median = None  # a censored seed of unknown bound takes part: the median has no known bound
+    n = len(per_seed)
+    picked = [best for c, _, best in per_seed[: n // 2 + 1] if not c]
+    return {"steps_to_target": None if censored else median, "censored": censored,
+            "steps_lower_bound": median if censored else None, "n_seeds": n,
+            "n_censored": sum(c for c, _, _ in per_seed), "picked": picked[-1] if picked else None,
+            "measured": [best for c, _, best in per_seed if not c]}
+
+
 def batch_summary(results: list[dict]) -> list[dict]:
     """Best learning rate per batch size, with censored seeds counted as ``+inf`` (module docstring).
 
@@ -89,26 +119,23 @@ def batch_summary(results: list[dict]) -> list[dict]:
     out = []
     for b, seeds in sorted(by_b.items()):
         tried = sorted({t["spec"]["lr"] for ts in seeds.values() for t in ts})
-        per_seed = []  # (censored, steps or bound, best trial or None)
+        per_seed = []  # (steps or None, bound, best trial or None)
         for trials in seeds.values():
             reached = [t for t in trials if t["status"] == "reached"]
             if reached:
                 best = min(reached, key=lambda t: t["steps_to_target"])
-                per_seed.append((False, float(best["steps_to_target"]), best))
+                per_seed.append((float(best["steps_to_target"]), None, best))
             else:
-                per_seed.append((True, _seed_bound(trials), None))
-        per_seed.sort(key=lambda x: (x[0], x[1]))
-        median, censored = censored_median([v for _, v, _ in per_seed], [c for c, _, _ in per_seed])
-        n = len(per_seed)
-        picked = [t for c, _, t in per_seed[: n // 2 + 1] if not c]  # the seeds up to the median's pick
-        best_lr = picked[-1]["spec"]["lr"] if picked else None
+                per_seed.append((None, seed_lower_bound([trial_lower_bound(t) for t in trials]), None))
+        m = median_over_seeds(per_seed)
+        best_lr = m["picked"]["spec"]["lr"] if m["picked"] is not None else None
         out.append({
-            "batch_size": b, "steps_to_target": None if censored else median, "censored": censored,
-            "steps_lower_bound": median if censored else None, "n_seeds": n,
-            "n_censored": sum(c for c, _, _ in per_seed), "best_lr": best_lr, "lrs_tried": tried,
+            "batch_size": b, "steps_to_target": m["steps_to_target"], "censored": m["censored"],
+            "steps_lower_bound": m["steps_lower_bound"], "n_seeds": m["n_seeds"], "n_censored": m["n_censored"],
+            "best_lr": best_lr, "lrs_tried": tried,
             "lr_at_edge": None if best_lr is None else "low" if best_lr == tried[0] else "high" if best_lr == tried[-1]
             else None,
-            "best_trials": [t for c, _, t in per_seed if not c]})
+            "best_trials": m["measured"]})
     return out
 
 
@@ -196,20 +223,27 @@ def _not_reached(config: dict, results: list[dict], missing: list[int]) -> str:
     return f"{where}: raise the target loss (above {target:g}) or the budget (--max-steps, now {budget})."
 
 
-def _censored_notes(points: list[dict]) -> list[str]:
+def censored_notes(points: list[dict]) -> list[str]:
+    """One line per batch size with censored seeds (points as :func:`batch_summary` returns them):
+    counted above the budget in the median, or a median that is only a lower bound (or of no
+    known bound, so left out of the fit)."""
     out = []
     for p in points:
         k, n = p["n_censored"], p["n_seeds"]
         if not k:
             continue
         seeds = f"{k} of {n} seeds" if n > 1 else "the seed"
-        if p["censored"]:
+        if p["censored"] and p["steps_lower_bound"] is None:
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within "
+                       "the budget, so the median over seeds is censored, and no bound on it is known (the budget "
+                       "is not recorded): left out of the fit.")
+        elif p["censored"]:
             out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
                        f"(out of steps or diverged), so the median over seeds is only a lower bound "
                        f"(> {fmt_num(p['steps_lower_bound'])} steps); it enters the fit as a lower bound.")
         else:
-            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the budget "
-                       "(out of steps or diverged); counted as above the budget in the median over seeds.")
+            out.append(f"batch {p['batch_size']}: {seeds} reached the target at no learning rate within the "
+                       "budget (out of steps or diverged); counted as above the budget in the median over seeds.")
     return out
 
 
@@ -277,7 +311,7 @@ def analyze_sweep(name: str, config: dict, results: list[dict], *, reference_bat
     if pooled is not None and pooled["unit"] == "tokens" and tpe:
         pooled = {**pooled, "b_simple_tokens": pooled["b_simple"], "b_simple": pooled["b_simple"] / tpe,
                   "ci": [None if c is None else c / tpe for c in pooled["ci"]], "unit": "examples"}
-    warnings = _censored_notes(points) + _coarse_readings(ok)
+    warnings = censored_notes(points) + _coarse_readings(ok)
     if lagged:
         warnings.append(f"{len(lagged)} train-target trials were read with the lagged training-loss average of "
                         "earlier batchlaw versions (about 10 steps late) and are left out; run the sweep again to "

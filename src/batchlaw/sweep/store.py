@@ -29,6 +29,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .trial import trial_lower_bound
+
 __all__ = ["TrialStore", "StoreError", "CSV_COLUMNS", "SCHEMA_VERSION"]
 
 #: Layout version written in ``PRAGMA user_version``.
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS sweep_trials (
 
 #: Columns of :meth:`TrialStore.export_csv`.
 CSV_COLUMNS = ("sweep", "key", "batch_size", "lr", "seed", "status", "steps_to_target", "examples_to_target",
-               "tokens_to_target", "wall_time_s", "b_simple", "final_loss")
+               "tokens_to_target", "wall_time_s", "b_simple", "final_loss", "steps_lower_bound")
 
 _STATUSES = ("reached", "budget", "diverged")
 # spec fields that must agree for a trial to belong to a sweep (besides batch size, seed and lr)
@@ -375,6 +377,10 @@ class TrialStore:
     def export_csv(self, path: str | Path, sweep: str | None = None) -> int:
         """Write one row per trial and sweep with :data:`CSV_COLUMNS`; returns the number of rows.
 
+        ``steps_lower_bound`` is empty for a trial that reached the target, else a lower bound on
+        its steps (:func:`~batchlaw.sweep.trial.trial_lower_bound`), so that ``batchlaw fit cbs``
+        reads censored seeds from the file as the sweep's analysis does.
+
         A trial shared by two sweeps has one row for each (``sweep=None``: every sweep).
         """
         names = [sweep] if sweep is not None else list(self.sweeps())
@@ -386,7 +392,8 @@ class TrialStore:
                 s = r["spec"]
                 w.writerow([r["sweep"], r["key"], s["batch_size"], s["lr"], s["seed"], r["status"],
                             r["steps_to_target"], r["examples_to_target"], r["tokens_to_target"],
-                            r["wall_time_s"], (r.get("noise") or {}).get("b_simple"), r["final_loss"]])
+                            r["wall_time_s"], (r.get("noise") or {}).get("b_simple"), r["final_loss"],
+                            trial_lower_bound(r)])
         return len(rows)
 
 

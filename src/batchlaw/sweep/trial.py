@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 from .._crossing import crossing_step
 
-__all__ = ["TrialSpec", "run_trial", "TRAIN_WINDOW"]
+__all__ = ["TrialSpec", "run_trial", "trial_lower_bound", "TRAIN_WINDOW"]
 
 #: half-width of the centred window of the ``target_on="train"`` reading, as a fraction of its step.
 TRAIN_WINDOW = 0.2
@@ -272,3 +272,13 @@ def run_trial(spec: TrialSpec | dict, threads: int | None = 1) -> dict:
         "unit": "tokens" if tpe else "examples",
         "tokens_per_example": tpe,
     }
+
+
+def trial_lower_bound(t: dict) -> float | None:
+    """A lower bound on the steps to target of a trial that did not reach it (``None`` when it did):
+    the last step it read within the budget (a diverged trial: the budget). What a sweep's
+    ``trials.csv`` stores in its ``steps_lower_bound`` column."""
+    if t["status"] == "reached":
+        return None
+    read = t["curve"][-1][0] if t["status"] == "budget" and t.get("curve") else None
+    return float(read if read is not None else t["spec"]["max_steps"])

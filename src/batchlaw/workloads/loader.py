@@ -13,13 +13,14 @@ import importlib
 import io
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .._usercode import definition, user_code_error, user_location
 from ..errors import UserCodeError
 from .base import Workload
 
-__all__ = ["WorkloadImportError", "check_workload", "resolve_workload", "workload_ref", "workload_spec"]
+__all__ = ["Hook", "WorkloadImportError", "check_training_step", "check_workload", "resolve_workload", "workload_ref", "workload_spec"]
 
 
 class WorkloadImportError(ValueError):
@@ -262,17 +263,97 @@ def resolve_workload(workload: str | type[Workload] | Workload, kwargs: dict | N
         raise user_code_error(f"The constructor of workload {ref!r}", err, definition(cls.__init__)) from err
 
 
+class Hook(NamedTuple):
+    """A piece of the user's code that :func:`check_training_step` runs.
+
+    Attributes:
+        label: how messages name it, e.g. ``"The workload mod:W.loss()"``; a problem is appended.
+        fn: the callable.
+        where: ``"file.py:LINE"`` to blame when the error's traceback has no frame of the user's
+            (its definition), or ``None``.
+    """
+
+    label: str
+    fn: Callable[..., Any]
+    where: str | None
+
+
+def check_training_step(make_model: Hook, sample_batch: Hook, loss: Hook, make_optimizer: Hook | None = None, *,
+                        batch_size: int = 2) -> None:
+    """Run one training step of the user's code on a tiny batch and check what each piece returns.
+
+    The contract a model must meet for batchlaw to train, profile or measure it:
+    ``make_model.fn()`` returns a ``torch.nn.Module`` with trainable parameters;
+    ``sample_batch.fn(batch_size)`` and ``loss.fn(model, batch)`` run, and the loss is a
+    one-element floating tensor that depends on the parameters; backpropagating it gives dense
+    gradients (the noise monitor takes their norms, and AdamW refuses sparse ones);
+    ``make_optimizer.fn(model)``, when given, returns an object with ``param_groups``. The
+    global random state is left as it was, and the model's gradients are cleared afterwards.
+
+    Args:
+        make_model: returns the model (called with no argument).
+        sample_batch: returns a batch of ``batch_size`` examples.
+        loss: ``loss(model, batch)``.
+        make_optimizer: ``make_optimizer(model)``, or ``None`` when the optimizer is batchlaw's.
+        batch_size: examples in the test batch.
+
+    Raises:
+        UserCodeError: a piece raised, or returned something the contract does not allow; with
+            the user's file and line (the innermost frame of the user's, else ``hook.where``).
+    """
+    import torch
+
+    def call(hook: Hook, *args):
+        try:
+            return hook.fn(*args)
+        except (Exception, SystemExit) as err:
+            raise user_code_error(hook.label, err, hook.where) from err
+
+    def refuse(hook: Hook, problem: str) -> UserCodeError:
+        return UserCodeError(f"{hook.label} {problem}", hook.where)
+
+    with torch.random.fork_rng(devices=[]):
+        model = call(make_model)
+        if not isinstance(model, torch.nn.Module):
+            raise refuse(make_model, f"returned {_what(model)}, not a torch.nn.Module: return the model.")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise refuse(make_model, "returned a model with no trainable parameter (every parameter has "
+                         "requires_grad=False, or there are none): there is no gradient to train or measure.")
+        batch = call(sample_batch, batch_size)
+        value = call(loss, model, batch)
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+            shape = (f"a tensor of shape {tuple(value.shape)} ({value.dtype})" if isinstance(value, torch.Tensor)
+                     else _what(value))
+            raise refuse(loss, f"returned {shape}, not a scalar: return the mean loss over the batch as a 0-d "
+                         "floating tensor (e.g. losses.mean()).")
+        if not value.requires_grad:
+            raise refuse(loss, "returned a loss that does not depend on the model's trainable parameters "
+                         "(requires_grad=False): compute it from model(batch), outside torch.no_grad().")
+        try:
+            value.backward()
+        except Exception as err:
+            raise user_code_error(f"{loss.label}: backpropagating its loss", err, loss.where) from err
+        sparse = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
+        model.zero_grad(set_to_none=True)
+        if sparse:
+            raise refuse(make_model, f"returned a model whose parameters {sparse} get sparse gradients (e.g. "
+                         "nn.Embedding(sparse=True)): batchlaw measures gradient norms and needs dense gradients; "
+                         "build those layers with sparse=False.")
+        if make_optimizer is not None:
+            opt = call(make_optimizer, model)
+            if not hasattr(opt, "param_groups"):
+                raise refuse(make_optimizer, f"returned {_what(opt)}, not an optimizer (no param_groups).")
+
+
 def check_workload(workload: Workload, *, batch_size: int = 2) -> None:
     """Run each hook of ``workload`` once on a tiny batch and check what it returns.
 
     Done by every command that trains a workload given by reference, before any work, so a
     workload that breaks the contract of :class:`~batchlaw.workloads.Workload` fails at once
-    with its file and line, not hours in (or as a confusing error inside batchlaw). Checks:
-    :meth:`~Workload.make_model` returns a ``torch.nn.Module`` with trainable parameters;
-    :meth:`~Workload.sample_batch` and :meth:`~Workload.loss` run, and the loss is a
-    one-element floating tensor that depends on the parameters; backpropagating it gives dense
-    gradients (the noise monitor takes their norms); :meth:`~Workload.make_optimizer` returns
-    an object with ``param_groups``. The global random state is left as it was.
+    with its file and line, not hours in (or as a confusing error inside batchlaw). The checks
+    are :func:`check_training_step`'s, on :meth:`~Workload.make_model` (seed 0),
+    :meth:`~Workload.sample_batch`, :meth:`~Workload.loss` and :meth:`~Workload.make_optimizer`
+    (at the workload's ``default_lr``).
 
     Args:
         workload: the workload instance.
@@ -287,44 +368,15 @@ def check_workload(workload: Workload, *, batch_size: int = 2) -> None:
     cls = type(workload)
     label = f"The workload {cls.__module__}:{cls.__qualname__}"
 
-    def call(hook: str, *args):
-        fn = getattr(workload, hook)
-        try:
-            return fn(*args)
-        except (Exception, SystemExit) as err:
-            raise user_code_error(f"{label}.{hook}()", err, definition(fn)) from err
+    def hook(name: str, fn: Callable[..., Any]) -> Hook:
+        return Hook(f"{label}.{name}()", fn, definition(getattr(workload, name)))
 
-    def refuse(hook: str, problem: str) -> UserCodeError:
-        return UserCodeError(f"{label}.{hook}() {problem}", definition(getattr(workload, hook)))
-
-    with torch.random.fork_rng(devices=[]):
-        model = call("make_model", 0)
-        if not isinstance(model, torch.nn.Module):
-            raise refuse("make_model", f"returned {_what(model)}, not a torch.nn.Module: return the model.")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise refuse("make_model", "returned a model with no trainable parameter (every parameter has "
-                         "requires_grad=False, or there are none): there is no gradient to train or measure.")
-        batch = call("sample_batch", batch_size, torch.Generator().manual_seed(0))
-        loss = call("loss", model, batch)
-        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
-            shape = f"a tensor of shape {tuple(loss.shape)} ({loss.dtype})" if isinstance(loss, torch.Tensor) else _what(loss)
-            raise refuse("loss", f"returned {shape}, not a scalar: return the mean loss over the batch as a 0-d "
-                         "floating tensor (e.g. losses.mean()).")
-        if not loss.requires_grad:
-            raise refuse("loss", "returned a loss that does not depend on the model's trainable parameters "
-                         "(requires_grad=False): compute it from model(batch), outside torch.no_grad().")
-        try:
-            loss.backward()
-        except Exception as err:
-            raise user_code_error(f"Backpropagating the loss of {label}", err, definition(workload.loss)) from err
-        sparse = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
-        if sparse:
-            raise refuse("make_model", f"returned a model whose parameters {sparse} get sparse gradients (e.g. "
-                         "nn.Embedding(sparse=True)): batchlaw measures gradient norms and needs dense gradients; "
-                         "build those layers with sparse=False.")
-        opt = call("make_optimizer", model, workload.default_lr)
-        if not hasattr(opt, "param_groups"):
-            raise refuse("make_optimizer", f"returned {_what(opt)}, not an optimizer (no param_groups).")
+    check_training_step(
+        hook("make_model", lambda: workload.make_model(0)),
+        hook("sample_batch", lambda b: workload.sample_batch(b, torch.Generator().manual_seed(0))),
+        hook("loss", workload.loss),
+        hook("make_optimizer", lambda model: workload.make_optimizer(model, workload.default_lr)),
+        batch_size=batch_size)
 
 
 def _one_line(err: BaseException) -> str:
