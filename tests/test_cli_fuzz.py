@@ -54,9 +54,8 @@ def _assert_clean(code: int, err: str, argv: list[str]) -> None:
 # Issue 22 item 17: every command either refuses in one line, or answers with finite quantities, none
 # negative. Keys whose values may be negative by meaning (a relative error, a loss read from the user's file,
 # an exponent) are named here; every other number in a --json answer must be finite and >= 0.
-# The bootstrap interval of a fitted parameter (a fit's "ci") is checked for finiteness only: fit/engine.py's
-# widened_interval widens a lower end below 0 for a parameter >= 0 whose bootstrap quantile sits at 0, see
-# test_fit_intervals_of_non_negative_parameters_stay_non_negative below (xfail until the engine is fixed).
+# The bootstrap interval of a fitted parameter (a fit's "ci") follows its parameter: an exponent's ("exp_*") may be
+# negative, every other one must not (see test_fit_intervals_of_non_negative_parameters_stay_non_negative).
 SIGNED = {"rel_error", "median_abs_rel_error", "max_abs_rel_error", "lr_scaling", "exp", "exponent", "r2_log", "r2",
           "seed", "seeds", "trunk_seed"}  # seeds are labels, and may be negative
 
@@ -89,6 +88,12 @@ def _numbers(obj, key=None):
         yield key, obj
 
 
+def _signed_ci(key: str, signed) -> bool:
+    """``ci.<name>`` of a parameter that may be negative: an exponent, or a quantity signed by meaning."""
+    name = key[3:] if key.startswith("ci.") else None
+    return name is not None and (name.startswith("exp_") or name in signed)
+
+
 def _assert_answer(code: int, out: str, err: str, argv: list[str], signed=SIGNED) -> dict | None:
     """A clean end (see _assert_clean); with exit 0 and --json, every number finite and, unless its key is in
     ``signed``, >= 0. Returns the parsed answer."""
@@ -98,7 +103,7 @@ def _assert_answer(code: int, out: str, err: str, argv: list[str], signed=SIGNED
         return None
     data = json.loads(out, parse_constant=float)  # NaN / Infinity parse, to be caught below
     bad = [(k, v) for k, v in _numbers(data)
-           if not math.isfinite(v) or (v < 0 and k not in signed and not str(k).startswith("ci."))]
+           if not math.isfinite(v) or (v < 0 and k not in signed and not _signed_ci(str(k), signed))]
     assert not bad, (argv, bad)
     return data
 
@@ -815,9 +820,6 @@ def test_load_state_dict_refuses_by_name_or_continues_sanely(name):
     check()
 
 
-@pytest.mark.xfail(strict=True, reason="fit/engine.py widened_interval: a lower end below 0 for a parameter that is "
-                   ">= 0 by construction, when its bootstrap quantile sits at 0 (found by the fuzz test; engine.py is "
-                   "outside this change)")
 @pytest.mark.parametrize("command,csv_text,cols,param", [
     ("curve", "step,loss\n1,7.0\n2,6.06126\n7,4.61464\n8,4.67943\n9,4.58641\n",
      ["--step-col", "step", "--loss-col", "loss"], "b"),

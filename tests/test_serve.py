@@ -478,3 +478,10 @@ def test_with_jitter_a_simulation_still_stops_exactly_when_its_quantile_must_exc
             except _Stop:
                 stopped = True
             assert stopped == (order > t), (q, t, order)
+
+
+def test_arrival_times_whose_differences_overflow_are_refused_by_name():
+    """A trace at +-1e308 s (the fuzz test's find) overflowed numpy's differences and printed warnings."""
+    curve = LatencyCurve([1, 8], [0.01, 0.02])
+    with pytest.raises(ValueError, match="'arrivals' parameter must hold times within 1e12 s"):
+        recommend_serving([1e308, -1e308, 0.03], curve, SLO(p99_s=0.1))

@@ -104,11 +104,17 @@ def widened_interval(boot, point: float, confidence: float, dof: int) -> tuple[f
     wider than a normal one."""
     a = 1.0 - confidence
     widen = stats.t.ppf(1 - a / 2, max(dof, 1)) / stats.norm.ppf(1 - a / 2)
+    boot = np.asarray(boot, dtype=np.float64)
     lo_q, hi_q = np.quantile(boot, [a / 2, 1 - a / 2])
     if point > 0 and lo_q > 0:
         lp = math.log(point)
         return math.exp(lp - widen * (lp - math.log(lo_q))), math.exp(lp + widen * (math.log(hi_q) - lp))
-    return point - widen * (point - lo_q), point + widen * (hi_q - point)
+    lo = point - widen * (point - lo_q)
+    if lo_q == 0 and point >= 0 and boot.min() >= 0:
+        # resamples sitting exactly at 0 meet a constraint (a law's E = exp(e) -> 0, an exponent bounded at 0):
+        # the quantity cannot be negative, so neither can its interval
+        lo = 0.0
+    return lo, point + widen * (hi_q - point)
 
 
 def _objective(flat, law, X, logy, W, delta, m, p):

@@ -143,6 +143,9 @@ def _as_arrivals(arrivals) -> np.ndarray:
         raise ValueError("The 'arrivals' parameter must be a non-empty 1-D sequence of times in seconds.")
     if not np.all(np.isfinite(arr)):
         raise ValueError("The 'arrivals' parameter must hold finite times in seconds.")
+    if float(np.abs(arr).max()) > 1e12:  # 30,000 years: beyond this the times' differences lose their precision
+        raise ValueError(f"The 'arrivals' parameter must hold times within 1e12 s of 0. Got {float(np.abs(arr).max()):g} s: "
+                         "give the times in seconds from the start of the trace.")
     if np.any(np.diff(arr) < 0):
         arr = np.sort(arr)
     return arr
