@@ -95,11 +95,14 @@ SCHEMAS: list[Schema] = [
     ),
     Schema(
         "batchlaw.demo/2", "batchlaw demo --json",
-        "The whole demo: a measurement, a known-answer check and a sweep.",
+        "The whole demo: a measurement, a known-answer check, a sweep and the batch controller against every "
+        "constant batch.",
         [("schema", "`\"batchlaw.demo/2\"`"),
          ("measure", "a `batchlaw.measure/1` body (without `schema`) for the bytemlp workload"),
          ("check", "the known-answer check on linreg: `workload`, `analytic_b_simple`, `estimate` (as in measure)"),
          ("sweep", "a `batchlaw.sweep/1` body (without `schema`)"),
+         ("compare", "a `batchlaw.schedule_compare/2` document: the controller and the constant batches 8 to 256 on "
+                     "the noisy quadratic model"),
          ("report", "path of the written `report.html`")],
         # The demo takes about a minute: its keys are checked statically against the dict the code builds.
     ),
