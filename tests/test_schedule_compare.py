@@ -222,7 +222,9 @@ def test_nqm_loss_at_the_common_budget(nqm_doc):
     assert b["examples"] == pytest.approx(min(firsts))
     first = next(r for g in (nqm_doc["schedules"].values(), nqm_doc["frontier"]["points"]) for s in g
                  for r in s["runs"] if r["examples"] == b["examples"])
-    assert loss_at(first["curve"], b["examples"]) == pytest.approx(0.05, abs=1e-9)  # the first run is at the target
+    # the first run is at the target: its crossing follows the curve's local power law (batchlaw._crossing), which
+    # a straight line between the evaluations reads a little above the target
+    assert 0.05 - 1e-12 <= loss_at(first["curve"], b["examples"]) == pytest.approx(0.05, rel=0.01)
     small = nqm_doc["schedules"]["constant_small"]
     # the best constant batch's loss is the reference: its penalty is >= 0 by definition, 0 where it is best
     assert all(v >= -1e-12 for v in small["loss_penalty"]["values"])
