@@ -1,236 +1,165 @@
-"""The batch controller against the constant-batch frontier, on the built-in workloads (CPU).
+"""The batch controller against the constant-batch frontier, one workload at a time (CPU), through
+``batchlaw schedule compare``'s own loop and analysis.
 
-For each workload: constant batches ``small * 2^j`` (same LR rule, same data stream per seed)
-train to the target and give the frontier ``S(E)`` (mean steps and examples over seeds, the
-Pareto-efficient points, log-log interpolation); then the controller trains from the same
-initialisations. Its Pareto gain is ``1 - S / S_frontier(1.1 E)`` with ``E`` the trunk's examples
-*plus the branches'*, per seed against the mean frontier, with a Student-t 95% interval over
-seeds. Also printed: branch examples as a share of the run, and the held-out loss of each run at
-the smallest examples budget all runs reached (the fixed-budget comparison).
+The frontier (constant batches ``small * 2^j`` to the target, same LR rule and cap, same data
+stream per seed) is trained once by :func:`~batchlaw.schedule.compare.compare_schedules` and cached;
+the controller (the ``controller`` entry of the comparison, with ``--set`` overriding its settings)
+then trains from the same initialisations with :func:`~batchlaw.schedule.compare.train_to_target`,
+and :func:`~batchlaw.schedule.compare_analysis.analyse_comparison` judges it as the comparison does:
+Pareto gain ``1 - S / S_frontier(1.1 E)`` per seed against that seed's frontier, with ``S`` and ``E``
+the trunk's steps and examples **plus the branches'**, a Student-t 95% interval over seeds; the
+branches' share; the held-out loss at the common budget minus the best constant batch's.
 
 Usage::
 
-    PYTHONPATH=src python bench/controller_bench.py nqm [--seeds 0,1,2] [--set margin=0.1 ...] [--no-branch]
+    PYTHONPATH=src python bench/controller_bench.py nqm [--seeds 0,1,2] [--set margin=0.1 ...] [--json out.json]
     PYTHONPATH=src python bench/controller_bench.py bytemlp
     PYTHONPATH=src python bench/controller_bench.py bytegpt
+    PYTHONPATH=src python bench/controller_bench.py nqm --budget 13600   # every run trained to a fixed budget
 
-Frontier runs are cached in ``bench/.controller_frontier_<workload>.json`` (delete to rerun).
+Frontier runs are cached in ``bench/.controller_frontier_<workload>_<seeds>.json`` (delete to rerun).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from batchlaw.schedule import BatchController, ConstantBatch
-from batchlaw.schedule.controller_run import train_with_controller
+from batchlaw.schedule import ConstantBatch, LRSchedule
+from batchlaw.schedule.compare import CompareConfig, compare_schedules, train_to_target
+from batchlaw.schedule.compare_analysis import analyse_comparison
+from batchlaw.schedule.compare_registry import CompareContext, controller_factory
+from batchlaw.schedule.frontier import mean_interval
 from batchlaw.workloads import get_workload
 
-#: The settings of ``bench/schedule_compare.sh`` (the frontier yardstick of ``batchlaw schedule compare``).
+#: The settings of ``bench/schedule_compare.sh``.
 WORKLOADS = {
-    "nqm": dict(kwargs={"dim": 100, "c_exponent": 0.5}, target=0.05, small=8, large=1024, lr=0.066, rule="linear",
-                max_lr=1.5, eval_every=8, max_examples=100_000),
-    "bytemlp": dict(kwargs={}, target=2.1, small=8, large=512, lr=2e-3, rule="sqrt", max_lr=None, eval_every=1024,
+    "nqm": dict(workload="nqm", workload_kwargs={"dim": 100, "c_exponent": 0.5}, target_loss=0.05, small_batch=8,
+                large_batch=1024, lr=0.066, lr_rule="linear", eval_every=8, max_examples=100_000),
+    "bytemlp": dict(workload="bytemlp", target_loss=2.1, small_batch=8, large_batch=512, lr=2e-3, eval_every=1024,
                     max_examples=400_000),
-    "bytegpt": dict(kwargs={"size": "tiny"}, target=2.3, small=4, large=32, lr=2e-3, rule="sqrt", max_lr=None,
-                    eval_every=256, max_examples=60_000),
+    "bytegpt": dict(workload="bytegpt", workload_kwargs={"size": "tiny"}, target_loss=2.3, small_batch=4,
+                    large_batch=32, lr=2e-3, eval_every=256, max_examples=60_000),
 }
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def frontier_points(runs_by_batch: dict) -> list[tuple[float, float, int]]:
-    """Mean (examples, steps) per constant batch over seeds that reached; the Pareto-efficient ones."""
-    pts = []
-    for b, runs in runs_by_batch.items():
-        ok = [r for r in runs if r["steps"] is not None]
-        if len(ok) == len(runs):
-            pts.append((statistics.mean(r["examples"] for r in ok), statistics.mean(r["steps"] for r in ok), int(b)))
-    pts.sort()
-    front, best = [], math.inf
-    for e, s, b in pts:
-        if s < best:
-            front.append((e, s, b))
-            best = s
-    return front
+def frontier(name: str, seeds: list[int]) -> dict:
+    """The comparison of the constant batches alone (cached): its config, LR cap and frontier runs."""
+    cache = Path(__file__).with_name(f".controller_frontier_{name}_{'-'.join(map(str, seeds))}.json")
+    if cache.exists():
+        return json.loads(cache.read_text())
+    cfg = CompareConfig(**WORKLOADS[name], seeds=tuple(seeds), schedules=("constant_small",))
+    t0 = time.perf_counter()
+    doc = compare_schedules(cfg, progress=True)
+    print(f"frontier trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    cache.write_text(json.dumps(doc))
+    return doc
 
 
-def steps_at(front, examples: float) -> tuple[float, str | None]:
-    """``S_frontier(E)``, log-log between points; a bound beyond the ends."""
-    if examples <= front[0][0]:
-        return front[0][1], "lower"
-    if examples >= front[-1][0]:
-        return front[-1][1], "upper"
-    for (e0, s0, _), (e1, s1, _) in zip(front, front[1:]):
-        if e0 <= examples <= e1:
-            f = math.log(examples / e0) / math.log(e1 / e0)
-            return math.exp(math.log(s0) + f * math.log(s1 / s0)), None
-    raise AssertionError
+def context(name: str, doc: dict, seeds: list[int]) -> CompareContext:
+    """The comparison's context, as ``compare_schedules`` builds it for its schedules."""
+    c = doc["config"]
+    cfg = CompareConfig(**WORKLOADS[name], seeds=tuple(seeds))
+    ref = next(r for r in doc["frontier"]["points"][0]["runs"] if r["seed"] == seeds[0])
+    return CompareContext(cfg=cfg, workload=get_workload(cfg.workload, **cfg.workload_kwargs), lr=c["lr"],
+                          lr_rule=c["lr_rule"], lr_cap=doc["lr_cap"]["lr"],
+                          reference_examples=ref["examples"] or cfg.max_examples)
 
 
-def interval(values):
-    n = len(values)
-    m = statistics.mean(values)
-    if n < 2:
-        return m, (math.nan, math.nan)
-    h = T95.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
-    return m, (m - h, m + h)
+def race(name: str, seeds: list[int], settings: dict) -> dict:
+    doc = frontier(name, seeds)
+    ctx = context(name, doc, seeds)
+    cfg, wl = ctx.cfg, ctx.workload
+    builder = controller_factory(ctx, **settings)
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        r = {"seed": seed, **train_to_target(wl, builder(), seed=seed, target_loss=cfg.target_loss,
+                                             max_examples=cfg.max_examples, eval_every=cfg.eval_every,
+                                             monitor_micro=True, max_lr=ctx.lr_cap)}
+        runs.append(r)
+        b = r["branch"]
+        print(f"  seed {seed}: {r['status']}, steps {r['steps']} (trunk {r['trunk_steps']}), examples {r['examples']} "
+              f"(branches {b['examples']}, {b['steps']} steps), batches {[(s, x) for s, _, x in r['batches']]} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    front = {p["batch"]: p["runs"] for p in doc["frontier"]["points"]}
+    a = analyse_comparison(grid=doc["config"]["frontier_batches"], frontier_runs=front, schedule_runs={"controller": runs},
+                           constant={"constant_small": cfg.small_batch}, seeds=seeds, allowance=cfg.allowance,
+                           tokens_per_example=wl.tokens_per_example)
+    s = a["schedules"]["controller"]
+    g, pen = s["pareto_gain"], s["loss_penalty"]
+    print("frontier (batch, median examples, median steps):",
+          [(p["batch"], round(p["median_examples"] or -1), round(p["median_steps"] or -1, 1))
+           for p in doc["frontier"]["points"]])
+    print(f"Pareto gain {_iv(g)}{' (' + g['bound'] + ' bound)' if g['bound'] else ''}, per seed "
+          f"{[None if v is None else round(v, 3) for v in g['values']]}; branch share {_iv(s['branch_share'])}; "
+          f"loss at {a['budget']['examples']:.0f} examples minus the best constant batch's: {_iv(pen)}")
+    return {"workload": name, "settings": settings, "seeds": seeds, "lr_cap": doc["lr_cap"]["lr"],
+            "frontier": [[p["batch"], p["median_examples"], p["median_steps"]] for p in doc["frontier"]["points"]],
+            "controller": s, "budget": a["budget"]}
 
 
-def loss_at(curve, examples: float) -> float:
-    """Held-out loss at ``examples`` on a run's curve ``[[steps, examples, s, loss], ...]`` (linear)."""
-    for (s0, e0, _, l0), (s1, e1, _, l1) in zip(curve, curve[1:]):
-        if e0 <= examples <= e1:
-            return l0 + (examples - e0) / (e1 - e0) * (l1 - l0) if e1 > e0 else l1
-    return math.nan
-
-
-def run_frontier(name: str, cfg: dict, seeds, wl) -> dict:
-    cache = Path(__file__).with_name(f".controller_frontier_{name}.json")
-    data = json.loads(cache.read_text()) if cache.exists() else {}
-    b = cfg["small"]
-    while b <= cfg["large"]:
-        for seed in seeds:
-            key = f"{b}/{seed}"
-            if key in data:
-                continue
-            t0 = time.perf_counter()
-            sched = ConstantBatch(b, base_batch=cfg["small"], lr=cfg["lr"], lr_rule=cfg["rule"], max_micro_batch=b,
-                                  min_accumulation=1)
-            ctl = _CappedConstant(sched, cfg["max_lr"])
-            r = train_with_controller(wl, ctl, seed=seed, target_loss=cfg["target"], max_examples=cfg["max_examples"],
-                                      eval_every=cfg["eval_every"], branch=False)
-            data[key] = {k: r[k] for k in ("steps", "examples", "status", "curve")}
-            print(f"  constant {b} seed {seed}: {r['status']} steps {r['steps']} examples {r['examples']} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            cache.write_text(json.dumps(data))
-        b *= 2
-    out: dict = {}
-    for key, r in data.items():
-        bb, seed = key.split("/")
-        if int(seed) in seeds:
-            out.setdefault(int(bb), []).append({**r, "seed": int(seed)})
-    return out
-
-
-class _CappedConstant:
-    """A constant batch through the controller's training loop (LR capped like the controller's)."""
-
-    def __init__(self, sched, max_lr):
-        self.s, self.max_lr = sched, max_lr
-        self.branch_examples = self.branch_eval_examples = 0
-        self.branch_seconds = 0.0
-
-    def step(self, seen, monitor=None):
-        from dataclasses import replace
-
-        c = self.s.step(seen, monitor)
-        return replace(c, lr=min(c.lr, self.max_lr)) if self.max_lr is not None else c
-
-    def bind_workload(self, *a, **k):
-        return self
-
-    def unbind(self):
-        return None
-
-    def report(self):
-        return {}
-
-
-def fixed_budget(name, cfg, seeds, wl, budget, settings, branch) -> None:
-    """Every constant batch and the controller trained to ``budget`` trunk examples: final held-out losses."""
+def fixed_budget(name: str, seeds: list[int], budget: int, settings: dict) -> None:
+    """Every constant batch and the controller trained to ``budget`` examples (branches included): final losses."""
+    doc = frontier(name, seeds)
+    ctx = context(name, doc, seeds)
+    cfg, wl, cap = ctx.cfg, ctx.workload, ctx.lr_cap
     cache = Path(__file__).with_name(f".controller_budget_{name}_{budget}.json")
     data = json.loads(cache.read_text()) if cache.exists() else {}
-    b = cfg["small"]
-    while b <= cfg["large"]:
+    for b in doc["config"]["frontier_batches"]:
         for seed in seeds:
             if f"{b}/{seed}" not in data:
-                sched = ConstantBatch(b, base_batch=cfg["small"], lr=cfg["lr"], lr_rule=cfg["rule"], max_micro_batch=b,
-                                      min_accumulation=1)
-                r = train_with_controller(wl, _CappedConstant(sched, cfg["max_lr"]), seed=seed, target_loss=None,
-                                          max_examples=budget, eval_every=cfg["eval_every"], branch=False)
+                sched = ConstantBatch(b, base_batch=cfg.small_batch, lr=LRSchedule(ctx.lr), lr_rule=ctx.lr_rule,
+                                      max_micro_batch=cfg.large_batch)
+                r = train_to_target(wl, sched, seed=seed, target_loss=None, max_examples=budget,
+                                    eval_every=cfg.eval_every, max_lr=cap)
                 data[f"{b}/{seed}"] = r["final_loss"]
                 cache.write_text(json.dumps(data))
-        print(f"  constant {b}: final loss {statistics.mean(data[f'{b}/{s}'] for s in seeds):.4f} "
-              f"{[round(data[f'{b}/{s}'], 4) for s in seeds]}", flush=True)
-        b *= 2
+        print(f"  constant {b}: final loss {_iv(mean_interval([data[f'{b}/{s}'] for s in seeds]))}", flush=True)
+    ctx.reference_examples = budget  # the run knows its data budget
+    builder = controller_factory(ctx, **settings)
     finals = []
     for seed in seeds:
-        ctl = BatchController(cfg["small"], cfg["lr"], max_batch=cfg["large"], lr_rule=cfg["rule"], max_lr=cfg["max_lr"],
-                              max_micro_batch=cfg["large"], seed=seed, **settings)
-        r = train_with_controller(wl, ctl, seed=seed, target_loss=None, max_examples=budget,
-                                  eval_every=cfg["eval_every"], branch=branch)
+        r = train_to_target(wl, builder(), seed=seed, target_loss=None, max_examples=budget, eval_every=cfg.eval_every,
+                            monitor_micro=True, max_lr=cap)
         finals.append(r["final_loss"])
-        print(f"  controller seed {seed}: final loss {r['final_loss']:.4f} after {r['curve'][-1][1]} trunk examples "
-              f"and {r['branch_examples']} branch examples; batches {[(s, bb) for s, _, bb in r['batches']]}", flush=True)
-    m, ci = interval(finals)
-    print(f"controller final loss {m:.4f} (95% CI {ci[0]:.4f} to {ci[1]:.4f}) at {budget} examples")
+        print(f"  controller seed {seed}: final loss {r['final_loss']:.4f} after {r['curve'][-1][1]} examples "
+              f"({r['branch']['examples']} in branches); batches {[(s, x) for s, _, x in r['batches']]}", flush=True)
+    best = min(doc["config"]["frontier_batches"], key=lambda b: statistics.mean(data[f"{b}/{s}"] for s in seeds))
+    diff = [f - data[f"{best}/{s}"] for f, s in zip(finals, seeds)]
+    print(f"controller final loss {_iv(mean_interval(finals))} at {budget} examples; minus the best constant batch's "
+          f"({best}, paired by seed): {_iv(mean_interval(diff))}")
+
+
+def _iv(iv: dict) -> str:
+    if iv["mean"] is None:
+        return "-"
+    lo, hi = iv["ci"]
+    return f"{iv['mean']:.4g}" + ("" if lo is None else f" ({lo:.4g} to {hi:.4g})")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=sorted(WORKLOADS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--set", nargs="*", default=[], help="controller settings, e.g. margin=0.1 confidence=0.8")
-    p.add_argument("--no-branch", action="store_true")
-    p.add_argument("--json", default=None)
+    p.add_argument("--set", nargs="*", default=[], help="controller settings, e.g. margin=0.1 window=30")
+    p.add_argument("--json", default=None, help="write the controller's runs (every decision) and verdict here")
     p.add_argument("--budget", type=int, default=None,
                    help="instead: train every run to this many examples and compare the final held-out loss")
     a = p.parse_args()
     torch.set_num_threads(1)
-    cfg = WORKLOADS[a.workload]
     seeds = [int(s) for s in a.seeds.split(",")]
     settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    wl = get_workload(a.workload, **cfg["kwargs"])
     if a.budget:
-        return fixed_budget(a.workload, cfg, seeds, wl, a.budget, settings, not a.no_branch)
-    runs = run_frontier(a.workload, cfg, seeds, wl)
-    front = frontier_points(runs)
-    print("frontier (examples, steps, batch):", [(round(e), round(s, 1), b) for e, s, b in front])
-    results = []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        ctl = BatchController(cfg["small"], cfg["lr"], max_batch=cfg["large"], lr_rule=cfg["rule"], max_lr=cfg["max_lr"],
-                              max_micro_batch=cfg["large"], seed=seed, **settings)
-        r = train_with_controller(wl, ctl, seed=seed, target_loss=cfg["target"], max_examples=cfg["max_examples"],
-                                  eval_every=cfg["eval_every"], branch=not a.no_branch)
-        r["seed"] = seed
-        if r["steps"] is not None:
-            e = r["examples_with_branches"]
-            s_f, bound = steps_at(front, 1.1 * e)
-            r["gain"], r["gain_bound"] = 1 - r["steps"] / s_f, bound
-            own = frontier_points({b: [x for x in rs if x["seed"] == seed] for b, rs in runs.items()})
-            s_own, bound_own = steps_at(own, 1.1 * e)  # against this seed's own constant batches (paired)
-            r["gain_own"], r["gain_own_bound"] = 1 - r["steps"] / s_own, bound_own
-            r["branch_share"] = r["branch_examples"] / e
-        results.append(r)
-        print(f"  controller seed {seed}: {r['status']} steps {r['steps']} examples {r['examples']} "
-              f"branch {r['branch_examples']} gain {r.get('gain')} {r.get('gain_bound') or ''} "
-              f"own-seed gain {r.get('gain_own')} {r.get('gain_own_bound') or ''} "
-              f"batches {[(s, b) for s, _, b in r['batches']]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    gains = [r["gain"] for r in results if "gain" in r]
-    if len(gains) == len(results):
-        m, ci = interval(gains)
-        m2, ci2 = interval([r["gain_own"] for r in results])
-        print(f"Pareto gain {m:.3f} (95% CI {ci[0]:.3f} to {ci[1]:.3f}) against the mean frontier, {m2:.3f} "
-              f"({ci2[0]:.3f} to {ci2[1]:.3f}) against each seed's own; branch share "
-              f"{statistics.mean(r['branch_share'] for r in results):.3%}")
-    # fixed budget: the smallest examples at which every run (constant batches and controller) has a curve point
-    budget = min(min(r["curve"][-1][1] for r in rs) for rs in runs.values())
-    budget = min(budget, min(r["curve"][-1][1] for r in results))
-    best = min((statistics.mean(loss_at(r["curve"], budget) for r in rs), b) for b, rs in runs.items())
-    mine = statistics.mean(loss_at(r["curve"], budget) for r in results)
-    print(f"at {budget:.0f} examples: controller loss {mine:.4f}, best constant batch {best[1]}: {best[0]:.4f}")
+        return fixed_budget(a.workload, seeds, a.budget, settings)
+    out = race(a.workload, seeds, settings)
     if a.json:
-        Path(a.json).write_text(json.dumps({"workload": a.workload, "settings": settings, "frontier": front,
-                                            "runs": [{**{k: v for k, v in r.items() if k != "report"},
-                                                     "decisions": r["report"]["decisions"]} for r in results]},
-                                           separators=(",", ":")) + "\n")
+        Path(a.json).write_text(json.dumps(out, separators=(",", ":")) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """The best two-stage ramp on the issue-21 NQM, against the same sampled frontier as the controller.
 
-Ramps 128 -> 256 or 512, switching after 2,000 to 13,000 examples, trained like the controller's runs
-(``bench/controller_bench.py nqm``: same seeds, data streams, LR rule and cap); the mean Pareto gain over
-seeds against the mean frontier. It bounds what any schedule starting at 128 on step 0 can gain here.
+Ramps 128 -> 256 or 512, switching after 2,000 to 13,000 examples, trained by ``batchlaw schedule
+compare``'s loop (same seeds, data streams, LR rule and cap as ``bench/controller_bench.py nqm``);
+the mean over seeds of the Pareto gain against each seed's own frontier. It bounds, in sampled runs,
+what a schedule that starts at 128 on step 0 can gain here (``bench/nqm_exact_frontier.py`` does the
+same without sampling, for every greedy schedule).
 
-Usage: ``PYTHONPATH=src python bench/controller_nqm_ceiling.py`` (after ``controller_bench.py nqm``, whose
-frontier cache it reads).
+Usage: ``PYTHONPATH=src python bench/controller_nqm_ceiling.py [--seeds 0,1,2]`` (trains the frontier
+the first time, cached by ``controller_bench.py``).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -17,29 +20,34 @@ from pathlib import Path
 import torch
 
 from batchlaw.schedule import FixedRamp
-from batchlaw.schedule.controller_run import train_with_controller
-from batchlaw.workloads import NoisyQuadratic
+from batchlaw.schedule.compare import train_to_target
+from batchlaw.schedule.frontier import Frontier, pareto_gain
 
 sys.path.insert(0, str(Path(__file__).parent))
-from controller_bench import WORKLOADS, _CappedConstant, frontier_points, run_frontier, steps_at  # noqa: E402
+from controller_bench import context, frontier  # noqa: E402
 
 
 def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", default="0,1,2")
+    seeds = [int(s) for s in p.parse_args().seeds.split(",")]
     torch.set_num_threads(1)
-    cfg, seeds = WORKLOADS["nqm"], [0, 1, 2]
-    wl = NoisyQuadratic(**cfg["kwargs"])
-    front = frontier_points(run_frontier("nqm", cfg, seeds, wl))
+    doc = frontier("nqm", seeds)
+    ctx = context("nqm", doc, seeds)
+    cfg = ctx.cfg
+    fronts = {}
+    for s in seeds:
+        runs = [next(r for r in pt["runs"] if r["seed"] == s) for pt in doc["frontier"]["points"]]
+        fronts[s] = Frontier([r["examples"] for r in runs], [r["steps"] for r in runs])
     rows = []
     for switch in range(2000, 14000, 1000):
         for second in (256, 512):
             stages = [(0, 128), (switch, second)]
-            runs = []
-            for seed in seeds:
-                ramp = FixedRamp(stages, base_batch=cfg["small"], lr=cfg["lr"], lr_rule=cfg["rule"], max_micro_batch=1024)
-                runs.append(train_with_controller(wl, _CappedConstant(ramp, cfg["max_lr"]), seed=seed,
-                                                  target_loss=cfg["target"], max_examples=cfg["max_examples"],
-                                                  eval_every=cfg["eval_every"], branch=False))
-            gain = statistics.mean(1 - r["steps"] / steps_at(front, 1.1 * r["examples"])[0] for r in runs)
+            runs = [train_to_target(ctx.workload, FixedRamp(stages, base_batch=cfg.small_batch, lr=ctx.lr_schedule(),
+                                                            **ctx.common()),
+                                    seed=s, target_loss=cfg.target_loss, max_examples=cfg.max_examples,
+                                    eval_every=cfg.eval_every, max_lr=ctx.lr_cap) for s in seeds]
+            gain = statistics.mean(pareto_gain(r["steps"], r["examples"], fronts[s]).value for r, s in zip(runs, seeds))
             rows.append((gain, stages, [round(r["steps"]) for r in runs], [round(r["examples"]) for r in runs]))
     rows.sort(key=lambda r: -r[0])
     for gain, stages, steps, examples in rows[:5]:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Batch-size schedules against the frontier of constant batches (`batchlaw schedule compare`), on
-# three workloads: the NQM (exact answers known), bytemlp and bytegpt tiny (CPU, minutes each).
-# Results and their reading: bench/RESULTS.md, section "Batch-size schedules against the frontier".
+# three workloads: the NQM (exact answers known), bytemlp and bytegpt tiny (CPU, minutes each). Every
+# comparison races the batch controller (`controller`, its branch tests counted in its cost) beside the ramps.
+# Results and their reading: bench/RESULTS.md, sections "Batch-size schedules against the frontier" and
+# "The batch controller in `schedule compare`".
 # JSON (every run's curve and batch changes) and PNG (steps vs examples) land in bench/.
 set -euo pipefail
 BATCHLAW=${BATCHLAW:-"python -m batchlaw"}
@@ -12,14 +14,16 @@ OUT=${OUT:-bench}
 #    (capped at 0.75 x 2/h_max = 1.5). fixed_ramp is the two-stage ramp: 128, then 512 after 7,808 examples.
 $BATCHLAW schedule compare --workload nqm --workload-arg dim=100 --workload-arg c_exponent=0.5 --target-loss 0.05 \
     --seeds 0,1,2 --small-batch 8 --large-batch 1024 --lr 0.066 --lr-rule linear --eval-every 8 --max-examples 100000 \
-    --schedules constant_small,constant_large,noise_ramp,cbs_ramp,seesaw,fixed_ramp --ramp-stages 0:128,7808:512 \
+    --schedules constant_small,constant_large,noise_ramp,cbs_ramp,seesaw,fixed_ramp,controller \
+    --ramp-stages 0:128,7808:512 \
     --out "$OUT/schedule_compare_nqm.json" --png "$OUT/schedule_compare_nqm.png" --no-progress
 # The same setting without sampling: the exact expected frontier and ramps.
 $PYTHON bench/nqm_exact_frontier.py
 
-# 2. bytemlp (next-byte MLP, Adam): batch 8 to 256 for the ramps, frontier to 512, to held-out loss 2.1.
-$BATCHLAW schedule compare --workload bytemlp --target-loss 2.1 --seeds 0,1,2 --small-batch 8 --large-batch 256 \
-    --frontier-max-batch 512 --lr 2e-3 --eval-every 1024 --max-examples 400000 \
+# 2. bytemlp (next-byte MLP, Adam): batch 8 to 512 for the ramps and the frontier, to held-out loss 2.1 (a ramp
+#    capped below the frontier's largest batch could never match it on this flat frontier).
+$BATCHLAW schedule compare --workload bytemlp --target-loss 2.1 --seeds 0,1,2 --small-batch 8 --large-batch 512 \
+    --lr 2e-3 --eval-every 1024 --max-examples 400000 \
     --out "$OUT/schedule_compare_bytemlp.json" --png "$OUT/schedule_compare_bytemlp.png" --no-progress
 
 # 3. bytegpt tiny (2 layers, d = 64, 32-byte context, AdamW): from batch 4, where the branched CBS grows from

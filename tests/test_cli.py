@@ -3,9 +3,11 @@
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +87,27 @@ def test_demo_runs_the_whole_story(tmp_path):
     fit = out["sweep"]["fit"]
     assert fit["b_crit_ci"][0] <= fit["b_crit"] <= fit["b_crit_ci"][1] and fit["unit"] == "examples"
     assert (tmp_path / "report.html").exists() and (tmp_path / "demo.db").exists()
+    # section 4: the controller against the constant batches, its plot in the report
+    compare = out["compare"]
+    ctl = compare["schedules"]["controller"]
+    assert compare["schema"] == "batchlaw.schedule_compare/2" and ctl["reached"] == 2
+    assert ctl["branch_examples"]["mean"] > 0 and all(r["controller"]["decisions"] for r in ctl["runs"])
+    page = (tmp_path / "report.html").read_text()
+    assert "the controller against every constant batch" in page and (tmp_path / "compare.png").exists()
+    # the README states what the demo prints: its numbers are these
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = " ".join(readme[readme.index("`make demo` writes"):].split("\n\n")[0].split())
+    m = re.search(r"`B_crit` = ([\d,]+) examples", text)
+    assert m and float(m.group(1).replace(",", "")) == pytest.approx(fit["b_crit"], rel=0.02)
+    m = re.search(r"Pareto gain (-?[\d.]+) \(95% CI (-?[\d.]+) to (-?[\d.]+)\), ([\d,]+) examples and ([\d,]+) steps "
+                  r"to the target, of which its branch tests took ([\d,]+) examples", text)
+    assert m, text
+    gain, lo, hi, examples, steps, branch = (float(g.replace(",", "")) for g in m.groups())
+    g = ctl["pareto_gain"]
+    assert (gain, lo, hi) == pytest.approx((g["mean"], *g["ci"]), abs=0.006)
+    assert examples == pytest.approx(ctl["examples"]["mean"], rel=0.01)
+    assert steps == pytest.approx(ctl["steps"]["mean"], rel=0.01)
+    assert branch == ctl["branch_examples"]["mean"]
 
 
 def _write_csv(path, rows, header="batch,steps,model"):

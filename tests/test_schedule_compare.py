@@ -222,7 +222,9 @@ def test_nqm_loss_at_the_common_budget(nqm_doc):
     assert b["examples"] == pytest.approx(min(firsts))
     first = next(r for g in (nqm_doc["schedules"].values(), nqm_doc["frontier"]["points"]) for s in g
                  for r in s["runs"] if r["examples"] == b["examples"])
-    assert loss_at(first["curve"], b["examples"]) == pytest.approx(0.05, abs=1e-9)  # the first run is at the target
+    # the first run is at the target: its crossing follows the curve's local power law (batchlaw._crossing), which
+    # a straight line between the evaluations reads a little above the target
+    assert 0.05 - 1e-12 <= loss_at(first["curve"], b["examples"]) == pytest.approx(0.05, rel=0.01)
     small = nqm_doc["schedules"]["constant_small"]
     # the best constant batch's loss is the reference: its penalty is >= 0 by definition, 0 where it is best
     assert all(v >= -1e-12 for v in small["loss_penalty"]["values"])
@@ -253,7 +255,7 @@ def test_compare_cli_json_schema(capsys, tmp_path):
     assert doc["schema"] == "batchlaw.schedule_compare/2"
     assert set(doc) == {"schema", "config", "workload", "unit", "lr_cap", "frontier", "schedules", "budget", "goal",
                         "notes", "cbs_measurement"}
-    assert set(doc["schedules"]) == {"constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw"}
+    assert set(doc["schedules"]) == {"constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw", "controller"}
     assert [p["batch"] for p in doc["frontier"]["points"]] == [4, 8, 16]
     small = doc["schedules"]["constant_small"]
     assert small["reached"] == 2 and small["steps_ratio"]["mean"] == pytest.approx(1.0)
@@ -265,7 +267,8 @@ def test_compare_cli_json_schema(capsys, tmp_path):
             assert lo <= s["pareto_gain"]["mean"] <= hi
     assert doc["cbs_measurement"]["schema"] == "batchlaw.branch/1"
     assert doc["goal"]["met"] in (True, False, None) and {r["schedule"] for r in doc["goal"]["results"]} == {
-        "noise_ramp", "cbs_ramp", "seesaw"}
+        "noise_ramp", "cbs_ramp", "seesaw", "controller"}
+    assert doc["schedules"]["controller"]["runs"][0]["controller"]["schema"] == "batchlaw.controller/1"
 
 
 def test_compare_cli_table_plot_and_page(capsys, tmp_path):
@@ -373,3 +376,51 @@ def test_branch_cli_writes_html_and_json(capsys, tmp_path):
     assert "examples seen" in capsys.readouterr().out
     assert main(["branch", "--workload", "linreg", "--base-batch", "4", "--checkpoints", "0", "--budget", "30",
                  "--store", str(tmp_path / "c.db")]) == 2
+
+
+# ---------------------------------------------------------------- the controller, raced with its branches counted
+def test_the_controller_is_raced_and_pays_for_its_branches():
+    """On the NQM (SGD at a learning rate far below the curvature limit) the controller's first branch test finds a
+    larger batch free and grows. Its branches' examples and steps are in the run's examples, steps and curve, in the
+    Pareto gain, and shown apart; every decision is in the JSON."""
+    cfg = CompareConfig(workload="nqm", workload_kwargs={"dim": 100, "c_exponent": 0.5}, target_loss=0.05,
+                        seeds=(0, 1), small_batch=8, large_batch=128, lr=0.066, lr_rule="linear", eval_every=8,
+                        max_examples=30_000, schedules=("constant_small", "controller"))
+    doc = json.loads(json.dumps(compare_schedules(cfg)))  # strict JSON all the way down
+    assert "controller" in CompareConfig().schedules  # raced by default
+    s = doc["schedules"]["controller"]
+    assert s["reached"] == 2
+    for r in s["runs"]:
+        b, decisions = r["branch"], r["controller"]["decisions"]
+        tests = [d for d in decisions if d["path"] == "branch"]
+        assert tests and tests[0]["decision"] == "grow" and tests[0]["step"] == 0
+        assert b["examples"] == sum(d["branch"]["examples"] for d in tests) > 0
+        assert r["examples"] == pytest.approx(r["trunk_examples"] + b["examples"])
+        assert r["steps"] == pytest.approx(r["trunk_steps"] + b["steps"]) and b["steps"] > 0
+        assert b["share"] == pytest.approx(b["examples"] / r["examples"])
+        # the curve counts them too: its last point is the trunk's examples seen plus every branch example
+        last = r["curve"][-1]
+        assert last[1] == r["batches"][-1][1] + (last[0] - b["steps"] - r["batches"][-1][0]) * r["batches"][-1][2] \
+            + b["examples"]
+        # the gain is the one of the totals, against the seed's own frontier
+        pts = [next(x for x in p["runs"] if x["seed"] == r["seed"]) for p in doc["frontier"]["points"]]
+        front = Frontier([x["examples"] for x in pts], [x["steps"] for x in pts])
+        gain = s["pareto_gain"]["values"][[x["seed"] for x in s["runs"]].index(r["seed"])]
+        assert gain == pytest.approx(pareto_gain(r["steps"], r["examples"], front).value)
+        assert gain < pareto_gain(r["trunk_steps"], r["trunk_examples"], front).value
+    assert s["branch_examples"]["mean"] == pytest.approx(np.mean([r["branch"]["examples"] for r in s["runs"]]))
+    assert 0 < s["branch_share"]["mean"] <= 0.05 * 1.5
+
+
+def test_branch_examples_count_in_the_budget_of_a_run():
+    """A controller trained to a budget: the trunk stops when its examples plus the branches' reach it."""
+    from batchlaw.schedule import BatchController
+
+    wl = NoisyQuadratic(dim=100, c_exponent=0.5)
+    ctl = BatchController(8, 0.066, max_batch=64, lr_rule="linear", max_lr=1.5, max_micro_batch=64,
+                          planned_examples=10_000)
+    r = train_to_target(wl, ctl, seed=3, target_loss=None, max_examples=2_000, eval_every=8, monitor_micro=True)
+    assert r["status"] == "budget" and r["branch"]["examples"] > 0
+    seen = r["curve"][-1][1]  # trunk + branches at the last evaluation
+    assert 2_000 <= seen < 2_000 + 64
+    assert r["controller"]["branch_examples"] == r["branch"]["examples"]

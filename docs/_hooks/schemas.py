@@ -95,11 +95,14 @@ SCHEMAS: list[Schema] = [
     ),
     Schema(
         "batchlaw.demo/2", "batchlaw demo --json",
-        "The whole demo: a measurement, a known-answer check and a sweep.",
+        "The whole demo: a measurement, a known-answer check, a sweep and the batch controller against every "
+        "constant batch.",
         [("schema", "`\"batchlaw.demo/2\"`"),
          ("measure", "a `batchlaw.measure/1` body (without `schema`) for the bytemlp workload"),
          ("check", "the known-answer check on linreg: `workload`, `analytic_b_simple`, `estimate` (as in measure)"),
          ("sweep", "a `batchlaw.sweep/1` body (without `schema`)"),
+         ("compare", "a `batchlaw.schedule_compare/2` document: the controller and the constant batches 8 to 256 on "
+                     "the noisy quadratic model"),
          ("report", "path of the written `report.html`")],
         # The demo takes about a minute: its keys are checked statically against the dict the code builds.
     ),
@@ -359,7 +362,11 @@ SCHEMAS: list[Schema] = [
                        "frontier) and `example_overhead` (examples / E_frontier(steps) - 1), each with `bound` "
                        "(null, `lower` or `upper`: outside the frontier's range only a bound is known, and then no "
                        "interval) and per-seed `bounds`; `loss_at_budget` and `loss_penalty` (minus the best constant "
-                       "batch of the seed); `reached`, `diverged`, `runs`. When a CBS ramp ran, the output also holds "
+                       "batch of the seed); `reached`, `diverged`, `runs`. A schedule that branches (the `controller`) "
+                       "has its branches' examples, steps and seconds inside every figure above, and apart: "
+                       "`branch_examples`, `branch_steps` and `branch_share` (branch examples over the run's examples), "
+                       "and in each run `trunk_steps`, `trunk_examples`, `branch` and `controller` (its report: settings "
+                       "and every decision with its evidence). When a CBS ramp ran, the output also holds "
                        "`cbs_measurement` (the branched measurement it used, and its cost)"),
          ("budget", "the common budget of examples where held-out losses are compared: `examples` (the fewest with which "
                     "any run reached the target), `tokens`, `frontier_loss` (the best constant batch's loss there, "

@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
         help="run the whole story on the default workload",
         description="The whole story on the default workload (bytemlp: a next-byte MLP on Python standard-library "
         "sources): measure the gradient noise scale during training, check the monitor against an analytic answer "
-        "(linreg), measure the critical batch size with a sweep, fit S(B) = S_min (1 + B_crit/B), and write a report.",
+        "(linreg), measure the critical batch size with a sweep, fit S(B) = S_min (1 + B_crit/B), race the batch "
+        "controller against every constant batch on the noisy quadratic model, and write a report.",
     )
     d.add_argument("--out", default="batchlaw-out", help="directory for the report and the trial store (default: %(default)s)")
     d.add_argument("--jobs", type=int, default=2, help="parallel trials (default: %(default)s)")
@@ -28,9 +29,24 @@ def add_parsers(sub) -> None:
     d.set_defaults(func=_cmd_demo)
 
 
+def _demo_compare():
+    """Section 4's comparison: the issue-21 NQM (dim 100, c_exponent 0.5; SGD at LR 0.066 at batch 8, linear
+    rule, capped at 0.75 x 2 / h_max) to held-out loss 0.05, constant batches 8 to 256 and the controller, two
+    seeds: about 10 s on one CPU core."""
+    from ..schedule.compare import CompareConfig
+
+    return CompareConfig(workload="nqm", workload_kwargs={"dim": 100, "c_exponent": 0.5}, target_loss=0.05,
+                         seeds=(0, 1), small_batch=8, large_batch=256, lr=0.066, lr_rule="linear", eval_every=8,
+                         max_examples=40_000, schedules=("constant_small", "controller"))
+
+
 def _cmd_demo(args) -> int:
     from ..report import headline, write_report
+    from ..report.compare import schedule_line
+    from ..schedule.compare import compare_schedules
     from ..sweep import LocalExecutor, SweepConfig, TrialStore, analyze_sweep, run_sweep
+
+    compare_cfg = _demo_compare()
 
     check_positive_int("jobs", args.jobs)
     out_dir = check_output_dir("--out", args.out)
@@ -69,12 +85,18 @@ def _cmd_demo(args) -> int:
         say(f"(resumed: {before} trials were already stored in {store_path})")
     if not args.json:
         _print_analysis(analysis)
-    html = write_report([analysis], out_dir)
+
+    say("\n== 4. A batch size that decides itself: the controller against every constant batch (noisy quadratic "
+        "model) ==")
+    compare = compare_schedules(compare_cfg, progress=progress)
+    say(schedule_line(compare))
+    html = write_report([analysis], out_dir, compare=compare)
     if args.json:
         print(json.dumps({"schema": "batchlaw.demo/2", "measure": measured.to_dict(),
                           "check": {"workload": "linreg", "analytic_b_simple": analytic,
                                     "estimate": est.to_dict() if est else None},
-                          "sweep": analysis.to_dict(), "report": str(html)}, indent=2, default=float))
+                          "sweep": analysis.to_dict(), "compare": compare, "report": str(html)}, indent=2,
+                         default=float))
         return 0
     print("\n== What it means ==")
     print(headline(analysis))

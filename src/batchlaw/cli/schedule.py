@@ -36,7 +36,9 @@ def add_parsers(sub) -> None:
         "the frontier at equal steps, and its held-out loss at a common budget of examples. The learning rate follows "
         "the rule from the small batch, capped at the workload's stability limit (known, or found by a short probe). "
         "The CBS ramp follows a branched CBS measurement made on the first seed's constant-small run (its cost is "
-        "reported apart). Wall-clock excludes evaluation and is noisy on a shared machine.",
+        "reported apart). The controller (BatchController) decides in the run from the noise scale and short branch "
+        "tests: its branches' examples, steps and seconds count in its figures and are shown apart. Wall-clock "
+        "excludes evaluation and is noisy on a shared machine.",
     )
     add_workload_arguments(c, default="bytegpt")
     c.add_argument("--target-loss", type=float, required=True, help="held-out loss to reach (below the initial loss)")
@@ -71,7 +73,7 @@ def add_parsers(sub) -> None:
                    help="stages of the fixed_ramp schedule as START:BATCH pairs (examples seen: batch), e.g. 0:128,7808:512")
     from ..schedule.compare_registry import CONSTANT_SCHEDULES, SCHEDULE_FACTORIES  # pure Python: no torch
 
-    c.add_argument("--schedules", default="constant_small,constant_large,noise_ramp,cbs_ramp,seesaw",
+    c.add_argument("--schedules", default="constant_small,constant_large,noise_ramp,cbs_ramp,seesaw,controller",
                    help=f"comma-separated schedules to run: {', '.join(CONSTANT_SCHEDULES + tuple(SCHEDULE_FACTORIES))} "
                    "(default: %(default)s; the frontier of constant batches always runs)")
     c.add_argument("--store", default=None, help="SQLite file for the branched CBS measurement (default: temporary)")
@@ -157,6 +159,12 @@ def format_compare(doc: dict) -> str:
         div = f" ({s['diverged']} diverged)" if s["diverged"] else ""
         lines.append(f"{name:<15} {s['reached']:>4}/{len(s['runs']):<2} {_ci(s['steps']):>22} {_ci(s['examples']):>26} "
                      f"{_ci(s['wall_s']):>20}{div}")
+    for name, s in doc["schedules"].items():
+        if "branch_examples" in s:
+            share = s["branch_share"]
+            pct = "-" if share["mean"] is None else f"{100 * share['mean']:.2g}%"
+            lines.append(f"  {name}: branches spent {_ci(s['branch_examples'], '-')} examples ({pct} of its examples) "
+                         f"and {_ci(s['branch_steps'], '-')} steps, counted in the figures above")
     b = doc["budget"]
     at = "-" if b["examples"] is None else fmt_num(b["examples"])
     lines += ["", f"against the frontier: Pareto gain = 1 - steps / S_frontier({doc['goal']['allowance']:g} x examples); "

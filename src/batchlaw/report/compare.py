@@ -25,7 +25,7 @@ from .._format import fmt_interval, fmt_num  # noqa: E402
 from ..schedule.frontier import Frontier  # noqa: E402
 from .branch import _CSS  # noqa: E402
 
-__all__ = ["plot_compare", "compare_summary", "write_compare_report"]
+__all__ = ["plot_compare", "compare_summary", "schedule_line", "write_compare_report"]
 
 _COLORS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
@@ -90,6 +90,8 @@ def plot_compare(doc: dict) -> bytes:
     tpe = doc["config"].get("tokens_per_example")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_labels(ax.xaxis)
+    _plain_log_labels(ax.yaxis)
     ax.set_xlabel("examples to the target" + (f" (x {tpe} tokens)" if tpe else ""))
     ax.set_ylabel("optimizer steps to the target")
     ax.set_title(f"{doc['workload']['name']}: steps vs examples to held-out loss {doc['config']['target_loss']:g}",
@@ -102,6 +104,19 @@ def plot_compare(doc: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _plain_log_labels(axis) -> None:
+    """Tick labels of a log axis as plain numbers (``13,000``, not ``1.3 x 10^4``), minor ticks labelled
+    only while the axis spans less than a decade (else they would crowd)."""
+    from matplotlib.ticker import FuncFormatter
+
+    lo, hi = axis.get_view_interval()
+    axis.set_major_formatter(FuncFormatter(lambda x, _: fmt_num(x)))
+    narrow = lo > 0 and hi / lo < 10
+    axis.set_minor_formatter(FuncFormatter(lambda x, _: fmt_num(x) if narrow else ""))
+    for label in axis.get_ticklabels(which="both"):
+        label.set_fontsize(7)
 
 
 def _loss_axes(ax, doc: dict) -> None:
@@ -143,6 +158,32 @@ def compare_summary(doc: dict) -> str:
     budget = "" if b["examples"] is None else (f" Held-out losses are compared at {fmt_num(b['examples'])} examples, "
                                                "the fewest with which any run reached the target.")
     return f"{verdict}: {g['reason']}. " + "; ".join(parts) + "." + budget
+
+
+def schedule_line(doc: dict, name: str = "controller") -> str:
+    """One line on one schedule of a comparison: its Pareto gain with the interval, its examples and
+    steps to the target (mean [95% interval over seeds]) and, for a schedule that branches, the part
+    of them its branches took (already counted in the totals).
+
+    Examples:
+        >>> iv = lambda m, lo=None, hi=None: {"mean": m, "ci": [lo, hi], "values": [m]}
+        >>> doc = {"config": {"seeds": [0, 1], "frontier_batches": [8, 16, 32]}, "schedules": {"controller": {
+        ...     "pareto_gain": {**iv(0.25, 0.125, 0.375), "bound": None}, "examples": iv(1500, 1000, 2000),
+        ...     "steps": iv(60, 50, 70), "branch_examples": iv(40), "branch_share": iv(0.025), "branch_steps": iv(6)}}}
+        >>> print(schedule_line(doc))  # doctest: +NORMALIZE_WHITESPACE
+        controller against 3 constant batches (2 seeds): Pareto gain 0.25 [0.125, 0.375]; 1,500 [1,000, 2,000]
+        examples and 60 [50, 70] steps to the target, of which branches took 40 examples (2.5%) and 6 steps
+    """
+    c, s = doc["config"], doc["schedules"][name]
+    g = s["pareto_gain"]
+    text = (f"{name} against {len(c['frontier_batches'])} constant batches ({len(c['seeds'])} seed"
+            f"{'s' if len(c['seeds']) != 1 else ''}): Pareto gain {fmt_interval(g)}; "
+            f"{fmt_interval(s['examples'], 'not reached')} examples and {fmt_interval(s['steps'], 'not reached')} "
+            "steps to the target")
+    if "branch_examples" in s and s["branch_examples"]["mean"] is not None:
+        text += (f", of which branches took {fmt_num(s['branch_examples']['mean'])} examples "
+                 f"({100 * s['branch_share']['mean']:.2g}%) and {fmt_num(s['branch_steps']['mean'])} steps")
+    return text
 
 
 def write_compare_report(doc: dict, path: str | Path) -> Path:

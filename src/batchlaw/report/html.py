@@ -126,12 +126,27 @@ def _sweep_context(a, out: Path) -> dict:
     return ctx
 
 
-def write_report(analyses: list, out_dir: str | Path) -> Path:
+def _compare_context(doc: dict, out: Path) -> dict:
+    """The report's section on a schedule comparison: its verdict, the controller's line and its plot
+    (also written as ``compare.png``)."""
+    from .compare import compare_summary, plot_compare, schedule_line
+
+    png = plot_compare(doc)
+    (out / "compare.png").write_bytes(png)
+    lines = [schedule_line(doc, name) for name in doc["schedules"] if name not in ("constant_small", "constant_large")]
+    c = doc["config"]
+    return {"workload": doc["workload"]["name"], "target_loss": f"{c['target_loss']:g}", "summary": compare_summary(doc),
+            "lines": lines, "image": base64.b64encode(png).decode(), "notes": list(doc.get("notes", []))}
+
+
+def write_report(analyses: list, out_dir: str | Path, *, compare: dict | None = None) -> Path:
     """Write ``report.html`` and one set of PNGs per sweep into ``out_dir``; returns the HTML path.
 
     Args:
         analyses: :class:`~batchlaw.sweep.SweepAnalysis` objects, one per sweep.
         out_dir: directory (created if missing); ``trials.csv`` is expected beside the report.
+        compare: a ``batchlaw.schedule_compare/2`` document to add as a last section (its
+            steps-vs-examples plot embedded, and written as ``compare.png``), or ``None``.
 
     Returns:
         The path of ``report.html``.
@@ -139,7 +154,8 @@ def write_report(analyses: list, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = _ENV.get_template("report.html.j2").render(
-        written=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", sweeps=[_sweep_context(a, out) for a in analyses])
+        written=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", sweeps=[_sweep_context(a, out) for a in analyses],
+        compare=None if compare is None else _compare_context(compare, out))
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

@@ -11,6 +11,8 @@ target. Then each schedule trains from the same initialisations (one per seed):
   checkpointed at fractions of that run's examples-to-target (its cost is reported apart);
 * ``seesaw``: :class:`~batchlaw.schedule.Seesaw` with milestones at fractions of the same;
 * ``fixed_ramp``: :class:`~batchlaw.schedule.FixedRamp` with the stages given;
+* ``controller``: :class:`~batchlaw.schedule.BatchController`, bound to each run so it may
+  branch; its branches' examples, steps and seconds are added to the run's (and shown apart);
 * ``constant_small`` / ``constant_large``: the frontier's runs at those batches, listed beside.
 
 More schedules plug in through :mod:`batchlaw.schedule.compare_registry`. Each schedule gets
@@ -47,7 +49,7 @@ __all__ = ["CompareConfig", "compare_schedules", "train_to_target", "frontier_gr
 
 SCHEMA = "batchlaw.schedule_compare/2"
 #: The schedules raced by default.
-SCHEDULES = ("constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw")
+SCHEDULES = ("constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw", "controller")
 #: Fraction of a known stability limit used as the LR cap. For the NQM at ``a = 2 / h_max`` the
 #: sharpest direction stops contracting and the noise floor ``a c / (B h (2 - a h))`` diverges;
 #: at 0.75 of it the direction contracts by 4x per step and the floor is at most twice the
@@ -228,26 +230,46 @@ def _interp(curve, target):
     return s, e0 + f * (e1 - e0), w0 + f * (w1 - w0)
 
 
-def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_examples: int, eval_every: int,
+def _branch_cost(schedule) -> tuple[int, int, float]:
+    """``(examples, steps, seconds)`` a schedule has spent in branches so far (0 for one that never branches)."""
+    return (int(getattr(schedule, "branch_examples", 0)), int(getattr(schedule, "branch_steps_taken", 0)),
+            float(getattr(schedule, "branch_seconds", 0.0)))
+
+
+def train_to_target(workload, schedule, *, seed: int, target_loss: float | None, max_examples: int, eval_every: int,
                     monitor_micro: bool = False, max_lr: float | None = None) -> dict:
     """Train ``workload`` with ``schedule`` until the held-out loss reaches ``target_loss``.
+
+    The one training loop of the comparison: the constant batches, the ramps and the
+    :class:`~batchlaw.schedule.BatchController` all train here, from the same initialisation and
+    data stream per seed. A schedule with a ``bind_workload(workload, model, optimizer, seed=...)``
+    method (the controller) is bound to the run before the first step, so it may branch; what its
+    branches spend (``branch_examples``, ``branch_steps_taken``, ``branch_seconds``) is **added** to
+    the run's examples, steps, tokens and wall-clock, in the budget and on the curve, so every
+    figure the comparison derives (the Pareto gain, the loss at a common budget) pays for them.
+    Branches are counted as far as the evaluation that saw the target reached.
 
     Args:
         workload: a :class:`~batchlaw.workloads.Workload`.
         schedule: a :class:`~batchlaw.schedule.BatchSchedule`.
-        seed: initialisation and data seed.
-        target_loss: held-out loss to reach; must be below the initial model's.
-        max_examples: budget.
-        eval_every: examples between evaluations.
-        monitor_micro: attach a :class:`~batchlaw.noise.GradientNoiseMonitor` (for the noise ramp).
+        seed: initialisation and data seed (it also seeds a bound schedule's branches).
+        target_loss: held-out loss to reach; must be below the initial model's. ``None``: train
+            until ``max_examples`` (a fixed budget; ``status`` is then ``budget``).
+        max_examples: budget, branch examples included.
+        eval_every: training examples of the trunk between evaluations.
+        monitor_micro: attach a :class:`~batchlaw.noise.GradientNoiseMonitor` (noise ramp, controller).
         max_lr: cap on the learning rate the schedule asks for (the stability limit); ``None``: no cap.
 
     Returns:
         ``status`` (``reached`` / ``budget`` / ``diverged``), ``steps``, ``examples``,
-        ``tokens``, ``wall_s`` to the target (``None`` unless reached), ``final_loss``,
-        ``lr_capped_steps`` (steps whose LR the cap lowered), ``batches`` (the global batch at
-        each change: ``[[step, examples seen, batch], ...]``) and ``curve`` (every evaluation:
-        ``[[steps, examples, seconds, loss], ...]``, the initial one first).
+        ``tokens``, ``wall_s`` to the target, branches included (``None`` unless reached),
+        ``final_loss``, ``lr_capped_steps`` (steps whose LR the cap lowered), ``batches`` (the
+        global batch at each change: ``[[trunk step, trunk examples seen, batch], ...]``) and
+        ``curve`` (every evaluation: ``[[steps, examples, seconds, loss], ...]``, branches
+        included, the initial one first). For a schedule that branches, also ``trunk_steps`` and
+        ``trunk_examples`` (to the target), ``branch`` (``examples``, ``steps``, ``seconds``,
+        ``eval_examples`` and ``share``: branch examples over the run's examples) and ``controller``
+        (its :meth:`~batchlaw.schedule.BatchController.report`: settings and every decision).
 
     Raises:
         ValueError: the initial model's held-out loss is already at or below ``target_loss``
@@ -258,20 +280,25 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
     from ..noise import GradientNoiseMonitor
 
     model = workload.make_model(seed)
-    start = (0, 0, 0.0, workload.eval_loss(model))
-    if start[3] <= target_loss:
+    start = workload.eval_loss(model)
+    if target_loss is not None and start <= target_loss:
         raise ValueError(f"The 'target_loss' parameter ({target_loss:g}) is not below the initial held-out loss "
-                         f"({start[3]:.4g}, seed {seed}): it is reached before training. Choose a lower target.")
+                         f"({start:.4g}, seed {seed}): it is reached before training. Choose a lower target.")
     opt = workload.make_optimizer(model, 1e-3)
     gen = torch.Generator().manual_seed(seed + 1)
     monitor = GradientNoiseMonitor(model, ema_beta=0.95) if monitor_micro else None
+    branching = hasattr(schedule, "bind_workload")
+    if branching:
+        schedule.bind_workload(workload, model, opt, seed=seed)
     seen, steps, wall, capped = 0, 0, 0.0, 0
-    curve, batches = [list(start)], []
+    trunk = [(0, 0, 0.0, start)]  # the trunk's own (steps, examples, seconds, loss) at each evaluation
+    spent = [(0, 0, 0.0)]  # the branches' (examples, steps, seconds) so far at each evaluation
+    batches = []
     status, hit, next_eval = "budget", None, eval_every
     try:
-        while seen < max_examples:
+        while seen + _branch_cost(schedule)[0] < max_examples:
             t0 = time.perf_counter()
-            c = schedule.step(seen, monitor)
+            c = schedule.step(seen, monitor)  # a controller may branch here: its seconds are counted apart
             if c.changed or not batches:
                 batches.append([steps, seen, c.global_batch])
             if max_lr is not None and c.lr > max_lr:
@@ -296,23 +323,36 @@ def train_to_target(workload, schedule, *, seed: int, target_loss: float, max_ex
             if seen >= next_eval:
                 while next_eval <= seen:
                     next_eval += eval_every
-                cur = (steps, seen, wall, workload.eval_loss(model))
-                curve.append(list(cur))
-                if not math.isfinite(cur[3]):
+                cost = _branch_cost(schedule)
+                trunk.append((steps, seen, wall - cost[2], workload.eval_loss(model)))
+                spent.append(cost)
+                if not math.isfinite(trunk[-1][3]):
                     status = "diverged"
                     break
-                if cur[3] <= target_loss:
-                    status, hit = "reached", _interp(curve, target_loss)
+                if target_loss is not None and trunk[-1][3] <= target_loss:
+                    status, hit = "reached", _interp(trunk, target_loss)
                     break
     finally:
         if monitor is not None:
             monitor.remove()
+        if branching:
+            schedule.unbind()
+    curve = [[s + b[1], e + b[0], w + b[2], v if math.isfinite(v) else None] for (s, e, w, v), b in zip(trunk, spent)]
     tpe = workload.tokens_per_example
     out = {"status": status, "steps": None, "examples": None, "tokens": None, "wall_s": None,
-           "final_loss": curve[-1][3] if math.isfinite(curve[-1][3]) else None, "lr_capped_steps": capped,
-           "batches": batches, "curve": [[s, e, w, v if math.isfinite(v) else None] for s, e, w, v in curve]}
+           "final_loss": curve[-1][3], "lr_capped_steps": capped, "batches": batches, "curve": curve}
+    b_ex, b_steps, b_sec = spent[-1]
     if hit is not None:
-        out.update(steps=hit[0], examples=hit[1], tokens=hit[1] * tpe if tpe else None, wall_s=hit[2])
+        examples = hit[1] + b_ex
+        out.update(steps=hit[0] + b_steps, examples=examples, tokens=examples * tpe if tpe else None,
+                   wall_s=hit[2] + b_sec)
+    if branching:
+        examples = out["examples"] if hit is not None else seen + b_ex
+        out.update(trunk_steps=None if hit is None else hit[0], trunk_examples=None if hit is None else hit[1],
+                   branch={"examples": b_ex, "steps": b_steps, "seconds": b_sec,
+                           "eval_examples": int(getattr(schedule, "branch_eval_examples", 0)),
+                           "share": b_ex / examples if examples else 0.0},
+                   controller=schedule.report())
     return out
 
 

@@ -57,6 +57,10 @@ def _summary(rs: list[dict], base: dict) -> dict:
         row[f"{k}_ratio"] = mean_interval(ratios, floor=0.0)
     row["reached"] = sum(r["status"] == "reached" for r in rs)
     row["diverged"] = sum(r["status"] == "diverged" for r in rs)
+    if any("branch" in r for r in rs):  # a schedule that branches: its branch cost apart (already in the totals)
+        row["branch_examples"] = mean_interval([r["branch"]["examples"] for r in rs], floor=0.0)
+        row["branch_steps"] = mean_interval([r["branch"]["steps"] for r in rs], floor=0.0)
+        row["branch_share"] = mean_interval([r["branch"]["share"] for r in rs], floor=0.0)
     return row
 
 

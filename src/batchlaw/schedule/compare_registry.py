@@ -5,17 +5,21 @@ without arguments that makes a fresh :class:`~batchlaw.schedule.BatchSchedule` f
 is called once per seed). The constant batches (``constant_small``, ``constant_large``) are not
 here: they are points of the constant-batch frontier, which every comparison trains.
 
-Adding a schedule takes a few lines, e.g. an online controller::
+Adding a schedule takes a few lines, e.g. a controller of your own::
 
     from batchlaw.schedule.compare_registry import ScheduleEntry, register_schedule
 
-    register_schedule("controller", ScheduleEntry(
+    register_schedule("my_controller", ScheduleEntry(
         lambda ctx: lambda: MyController(ctx.small_batch, ctx.lr_schedule(), max_batch=ctx.large_batch,
                                          **ctx.common()),
-        monitor=True, description="the online controller"))
+        monitor=True, description="my online controller"))
 
-after which ``CompareConfig(schedules=(..., "controller"))`` and ``--schedules ...,controller``
-accept it.
+after which ``CompareConfig(schedules=(..., "my_controller"))`` and ``--schedules ...,my_controller``
+accept it. A schedule with a ``bind_workload(workload, model, optimizer, seed=...)`` method is
+bound to each run before training (so it may branch), and what its branches spend
+(``branch_examples``, ``branch_steps_taken``, ``branch_seconds``) is added to the run's cost, as
+for the built-in ``controller`` (:class:`~batchlaw.schedule.BatchController`, with
+``planned_examples`` the constant small batch's examples to the target on the first seed).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .controller import BatchController
 from .lr_schedule import LRSchedule
 from .ramps import CBSRamp, FixedRamp, NoiseScaleRamp, Seesaw
 
-__all__ = ["CompareContext", "ScheduleEntry", "SCHEDULE_FACTORIES", "register_schedule", "CONSTANT_SCHEDULES"]
+__all__ = ["CompareContext", "ScheduleEntry", "SCHEDULE_FACTORIES", "register_schedule", "CONSTANT_SCHEDULES",
+           "controller_factory"]
 
 #: Names of the constant batches, read from the frontier's runs.
 CONSTANT_SCHEDULES = ("constant_small", "constant_large")
@@ -145,6 +151,16 @@ def _fixed_ramp(ctx: CompareContext):
                              **ctx.common())
 
 
+def controller_factory(ctx: CompareContext, **settings):
+    """The ``controller`` entry's builder: a :class:`~batchlaw.schedule.BatchController` from the
+    small batch to the large one, with the comparison's LR, rule and cap, and ``planned_examples``
+    the reference run's examples (the data budget a user would plan); ``settings`` override its
+    other arguments (``margin``, ``window``, ...)."""
+    planned = int(ctx.reference_examples)
+    return lambda: BatchController(ctx.small_batch, ctx.lr_schedule(), max_batch=ctx.large_batch, max_lr=ctx.lr_cap,
+                                   planned_examples=planned, **ctx.common(), **settings)
+
+
 #: The raceable schedules by name (besides the constant batches).
 SCHEDULE_FACTORIES: dict[str, ScheduleEntry] = {
     "noise_ramp": ScheduleEntry(_noise_ramp, monitor=True,
@@ -153,6 +169,9 @@ SCHEDULE_FACTORIES: dict[str, ScheduleEntry] = {
                                                      "first seed's constant-small run"),
     "seesaw": ScheduleEntry(_seesaw, description="Seesaw: step-decay cuts turned into batch growth"),
     "fixed_ramp": ScheduleEntry(_fixed_ramp, description="FixedRamp: the stages given by 'ramp_stages'"),
+    "controller": ScheduleEntry(controller_factory, monitor=True,
+                                description="BatchController: grows from the windowed noise scale and branch tests "
+                                            "(their examples, steps and seconds counted in its cost)"),
 }
 
 

@@ -190,9 +190,16 @@ class BatchController(BatchSchedule):
                              f"world_size={self.world_size}.")
         return self
 
-    def bind_workload(self, workload, model, optimizer, *, eval_fn: Callable | None = None) -> BatchController:
+    def bind_workload(self, workload, model, optimizer, *, eval_fn: Callable | None = None,
+                      seed: int | None = None) -> BatchController:
         """:meth:`bind` for a :class:`~batchlaw.workloads.Workload`: its ``loss``, its
-        ``sample_batch`` and (unless ``eval_fn`` is given) its held-out ``eval_loss``."""
+        ``sample_batch`` and (unless ``eval_fn`` is given) its held-out ``eval_loss``. ``seed``, if
+        given, replaces the controller's ``seed`` (the branches' examples): ``batchlaw schedule
+        compare`` passes the run's seed, so the seeds of a comparison branch on independent data."""
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"The 'seed' parameter must be an integer. Got {seed!r} instead.")
+            self.seed = seed
         return self.bind(model, optimizer, loss_fn=workload.loss, sample_fn=workload.sample_batch,
                          eval_fn=eval_fn if eval_fn is not None else workload.eval_loss)
 
