@@ -21,8 +21,8 @@ The conventions (documented in docs/contributing.md):
     agree within a relative 1e-3 (``rtol=...`` in the marker changes that);
   * a line ``...`` stands for any number of lines (none included), in the block and when rewritten;
   * ``<!-- output: shape -->`` (timings): only the text is compared, every number is free;
-  * ``<!-- output: free=wall s -->``: the numbers of the table column headed ``wall s`` (a timing,
-    right-aligned under its header) are free, the others compared;
+  * ``<!-- output: free=REGEX -->``: the numbers inside the text that REGEX matches on a line (a
+    timing column) are free, the others compared; it comes last, after any other option;
   * ``<!-- output: varies -->``: the page says the numbers change from run to run; the test runs the
     page twice and fails unless some number differs (the text is compared as for ``shape``);
   * ``<!-- output: unchecked: reason -->``: the block above is skipped (a GPU, a cluster), so its
@@ -69,7 +69,7 @@ class OutputSpec:
     mode: str = "exact"  # "exact" (numbers within rtol), "shape" (numbers free), "varies", "unchecked"
     rtol: float = DEFAULT_RTOL
     reason: str = ""
-    free: tuple[str, ...] = ()  # headers of table columns whose numbers are free (timings)
+    free: str = ""  # a regex: the numbers inside its matches on a line are free (timings)
 
 
 @dataclass
@@ -100,16 +100,18 @@ def parse_output_spec(opts: str | None, where: str = "") -> OutputSpec:
         if not spec.reason:
             raise ValueError(f"{where}: write <!-- output: unchecked: reason -->")
         return spec
+    opts, _, free = opts.partition("free=")
+    if free:
+        spec.free = free.strip()
+        re.compile(spec.free)  # a bad regex fails here, naming nothing else
     for opt in (o.strip() for o in opts.split(",")):
         if opt in ("shape", "varies"):
             spec.mode = opt
         elif opt.startswith("rtol="):
             spec.rtol = float(opt[5:])
-        elif opt.startswith("free="):
-            spec.free += (opt[5:].strip().strip('"'),)
         elif opt:
             raise ValueError(f"{where}: unknown output option {opt!r} (allowed: shape, varies, rtol=X, "
-                             "free=COLUMN, unchecked: reason)")
+                             "free=REGEX (last), unchecked: reason)")
     return spec
 
 
@@ -289,23 +291,14 @@ class _Line:
     free: list[bool]  # numbers in a free column: any value matches
 
 
-def _prepare(lines: list[str], free_columns: tuple[str, ...] = ()) -> list[_Line]:
-    """Split each line; numbers under a free column's header (a right-aligned table column, up to the
-    next blank line) are marked free."""
-    out, span = [], None
+def _prepare(lines: list[str], free: str = "") -> list[_Line]:
+    """Split each line; the numbers inside the matches of the ``free`` regex are marked free."""
+    out = []
     for raw in lines:
         text, nums = _split(raw)
-        free = [False] * len(nums)
-        if not raw.strip():
-            span = None
-        for name in free_columns:
-            at = raw.find(name)
-            if at >= 0 and not NUMBER.search(raw):
-                before = raw[:at].rstrip()
-                span = (len(before), at + len(name))
-        if span is not None:
-            free = [span[0] < m.end() <= span[1] for m in NUMBER.finditer(raw)]
-        out.append(_Line(raw, text, nums, free))
+        spans = [m.span() for m in re.finditer(free, raw)] if free else []
+        flags = [any(a <= m.start() and m.end() <= b for a, b in spans) for m in NUMBER.finditer(raw)]
+        out.append(_Line(raw, text, nums, flags))
     return out
 
 

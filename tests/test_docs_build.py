@@ -216,3 +216,45 @@ def test_the_site_renders_with_the_theme_in_chromium(site, tmp_path):
     assert any("no theme header bar" in p for p in problems), problems
     (copy / "stylesheets" / "extra.css").write_text("")
     assert "ConstantBatch" in docs_check.broken_code_in_tables(browser, copy / "howto-schedule" / "index.html")
+
+
+def test_the_griffe_extension_turns_rest_markup_into_markdown_and_finds_hidden_names(tmp_path):
+    """On a tiny package: roles resolved in scope, a directive, a literal-block marker, a ``#:``
+    comment, a tuple-unpacked constant and a name only ``__getattr__`` provides."""
+    import griffe
+
+    sys.path.insert(0, str(ROOT / "docs" / "_hooks"))
+    try:
+        from griffe_batchlaw import BatchlawDocs, convert
+    finally:
+        sys.path.pop(0)
+    pkg = tmp_path / "batchlaw"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""Root."""\n')
+    (pkg / "sub" / "__init__.py").write_text(
+        '"""Lazy: :func:`~batchlaw.sub.impl.helper` and :class:`Thing`."""\n'
+        '__all__ = ["helper", "LO", "HI"]\n'
+        "#: The bounds.\nLO, HI = 1, 2\n"
+        "def __getattr__(name):\n    if name == 'helper':\n        from .impl import helper\n        return helper\n"
+        "    raise AttributeError(name)\n")
+    (pkg / "sub" / "impl.py").write_text(
+        '"""Impl."""\n__all__ = ["helper", "Thing"]\n'
+        'def helper():\n    """Call :meth:`Thing.run` or :func:`warnings.warn`, :attr:`the size <Thing.size>`.\n\n'
+        '    .. warning::\n       Careful\n       here.\n\n    Like this::\n\n        helper()\n    """\n'
+        "class Thing:\n    \"\"\"A thing.\"\"\"\n    def run(self):\n        \"\"\"Run.\"\"\"\n")
+    loaded = griffe.load("batchlaw", search_paths=[str(tmp_path)], extensions=griffe.load_extensions(BatchlawDocs))
+    sub = loaded["sub"]
+    assert sub.members["helper"].target_path == "batchlaw.sub.impl.helper"  # the lazy re-export
+    assert sub.members["LO"].docstring.value == "The bounds." and sub.members["HI"].value == "2"
+    doc = loaded["sub.impl.helper"].docstring.value
+    assert '<autoref identifier="batchlaw.sub.impl.Thing.run" optional><code>Thing.run</code></autoref>' in doc
+    assert '<autoref identifier="warnings.warn" optional><code>warnings.warn</code></autoref>' in doc
+    assert "<code>the size</code>" in doc and 'identifier="batchlaw.sub.impl.Thing.size"' in doc
+    assert '!!! warning "Warning"\n    Careful\n    here.' in doc
+    assert "Like this:\n\n    helper()" in doc and "::" not in doc.replace("<autoref", "")
+    # `Thing` is not in the package's scope: shown as code, not linked (no unresolved reference)
+    assert sub.docstring.value == ('Lazy: <autoref identifier="batchlaw.sub.impl.helper" optional><code>helper</code>'
+                                   '</autoref> and <code>Thing</code>.')
+    assert convert(".. note:: Inline.\n   More.\n\nAfter.") == '!!! note "Note"\n    Inline.\n    More.\n\nAfter.'
+    assert convert("Text ::\n\n    code") == "Text\n\n    code"
+    assert convert("::\n\n    code") == "\n\n    code"

@@ -177,3 +177,14 @@ def test_a_block_that_matches_is_not_rewritten(tmp_path):
     page.write_text(text)
     (run,) = run_page(page, tmp_path / "a")
     assert rewrite_page(page, run) == 0 and page.read_text() == text
+
+
+def test_numbers_inside_a_free_regex_are_free_and_the_others_still_compared():
+    spec = parse_blocks("<!-- output: rtol=0.01, free=\\S+ \\[[^\\]]*\\](?= +\\S+$) -->\n```text\nx\n```\n")[0].output
+    assert spec.rtol == 0.01 and spec.free == "\\S+ \\[[^\\]]*\\](?= +\\S+$)"
+    doc = "name  steps 56.3 [20, 92.5]  wall 0.0547 [0, 0.138]  1.00"
+    assert compare(doc, "name  steps 56.3 [20, 92.5]  wall 0.0144 [0.00979, 0.019]  1.00", spec) is None
+    assert compare(doc, "name  steps 57.9 [20, 92.5]  wall 0.0144 [0.00979, 0.019]  1.00", spec) is not None
+    assert compare(doc, "name  steps 56.3 [20, 92.5]  wall 0.0144 [0.00979, 0.019]  1.50", spec) is not None
+    assert compare(doc, "name  steps 56.3 [20, 92.5]  wall 0.0144 [0.00979, 0.019]  1.00",
+                   OutputSpec(rtol=0.01)) is not None  # without the regex, the timing must agree
