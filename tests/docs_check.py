@@ -33,7 +33,7 @@ MISSING = ("Chromium is not installed, so the site's screenshot check is skipped
 def find_browser() -> str | None:
     """The path of a Chromium (or Chrome) executable, or None. ``BATCHLAW_CHROMIUM`` overrides."""
     if os.environ.get("BATCHLAW_CHROMIUM"):
-        return os.environ["BATCHLAW_CHROMIUM"]
+        return shutil.which(os.environ["BATCHLAW_CHROMIUM"])
     return next((p for p in map(shutil.which, BROWSERS) if p), None)
 
 
