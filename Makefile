@@ -1,7 +1,11 @@
 # The two commands that do everything on a fresh machine:
 #   make demo   run the main job on the built-in default workload
-#   make test   run the test suite
-#   make docs   build the documentation site into site/ (strict: any warning fails)
+#   make test   run the test suite (all of it: about 5 minutes on 2 cores)
+# and, for working on one part:
+#   make test-fast     a subset that touches every module, in about a minute (tests marked `fast`)
+#   make docs          build the documentation site into site/ (strict: any warning fails)
+#   make docs-check    build it and look at it in headless Chromium (screenshots in build/docs-screenshots)
+#   make docs-outputs  rewrite the output blocks of README.md and docs/ from what their blocks print
 # Each creates (or reuses) the virtual environment in .venv.
 
 PYTHON ?= python3
@@ -9,7 +13,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench docs clean venv
+.PHONY: demo test test-fast bench docs docs-check docs-outputs clean venv
 
 venv: $(STAMP)
 
@@ -25,8 +29,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests src/batchlaw --doctest-modules
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m fast tests src/batchlaw --doctest-modules
+
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir site
+
+docs-check: docs
+	$(PY) tests/docs_check.py site --screenshots build/docs-screenshots
+
+docs-outputs: $(STAMP)
+	$(PY) tests/docs_runner.py
 
 bench: $(STAMP)
 	$(PY) bench/monitor_overhead.py

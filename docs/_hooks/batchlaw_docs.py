@@ -8,7 +8,10 @@
   :func:`batchlaw.cli.build_parser`), ``<!-- generated: json-schemas -->`` (from
   ``schemas.py`` next to this file) and ``<!-- generated: api-reference -->`` (one mkdocstrings
   block per public package under ``src/batchlaw``, plus the names of its modules' ``__all__``
-  that the package does not re-export).
+  that the package does not re-export: each public object once).
+
+The docstrings' reST roles and directives are rewritten at load time by the griffe extension
+``griffe_batchlaw.py`` next to this file.
 """
 
 from __future__ import annotations
@@ -169,60 +172,101 @@ def cli_reference() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# API reference: every name in a module's __all__, from the docstrings (mkdocstrings).
+# API reference: every name in a module's __all__, from the docstrings (mkdocstrings), once each.
 
-def _all_names(path: Path) -> list[str]:
-    """The ``__all__`` of a module, read statically (no import, so no torch at build time)."""
-    import ast
+def _load_api():
+    """The ``batchlaw`` package as griffe reads it (statically: no torch at build time), with the
+    lazily re-exported names added by ``griffe_batchlaw``."""
+    _ensure_path()
+    import griffe
+    from griffe_batchlaw import BatchlawDocs
 
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
-            try:
-                return [str(v) for v in ast.literal_eval(node.value)]
-            except ValueError:
-                return []
-    return []
+    return griffe.load("batchlaw", search_paths=[str(SRC)], extensions=griffe.load_extensions(BatchlawDocs),
+                       resolve_aliases=False)
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _canonical(module, name: str) -> str:
+    """Where ``module.name`` is defined (an alias followed to its end), or its own path when unknown."""
+    import griffe
+
+    member = module.members.get(name)
+    if member is None:
+        return f"{module.path}.{name}"
+    if member.is_alias:
+        try:
+            return member.final_target.path
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return member.target_path
+    return member.path
 
 
-def api_sections() -> list[tuple[str, list[str] | None]]:
-    """``(module, members)`` to render: each public package with its ``__all__`` (members None),
-    then each of its modules whose ``__all__`` holds names the package does not re-export."""
-    pkg = SRC / "batchlaw"
-    skip = {"cli", "__main__"}
-    out: list[tuple[str, list[str] | None]] = [("batchlaw", None)]
-    for sub in sorted(pkg.iterdir()):
-        if sub.name.startswith("_") or sub.stem in skip:
-            continue
-        if sub.is_dir() and (sub / "__init__.py").is_file():
-            exported = set(_all_names(sub / "__init__.py"))
-            out.append((_module_name(sub / "__init__.py"), None))
-            for mod in sorted(sub.rglob("*.py")):
-                if mod.name.startswith("_"):
-                    continue
-                extra = [n for n in _all_names(mod) if n not in exported]
-                if extra:
-                    out.append((_module_name(mod), extra))
-        elif sub.suffix == ".py" and _all_names(sub):
-            out.append((_module_name(sub), None))
+def _api_modules(pkg) -> list:
+    """The modules to document, in page order: each public package, then its public modules that
+    have an ``__all__``; each public top-level module with an ``__all__``."""
+    out = []
+
+    def public(m) -> bool:
+        return not m.name.startswith("_") and not m.is_alias and m.is_module
+
+    for sub in sorted((m for m in pkg.members.values() if public(m)), key=lambda m: m.name):
+        if sub.is_init_module:
+            out.append(sub)
+            stack = sorted((m for m in sub.members.values() if public(m)), key=lambda m: m.name)
+            while stack:
+                mod = stack.pop(0)
+                if mod.exports:
+                    out.append(mod)
+                stack[:0] = sorted((m for m in mod.members.values() if public(m)), key=lambda m: m.name)
+        elif sub.exports:
+            out.append(sub)
     return out
+
+
+def api_sections() -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+    """``(module, members, also)`` for each block of the API page: each public object is rendered
+    exactly once. A package renders the names of its ``__all__``; a module, those of its
+    ``__all__`` not rendered already (first the ones it defines, then its re-exports of objects
+    documented nowhere else). ``batchlaw`` itself re-exports only: ``also`` lists
+    ``(name, where it is rendered)`` for the links under its docstring."""
+    pkg = _load_api()
+    modules = _api_modules(pkg)
+    placed: dict[str, str] = {}  # canonical path -> rendered path
+    claims: dict[str, list[str]] = {m.path: [] for m in modules}
+
+    def names(m):
+        return [n for n in (m.exports or ()) if isinstance(n, str) and not n.startswith("_")]
+
+    for second_pass in (False, True):
+        for m in modules:
+            for name in names(m):
+                canon = _canonical(m, name)
+                owns = m.is_init_module or m.parent is pkg or canon.rpartition(".")[0] == m.path
+                if canon not in placed and (owns or second_pass):
+                    placed[canon] = f"{m.path}.{name}"
+                    claims[m.path].append(name)
+    sections: list[tuple[str, list[str], list[tuple[str, str]]]] = []
+    also = [(n, placed.get(_canonical(pkg, n), "")) for n in (pkg.exports or ()) if isinstance(n, str)]
+    sections.append(("batchlaw", [], also))
+    for m in modules:
+        if m.is_init_module or claims[m.path]:
+            order = {n: i for i, n in enumerate(names(m))}
+            sections.append((m.path, sorted(claims[m.path], key=order.get), []))
+    return sections
 
 
 def api_reference() -> str:
     """Markdown with one mkdocstrings block per section of :func:`api_sections`."""
     out = []
-    for mod, members in api_sections():
+    for mod, members, also in api_sections():
         opts = "    options:\n      show_root_heading: true\n      show_root_full_path: true\n      heading_level: 2\n"
-        if members is not None:
-            opts += f"      members: {members!r}\n"
+        opts += f"      members: {members!r}\n" if members else "      members: false\n"
         out.append(f"::: {mod}\n{opts}")
+        links = [f"[`{name}`][{where}]" for name, where in also if where]
+        if links:
+            line = f"`{mod}` re-exports " + ", ".join(links) + ", documented where they are defined"
+            if "__version__" in dict(also):
+                line += "; `__version__` is the version string"
+            out.append(line + ".\n")
     return "\n".join(out)
 
 
