@@ -77,10 +77,15 @@ def _run_out(argv: list[str]) -> tuple[int, str, str]:
 
 def _numbers(obj, key=None):
     """Every ``(key, number)`` in a JSON value; a number in a list takes the key of the list, one in a fit's
-    ``ci`` mapping the key ``ci.<name>``."""
+    ``ci`` mapping the key ``ci.<name>`` (its upper end ``ci.<name>.hi``), one in a power law's ``exponents``
+    mapping the key ``exp``."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _numbers(v, f"ci.{k}" if key == "ci" else k)
+            if key == "ci" and isinstance(v, list) and len(v) == 2:
+                yield from _numbers(v[0], f"ci.{k}")
+                yield from _numbers(v[1], f"ci.{k}.hi")
+            else:
+                yield from _numbers(v, f"ci.{k}" if key == "ci" else "exp" if key == "exponents" else k)
     elif isinstance(obj, list):
         for v in obj:
             yield from _numbers(v, key)
@@ -90,7 +95,7 @@ def _numbers(obj, key=None):
 
 def _signed_ci(key: str, signed) -> bool:
     """``ci.<name>`` of a parameter that may be negative: an exponent, or a quantity signed by meaning."""
-    name = key[3:] if key.startswith("ci.") else None
+    name = key[3:].removesuffix(".hi") if key.startswith("ci.") else None
     return name is not None and (name.startswith("exp_") or name in signed)
 
 
@@ -102,8 +107,10 @@ def _assert_answer(code: int, out: str, err: str, argv: list[str], signed=SIGNED
     if code != 0 or "--json" not in argv:
         return None
     data = json.loads(out, parse_constant=float)  # NaN / Infinity parse, to be caught below
+    # an interval's upper end may be +inf: the data do not bound the quantity above (said, not hidden)
     bad = [(k, v) for k, v in _numbers(data)
-           if not math.isfinite(v) or (v < 0 and k not in signed and not _signed_ci(str(k), signed))]
+           if not (math.isfinite(v) or (v == math.inf and str(k).endswith(".hi")))
+           or (v < 0 and k not in signed and not _signed_ci(str(k), signed))]
     assert not bad, (argv, bad)
     return data
 
@@ -271,6 +278,21 @@ def test_fit_answers_on_plausible_csvs_are_finite_and_non_negative(tmp_path_fact
         _assert_answer(code, out, err, argv)
 
     check()
+
+
+@pytest.mark.parametrize("rows", [[["1e308", "1"], ["4.243", "2"], ["5.196", "3"]],
+                                  [["3", "1"], ["1e308", "2"], ["5.196", "3"]],
+                                  [["1e308", "1"], ["1e308", "2"], ["5.196", "3"], ["4", "4"]]])
+def test_power_law_whose_coefficient_overflows_says_unbounded(tmp_path, rows):
+    """Fuzz finds (CI, issue 22 item 17): a y of 1e308 beside single digits made resampled coefficients overflow
+    (exp of a log beyond 709): an overflow warning, a NaN interval end, or an internal error. The answer is clean:
+    no warning, the interval's ends numbers with the upper one +inf where the resamples overflow."""
+    path = tmp_path / "runs.csv"
+    path.write_text("y,x\n" + "".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    argv = _fit_argv("powerlaw", str(path)) + ["--json"]
+    code, out, err = _run_out(argv)
+    data = _assert_answer(code, out, err, argv)
+    assert data is not None and not any(math.isnan(v) for v in data["ci"]["coef"]), data
 
 
 # ------------------------------------------------------------------ option values

@@ -187,7 +187,7 @@ def test_every_batch_size_in_a_record_is_in_the_monitors_unit(tmp_path):
     seen = []
     writer = SummaryWriter(tmp_path / "tb")
     noise_log = log_to(monitor, tmp_path / "gns.csv", lambda metrics, step: seen.append(metrics), writer)
-    _run(monitor, model, 12, k=4, b=8, noise_log=noise_log)
+    _run(monitor, model, 40, k=4, b=8, noise_log=noise_log)
     noise_log.close()
     writer.close()
     assert monitor.records[-1]["micro_batch_size"] == 8 and monitor.records[-1]["global_batch"] == 32  # examples

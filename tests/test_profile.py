@@ -88,7 +88,10 @@ def test_out_of_memory_under_rlimit_as_returns_the_whole_curve(user_module):
     assert prof["train"][-1]["micro_batch"] == 2 * prof["max_micro_batch"]
     assert 32 <= prof["max_micro_batch"] <= 4096
     mem = [r["peak_memory_bytes"] for r in prof["train"] if r["status"] == "ok"]
-    assert mem[-1] > mem[0] + 10 * 2**20  # memory grew with the micro-batch
+    ok = [r["micro_batch"] for r in prof["train"] if r["status"] == "ok"]
+    # memory grew with the micro-batch: at least half the ~200 KB per example of activations the model holds
+    # (the cap is hit early where thread pools and malloc arenas reserve address space, so the ok curve may end at 32)
+    assert mem[-1] - mem[0] > 100e3 * (ok[-1] - ok[0])
     assert [r["status"] for r in prof["forward"]] == ["ok"] * 7  # work went on after the failure
     assert "out of memory" in proc.stdout
     hp = load_profile(user_module / "p.json")

@@ -105,16 +105,25 @@ def widened_interval(boot, point: float, confidence: float, dof: int) -> tuple[f
     a = 1.0 - confidence
     widen = stats.t.ppf(1 - a / 2, max(dof, 1)) / stats.norm.ppf(1 - a / 2)
     boot = np.asarray(boot, dtype=np.float64)
-    lo_q, hi_q = np.quantile(boot, [a / 2, 1 - a / 2])
+    big = np.finfo(np.float64).max
+    # resamples at +-inf (a coefficient whose log overflowed) count as the largest floats, so that the quantiles
+    # interpolate (inf - inf is NaN) and an end among them is reported as unbounded
+    lo_q, hi_q = (float(q) if abs(q) < big else math.copysign(math.inf, q)
+                  for q in np.quantile(np.clip(boot, -big, big), [a / 2, 1 - a / 2]))
     if point > 0 and lo_q > 0:
         lp = math.log(point)
-        return math.exp(lp - widen * (lp - math.log(lo_q))), math.exp(lp + widen * (math.log(hi_q) - lp))
+        return _exp(lp - widen * (lp - math.log(lo_q))), _exp(lp + widen * (math.log(hi_q) - lp))
     lo = point - widen * (point - lo_q)
     if lo_q == 0 and point >= 0 and boot.min() >= 0:
         # resamples sitting exactly at 0 meet a constraint (a law's E = exp(e) -> 0, an exponent bounded at 0):
         # the quantity cannot be negative, so neither can its interval
         lo = 0.0
     return lo, point + widen * (hi_q - point)
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, ``inf`` beyond the float range (an interval end the data do not bound)."""
+    return math.exp(x) if x < 709.78 else math.inf
 
 
 def _objective(flat, law, X, logy, W, delta, m, p):
@@ -346,7 +355,10 @@ def profile_prediction(law: Law, X: np.ndarray, logy: np.ndarray, theta: np.ndar
     bootstrap started at ``theta`` stays away from.
 
     Args:
-        law, X, logy, theta: the law, its inputs (logs), the log outputs and the Huber fit.
+        law: the law.
+        X: its inputs (logs).
+        logy: the log outputs.
+        theta: the Huber fit.
         x_new: (1, k) the inputs to predict at.
         critical: the squared critical value of the test of one constraint, e.g. ``t^2`` on
             ``n - p`` degrees of freedom (``F_{1, n-p}``) or ``chi^2_1``.
