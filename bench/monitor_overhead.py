@@ -12,8 +12,22 @@ uses bf16 autocast.
 
     python bench/monitor_overhead.py --preset mlp          # CPU: 1.1M-parameter MLP, K=4
     python bench/monitor_overhead.py --preset cpu-small    # CPU: small GPT, K=4
+    python bench/monitor_overhead.py --preset gpt-tied     # CPU: the regression guard's model (below)
+    python bench/monitor_overhead.py --preset gpt-tied --baseline-rev 36fff97   # this tree vs a revision
     python bench/monitor_overhead.py --preset mlp --nproc 2   # DDP on 2 gloo processes
     python bench/monitor_overhead.py --device cuda --preset gpt2   # GPU: GPT-2 small, bf16
+
+``gpt-tied`` is the model the regression guard watches: a 4-layer GPT with tied embeddings
+(d=128, sequence 64, 52 parameter tensors, most of them small), micro-batch 16, K=4, AdamW,
+2 threads, 70 interleaved iterations after 5 warm-up, in a random order each iteration; at the
+end every monitored copy must hold the unmonitored copy's weights bit for bit.
+
+``--baseline-rev REV`` exports ``src/batchlaw`` at git revision REV next to this tree (as the
+package ``batchlaw_base``, imported in the same process) and adds its monitor as an arm:
+both versions run alternately on the same batches. It prints both ratios to no monitor and the
+per-iteration difference of the two, and exits with status 1 when this tree is worse by more
+than the noise allows: when the interquartile range of ``(this tree - REV) / off`` lies
+entirely above 0 (in three quarters of the iterations this tree was slower than REV).
 
 Results go in bench/RESULTS.md with the machine and date.
 """
@@ -22,13 +36,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import os
 import platform
 import random
+import re
 import socket
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +116,8 @@ def _gpt(dev, preset):
     from batchlaw.workloads.corpus import load_stdlib_corpus
     from batchlaw.workloads.transformer import GPTConfig, TinyGPT
 
+    # cpu-small and gpt-tied are the same model (tied embeddings, 52 parameter tensors); gpt-tied is timed as the
+    # regression guard: 3 arms, 2 threads, 70 iterations
     cfg = GPTConfig.gpt2_small(context=1024) if preset == "gpt2" else GPTConfig(context=64, d_model=128, n_layer=4, n_head=4)
     data = torch.from_numpy(load_stdlib_corpus().train).long()
     model = TinyGPT(cfg).to(dev)
@@ -113,23 +136,51 @@ def _gpt(dev, preset):
 
 
 ARMS = ("off", "batchlaw, every step", "batchlaw, every 4th step", "copying estimator (traintools)", "naive hooks")
+GUARD_ARMS = ("off", "batchlaw, every step", "copying estimator (traintools)")
+#: Defaults per preset: micro-batch, steps, threads
+PRESETS = {"mlp": (32, 80, None), "cpu-small": (16, 80, None), "gpt-tied": (16, 70, 2), "gpt2": (8, 80, None)}
 
 
-def run(args, rank=0, world=1):
+def load_revision(rev: str) -> type:
+    """``GradientNoiseMonitor`` of ``src/batchlaw`` at git revision ``rev``, imported beside this tree's as the
+    package ``batchlaw_base`` (its absolute ``batchlaw`` imports renamed)."""
+    root = Path(__file__).resolve().parents[1]
+    dest = Path(tempfile.mkdtemp(prefix="batchlaw_base_"))
+    archive = dest / "src.tar"
+    with archive.open("wb") as fh:
+        subprocess.run(["git", "-C", str(root), "archive", "--format=tar", rev, "src/batchlaw"], stdout=fh, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    pkg = dest / "src" / "batchlaw"
+    pattern = re.compile(r"(?<![\w/.-])batchlaw(?=[.\s]|$)")
+    for path in pkg.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text("\n".join(pattern.sub("batchlaw_base", line) if re.search(r"\b(import|from)\b|['\"]batchlaw\.",
+                                                                                  line) else line
+                                  for line in text.split("\n")), encoding="utf-8")
+    pkg.rename(dest / "batchlaw_base")
+    sys.path.insert(0, str(dest))
+    return importlib.import_module("batchlaw_base.noise").GradientNoiseMonitor
+
+
+def run(args, rank=0, world=1) -> int:
     dev = torch.device(args.device if world == 1 or args.device == "cpu" else f"cuda:{rank}")
     torch.manual_seed(0)
     if args.preset == "mlp":
         base, batch, loss_fn, tpe = _mlp(dev)
-        mb = args.micro_batch or 32
     else:
         base, batch, loss_fn, tpe = _gpt(dev, args.preset)
-        mb = args.micro_batch or (8 if args.preset == "gpt2" else 16)
+    mb = args.micro_batch or PRESETS[args.preset][0]
     n_params = sum(p.numel() for p in base.parameters())
     k = args.accumulation
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     arms = {}
-    names = ARMS if world == 1 else ("off", "batchlaw, every step")
+    names = list(GUARD_ARMS if args.preset == "gpt-tied" else ARMS) if world == 1 else ["off", "batchlaw, every step"]
+    baseline = None
+    if args.baseline_rev:
+        baseline = load_revision(args.baseline_rev)
+        names.insert(2, f"batchlaw @{args.baseline_rev}")
     for name in names:
         model = copy.deepcopy(base)
         if world > 1:
@@ -139,6 +190,8 @@ def run(args, rank=0, world=1):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
         if name == "off":
             mon = None
+        elif name.startswith("batchlaw @"):
+            mon = baseline(model, micro_batch_size=mb, tokens_per_example=tpe)
         elif name.startswith("batchlaw"):
             mon = GradientNoiseMonitor(model, micro_batch_size=mb, tokens_per_example=tpe,
                                        every=1 if "every step" in name else 4)
@@ -178,18 +231,47 @@ def run(args, rank=0, world=1):
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
     if rank != 0:
-        return
+        return 0
     base_ms = statistics.median(arms["off"][3]) * 1e3
     machine = torch.cuda.get_device_name() if dev.type == "cuda" else (platform.processor() or platform.machine())
     print(f"device {dev} ({machine}), torch {torch.__version__}, threads {torch.get_num_threads()}, world size {world}")
     what = f"{mb} x {tpe} tokens" if tpe else f"{mb} examples"
     print(f"preset {args.preset}: {n_params / 1e6:.2f}M params, {k} micro-batches x {what} per rank, {args.steps} steps per arm")
     off = arms["off"][3]
-    print(f"{'arm':<32} {'median ms':>10} {'ratio of medians':>17} {'median paired ratio':>20}")
+    print(f"{'arm':<32} {'median ms':>10} {'ratio of medians':>17} {'median paired ratio':>20} {'95% CI':>14} "
+          f"{'IQR':>14}")
     for name, (_, _, _, times) in arms.items():
         med = statistics.median(times) * 1e3
-        paired = statistics.median(t / o for t, o in zip(times, off))
-        print(f"{name:<32} {med:>10.2f} {med / base_ms:>17.3f} {paired:>20.3f}")
+        ratios = [t / o for t, o in zip(times, off)]
+        q1, paired, q3 = _quartiles(ratios)
+        lo, hi = _median_ci(ratios)
+        print(f"{name:<32} {med:>10.2f} {med / base_ms:>17.3f} {paired:>20.3f} {lo:>6.3f}-{hi:.3f} {q1:>6.3f}-{q3:.3f}")
+    same = {name: all(torch.equal(a, b) for a, b in zip(arms[name][0].parameters(), arms["off"][0].parameters()))
+            for name in arms if name != "off"}
+    print("weights bit-identical to the unmonitored copy: "
+          + ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in same.items()))
+    status = 0 if all(same[n] for n in same if n.startswith("batchlaw")) else 1
+    if baseline is not None:
+        cur, old = arms["batchlaw, every step"][3], arms[f"batchlaw @{args.baseline_rev}"][3]
+        q1, med, q3 = _quartiles([(c - b) / o for c, b, o in zip(cur, old, off)])
+        verdict = "worse (IQR above 0)" if q1 > 0 else "not worse"
+        print(f"this tree - {args.baseline_rev}, per iteration, in units of the unmonitored step: median {med:+.4f} "
+              f"(IQR {q1:+.4f} to {q3:+.4f}): {verdict}")
+        status = max(status, 1 if q1 > 0 else 0)
+    return status
+
+
+def _median_ci(values, z=1.96):
+    """Distribution-free 95% interval of the median: the order statistics n/2 -+ z sqrt(n)/2."""
+    v = sorted(values)
+    n = len(v)
+    half = z * n**0.5 / 2
+    return v[max(0, int(n / 2 - half))], v[min(n - 1, int(-(-(n / 2 + half) // 1)))]
+
+
+def _quartiles(values):
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[1], q[2]
 
 
 def _dist_entry(rank, world, port, args):
@@ -217,23 +299,26 @@ def _dist_entry(rank, world, port, args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--preset", choices=["mlp", "cpu-small", "gpt2"], default="mlp", help="model to time")
+    ap.add_argument("--preset", choices=list(PRESETS), default="mlp", help="model to time")
     ap.add_argument("--micro-batch", type=int, default=None, help="examples (sequences) per micro-batch")
     ap.add_argument("--accumulation", type=int, default=4, help="micro-batches per step (K)")
-    ap.add_argument("--steps", type=int, default=80, help="timed steps per arm")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per arm (default: the preset's)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps per arm")
     ap.add_argument("--nproc", type=int, default=1, help="DDP processes (gloo on CPU, nccl on GPUs)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the preset's)")
+    ap.add_argument("--baseline-rev", default=None, help="git revision whose monitor runs beside this tree's")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.steps = args.steps or PRESETS[args.preset][1]
+    threads = args.threads or PRESETS[args.preset][2]
+    if threads:
+        torch.set_num_threads(threads)
     if args.nproc > 1:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         torch.multiprocessing.spawn(_dist_entry, args=(args.nproc, port, args), nprocs=args.nproc)
     else:
-        run(args)
+        sys.exit(run(args))
 
 
 if __name__ == "__main__":

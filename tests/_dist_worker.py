@@ -183,6 +183,51 @@ def allreduce_count(rank, world, cfg):
     return {"calls": len(calls), "measured": len(mon.records)}
 
 
+def auto_cadence(rank, world, cfg):
+    """every="auto" under DDP, with rank 1's hooks made slow (a sleep in its norms): every rank picks the same
+    cadence at the same step, through the monitor's own all-reduce, and measures the same steps."""
+    import time as _time
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import batchlaw.noise.monitor as monitor_module
+
+    wl = LinearRegression(dim=16)
+    model = wl.make_model(0)
+    ddp = DDP(model)
+    real_norms = monitor_module._norms
+    if rank == 1:
+        def slow_norms(tensors):
+            _time.sleep(cfg["sleep_s"])
+            return real_norms(tensors)
+
+        monitor_module._norms = slow_norms
+    real, calls = dist.all_reduce, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        mon = GradientNoiseMonitor(ddp, micro_batch_size=4, every="auto", overhead_target=cfg["target"])
+        gen = torch.Generator().manual_seed(rank)
+        cadences = []
+        for _ in range(cfg["steps"]):
+            for i in range(2):
+                with ddp.no_sync() if i == 0 else _Null():
+                    x, y = wl.sample_batch(4, gen)
+                    (0.5 * (ddp(x).squeeze(-1) - y).square().mean() / 2).backward()
+            mon.step()
+            cadences.append(mon.cadence["every"])
+            ddp.zero_grad(set_to_none=True)
+        return {"cadences": cadences, "steps": [r["step"] for r in mon.records], "calls": len(calls),
+                "report": mon.cadence}
+    finally:
+        dist.all_reduce = real
+        monitor_module._norms = real_norms
+
+
 def unequal_sizes(rank, world, cfg):
     """Micro-batches of unequal size, different on each rank (mean size and K), under DDP, for each
     loss normalisation: the first step's record against the brute-force sums over every rank's

@@ -54,6 +54,7 @@ def world2(tmp_path_factory):
     cfg = {"accuracy_cases": _ACCURACY_2, "bit_for_bit": {},
            "world_one_subgroup": {"b": 8, "steps": 300, "seed": 2},
            "coverage": {"b": 8, "steps": 60, "k": 2, "seeds": 20}, "allreduce_count": {"steps": 12, "every": 3},
+           "auto_cadence": {"steps": 120, "sleep_s": 0.002, "target": 0.2},
            "unequal_sizes": {"modes": ["micro_batch", "step", "global_step", "global_step+total"], "steps": 400,
                              "seed": 3}}
     return run_spawned("suite", 2, cfg, tmp_path_factory.mktemp("w2"))
@@ -130,6 +131,20 @@ def test_training_is_bit_for_bit_unchanged_under_ddp(world2):
 def test_one_small_all_reduce_per_measured_step(world2):
     for r in world2:
         assert r["allreduce_count"] == {"calls": 4, "measured": 4}  # 12 steps, every 3rd measured
+
+
+def test_auto_cadence_is_the_same_on_every_rank(world2):
+    """every="auto" with one rank's hooks slow: both ranks switch to the same cadence at the same step (agreed
+    through the monitor's all-reduce, still one per measured step) and measure the same steps."""
+    a, b = (r["auto_cadence"] for r in world2)
+    assert a["cadences"] == b["cadences"] and a["steps"] == b["steps"]
+    assert a["report"]["decided_at_step"] == b["report"]["decided_at_step"] == 5  # after 6 measured steps
+    assert a["report"]["every"] > 1 and a["cadences"][:5] == [1] * 5
+    # measured: steps 0-5, then every k-th
+    k = a["report"]["every"]
+    assert a["steps"] == list(range(6)) + list(range(5 + k, 120, k))
+    assert a["calls"] == b["calls"] == len(a["steps"])
+    assert a["report"]["measured_step_cost_s"] == b["report"]["measured_step_cost_s"]  # the mean over ranks
 
 
 def test_interval_coverage_over_seeds_under_ddp(world2):

@@ -1,6 +1,7 @@
 """GradientNoiseMonitor against known answers, on tiny real models."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -214,6 +215,77 @@ def test_every_nth_step():
     assert monitor.steps == 10
 
 
+def _timed_steps(model, monitor, steps, work_s=0.0, k=2):
+    """``steps`` optimizer steps of a linear model at fixed weights, each with ``work_s`` seconds of other work
+    (the rest of a training step the monitor does not see)."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        for _ in range(k):
+            model(torch.randn(8, 16, generator=gen)).pow(2).mean().backward()
+        if work_s:
+            time.sleep(work_s)
+        monitor.step()
+        model.zero_grad(set_to_none=True)
+
+
+def test_every_auto_picks_a_larger_cadence_when_its_hooks_are_slow(monkeypatch):
+    """A monitor whose hooks cost about 4 ms a measured step (a sleep in its norms, 2 micro-batches + the big
+    batch) against ~20 ms steps: every step would cost ~20%, so with the 1% target it measures every ~25th step
+    (between 10 and 60 on a loaded machine), says so, and what that does to the interval width."""
+    import batchlaw.noise.monitor as monitor_module
+
+    real = monitor_module._norms
+
+    def slow(tensors):
+        time.sleep(0.0013)
+        return real(tensors)
+
+    monkeypatch.setattr(monitor_module, "_norms", slow)
+    model = torch.nn.Linear(16, 1)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8, every="auto")
+    _timed_steps(model, monitor, 200, work_s=0.02)
+    c = monitor.cadence
+    assert c["auto"] and c["decided_at_step"] == 5 and 10 <= c["every"] <= 60, c
+    assert c["measured_step_cost_s"] > 0.003 and c["skipped_step_cost_s"] == 0.0  # every step measured until then
+    assert c["expected_overhead"] <= 0.01 and c["interval_width_factor"] == pytest.approx(math.sqrt(c["every"]))
+    steps = [r["step"] for r in monitor.records]
+    assert steps[:6] == list(range(6)) and steps[6:] == list(range(5 + c["every"], 200, c["every"]))
+
+
+def test_every_auto_keeps_measuring_every_step_when_cheap():
+    """A tiny linear model's monitor (about 0.3-1 ms a step, most of it the step's own statistics) against 30 ms
+    steps and a 20% target: well under it, so every step stays measured (decided again after 50 more measured
+    steps)."""
+    model = torch.nn.Linear(16, 1)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=8, every="auto", overhead_target=0.2)
+    _timed_steps(model, monitor, 60, work_s=0.03)
+    c = monitor.cadence
+    assert c["every"] == 1 and c["decided_at_step"] == 55 and c["expected_overhead"] < 0.2, c
+    assert len(monitor.records) == 60
+    fixed = GradientNoiseMonitor(torch.nn.Linear(16, 1), micro_batch_size=8)
+    assert fixed.cadence == {"every": 1, "auto": False}
+
+
+def test_every_auto_cadence_survives_a_checkpoint(monkeypatch):
+    """The agreed cadence and the next measured step travel in state_dict: a resumed monitor goes on measuring
+    the same steps."""
+    import batchlaw.noise.monitor as monitor_module
+
+    real = monitor_module._norms
+    monkeypatch.setattr(monitor_module, "_norms", lambda t: (time.sleep(0.0013), real(t))[1])
+    model = torch.nn.Linear(16, 1)
+    first = GradientNoiseMonitor(model, micro_batch_size=8, every="auto")
+    _timed_steps(model, first, 30, work_s=0.02)
+    state = first.state_dict()
+    every, last = first.cadence["every"], first.records[-1]["step"]
+    first.remove()
+    second = GradientNoiseMonitor(model, micro_batch_size=8, every="auto")
+    second.load_state_dict(state)
+    assert second.cadence["every"] == every > 1
+    _timed_steps(model, second, 3 * every)
+    assert [r["step"] for r in second.records][-3:] == [last + every, last + 2 * every, last + 3 * every]
+
+
 def test_tokens_unit():
     wl = LinearRegression(dim=16, noise_std=1.0, init_distance=1.0)
     model = wl.make_model(0)
@@ -251,6 +323,10 @@ def test_bad_arguments_are_named():
         GradientNoiseMonitor(model, micro_batch_size=-3)
     with pytest.raises(ValueError, match="'every'"):
         GradientNoiseMonitor(model, every=0)
+    with pytest.raises(ValueError, match="'every' parameter must be a positive integer or 'auto'. Got 'sometimes'"):
+        GradientNoiseMonitor(model, every="sometimes")
+    with pytest.raises(ValueError, match="'overhead_target'"):
+        GradientNoiseMonitor(model, every="auto", overhead_target=0)
     with pytest.raises(ValueError, match="no parameters with requires_grad"):
         GradientNoiseMonitor(torch.nn.ReLU())
     frozen = torch.nn.Linear(2, 1).requires_grad_(False)

@@ -61,6 +61,7 @@ materialised when read (``records``, ``estimate()``, ``state_dict()``) or every
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections import defaultdict
 from numbers import Real
@@ -69,6 +70,7 @@ from typing import Any
 import torch
 
 from .._validation import check_choice, check_positive_int, check_probability
+from .cadence import AutoCadence
 from ..errors import InsufficientDataError
 from .distributed import UnsupportedSetupError, detect_data_parallel, fsdp2_unsharded_params, gradient_sync_on
 from .estimators import MIN_STEPS, NoiseScaleEstimate
@@ -143,7 +145,12 @@ class GradientNoiseMonitor:
             examples of the step over all ranks, times the world size). Count tokens instead
             of examples when the monitor measures in tokens. See the module docstring.
         every: measure every ``every``-th optimizer step only (the hooks return at once on the
-            others).
+            others), or ``"auto"``: the monitor times its own hooks against the step time and
+            picks the cadence that keeps its cost under ``overhead_target`` (see
+            :attr:`cadence`; under data parallelism every rank agrees on it through the
+            monitor's all-reduce).
+        overhead_target: with ``every="auto"``, the share of the step time the monitor may
+            take (default 1%).
         ema_beta: smoothing of the running ``|G|^2`` and ``tr(Sigma)`` in the per-step records.
         bucket_bytes: gradients are held (by reference) until this many bytes are waiting,
             then their norms are taken with one fused kernel. Larger: fewer launches, more
@@ -202,7 +209,8 @@ class GradientNoiseMonitor:
         scaler: Any = None,
         loss_divided_by_accumulation: bool = True,
         loss_normalisation: str = "micro_batch",
-        every: int = 1,
+        every: int | str = 1,
+        overhead_target: float = 0.01,
         ema_beta: float = 0.95,
         bucket_bytes: int = 64 * 2**20,
         sync_every: int = 64,
@@ -239,7 +247,14 @@ class GradientNoiseMonitor:
                 "The 'loss_divided_by_accumulation' parameter applies to loss_normalisation='micro_batch' only: with "
                 f"loss_normalisation={loss_normalisation!r} each micro-batch loss is divided by the step's total, not "
                 "by K. Leave it at its default.")
-        self.every = check_positive_int("every", every)
+        if every == "auto":
+            self._auto: AutoCadence | None = AutoCadence(check_probability("overhead_target", overhead_target))
+            self.every = 1
+        else:
+            if isinstance(every, str):
+                raise ValueError(f"The 'every' parameter must be a positive integer or 'auto'. Got {every!r} instead.")
+            self._auto = None
+            self.every = check_positive_int("every", every)
         self.ema_beta = check_probability("ema_beta", ema_beta, open_low=False)
         self.bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
         self.sync_every = check_positive_int("sync_every", sync_every)
@@ -258,6 +273,7 @@ class GradientNoiseMonitor:
         self.world_size = self.setup.world_size
 
         self._step = 0  # optimizer steps seen
+        self._next_measure = 0  # the next optimizer step to measure
         self._params: list[torch.Tensor] = []  # parameters whose incoming gradients are the small batch
         self._counts: list[int] = []  # gradients accumulated into .grad per parameter, this step
         self._incoming: list[Any] = []  # per parameter: the gradient seen by the pre-hook, until accumulated
@@ -294,9 +310,10 @@ class GradientNoiseMonitor:
         self._params = list(params)
         self._counts = [0] * len(self._params)
         self._incoming = [None] * len(self._params)
+        timed = self._auto.timed if self._auto is not None else (lambda fn: fn)
         for i, p in enumerate(self._params):
-            self._handles.append(p.register_hook(self._make_pre_hook(i, p)))
-            self._handles.append(p.register_post_accumulate_grad_hook(self._make_post_hook(i)))
+            self._handles.append(p.register_hook(timed(self._make_pre_hook(i, p))))
+            self._handles.append(p.register_post_accumulate_grad_hook(timed(self._make_post_hook(i))))
 
     def _watch_fsdp2_after_forward(self, module, args, output) -> None:
         if self._params:
@@ -314,7 +331,7 @@ class GradientNoiseMonitor:
             self._last_forward_synced = bool(module.require_backward_grad_sync)
 
     def _measuring(self) -> bool:
-        return self._step % self.every == 0
+        return self._step == self._next_measure
 
     def _make_pre_hook(self, index: int, param: torch.Tensor):
         def hook(grad: torch.Tensor) -> None:
@@ -326,7 +343,7 @@ class GradientNoiseMonitor:
                 # Norms must be taken before the next backward (autograd may adopt an incoming
                 # gradient as .grad and add later micro-batches into it in place) and before a
                 # data-parallel wrapper writes the reduced gradient back into .grad.
-                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward_cb)
                 self._flush_queued = True
             # Holding the incoming gradient would stop autograd from adopting it as .grad (it would
             # copy it instead): when .grad is empty, read the adopted .grad after accumulation.
@@ -346,10 +363,14 @@ class GradientNoiseMonitor:
             self._counts[index] += 1
             self._accumulated = True
             self._bucket.append(grad)
+            if incoming is _ADOPTED:  # .grad itself: holding it keeps nothing alive
+                if self._bucket_nbytes >= self.bucket_bytes:
+                    self._flush_bucket()
+                return None
             self._bucket_nbytes += grad.numel() * grad.element_size()
-            # On a CPU, holding gradients until the end of backward keeps their memory from being
-            # reused by the next ones (new pages, page faults): take CPU norms at once.
-            if self._bucket_nbytes >= self.bucket_bytes or grad.device.type == "cpu":
+            # On a CPU, holding many gradients until the end of backward keeps their memory from
+            # being reused by the next ones (new pages, page faults): a small bucket there.
+            if self._bucket_nbytes >= (self.bucket_bytes if grad.device.type != "cpu" else _CPU_BUCKET_BYTES):
                 self._flush_bucket()
             return None
 
@@ -363,6 +384,12 @@ class GradientNoiseMonitor:
                 self._leftover = squared_norm([_local(p.grad)])
                 return
         self._leftover = None
+
+    def _end_of_backward_cb(self) -> None:
+        if self._auto is None:
+            self._end_of_backward()
+        else:
+            self._auto.timed(self._end_of_backward)()
 
     def _end_of_backward(self) -> None:
         self._flush_queued = False
@@ -466,12 +493,25 @@ class GradientNoiseMonitor:
                 or ``.grad`` was changed after the last backward (unscale_, clipping, zero_grad,
                 a DDP ``no_sync`` last micro-batch).
         """
+        if self._auto is None:
+            self._step_impl(batch_size, sizes, loss_normalisation, loss_total)
+            return None
+        start = time.perf_counter()
+        measuring = self._measuring()
+        try:
+            self._step_impl(batch_size, sizes, loss_normalisation, loss_total)
+        finally:
+            self._auto.end_step(start, measuring)
+        return None
+
+    def _step_impl(self, batch_size: Any, sizes: Any, loss_normalisation: str | None, loss_total: Any) -> None:
         self._flush_bucket()
         measuring = self._measuring()
         self._step += 1
         self._step_started = False
         if not measuring:
             return None
+        self._next_measure = self._step - 1 + self.every
         counts, self._counts = self._counts, [0] * len(self._params)
         k, self._backward_count = self._backward_count, 0
         micro_sq, self._micro_sq = self._micro_sq, []
@@ -513,10 +553,18 @@ class GradientNoiseMonitor:
         total = None if loss_total is None else torch.as_tensor(loss_total).to(big.device, torch.float64).reshape(())
         stats = self._step_stats(torch.stack([m.to(big.device) for m in micro_sq]).double(), n, mode, total,
                                  per_example, big if self.setup.kind == "fsdp2" else big / self.world_size, leftover)
+        deciding = self._auto is not None and self._auto.due()
+        if deciding:  # the cadence's inputs ride along: every rank then decides on the same numbers
+            stats = torch.cat([stats, self._auto.window_stats(stats.device)])
         if self.setup.distributed:
             # One all-reduce of a few scalars: the weighted micro-batch norms and sizes of every rank,
-            # the shards of .grad (FSDP2), leftovers and the duplicate counts.
+            # the shards of .grad (FSDP2), leftovers and the duplicate counts (and, with every="auto",
+            # each rank's hook and step times when the cadence is due).
             torch.distributed.all_reduce(stats, group=self.setup.group)
+        if deciding:
+            stats, agreed = stats[:-AutoCadence.N_STATS], stats[-AutoCadence.N_STATS:]
+            self.every = self._auto.decide(agreed.tolist(), self.world_size, self._step - 1)
+            self._next_measure = self._step - 1 + self.every
         # With "global_step" and no loss_total, the weights wait for the total over every rank.
         self._pending.append((self._step - 1, mode == "global_step" and total is None, per_example, stats))
         if len(self._pending) >= self.sync_every:
@@ -751,6 +799,25 @@ class GradientNoiseMonitor:
         """Optimizer steps seen (measured or not)."""
         return self._step
 
+    @property
+    def cadence(self) -> dict:
+        """How often the monitor measures, and (with ``every="auto"``) why.
+
+        Keys: ``every`` (measure every ``every``-th optimizer step), ``auto``; with
+        ``every="auto"`` also ``target`` (the share of the step time allowed), ``decided_at_step``
+        (``None`` until the first decision, after a few measured steps), the timings it decided
+        on (mean over ranks of each rank's median): ``measured_step_cost_s`` and
+        ``skipped_step_cost_s`` (seconds inside the monitor at a measured and an unmeasured step),
+        ``step_time_s`` (between two ``step()`` calls, the monitor's time included),
+        ``expected_overhead`` (its share of the step time at the chosen cadence, from those), and
+        ``interval_width_factor``: ``sqrt(every)``, how much wider the interval of ``B_simple``
+        over a given stretch of training is than measuring every step (fewer measured steps; less
+        when successive steps are correlated), and ``note`` when the target cannot be met.
+        """
+        if self._auto is None:
+            return {"every": self.every, "auto": False}
+        return {"every": self.every, "auto": True, **self._auto.report(self.every)}
+
     def usable(self, *, start: int | None = None, stop: int | None = None):
         """``(steps, g_sq, trace_sigma)`` of the usable measured steps in ``[start, stop)``."""
         self._materialize()
@@ -776,7 +843,8 @@ class GradientNoiseMonitor:
     def state_dict(self) -> dict:
         """Everything needed to continue the measurement after a checkpoint/resume."""
         self._materialize()
-        return {"step": self._step, "world_size": self.world_size, "tracker": self.tracker.state_dict()}
+        return {"step": self._step, "world_size": self.world_size, "tracker": self.tracker.state_dict(),
+                "every": self.every, "next_measure": self._next_measure}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output (same unit; the world size may change between runs)."""
@@ -788,6 +856,12 @@ class GradientNoiseMonitor:
         self._pending = []
         self.tracker.load_state_dict(state["tracker"])
         self._step = int(state["step"])
+        if self._auto is not None and {"every", "next_measure"} <= set(state):
+            # the agreed cadence goes on where it was (and is decided again after a few measured steps)
+            self.every = int(state["every"])
+            self._next_measure = max(int(state["next_measure"]), self._step)
+        else:  # the next multiple of the cadence, as measuring every ``every``-th step from the start would
+            self._next_measure = -(-self._step // self.every) * self.every
 
     def remove(self) -> None:
         """Detach the hooks; the model trains as if the monitor had never been there."""
@@ -804,6 +878,10 @@ class GradientNoiseMonitor:
 
 #: Marks a gradient that autograd adopts as ``.grad`` (read it there after accumulation).
 _ADOPTED = object()
+#: On a CPU, incoming (not adopted) gradients are held until this many bytes wait, then their norms are
+#: taken in one fused kernel: one call per parameter cost more than the norms themselves on models with
+#: many small parameters, and holding many more defeats the allocator's reuse of their memory.
+_CPU_BUCKET_BYTES = 2**20
 #: Relative tolerance of the Cauchy-Schwarz checks (float32 norms of sums; bf16 gradients).
 _EXCESS_TOL = 1e-2
 _IDENTICAL_TOL = 1e-5
