@@ -256,7 +256,7 @@ def test_csv_with_bom_directory_and_bad_encoding(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
-    from batchlaw.cli import fit as fit_cli
+    from batchlaw.cli.fit import curve as fit_cli
 
     # a bug in batchlaw: the failing function's code lives in batchlaw's own file
     namespace: dict = {}
@@ -271,7 +271,7 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
 
 
 def test_errors_raised_in_the_users_own_file_are_theirs_not_batchlaws(monkeypatch, capsys):
-    from batchlaw.cli import fit as fit_cli
+    from batchlaw.cli.fit import curve as fit_cli
 
     def boom(args):
         return {}["missing"]  # the user's line

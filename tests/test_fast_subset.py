@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
@@ -87,13 +88,19 @@ def reached_modules() -> set[str]:
     for name in modules:
         if ">>> " in inspect.getsource(importlib.import_module(name)):
             reached.add(name)
-    # A command run by a fast CLI test reaches what its module imports (`profile --plot` plots).
-    for cmd in [m for m in reached if m.startswith("batchlaw.cli.")]:
-        tree = ast.parse(inspect.getsource(importlib.import_module(cmd)))
-        for n in ast.walk(tree):
-            if isinstance(n, ast.ImportFrom) and n.level == 2 and n.module:
-                reached |= {f"batchlaw.{n.module}"} | {f"batchlaw.{n.module}.{a.name}" for a in n.names}
+    # A command run by a fast CLI test reaches what its module imports (`profile --plot` plots), and
+    # what the command modules it imports do (`fit` imports `fit.curve`, which imports `batchlaw.fit.curves`).
     reached &= modules
+    todo = [m for m in reached if m.startswith("batchlaw.cli.")]
+    while todo:
+        cmd = importlib.import_module(todo.pop())
+        package = cmd.__name__ if hasattr(cmd, "__path__") else cmd.__package__
+        for n in ast.walk(ast.parse(inspect.getsource(cmd))):
+            if isinstance(n, ast.ImportFrom) and n.level:
+                base = importlib.util.resolve_name("." * n.level + (n.module or ""), package)
+                new = ({base} | {f"{base}.{a.name}" for a in n.names}) & modules - reached
+                reached |= new
+                todo += [m for m in new if m.startswith("batchlaw.cli.")]
     # A package is reached when one of its modules is.
     reached |= {m for m in modules if any(r.startswith(m + ".") for r in reached)}
     return reached

@@ -1,7 +1,8 @@
 """Measure: the critical batch size directly, from sweeps of trials to a target loss."""
 
 from .analysis import SweepAnalysis, analyze_sweep, batch_summary, pooled_b_simple
-from .runner import LocalExecutor, LRSearch, RayExecutor, SweepConfig, make_executor, run_sweep
+from .config import SweepConfig
+from .runner import LocalExecutor, LRSearch, RayExecutor, make_executor, run_sweep
 from .store import CSV_COLUMNS, TrialStore
 from .trial import TrialSpec, run_trial
 

@@ -29,6 +29,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .config import SweepConfig
 from .trial import trial_lower_bound
 
 __all__ = ["TrialStore", "StoreError", "CSV_COLUMNS", "SCHEMA_VERSION"]
@@ -287,8 +288,6 @@ class TrialStore:
         return out
 
     def _check_config(self, name, cfg) -> dict:
-        from .runner import SweepConfig  # runner imports this module
-
         why = None
         if not isinstance(cfg, dict) or not isinstance(name, str):
             why = "its configuration is not a JSON object"
