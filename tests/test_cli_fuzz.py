@@ -57,7 +57,8 @@ def _assert_clean(code: int, err: str, argv: list[str]) -> None:
 # The bootstrap interval of a fitted parameter (a fit's "ci") follows its parameter: an exponent's ("exp_*") may be
 # negative, every other one must not (see test_fit_intervals_of_non_negative_parameters_stay_non_negative).
 SIGNED = {"rel_error", "median_abs_rel_error", "max_abs_rel_error", "lr_scaling", "exp", "exponent", "r2_log", "r2",
-          "seed", "seeds", "trunk_seed"}  # seeds are labels, and may be negative
+          "seed", "seeds", "trunk_seed",  # seeds are labels, and may be negative
+          "approach2", "approach2_ci", "approach3", "approach3_ci"}  # isoflop's N_opt exponents, said when <= 0
 
 
 def _run_out(argv: list[str]) -> tuple[int, str, str]:

@@ -2,6 +2,8 @@
 
 import math
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,12 +87,26 @@ def test_isoflop_recovers_the_optimal_exponent():
         for n in n_opt * np.geomspace(0.25, 4, 9):
             rows.append((n, c / (6 * n), c, chinchilla_loss(n, c / (6 * n), EPOCH_2024)))
     n, d, c, loss = map(np.array, zip(*rows))
-    out = fit_isoflop(n, d, c, loss, n_boot=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a resolved grid: no warning
+        out = fit_isoflop(n, d, c, loss, n_boot=200)
     expected = EPOCH_2024["beta"] / (EPOCH_2024["alpha"] + EPOCH_2024["beta"])
     assert out["params_law"]["exponent"] == pytest.approx(expected, abs=0.01)
     assert out["tokens_law"]["exponent"] == pytest.approx(1 - expected, abs=0.01)
     with pytest.raises(InsufficientDataError, match="at least 3 compute budgets"):
         fit_isoflop(n[:9], d[:9], c[:9], loss[:9])
+
+
+def test_isoflop_warns_when_the_optimal_model_shrinks_with_compute():
+    """A hypothesis find: a coarse grid (4 sizes a factor 4 apart) whose minima drift towards smaller models as the
+    budget grows. Approach 2 gives N_opt ~ C^-0.63; the fit says the law is not to be used."""
+    n = np.tile([1e6, 4e6, 1.6e7, 6.4e7], 4)
+    c = np.repeat([1.2e14, 4.8e14, 1.92e15, 7.68e15], 4)
+    loss = [7.0, 6.06126, 5.59612, 5.29877, 5.08517, 4.92095, 4.61464, 4.67943,
+            4.58641, 4.50594, 4.28309, 4.37255, 4.31626, 4.26533, 4.21893, 4.31240]
+    with pytest.warns(UserWarning, match=r"N_opt ~ C\^-0.6.*model size would shrink.*do not use this law"):
+        out = fit_isoflop(n, c / (6 * n), c, loss, n_boot=100, approach3=False)
+    assert out["params_law"]["exponent"] < 0
 
 
 # ------------------------------------------------------------------ power laws

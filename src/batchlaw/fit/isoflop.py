@@ -174,7 +174,9 @@ def fit_isoflop(params, tokens, budget, loss, *, method: str = "parabola", windo
         ``coef``, ``exponent`` and ``ci``.
 
     Warns:
-        UserWarning: once per skipped budget, naming it and why.
+        UserWarning: once per skipped budget, naming it and why; once when the ``N_opt(C)``
+            exponent is outside (0, 1) (model or data not growing with compute: the optima are
+            not resolved).
 
     Raises:
         ValueError: an unknown method, ``"akima"`` without a positive ``loss_noise`` or with a
@@ -211,10 +213,26 @@ def fit_isoflop(params, tokens, budget, loss, *, method: str = "parabola", windo
     else:
         out = _fit_akima(X, L, Bv, loss_noise, n_boot, confidence, seed)
     out = {"method": method, **out, "window": window, "loss_noise": loss_noise}
+    _warn_unphysical(out["params_law"])
     if approach3:
         out.update(_approach3(params, tokens, loss, out["optima"], out, n_boot=n_boot, confidence=confidence,
                               seed=seed))
     return out
+
+
+def _warn_unphysical(law: dict) -> None:
+    """Warn when ``N_opt ~ C^a`` has ``a`` outside (0, 1): then the compute-optimal model (a <= 0) or its
+    tokens ``D_opt = C / (6 N_opt)`` (a >= 1) would shrink as compute grows, which no published isoFLOP
+    study found (Hoffmann et al. 2022: a = 0.49 to 0.50); the profiles' minima are noise or edge effects."""
+    a = law["exponent"]
+    if 0 < a < 1:
+        return
+    ci = law["ci"].get("exp_compute")
+    what = "the model size" if a <= 0 else "the tokens D_opt = C / (6 N_opt)"
+    warnings.warn(f"N_opt ~ C^{a:.3g}" + (f" (95% CI {ci[0]:.3g} to {ci[1]:.3g})" if ci else "")
+                  + f": {what} would shrink as compute grows, so the profiles' minima are not resolved; do not use "
+                  "this law. Add runs around each profile's minimum (or more seeds) and more compute budgets.",
+                  UserWarning, stacklevel=3)
 
 
 def _skip_and_check(skipped: list, n_found: int) -> None:
