@@ -251,6 +251,23 @@ def run(args, rank=0, world=1) -> int:
     print("weights bit-identical to the unmonitored copy: "
           + ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in same.items()))
     status = 0 if all(same[n] for n in same if n.startswith("batchlaw")) else 1
+    if world == 1 and args.auto_steps:
+        # every="auto" times the monitor against the time between its step() calls, so it runs alone here (in the
+        # interleaved loop above that time would include the other arms' steps)
+        model = copy.deepcopy(base)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        mon = GradientNoiseMonitor(model, micro_batch_size=mb, tokens_per_example=tpe, every="auto")
+        for _ in range(args.auto_steps):
+            step(model, opt, mon, [batch(mb) for _ in range(k)])
+            sync()
+        c = mon.cadence
+        print(f"every='auto' alone, {args.auto_steps} steps: every {c['every']} (decided at step "
+              f"{c['decided_at_step']}); monitor {c.get('measured_step_cost_s', float('nan')) * 1e3:.2f} ms at a "
+              f"measured step, {c.get('skipped_step_cost_s', float('nan')) * 1e3:.3f} ms at a skipped one, step "
+              f"{c.get('step_time_s', float('nan')) * 1e3:.2f} ms; expected overhead "
+              f"{c.get('expected_overhead', float('nan')):.2%} (target {c['target']:.0%}); interval width x"
+              f"{c['interval_width_factor']:.2f}" + (f"; {c['note']}" if c.get("note") else ""))
+        mon.remove()
     if baseline is not None:
         cur, old = arms["batchlaw, every step"][3], arms[f"batchlaw @{args.baseline_rev}"][3]
         q1, med, q3 = _quartiles([(c - b) / o for c, b, o in zip(cur, old, off)])
@@ -307,6 +324,9 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=1, help="DDP processes (gloo on CPU, nccl on GPUs)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the preset's)")
     ap.add_argument("--baseline-rev", default=None, help="git revision whose monitor runs beside this tree's")
+    ap.add_argument("--auto-steps", type=int, default=60,
+                    help="after the timed arms, steps of a monitor with every='auto' run alone; its choice is printed "
+                    "(0: skip)")
     args = ap.parse_args()
     args.steps = args.steps or PRESETS[args.preset][1]
     threads = args.threads or PRESETS[args.preset][2]

@@ -64,7 +64,9 @@ NOT_FAST = {
     "test_integrations_lightning_ddp.py": {
         "test_ddp_strategy_measures_like_one_process_and_leaves_training_unchanged"},
     "test_monitor.py": {"test_linreg_matches_analytic_value_and_interval_covers_it",
-                        "test_real_mlp_matches_brute_force_per_example_gradients"},
+                        "test_real_mlp_matches_brute_force_per_example_gradients",
+                        "test_every_auto_picks_a_larger_cadence_when_its_hooks_are_slow",
+                        "test_every_auto_keeps_measuring_every_step_when_cheap"},
     "test_nqm.py": {"test_exact_law_matches_its_limits", "test_sweep_recovers_the_exact_critical_batch_size",
                     "test_train_target_sweep_recovers_the_exact_critical_batch_size"},
     "test_plan.py": {"test_b_crit_interval_from_a_store", "test_b_crit_store_with_two_sweeps_needs_sweep",

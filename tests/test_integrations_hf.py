@@ -250,6 +250,21 @@ def test_unsupported_setups_are_refused_by_name(tmp_path):
         NoiseScaleCallback().attach(object())
 
 
+def test_auto_cadence_reaches_the_monitor(tmp_path):
+    """every="auto" through the Trainer: a cadence is decided, and the measured steps after it are that far apart."""
+    steps, k, b = 60, 4, 8
+    x, y = sample(steps * k * b)
+    trainer = Trainer(model=Net(), args=_args(tmp_path, b, k), train_dataset=Rows(x, y))
+    cb = NoiseScaleCallback(every="auto", overhead_target=0.05).attach(trainer)
+    trainer.train()
+    cad = cb.monitor.cadence
+    assert cad["auto"] and cad["target"] == 0.05 and cad["decided_at_step"] is not None
+    after = [r["step"] for r in cb.monitor.records if r["step"] > cad["decided_at_step"]]
+    assert all(b - a == cad["every"] for a, b in zip(after, after[1:]))
+    with pytest.raises(ValueError, match="'every' parameter must be a positive integer or 'auto'"):
+        NoiseScaleCallback(every="sometimes")
+
+
 def test_single_micro_batch_warns(tmp_path):
     x, y = sample(32)
     trainer = Trainer(model=Net(), args=_args(tmp_path, 8, 1), train_dataset=Rows(x, y))

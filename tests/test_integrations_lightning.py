@@ -255,9 +255,26 @@ def test_single_micro_batch_warns():
         _trainer([NoiseScaleCallback()]).fit(LinReg(), DataLoader(TensorDataset(x, y), batch_size=8))
 
 
+def test_auto_cadence_reaches_the_monitor():
+    """every="auto": the monitor times its hooks and decides a cadence after its first measured steps; the
+    measured steps after the decision are that cadence apart."""
+    steps, k, b = 60, 4, 8
+    x, y = sample(steps * k * b)
+    cb = NoiseScaleCallback(every="auto", overhead_target=0.05)
+    _fit(LinReg(), x, y, b, [cb], accumulate_grad_batches=k)
+    cad = cb.monitor.cadence
+    assert cad["auto"] and cad["target"] == 0.05 and cad["decided_at_step"] is not None
+    after = [r["step"] for r in cb.monitor.records if r["step"] > cad["decided_at_step"]]
+    assert all(b - a == cad["every"] for a, b in zip(after, after[1:]))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'every' parameter"):
         NoiseScaleCallback(every=0)
+    with pytest.raises(ValueError, match="'every' parameter must be a positive integer or 'auto'"):
+        NoiseScaleCallback(every="sometimes")
+    with pytest.raises(ValueError, match="'overhead_target' parameter"):
+        NoiseScaleCallback(every="auto", overhead_target=0)
     with pytest.raises(ValueError, match="'window' parameter"):
         NoiseScaleCallback(window=1)
     with pytest.raises(TypeError, match="'schedule' parameter"):

@@ -11,17 +11,24 @@ import torch
 __all__ = ["require", "batch_size_of", "step_batch_size", "set_monitor_options", "dataset_sampler", "to_device"]
 
 
-def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_example: int | None, every: int,
-                        window: int | None, ema_beta: float, prefix: str) -> None:
+def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_example: int | None,
+                        every: int | str, overhead_target: float, window: int | None, ema_beta: float,
+                        prefix: str) -> None:
     """Validate the monitor options both framework callbacks take, and set them on ``obj``, with
     the unit its estimates are in (``"tokens"`` given ``tokens_per_example``, else ``"examples"``)."""
-    from .._validation import check_positive_int
+    from .._validation import check_positive_int, check_probability
 
     obj.micro_batch_size = (None if micro_batch_size is None
                             else check_positive_int("micro_batch_size", micro_batch_size))
     obj.tokens_per_example = (None if tokens_per_example is None
                               else check_positive_int("tokens_per_example", tokens_per_example))
-    obj.every = check_positive_int("every", every)
+    if isinstance(every, str):
+        if every != "auto":
+            raise ValueError(f"The 'every' parameter must be a positive integer or 'auto'. Got {every!r} instead.")
+        obj.every = every
+    else:
+        obj.every = check_positive_int("every", every)
+    obj.overhead_target = check_probability("overhead_target", overhead_target)
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 3):
         raise ValueError(f"The 'window' parameter must be an integer >= 3 or None. Got {window!r} instead.")
     obj.window = window

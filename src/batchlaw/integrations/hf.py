@@ -117,7 +117,11 @@ class NoiseScaleCallback(TrainerCallback):
             of the model's first tensor input (``input_ids`` when present) in each training
             forward pass.
         tokens_per_example: measure in tokens (``B_simple`` in tokens).
-        every: measure every ``every``-th optimizer step.
+        every: measure every ``every``-th optimizer step, or ``"auto"``: the monitor times its own
+            hooks and picks the cadence that keeps its cost under ``overhead_target`` of the step
+            time, the same on every rank (:attr:`GradientNoiseMonitor.cadence
+            <batchlaw.noise.GradientNoiseMonitor.cadence>` says what it chose and why).
+        overhead_target: with ``every="auto"``, the share of the step time the monitor may take.
         window: optimizer steps the logged ``b_simple`` estimate covers (``None``: all).
         ema_beta: smoothing of the logged EMAs.
         prefix: metric-name prefix.
@@ -144,9 +148,11 @@ class NoiseScaleCallback(TrainerCallback):
     """
 
     def __init__(self, *, micro_batch_size: int | None = None, tokens_per_example: int | None = None,
-                 every: int = 1, window: int | None = 200, ema_beta: float = 0.95, prefix: str = "gns/") -> None:
+                 every: int | str = 1, overhead_target: float = 0.01, window: int | None = 200,
+                 ema_beta: float = 0.95, prefix: str = "gns/") -> None:
         set_monitor_options(self, micro_batch_size=micro_batch_size, tokens_per_example=tokens_per_example,
-                            every=every, window=window, ema_beta=ema_beta, prefix=prefix)
+                            every=every, overhead_target=overhead_target, window=window, ema_beta=ema_beta,
+                            prefix=prefix)
         self.monitor: GradientNoiseMonitor | None = None
         self._attached = False
         self._trainer = None
@@ -243,7 +249,8 @@ class NoiseScaleCallback(TrainerCallback):
         target, group = self._monitored_model(model)
         self.monitor = GradientNoiseMonitor(
             target, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
-            scaler=scaler, loss_divided_by_accumulation=True, every=self.every, ema_beta=self.ema_beta,
+            scaler=scaler, loss_divided_by_accumulation=True, every=self.every,
+            overhead_target=self.overhead_target, ema_beta=self.ema_beta,
             process_group=group,
         )
         self._gradient_state = _accelerate_state.GradientState()

@@ -107,7 +107,11 @@ class NoiseScaleCallback(Callback):
         micro_batch_size: examples per micro-batch on each device; default: the first dimension
             of the first tensor of each training batch.
         tokens_per_example: measure in tokens (``B_simple`` in tokens).
-        every: measure every ``every``-th optimizer step.
+        every: measure every ``every``-th optimizer step, or ``"auto"``: the monitor times its own
+            hooks and picks the cadence that keeps its cost under ``overhead_target`` of the step
+            time, the same on every rank (:attr:`GradientNoiseMonitor.cadence
+            <batchlaw.noise.GradientNoiseMonitor.cadence>` says what it chose and why).
+        overhead_target: with ``every="auto"``, the share of the step time the monitor may take.
         window: optimizer steps the logged ``b_simple`` estimate covers (``None``: all).
         ema_beta: smoothing of the logged EMAs.
         prefix: metric-name prefix.
@@ -142,11 +146,13 @@ class NoiseScaleCallback(Callback):
     """
 
     def __init__(self, *, micro_batch_size: int | None = None, tokens_per_example: int | None = None,
-                 every: int = 1, window: int | None = 200, ema_beta: float = 0.95, prefix: str = "gns/",
+                 every: int | str = 1, overhead_target: float = 0.01, window: int | None = 200,
+                 ema_beta: float = 0.95, prefix: str = "gns/",
                  schedule: Any = None) -> None:
         super().__init__()
         set_monitor_options(self, micro_batch_size=micro_batch_size, tokens_per_example=tokens_per_example,
-                            every=every, window=window, ema_beta=ema_beta, prefix=prefix)
+                            every=every, overhead_target=overhead_target, window=window, ema_beta=ema_beta,
+                            prefix=prefix)
         if schedule is not None and not callable(getattr(schedule, "step", None)):
             raise TypeError(
                 "The 'schedule' parameter must have a step(examples_seen, monitor) method (a "
@@ -215,7 +221,7 @@ class NoiseScaleCallback(Callback):
         self.monitor = GradientNoiseMonitor(
             model, micro_batch_size=self.micro_batch_size, tokens_per_example=self.tokens_per_example,
             scaler=_LightningLossScale(trainer, scaler), loss_divided_by_accumulation=False,
-            every=self.every, ema_beta=self.ema_beta,
+            every=self.every, overhead_target=self.overhead_target, ema_beta=self.ema_beta,
         )
         if self._restored is not None:
             self._load_restored()
