@@ -195,13 +195,13 @@ def auto_cadence(rank, world, cfg):
     wl = LinearRegression(dim=16)
     model = wl.make_model(0)
     ddp = DDP(model)
-    real_norms = monitor_module._norms
+    real_norms = monitor_module.norms
     if rank == 1:
         def slow_norms(tensors):
             _time.sleep(cfg["sleep_s"])
             return real_norms(tensors)
 
-        monitor_module._norms = slow_norms
+        monitor_module.norms = slow_norms
     real, calls = dist.all_reduce, []
 
     def counting(*args, **kwargs):
@@ -225,7 +225,7 @@ def auto_cadence(rank, world, cfg):
                 "report": mon.cadence}
     finally:
         dist.all_reduce = real
-        monitor_module._norms = real_norms
+        monitor_module.norms = real_norms
 
 
 def unequal_sizes(rank, world, cfg):

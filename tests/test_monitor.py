@@ -234,13 +234,13 @@ def test_every_auto_picks_a_larger_cadence_when_its_hooks_are_slow(monkeypatch):
     (between 10 and 60 on a loaded machine), says so, and what that does to the interval width."""
     import batchlaw.noise.monitor as monitor_module
 
-    real = monitor_module._norms
+    real = monitor_module.norms
 
     def slow(tensors):
         time.sleep(0.0013)
         return real(tensors)
 
-    monkeypatch.setattr(monitor_module, "_norms", slow)
+    monkeypatch.setattr(monitor_module, "norms", slow)
     model = torch.nn.Linear(16, 1)
     monitor = GradientNoiseMonitor(model, micro_batch_size=8, every="auto")
     _timed_steps(model, monitor, 200, work_s=0.02)
@@ -271,8 +271,8 @@ def test_every_auto_cadence_survives_a_checkpoint(monkeypatch):
     the same steps."""
     import batchlaw.noise.monitor as monitor_module
 
-    real = monitor_module._norms
-    monkeypatch.setattr(monitor_module, "_norms", lambda t: (time.sleep(0.0013), real(t))[1])
+    real = monitor_module.norms
+    monkeypatch.setattr(monitor_module, "norms", lambda t: (time.sleep(0.0013), real(t))[1])
     model = torch.nn.Linear(16, 1)
     first = GradientNoiseMonitor(model, micro_batch_size=8, every="auto")
     _timed_steps(model, first, 30, work_s=0.02)

@@ -8,7 +8,8 @@ from .estimators import (
     unbiased_trace_sigma,
     windowed_estimates,
 )
-from .monitor import GradientNoiseMonitor, squared_norm
+from .monitor import GradientNoiseMonitor
+from .norms import squared_norm
 from .split import split_backward
 from .tracker import NoiseScaleTracker
 

@@ -62,8 +62,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from collections import defaultdict
 from numbers import Real
 from typing import Any
 
@@ -71,52 +69,15 @@ import torch
 
 from .._validation import check_choice, check_positive_int, check_probability
 from .cadence import AutoCadence
-from ..errors import InsufficientDataError
-from .distributed import UnsupportedSetupError, detect_data_parallel, fsdp2_unsharded_params, gradient_sync_on
+from .distributed import UnsupportedSetupError, detect_data_parallel, fsdp2_unsharded_params
 from .estimators import MIN_STEPS, NoiseScaleEstimate
+from .monitor_guards import MonitorGuards, refuse_unmeasurable
+from .norms import local_shard, norms, pack, squared_norm, sum_of_squares
 from .tracker import NoiseScaleTracker
 
-__all__ = ["GradientNoiseMonitor", "squared_norm"]
+__all__ = ["GradientNoiseMonitor"]
 
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norms of ``tensors`` as 0-d float32 tensors (float64 ones computed in float64), one fused
-    multi-tensor kernel per dtype; never synchronises and allocates nothing the size of a gradient."""
-    if len({t.dtype for t in tensors}) == 1:
-        groups = {tensors[0].dtype: tensors}
-    else:
-        groups = defaultdict(list)
-        for t in tensors:
-            groups[t.dtype].append(t)
-    out: list[torch.Tensor] = []
-    for dtype, group in groups.items():
-        if dtype == torch.float64:  # float32 accumulation would lose what float64 gradients carry
-            out.extend(n.float() for n in torch._foreach_norm(group, 2))
-        else:  # half, bfloat16, float32: accumulate in float32
-            out.extend(torch._foreach_norm(group, 2, dtype=torch.float32))
-    return out
-
-
-def _sum_of_squares(norms: list[torch.Tensor], device=None) -> torch.Tensor:
-    device = device or norms[0].device
-    return torch.stack([n if n.device == device else n.to(device, non_blocking=True) for n in norms]).square().sum()
-
-
-def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Sum of squared L2 norms of ``tensors`` in float32, with one fused kernel per (device, dtype).
-
-    Returns a 0-d float32 tensor on the device of the first tensor; never synchronises.
-
-    Examples:
-        >>> float(squared_norm([torch.ones(3), 2 * torch.ones(2, dtype=torch.float64)]))
-        11.0
-    """
-    by_device: dict = defaultdict(list)
-    for t in tensors:
-        by_device[t.device].append(t)
-    return _sum_of_squares([n for group in by_device.values() for n in _norms(group)], tensors[0].device)
-
-
-class GradientNoiseMonitor:
+class GradientNoiseMonitor(MonitorGuards):
     """Measures ``B_simple = tr(Sigma) / |G|^2`` during training, without changing it.
 
     Works the same way on one process and under data parallelism: wrap the model in
@@ -228,7 +189,7 @@ class GradientNoiseMonitor:
                 "The 'model' parameter has no parameters with requires_grad=True: there is no "
                 "gradient to measure."
             )
-        _refuse_unmeasurable(model)
+        refuse_unmeasurable(model)
         self.micro_batch_size = (
             None if micro_batch_size is None else check_positive_int("micro_batch_size", micro_batch_size)
         )
@@ -381,7 +342,7 @@ class GradientNoiseMonitor:
         self._step_started = True
         for p in self._big_params:
             if p.grad is not None:
-                self._leftover = squared_norm([_local(p.grad)])
+                self._leftover = squared_norm([local_shard(p.grad)])
                 return
         self._leftover = None
 
@@ -397,8 +358,8 @@ class GradientNoiseMonitor:
         if self._accumulated:
             self._backward_count += 1
             self._accumulated = False
-            norms, self._small_norms = self._small_norms, []
-            self._micro_sq.append(_sum_of_squares(norms))  # this micro-batch's |h_i|^2
+            seen, self._small_norms = self._small_norms, []
+            self._micro_sq.append(sum_of_squares(seen))  # this micro-batch's |h_i|^2
         self._incoming = [None] * len(self._params)
         # Runs after every other end-of-backward callback (a DDP or FSDP2 reducer writing .grad).
         torch.autograd.Variable._execution_engine.queue_callback(self._record_grad_version)
@@ -413,7 +374,7 @@ class GradientNoiseMonitor:
     def _flush_bucket(self) -> None:
         if self._bucket:
             try:
-                self._small_norms.extend(_norms(self._bucket))
+                self._small_norms.extend(norms(self._bucket))
             except (RuntimeError, NotImplementedError) as err:  # today: only a sparse gradient gets here
                 bad = next((g for g in self._bucket if g.layout != torch.strided), None)
                 if bad is None:
@@ -431,37 +392,6 @@ class GradientNoiseMonitor:
             return 1.0
         scale = getattr(self.scaler, "_scale", None)  # device tensor: no host sync
         return scale.float().reshape(()) if isinstance(scale, torch.Tensor) else float(self.scaler.get_scale())
-
-    def _check_call_order(self) -> None:
-        """Refuse a step whose .grad was changed after the last backward (host checks only)."""
-        if self.scaler is not None:
-            from torch.amp.grad_scaler import OptState
-
-            states = getattr(self.scaler, "_per_optimizer_states", {})
-            if any(s.get("stage") is OptState.UNSCALED for s in states.values()):
-                raise RuntimeError(
-                    "GradScaler.unscale_() ran before GradientNoiseMonitor.step(): .grad no longer matches the "
-                    "micro-batch gradients the monitor saw. Call monitor.step() right after the last backward, "
-                    "before scaler.unscale_(optimizer), gradient clipping and scaler.step(optimizer).")
-        if self._grad_version is not None:
-            i, ident, version = self._grad_version
-            grad = self._big_params[i].grad
-            if grad is None or id(grad) != ident or grad._version != version:
-                raise RuntimeError(
-                    ".grad was modified between the last backward and GradientNoiseMonitor.step() (gradient "
-                    "clipping, GradScaler.unscale_, zero_grad, or an in-place change of the gradients): the "
-                    "big-batch norm would not match the micro-batches. Call monitor.step() right after the last "
-                    "backward, before unscale_, clipping, optimizer.step() and zero_grad().")
-        if self.setup.kind == "ddp" and not self._last_forward_synced:
-            raise RuntimeError(
-                "The last micro-batch ran inside DistributedDataParallel.no_sync(), so the gradients were not "
-                "all-reduced before GradientNoiseMonitor.step(). Run the last micro-batch of each step outside "
-                "no_sync().")
-        if not gradient_sync_on(self.setup):
-            raise RuntimeError(
-                "Gradient synchronisation is off (set_requires_gradient_sync(False)) at GradientNoiseMonitor.step(): "
-                "the last backward did not reduce the gradients across ranks. Turn it back on for the last "
-                "micro-batch of each step.")
 
     def step(self, batch_size: int | None = None, *, sizes: Any = None, loss_normalisation: str | None = None,
              loss_total: Any = None) -> None:
@@ -541,7 +471,7 @@ class GradientNoiseMonitor:
             if not isinstance(loss_total, torch.Tensor) and not _positive_number(loss_total):
                 raise ValueError(f"The 'loss_total' parameter must be a positive finite number. Got {loss_total!r} "
                                  "instead.")
-        grads = [_local(p.grad) for p in self._big_params if p.grad is not None]
+        grads = [local_shard(p.grad) for p in self._big_params if p.grad is not None]
         if not grads:
             raise RuntimeError(
                 "GradientNoiseMonitor.step() found no .grad: optimizer.zero_grad() ran before it. Call "
@@ -654,7 +584,7 @@ class GradientNoiseMonitor:
             a_sum, q = 0.0, 0.0
         examples = n_sum / per_example if per_example else math.nan
         duplicate = (micro_sq.unsqueeze(0) == micro_sq.unsqueeze(1)).sum() >= 2 * k if k >= 2 else 0.0
-        return _pack([small, big, jensen, duplicate, 0.0 if leftover is None else leftover, self._scale(), a_sum, q,
+        return pack([small, big, jensen, duplicate, 0.0 if leftover is None else leftover, self._scale(), a_sum, q,
                       inv_sum, n_sum, examples, float(k), 0.0 if equal else (n <= 0).any()], micro_sq)
 
     def _materialize(self) -> None:
@@ -684,90 +614,6 @@ class GradientNoiseMonitor:
                 micro_batch_size=_snap(b_small / per_example, whole=True) if per_example else math.nan,
                 world_size=w, global_batch=_snap(examples, whole=True))
             self._check_plausible(rec, left, int(k_sum), jensen / (c2 * a_sum), dup > 0)
-
-    def _check_plausible(self, rec: dict, leftover: float, n: int, bound: float, duplicate: bool) -> None:
-        """Flag steps whose norms are impossible for ``n`` fresh micro-batch gradients.
-
-        ``bound`` is the ``a``-weighted mean of the micro-batch squared norms ``|g_i|^2``; the
-        big-batch gradient is the ``a``-weighted mean of the ``g_i``, so its squared norm is at
-        most ``bound`` (Jensen / Cauchy-Schwarz), with equality iff all ``g_i`` are equal.
-        """
-        if rec["skipped"] or n < 2:
-            return
-        big = rec["big_sq"]
-        if leftover > 0 or big > bound * (1 + _EXCESS_TOL):
-            rec["flag"] = "excess"
-            self._warn_once(
-                "excess",
-                f"At step {rec['step']} .grad held more than this step's micro-batch gradients "
-                + ("(it was not empty before the first backward: " if leftover > 0 else "(")
-                + "forgotten optimizer.zero_grad(), or a gradient added outside backward). B_simple would be "
-                "wrong: zero the gradients after every optimizer step.")
-        elif big >= bound * (1 - _IDENTICAL_TOL):
-            rec["flag"] = "identical"
-            self._warn_once(
-                "identical",
-                f"At step {rec['step']} all {n} micro-batch gradients were identical: the same examples were fed "
-                "to every micro-batch (or every micro-batch is the whole data set). The noise scale needs different "
-                "examples in each micro-batch.")
-        elif duplicate:
-            rec["flag"] = "duplicate"
-            self._warn_once(
-                "duplicate",
-                f"At step {rec['step']} the micro-batch gradients came in pairs with bit-identical squared norms: "
-                "backward ran twice on the same micro-batch. The monitor counts every backward that reaches .grad "
-                "as one micro-batch, so B_simple comes out too large. Call backward once per micro-batch (add a "
-                "micro-batch's losses before backward).")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    def _check_parameters(self) -> None:
-        """Warn when the model's parameters are no longer the ones the monitor hooked (one pass
-        over the model's parameters: run at estimate() and every ``sync_every`` steps)."""
-        self._params_checked_at = self._step
-        current = {id(p): p.requires_grad for p in self._model.parameters()}
-        # FSDP2 swaps a sharded parameter for its unsharded one around forward and backward.
-        pairs = zip(self._big_params, self._params) if self.setup.kind == "fsdp2" and self._params else (
-            (p, p) for p in self._big_params)
-        gone = sum(id(p) not in current and id(u) not in current for p, u in pairs)
-        hooked = self._hooked_ids | {id(p) for p in self._params}
-        new = sum(trainable and i not in hooked for i, trainable in current.items())
-        if gone:
-            self._warn_once(
-                "replaced_params",
-                f"{gone} of the {len(self._big_params)} parameters the GradientNoiseMonitor hooked are no longer in "
-                "the model: they were replaced or reassigned after it was created (module.weight = Parameter(...), a "
-                "layer swapped, to_empty()), and their replacements have no hooks, so B_simple is measured on the "
-                "other parameters only. Create the monitor once the model is final.")
-        elif new:
-            self._warn_once(
-                "new_params",
-                f"The model has {new} trainable parameter(s) that were added after the GradientNoiseMonitor was "
-                "created (or unfrozen since); they are not measured. Create the monitor once the model is complete.")
-
-    def _check_records(self) -> None:
-        self._check_parameters()
-        flags = [r.get("flag") for r in self.tracker.records if not r["skipped"]]
-        bad = sum(f == "excess" for f in flags)
-        if bad:
-            raise InsufficientDataError(
-                f"In {bad} of {len(flags)} measured steps .grad held more than that step's micro-batch gradients: "
-                "optimizer.zero_grad() is missing after optimizer.step(), or a gradient is added outside "
-                "backward. Fix the training loop; no noise scale is reported from such steps.")
-        same = sum(f == "identical" for f in flags)
-        if flags and same > len(flags) / 2:
-            raise InsufficientDataError(
-                f"In {same} of {len(flags)} measured steps the micro-batch gradients were identical: each step fed "
-                "the same examples to every micro-batch. Draw different examples for each micro-batch.")
-        twice = sum(f == "duplicate" for f in flags)
-        if flags and twice > len(flags) / 2:
-            raise InsufficientDataError(
-                f"In {twice} of {len(flags)} measured steps the micro-batch gradients came in pairs with bit-identical "
-                "squared norms: backward ran twice on each micro-batch, and each backward that reaches .grad counts "
-                "as one micro-batch. Call backward once per micro-batch (add a micro-batch's losses first).")
 
     # ------------------------------------------------------------------ results
     @property
@@ -882,9 +728,6 @@ _ADOPTED = object()
 #: taken in one fused kernel: one call per parameter cost more than the norms themselves on models with
 #: many small parameters, and holding many more defeats the allocator's reuse of their memory.
 _CPU_BUCKET_BYTES = 2**20
-#: Relative tolerance of the Cauchy-Schwarz checks (float32 norms of sums; bf16 gradients).
-_EXCESS_TOL = 1e-2
-_IDENTICAL_TOL = 1e-5
 
 
 #: How a micro-batch's loss is normalised (see the module docstring).
@@ -901,40 +744,3 @@ def _snap(x: float, whole: bool = False) -> float | int:
     if math.isfinite(x) and abs(x - round(x)) <= 1e-9 * max(1.0, abs(x)):
         return int(round(x)) if whole else float(round(x))
     return x
-
-
-def _refuse_unmeasurable(model: torch.nn.Module) -> None:
-    """Refuse, by name, the trainable parameters whose gradients the monitor cannot measure."""
-    for name, m in model.named_modules():
-        if (isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse
-                and any(p.requires_grad for p in m.parameters(recurse=False))):
-            raise UnsupportedSetupError(
-                f"Module {name or '(the model)'!r} is a {type(m).__name__} with sparse=True: its gradients are sparse "
-                "tensors, whose norms the monitor does not take. Use sparse=False while measuring.")
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.is_complex():
-            raise UnsupportedSetupError(
-                f"Parameter {name!r} is complex ({p.dtype}): the monitor measures real parameters only. Store it as a "
-                "real tensor (torch.view_as_real) to measure it.")
-        if p.is_meta:
-            raise UnsupportedSetupError(
-                f"Parameter {name!r} is on the meta device (no data yet): create the GradientNoiseMonitor after the "
-                "model is materialised (to_empty() and initialisation, or loading its weights), since those replace "
-                "the parameters it would hook.")
-
-
-def _pack(entries: list, like: torch.Tensor) -> torch.Tensor:
-    """``entries`` (0-d tensors, booleans or numbers) as one float64 vector on ``like``'s device;
-    the numbers cross to the device in one copy."""
-    numbers = [float(e) for e in entries if not isinstance(e, torch.Tensor)]
-    host = iter(torch.tensor(numbers, dtype=torch.float64, device=like.device).unbind()) if numbers else None
-    return torch.stack([e.to(like.device, torch.float64).reshape(()) if isinstance(e, torch.Tensor) else next(host)
-                        for e in entries])
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor, the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
