@@ -633,6 +633,79 @@ def test_branch_any_option_value_answers_or_refuses(tmp_path_factory):
     check()
 
 
+# ------------------------------------------------------------------ schedule compare (tiny budgets: it trains)
+COMPARE_BASE = ["schedule", "compare", "--workload", "linreg", "--workload-arg", "dim=4", "--target-loss", "1.5",
+                "--seeds", "0,1", "--small-batch", "4", "--large-batch", "8", "--max-examples", "3000",
+                "--eval-every", "32", "--lr", "0.1", "--schedules", "constant_small,noise_ramp,controller",
+                "--no-progress", "--json"]
+#: option -> cap on a number drawn for it (None: no cap; the run would only be slow above the cap)
+COMPARE_OPTIONS = {"--target-loss": None, "--seeds": None, "--small-batch": 16, "--large-batch": 32,
+                   "--frontier-max-batch": 32, "--allowance": None, "--lr": None, "--lr-rule": None, "--lr-cap": None,
+                   "--lr-probe-steps": 32, "--warmup": 3000, "--max-examples": 3000, "--eval-every": None,
+                   "--noise-c": None, "--hysteresis": None, "--cbs-tolerance": None, "--cbs-budget": 512,
+                   "--cbs-factor": None, "--ramp-stages": None, "--schedules": None, "--workload-arg": None}
+SCHEDULE_NAMES = ["constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw", "fixed_ramp", "controller"]
+#: quantities of a schedule compare answer that are signed by meaning: gains and overheads against the
+#: frontier, and losses (a loss may be negative; its interval over seeds is a t interval)
+COMPARE_SIGNED = {"pareto_gain", "example_overhead", "loss_at_budget", "loss_penalty", "frontier_loss", "seed",
+                  "seeds", "final_loss", "loss"}
+
+
+def _compare_value(data, opt):
+    if opt == "--lr-rule":
+        return data.draw(st.sampled_from(["sqrt", "linear", "cubic"]))
+    if opt == "--seeds":
+        return data.draw(st.one_of(st.lists(st.integers(-2, 3), min_size=1, max_size=3).map(
+            lambda v: ",".join(map(str, v))), ANY_VALUE))
+    if opt == "--schedules":
+        return data.draw(st.one_of(st.lists(st.sampled_from(SCHEDULE_NAMES + ["linear", ""]), min_size=1,
+                                            max_size=3).map(",".join), ANY_VALUE))
+    if opt == "--ramp-stages":
+        return data.draw(st.one_of(st.sampled_from(["0:4,64:8", "0:8", "64:4", "0:4,0:8", "0:-4", "0:4,32", "x:y"]),
+                                   ANY_VALUE))
+    if opt == "--workload-arg":
+        key = data.draw(st.sampled_from(["dim", "noise_std", "condition", "nope"]))
+        value = data.draw(VALUE)
+        return f"{key}={_cap(value, 16) if key == 'dim' else value}"
+    value = data.draw(VALUE)
+    return _cap(value, COMPARE_OPTIONS[opt]) if COMPARE_OPTIONS[opt] else value
+
+
+def _paths(obj, path=()):
+    """Every ``(path of keys, number)`` in a JSON value (list items keep their list's path)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _paths(v, path)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def test_schedule_compare_any_option_value_answers_or_refuses(tmp_path_factory):
+    """Issue 22 item 17: schedule compare with any one or two options changed refuses in one line, or answers with
+    finite numbers, none negative but gains, overheads and losses."""
+    @settings(FUZZ, max_examples=14)
+    @given(data=st.data())
+    def check(data):
+        tmp = tmp_path_factory.mktemp("compare")
+        argv = COMPARE_BASE + ["--store", str(tmp / "cbs.db")]
+        for opt in data.draw(st.lists(st.sampled_from(sorted(COMPARE_OPTIONS)), min_size=1, max_size=2, unique=True)):
+            argv = _replace(argv, opt, _compare_value(data, opt))
+        code, out, err = _run_out(argv)
+        _assert_clean(code, err, argv)
+        assert "Warning:" not in err, (argv, err)
+        if code != 0:
+            return
+        res = json.loads(out, parse_constant=float)
+        bad = [(".".join(map(str, p)), v) for p, v in _paths(res)
+               if not math.isfinite(v) or (v < 0 and not COMPARE_SIGNED & set(map(str, p)))]
+        assert not bad, (argv, bad)
+
+    check()
+
+
 # ------------------------------------------------------------------ fit curve, every law
 CURVE_LAWS = {
     "power": {"--step-col": "step", "--loss-col": "loss"},
