@@ -109,6 +109,29 @@ def test_isoflop_warns_when_the_optimal_model_shrinks_with_compute():
     assert out["params_law"]["exponent"] < 0
 
 
+def test_approach3_coefficients_are_the_non_negative_least_squares_solution():
+    """A hypothesis find: on these runs every cell of the exponent grid has an unconstrained (E, A, B) with a
+    negative coefficient on some bootstrap resamples, and the search returned E = -559 (interval down to -346).
+    The coefficients must be the exact non-negative least-squares solution (scipy's NNLS at the same exponents),
+    and no resample negative."""
+    from batchlaw.fit.varpro import fit_chinchilla_vp
+
+    n = np.tile([1e6, 4e6, 1.6e7, 6.4e7], 4)
+    d = np.array([2e7, 2e7, 4e7, 2e7] + [8e7] * 4 + [3.2e8] * 4 + [1.28e9] * 4)
+    loss = np.array([7.0, 6.06126, 5.59612, 3.24486, 3.24125, 3.23769, 3.15704, 3.23071,
+                     3.22728, 3.22389, 3.14426, 3.21723, 3.21396, 3.21073, 3.20753, 3.27965])
+    fit = fit_chinchilla_vp(n, d, loss, n_boot=100, seed=0)
+    for k in ("E", "A", "B"):
+        assert fit["boot"][k].min() >= 0 and fit["ci"][k][0] >= 0, k
+    # the same weighted problem (relative errors), columns scaled to 1 for NNLS's conditioning
+    X = np.column_stack([np.ones_like(n), n ** -fit["alpha"], d ** -fit["beta"]]) / loss[:, None]
+    norms = np.linalg.norm(X, axis=0)
+    coef, resid = optimize.nnls(X / norms, np.ones_like(loss))
+    ours = X @ [fit["E"], fit["A"], fit["B"]] - 1
+    assert np.sum(ours ** 2) == pytest.approx(resid ** 2, rel=1e-6, abs=1e-12)
+    assert [fit["E"], fit["A"], fit["B"]] == pytest.approx(coef / norms, rel=1e-4, abs=1e-6)
+
+
 # ------------------------------------------------------------------ power laws
 def test_power_law_recovers_exponents_within_intervals():
     hits, seeds = np.zeros(2), 40

@@ -22,6 +22,8 @@ from .engine import validate_xy, widened_interval
 __all__ = ["fit_chinchilla_vp"]
 
 _COARSE = np.arange(0.02, 2.0001, 0.04)
+#: Which of (E, A, B) are free in each sub-problem of the non-negative solve (the others are 0).
+_SUBSETS = [(0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
 
 
 def _best(lx, ld, L, W, alphas, betas):
@@ -53,16 +55,39 @@ def _best(lx, ld, L, W, alphas, betas):
     r = np.stack(np.broadcast_arrays(r1, rp, rq), axis=-1)
     scale = np.sqrt(np.einsum("...ii->...i", S)) + 1e-300
     Sn = S / scale[..., :, None] / scale[..., None, :] + 1e-12 * np.eye(3)
-    theta = np.linalg.solve(Sn, (r / scale)[..., None])[..., 0] / scale
-    sse = yy[..., 0] if yy.ndim == 4 else yy
-    sse = np.broadcast_to(yy, shape) - 2 * (theta * r).sum(-1) + np.einsum("...i,...ij,...j->...", theta, S, theta)
-    sse = np.where(np.all(theta >= 0, axis=-1), sse, np.inf)
+    rn = r / scale
+    theta = np.linalg.solve(Sn, rn[..., None])[..., 0] / scale
+    sse = _sse(np.broadcast_to(yy, shape), r, S, theta)
+    bad = ~np.all(theta >= 0, axis=-1)
+    if bad.any():
+        # Non-negative least squares, exactly, where the unconstrained solution has a negative coefficient: the
+        # optimum of a convex quadratic over E, A, B >= 0 is the unconstrained solution on some subset of them with
+        # the rest at 0, the best feasible one of the 6 proper subsets. (Taking only feasible full solutions left no
+        # cell on some resamples, and the search then returned a negative E or A.)
+        Sb, Snb, rb, rnb, scb = S[bad], Sn[bad], r[bad], rn[bad], scale[bad]
+        yb = np.broadcast_to(yy, shape)[bad]
+        best_t, best_e = np.zeros((Sb.shape[0], 3)), np.full(Sb.shape[0], np.inf)
+        for free in _SUBSETS:
+            keep = np.asarray(free, dtype=float)
+            # the left-out coefficients' rows and columns become the identity with a zero right-hand side: they
+            # solve to 0
+            Sf = Snb * keep[:, None] * keep[None, :] + np.diag(1.0 - keep)
+            th = np.linalg.solve(Sf, (rnb * keep)[..., None])[..., 0] / scb * keep
+            e = _sse(yb, rb, Sb, th)
+            better = np.all(th >= 0, axis=-1) & (e < best_e)
+            best_t[better], best_e[better] = th[better], e[better]
+        theta[bad], sse[bad] = best_t, best_e
     flat = sse.reshape(m, -1)
     j = np.argmin(flat, axis=1)
     ia, ib = np.unravel_index(j, shape[1:])
     rows = np.arange(m)
     th = theta[rows, ia, ib]
     return alphas[rows, ia], betas[rows, ib], th[:, 0], th[:, 1], th[:, 2], flat[rows, j]
+
+
+def _sse(yy, r, S, theta):
+    """Weighted sum of squares ``y'y - 2 theta'r + theta'S theta`` of each cell's coefficients ``theta``."""
+    return yy - 2 * (theta * r).sum(-1) + np.einsum("...i,...ij,...j->...", theta, S, theta)
 
 
 def _search(lx, ld, L, W, chunk=64):
