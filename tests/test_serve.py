@@ -155,6 +155,33 @@ def test_plan_serve_cli_json(tmp_path, capsys):
     assert "recommendation:" in capsys.readouterr().out
 
 
+def test_mean_wait_is_never_below_zero_at_a_trickle(tmp_path, capsys):
+    """A deep fuzz find: at 0.0005 requests/s nobody waits, and the mean of the waits came out -1e-13 s (arrival
+    times near 4e6 s, differences rounded). A wait is never negative: the mean is 0 there."""
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"schema": "batchlaw.profile/1", "parameters": 10_000_000, "device": "cuda:0",
+                                "tokens_per_example": 1024, "train": [],
+                                "forward": [{"batch": b, "status": "ok", "latency_s": 0.005 + 0.001 * b}
+                                            for b in (1, 2, 4, 8, 16)]}))
+    for seed in ("0", "1", "2"):
+        assert main(["plan", "serve", "--profile", str(prof), "--rate", ".0005", "--requests", "2000",
+                     "--slo-p99-ms", "100", "--seed", seed, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        waits = [v for k, v in _items(out) if k == "mean_wait_s"]
+        assert waits and min(waits) >= 0, (seed, min(waits))
+
+
+def _items(obj, key=None):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _items(v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _items(v, key)
+    elif isinstance(obj, float):
+        yield key, obj
+
+
 def test_plan_serve_poisson_and_errors(tmp_path, capsys):
     lat = tmp_path / "lat.csv"
     lat.write_text("batch,latency_s\n1,0.010\n8,0.017\n")

@@ -276,7 +276,7 @@ def _simulate(arr: np.ndarray, svc: list[float], l_max: float, max_batch: int, d
         capacity_per_s=capacity, stable=bool(rate < capacity),
         throughput_per_s=float(n / span_out) if span_out > 0 else math.inf,
         mean_latency_s=float(lat.mean()), p50_latency_s=_quantile(lat, _P50), p99_latency_s=_quantile(lat, _P99),
-        mean_wait_s=float(wait.mean()), mean_batch=n / n_batches,
+        mean_wait_s=max(0.0, float(wait.mean())), mean_batch=n / n_batches,
         utilisation=float(busy / (replicas * span_out)) if span_out > 0 else 1.0)
 
 
