@@ -335,3 +335,23 @@ def test_schedule_compare_checks_its_output_paths_before_training(tmp_path, caps
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing written: refused before the runs
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["measure", "--workload", "linreg", "--steps", "4", "--lr", "1e308", "--no-progress"], "lr"),
+    (["branch", "--workload", "linreg", "--base-batch", "4", "--lr", "1e308", "--checkpoints", "0", "--multipliers",
+      "1,2", "--budget", "16", "--no-progress"], "lr"),
+    (["schedule", "compare", "--workload", "linreg", "--target-loss", "1", "--lr", "1e308", "--no-progress"], "lr"),
+    (["schedule", "compare", "--workload", "linreg", "--target-loss", "1", "--lr-cap", "1e31", "--no-progress"],
+     "lr_cap"),
+    (["sweep", "--workload", "linreg", "--lr-base", "1e308", "--batch-sizes", "4,8", "--target-loss", "1",
+      "--no-progress"], "lr_base"),
+])
+def test_a_learning_rate_beyond_float32_is_refused_by_name(argv, name, capsys, tmp_path):
+    """A deep fuzz find: --lr 1e308 reached torch, whose float32 update raised 'value cannot be converted to type
+    float without overflow', reported as an internal error by branch, measure and schedule compare."""
+    if argv[0] in ("branch", "sweep"):
+        argv = argv + ["--store", str(tmp_path / "s.db")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"The '{name}' parameter must be at most 1e+30" in err and "internal error" not in err, err

@@ -653,9 +653,11 @@ COMPARE_OPTIONS = {"--target-loss": None, "--seeds": None, "--small-batch": 16, 
                    "--cbs-factor": None, "--ramp-stages": None, "--schedules": None, "--workload-arg": None}
 SCHEDULE_NAMES = ["constant_small", "constant_large", "noise_ramp", "cbs_ramp", "seesaw", "fixed_ramp", "controller"]
 #: quantities of a schedule compare answer that are signed by meaning: gains and overheads against the
-#: frontier, and losses (a loss may be negative; its interval over seeds is a t interval)
+#: frontier, losses (a loss may be negative; its interval over seeds is a t interval), and a branch test's
+#: sequential statistics (Wald's lower threshold log(beta / (1 - alpha)), the log-likelihood ratio, the mean loss
+#: difference and progress, the measured cost, all of which the controller logs with its decisions)
 COMPARE_SIGNED = {"pareto_gain", "example_overhead", "loss_at_budget", "loss_penalty", "frontier_loss", "seed",
-                  "seeds", "final_loss", "loss"}
+                  "seeds", "final_loss", "loss", "lower", "llr", "mean_delta", "mean_progress", "cost"}
 
 
 def _compare_value(data, opt):

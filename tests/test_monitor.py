@@ -2,6 +2,7 @@
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -414,6 +415,26 @@ def test_same_micro_batch_fed_k_times_is_caught():
         monitor.records
     with pytest.raises(InsufficientDataError, match="identical"):
         monitor.estimate()
+
+
+def test_a_one_weight_model_is_not_flagged_identical_by_chance():
+    """A deep fuzz find (`branch --workload-arg dim=1`): with one weight, two fresh micro-batch gradients agree to
+    0.3% by chance every few hundred steps, and the monitor warned that the same examples were fed twice. The check
+    needs >= 8 degrees of freedom (elements x (K - 1)); with fewer it is skipped, and the same examples fed K times
+    to a model with 16 weights are still caught (above)."""
+    wl = LinearRegression(dim=1)
+    model = wl.make_model(0)
+    monitor = GradientNoiseMonitor(model, micro_batch_size=4)
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2000):
+            for _ in range(2):
+                (wl.loss(model, wl.sample_batch(4, gen)) / 2).backward()
+            monitor.step()
+            model.zero_grad(set_to_none=True)
+        records = monitor.records
+    assert not any(r.get("flag") for r in records)
 
 
 def _one_step(wl, model, gen, k=2):

@@ -38,6 +38,21 @@ def check_positive_float(name: str, value: Any, *, allow_zero: bool = False) -> 
     return float(value)
 
 
+#: The largest learning rate accepted where training runs: a float32 parameter update ``p - lr g`` cannot hold more
+#: than about 3.4e38, and torch raises on a larger ``lr``; 1e30 leaves room for batch-size rules that scale it up.
+MAX_LR = 1e30
+
+
+def check_learning_rate(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a usable learning rate (finite, > 0, <= :data:`MAX_LR`), else raise
+    ValueError naming the parameter."""
+    lr = check_positive_float(name, value)
+    if lr > MAX_LR:
+        raise ValueError(f"The '{name}' parameter must be at most {MAX_LR:g} (a larger learning rate overflows a "
+                         f"float32 parameter update). Got {value!r} instead.")
+    return lr
+
+
 def check_probability(name: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
     """Return ``value`` as a float strictly (or not) between 0 and 1, else raise ValueError."""
     ok = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)

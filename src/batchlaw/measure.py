@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ._validation import check_positive_float, check_positive_int
+from ._validation import check_learning_rate, check_positive_int
 from .errors import InsufficientDataError, TrainingDivergedError
 from .noise import GradientNoiseMonitor, NoiseScaleEstimate, windowed_estimates
 from .workloads import Workload, resolve_workload
@@ -112,7 +112,7 @@ def measure_noise(
     b = check_positive_int("micro_batch_size", workload.default_micro_batch if micro_batch_size is None else micro_batch_size)
     nproc = check_positive_int("nproc", nproc)
     k = check_positive_int("accumulation", accumulation, minimum=1 if nproc > 1 or _rank else 2)
-    lr = check_positive_float("lr", lr if lr is not None else workload.default_lr)
+    lr = check_learning_rate("lr", lr if lr is not None else workload.default_lr)
     eval_every = check_positive_int("eval_every", eval_every)
 
     if nproc > 1 and _rank is None:

@@ -184,6 +184,7 @@ class GradientNoiseMonitor(MonitorGuards):
         self._model = model
         # Parameters whose .grad is the big batch at step(): for FSDP2 the sharded DTensors.
         self._big_params = [p for p in model.parameters() if p.requires_grad]
+        self._gradient_numel = sum(p.numel() for p in self._big_params)  # the whole model's, also when sharded
         if not self._big_params:
             raise ValueError(
                 "The 'model' parameter has no parameters with requires_grad=True: there is no "

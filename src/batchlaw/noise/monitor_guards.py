@@ -11,7 +11,8 @@ end of the last backward) and never touch gradients or parameters.
 * **Impossible steps** (Cauchy-Schwarz): the big-batch gradient is the weighted mean of the
   micro-batch gradients, so ``|G_big|^2 <= sum_i a_i |g_i|^2 / sum_i a_i`` with equality iff
   every ``g_i`` is the same. Above the bound, ``.grad`` held more than the step's micro-batches
-  (a forgotten ``zero_grad``); at it, every micro-batch held the same examples; micro-batch
+  (a forgotten ``zero_grad``); at it, every micro-batch held the same examples (judged only where the
+  spread has 8 or more degrees of freedom: a one-weight model's micro-batches agree by chance); micro-batch
   norms in bit-identical pairs mean ``backward`` ran twice per micro-batch.
 * **The model changed under the hooks**: parameters replaced or added after the monitor was made.
 * **Parameters it cannot measure** (:func:`refuse_unmeasurable`, at construction): sparse
@@ -32,6 +33,10 @@ __all__ = ["MonitorGuards", "refuse_unmeasurable"]
 #: Relative tolerance of the Cauchy-Schwarz checks (float32 norms of sums; bf16 gradients).
 _EXCESS_TOL = 1e-2
 _IDENTICAL_TOL = 1e-5
+#: Degrees of freedom of the micro-batch spread (gradient elements x (micro-batches - 1)) below which "identical" is
+#: not flagged: fresh micro-batches fall within _IDENTICAL_TOL of each other by chance with probability about
+#: _IDENTICAL_TOL^(dof / 2), one step in a few hundred for a one-weight model (a fuzz find), never above 8.
+_IDENTICAL_MIN_DOF = 8
 
 
 class MonitorGuards:
@@ -87,7 +92,7 @@ class MonitorGuards:
                 + ("(it was not empty before the first backward: " if leftover > 0 else "(")
                 + "forgotten optimizer.zero_grad(), or a gradient added outside backward). B_simple would be "
                 "wrong: zero the gradients after every optimizer step.")
-        elif big >= bound * (1 - _IDENTICAL_TOL):
+        elif self._gradient_numel * (n - 1) >= _IDENTICAL_MIN_DOF and big >= bound * (1 - _IDENTICAL_TOL):
             rec["flag"] = "identical"
             self._warn_once(
                 "identical",

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .._crossing import crossing_step
-from .._validation import check_choice, check_positive_float, check_positive_int
+from .._validation import check_choice, check_learning_rate, check_positive_float, check_positive_int
 from .batch import apply_choice
 from .compare_registry import CONSTANT_SCHEDULES, SCHEDULE_FACTORIES, CompareContext, cbs_multipliers
 from .ramps import ConstantBatch
@@ -145,7 +145,7 @@ class CompareConfig:
         check_positive_int("warmup", self.warmup, minimum=0)
         for name in ("lr", "lr_cap"):
             if getattr(self, name) is not None:
-                check_positive_float(name, getattr(self, name))
+                check_learning_rate(name, getattr(self, name))
         if self.lr_rule is not None:
             check_choice("lr_rule", self.lr_rule, ("sqrt", "linear"))
         if not self.seeds:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._format import fmt_num
-from .._validation import check_positive_float, check_positive_int, check_probability
+from .._validation import check_learning_rate, check_positive_int, check_probability
 from ..errors import InsufficientDataError
 from .batch import BatchSchedule
 from .sequential import PairedSPRT, noise_cost, noise_growth_factor
@@ -122,7 +122,7 @@ class BatchController(BatchSchedule):
                  seed: int = 0, **kwargs) -> None:
         super().__init__(base_batch=base_batch, lr=lr, max_batch=max_batch, lr_rule=lr_rule,
                          max_micro_batch=max_micro_batch, min_accumulation=min_accumulation, **kwargs)
-        self.max_lr = None if max_lr is None else check_positive_float("max_lr", max_lr)
+        self.max_lr = None if max_lr is None else check_learning_rate("max_lr", max_lr)
         self.margin = check_probability("margin", margin)
         self.factor = check_positive_int("factor", factor, minimum=2)
         self.confidence = check_probability("confidence", confidence)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from pathlib import Path
 
-from .._validation import check_choice, check_positive_float, check_positive_int
+from .._validation import check_choice, check_learning_rate, check_positive_int
 from .branched import BranchedCBS, BranchStore, _branch_specs, _check_grid, _check_rule, _run_specs, _summarize
 
 __all__ = ["WorkloadBranchConfig", "measure_workload_cbs", "run_workload_branch", "run_workload_trunk"]
@@ -68,7 +68,7 @@ class WorkloadBranchConfig:
                 if isinstance(seed, bool) or not isinstance(seed, Integral) or not -_MAX_SEED <= seed < _MAX_SEED:
                     raise ValueError(f"The '{label}' parameter must be an integer from -2**31 to 2**31 - 1 (seeds "
                                      f"are spread over torch's 64-bit seeds). Got {seed!r} instead.")
-        check_positive_float("lr", self.lr)
+        check_learning_rate("lr", self.lr)
         if not self.checkpoints:
             raise ValueError("The 'checkpoints' parameter must list at least one point (examples).")
         for t in self.checkpoints:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .._validation import check_choice, check_positive_float, check_positive_int
+from .._validation import check_choice, check_learning_rate, check_positive_float, check_positive_int
 from .trial import TrialSpec
 
 __all__ = ["SweepConfig"]
@@ -55,7 +55,7 @@ class SweepConfig:
             check_positive_int("batch_sizes", b)
         check_positive_float("target_loss", self.target_loss)
         check_positive_int("max_steps", self.max_steps)
-        check_positive_float("lr_base", self.lr_base)
+        check_learning_rate("lr_base", self.lr_base)
         if self.eval_every is not None:
             check_positive_int("eval_every", self.eval_every)
         check_choice("target_on", self.target_on, ("heldout", "train"))
