@@ -355,3 +355,16 @@ def test_a_learning_rate_beyond_float32_is_refused_by_name(argv, name, capsys, t
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"The '{name}' parameter must be at most 1e+30" in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["schedule", "compare", "--target-loss", "1", "--schedules=--"],
+                                  ["fit", "cbs", "x.csv", "--batch-col=--", "--steps-col", "s"],
+                                  ["measure", "--steps=--"]])
+def test_an_option_given_as_equals_double_dash_is_refused_as_missing(argv, capsys):
+    """A deep fuzz find: argparse turns "--schedules=--" into an empty list, whatever the option's type, and schedule
+    compare then failed with an internal error. It is refused like "--schedules --": the value is missing."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    opt = next(a for a in argv if a.endswith("=--")).partition("=")[0]
+    assert f"batchlaw: error: argument {opt}: expected one argument" in capsys.readouterr().err

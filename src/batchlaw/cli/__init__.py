@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         output went away (``batchlaw ... | head``).
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for arg in argv:
+        # argparse (CPython 3.11-3.13) turns "--option=--" into an empty list whatever the option's type; refuse it
+        # as it refuses "--option --"
+        if arg.startswith("--") and arg.partition("=")[2] == "--":
+            parser.error(f"argument {arg.partition('=')[0]}: expected one argument")
     try:
         args = parser.parse_args(argv)  # usage errors exit 2 from here (SystemExit), --help and --version 0
         code = args.func(args)
