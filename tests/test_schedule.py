@@ -343,6 +343,7 @@ def test_tampered_state_dict_is_refused_by_key_and_leaves_the_schedule_as_it_was
     (lambda: CBSRamp([(0, None)], 8, 0.1), "The 'points cbs' parameter must be a finite number > 0. Got None"),
     (lambda: LRSchedule(1e-3, shape="step", milestones=100), "The 'milestones' parameter must be a sequence"),
     (lambda: Seesaw(8, 1e-3, milestones=100.0, max_batch=64), "The 'milestones' parameter must be a sequence"),
+    (lambda: Seesaw(8, 1e-3, milestones=[100], max_batch=None), "The 'max_batch' parameter must be a positive integer"),
     (lambda: NoiseScaleRamp(1, 0.1, max_batch=64), "The 'base_batch' parameter (1) cannot be laid out"),
     (lambda: CBSRamp([(0, 8), (100, 32)], 8, 1e308, max_micro_batch=8), "The learning rate 1e+308 at base_batch=8 "
      "becomes inf under lr_rule='sqrt' at 32 examples"),

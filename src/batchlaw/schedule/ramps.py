@@ -284,6 +284,9 @@ class Seesaw(BatchSchedule):
         self.a = check_positive_float("a", a)
         if self.a <= 1:
             raise ValueError(f"The 'a' parameter must be > 1. Got {a!r} instead.")
+        if max_batch is None:  # the base class takes None as "no limit"; Seesaw's growth needs one
+            raise ValueError("The 'max_batch' parameter must be a positive integer: Seesaw grows the batch up to it "
+                             "(give your measured critical batch size). Got None instead.")
         schedule = LRSchedule(peak_lr, warmup=warmup, shape="step", milestones=milestones, step_factor=self.a,
                               tokens_per_example=tokens_per_example)
         super().__init__(base_batch=base_batch, lr=LRSchedule(peak_lr, warmup=warmup,
