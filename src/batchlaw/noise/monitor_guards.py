@@ -11,9 +11,9 @@ end of the last backward) and never touch gradients or parameters.
 * **Impossible steps** (Cauchy-Schwarz): the big-batch gradient is the weighted mean of the
   micro-batch gradients, so ``|G_big|^2 <= sum_i a_i |g_i|^2 / sum_i a_i`` with equality iff
   every ``g_i`` is the same. Above the bound, ``.grad`` held more than the step's micro-batches
-  (a forgotten ``zero_grad``); at it, every micro-batch held the same examples (judged only where the
-  spread has 8 or more degrees of freedom: a one-weight model's micro-batches agree by chance); micro-batch
-  norms in bit-identical pairs mean ``backward`` ran twice per micro-batch.
+  (a forgotten ``zero_grad``); at it, every micro-batch held the same examples (judged only where
+  the spread has 8 or more degrees of freedom: a one-weight model's micro-batches agree by
+  chance); micro-batch norms in bit-identical pairs mean ``backward`` ran twice per micro-batch.
 * **The model changed under the hooks**: parameters replaced or added after the monitor was made.
 * **Parameters it cannot measure** (:func:`refuse_unmeasurable`, at construction): sparse
   embeddings, complex and meta-device parameters.
@@ -35,7 +35,7 @@ _EXCESS_TOL = 1e-2
 _IDENTICAL_TOL = 1e-5
 #: Degrees of freedom of the micro-batch spread (gradient elements x (micro-batches - 1)) below which "identical" is
 #: not flagged: fresh micro-batches fall within _IDENTICAL_TOL of each other by chance with probability about
-#: _IDENTICAL_TOL^(dof / 2), one step in a few hundred for a one-weight model (a fuzz find), never above 8.
+#: _IDENTICAL_TOL^(dof / 2): one step in a few hundred for a one-weight model (a fuzz find), about 1e-20 at 8.
 _IDENTICAL_MIN_DOF = 8
 
 
