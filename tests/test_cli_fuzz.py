@@ -606,15 +606,27 @@ BRANCH_OPTIONS = {"--base-batch": 16, "--lr": None, "--checkpoints": 64, "--mult
                   "--name": None, "--workload-arg": None}
 
 
+def _linreg_arg(data) -> str:
+    """A ``--workload-arg`` for linreg: a known key (dim capped at 16: larger only trains longer) or not, any value."""
+    key = data.draw(st.sampled_from(["dim", "noise_std", "condition", "nope"]))
+    value = data.draw(VALUE)
+    return f"{key}={_cap(value, 16) if key == 'dim' else value}"
+
+
+def _with_options(data, argv: list[str], options, value) -> list[str]:
+    """``argv`` with one or two of ``options`` set to ``value(data, option)``."""
+    for opt in data.draw(st.lists(st.sampled_from(sorted(options)), min_size=1, max_size=2, unique=True)):
+        argv = _replace(argv, opt, value(data, opt))
+    return argv
+
+
 def _branch_value(data, opt):
     if opt == "--tolerance-kind":
         return data.draw(st.sampled_from(["relative", "absolute", "percent"]))
     if opt == "--lr-rule":
         return data.draw(st.sampled_from(["sqrt", "linear", "none", "cubic"]))
     if opt == "--workload-arg":
-        key = data.draw(st.sampled_from(['dim', 'noise_std', 'condition', 'nope']))
-        value = data.draw(VALUE)
-        return f"{key}={_cap(value, 16) if key == 'dim' else value}"
+        return _linreg_arg(data)
     if opt in ("--checkpoints", "--multipliers", "--seeds"):
         hi = {"--checkpoints": 64, "--multipliers": 8, "--seeds": 3}[opt]
         return data.draw(st.one_of(st.lists(st.integers(-2, hi), min_size=1, max_size=3).map(
@@ -628,9 +640,7 @@ def test_branch_any_option_value_answers_or_refuses(tmp_path_factory):
     @given(data=st.data())
     def check(data):
         tmp = tmp_path_factory.mktemp("branch")
-        argv = BRANCH_BASE + ["--store", str(tmp / "b.db")]
-        for opt in data.draw(st.lists(st.sampled_from(sorted(BRANCH_OPTIONS)), min_size=1, max_size=2, unique=True)):
-            argv = _replace(argv, opt, _branch_value(data, opt))
+        argv = _with_options(data, BRANCH_BASE + ["--store", str(tmp / "b.db")], BRANCH_OPTIONS, _branch_value)
         code, out, err = _run_out(argv)
         res = _assert_answer(code, out, err, argv)
         if res is not None:
@@ -673,9 +683,7 @@ def _compare_value(data, opt):
         return data.draw(st.one_of(st.sampled_from(["0:4,64:8", "0:8", "64:4", "0:4,0:8", "0:-4", "0:4,32", "x:y"]),
                                    ANY_VALUE))
     if opt == "--workload-arg":
-        key = data.draw(st.sampled_from(["dim", "noise_std", "condition", "nope"]))
-        value = data.draw(VALUE)
-        return f"{key}={_cap(value, 16) if key == 'dim' else value}"
+        return _linreg_arg(data)
     value = data.draw(VALUE)
     return _cap(value, COMPARE_OPTIONS[opt]) if COMPARE_OPTIONS[opt] else value
 
@@ -699,9 +707,7 @@ def test_schedule_compare_any_option_value_answers_or_refuses(tmp_path_factory):
     @given(data=st.data())
     def check(data):
         tmp = tmp_path_factory.mktemp("compare")
-        argv = COMPARE_BASE + ["--store", str(tmp / "cbs.db")]
-        for opt in data.draw(st.lists(st.sampled_from(sorted(COMPARE_OPTIONS)), min_size=1, max_size=2, unique=True)):
-            argv = _replace(argv, opt, _compare_value(data, opt))
+        argv = _with_options(data, COMPARE_BASE + ["--store", str(tmp / "cbs.db")], COMPARE_OPTIONS, _compare_value)
         code, out, err = _run_out(argv)
         _assert_clean(code, err, argv)
         assert "Warning:" not in err, (argv, err)

@@ -17,17 +17,13 @@ def set_monitor_options(obj: Any, *, micro_batch_size: int | None, tokens_per_ex
     """Validate the monitor options both framework callbacks take, and set them on ``obj``, with
     the unit its estimates are in (``"tokens"`` given ``tokens_per_example``, else ``"examples"``)."""
     from .._validation import check_positive_int, check_probability
+    from ..noise.cadence import check_every
 
     obj.micro_batch_size = (None if micro_batch_size is None
                             else check_positive_int("micro_batch_size", micro_batch_size))
     obj.tokens_per_example = (None if tokens_per_example is None
                               else check_positive_int("tokens_per_example", tokens_per_example))
-    if isinstance(every, str):
-        if every != "auto":
-            raise ValueError(f"The 'every' parameter must be a positive integer or 'auto'. Got {every!r} instead.")
-        obj.every = every
-    else:
-        obj.every = check_positive_int("every", every)
+    obj.every = check_every(every)
     obj.overhead_target = check_probability("overhead_target", overhead_target)
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 3):
         raise ValueError(f"The 'window' parameter must be an integer >= 3 or None. Got {window!r} instead.")

@@ -29,10 +29,26 @@ from typing import Callable
 
 import torch
 
-__all__ = ["AutoCadence", "cadence_for"]
+__all__ = ["AutoCadence", "cadence_for", "check_every"]
 
 #: The largest cadence chosen: measuring less often than this leaves too few steps for an interval.
 MAX_EVERY = 1000
+
+
+def check_every(every) -> int | str:
+    """``every`` as the monitor takes it: ``"auto"``, or a positive integer; else a ValueError naming it.
+
+    Examples:
+        >>> check_every("auto"), check_every(4)
+        ('auto', 4)
+    """
+    from .._validation import check_positive_int
+
+    if isinstance(every, str):
+        if every != "auto":
+            raise ValueError(f"The 'every' parameter must be a positive integer or 'auto'. Got {every!r} instead.")
+        return every
+    return check_positive_int("every", every)
 
 
 def cadence_for(measured_cost: float, skipped_cost: float, step_time: float, target: float) -> tuple[int, str | None]:

@@ -68,7 +68,7 @@ from typing import Any
 import torch
 
 from .._validation import check_choice, check_positive_int, check_probability
-from .cadence import AutoCadence
+from .cadence import AutoCadence, check_every
 from .distributed import UnsupportedSetupError, detect_data_parallel, fsdp2_unsharded_params
 from .estimators import MIN_STEPS, NoiseScaleEstimate
 from .monitor_guards import MonitorGuards, refuse_unmeasurable
@@ -209,14 +209,16 @@ class GradientNoiseMonitor(MonitorGuards):
                 "The 'loss_divided_by_accumulation' parameter applies to loss_normalisation='micro_batch' only: with "
                 f"loss_normalisation={loss_normalisation!r} each micro-batch loss is divided by the step's total, not "
                 "by K. Leave it at its default.")
+        every = check_every(every)
         if every == "auto":
             self._auto: AutoCadence | None = AutoCadence(check_probability("overhead_target", overhead_target))
             self.every = 1
         else:
-            if isinstance(every, str):
-                raise ValueError(f"The 'every' parameter must be a positive integer or 'auto'. Got {every!r} instead.")
             self._auto = None
-            self.every = check_positive_int("every", every)
+            self.every = every
+        # with every="auto" the hooks and the end-of-backward callback are timed (wrapped once, here)
+        self._timed = self._auto.timed if self._auto is not None else (lambda fn: fn)
+        self._end_of_backward_cb = self._timed(self._end_of_backward)
         self.ema_beta = check_probability("ema_beta", ema_beta, open_low=False)
         self.bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
         self.sync_every = check_positive_int("sync_every", sync_every)
@@ -272,10 +274,9 @@ class GradientNoiseMonitor(MonitorGuards):
         self._params = list(params)
         self._counts = [0] * len(self._params)
         self._incoming = [None] * len(self._params)
-        timed = self._auto.timed if self._auto is not None else (lambda fn: fn)
         for i, p in enumerate(self._params):
-            self._handles.append(p.register_hook(timed(self._make_pre_hook(i, p))))
-            self._handles.append(p.register_post_accumulate_grad_hook(timed(self._make_post_hook(i))))
+            self._handles.append(p.register_hook(self._timed(self._make_pre_hook(i, p))))
+            self._handles.append(p.register_post_accumulate_grad_hook(self._timed(self._make_post_hook(i))))
 
     def _watch_fsdp2_after_forward(self, module, args, output) -> None:
         if self._params:
@@ -346,12 +347,6 @@ class GradientNoiseMonitor(MonitorGuards):
                 self._leftover = squared_norm([local_shard(p.grad)])
                 return
         self._leftover = None
-
-    def _end_of_backward_cb(self) -> None:
-        if self._auto is None:
-            self._end_of_backward()
-        else:
-            self._auto.timed(self._end_of_backward)()
 
     def _end_of_backward(self) -> None:
         self._flush_queued = False
